@@ -1,0 +1,93 @@
+"""Kafka clients configured the one way the service needs them, and topic set-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from consumer.exceptions import ServerUnavailableError
+from consumer.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
+
+
+def consumer_config(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
+    """Offsets are stored by the pipeline after its Redis write and committed automatically."""
+    return {
+        **kafka.client_config(),
+        "group.id": group_id or kafka.group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 65536,
+    }
+
+
+def create_consumer(
+    kafka: KafkaSettings,
+    *,
+    group_id: str | None = None,
+    on_revoke: RebalanceCallback | None = None,
+    on_lost: RebalanceCallback | None = None,
+) -> Consumer:
+    return Consumer(consumer_config(kafka, group_id), logger=log)
+
+
+def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
+    """Idempotent producer: broker retries never duplicate or reorder a message."""
+    config = {
+        **kafka.client_config(),
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        **overrides,
+    }
+    return Producer(config, logger=log)
+
+
+def dead_letter_headers(message: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """Headers naming why a record was rejected and where it came from."""
+    return [
+        ("streamseg.reason", reason.encode()),
+        ("streamseg.detail", detail.encode(errors="replace")[:500]),
+        ("streamseg.source.topic", (message.topic() or "").encode()),
+        ("streamseg.source.partition", str(message.partition()).encode()),
+        ("streamseg.source.offset", str(message.offset()).encode()),
+    ]
+
+
+def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float = 30.0) -> None:
+    """Create the events, segments (compacted) and dead-letter topics when missing."""
+    admin = AdminClient(kafka.client_config())
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise ServerUnavailableError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}"
+        ) from None
+    wanted = {
+        kafka.events_topic: NewTopic(kafka.events_topic, partitions),
+        kafka.segments_topic: NewTopic(
+            kafka.segments_topic, partitions, config={"cleanup.policy": "compact"}
+        ),
+        kafka.dead_letter_topic: NewTopic(kafka.dead_letter_topic, 1),
+    }
+    missing = [topic for name, topic in wanted.items() if name not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing).items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise

@@ -1,0 +1,480 @@
+"""The main job: a batch loop from the events topic to Redis state and segment records.
+
+Per batch (``pipeline.batch_size`` records or ``pipeline.batch_timeout_ms``):
+
+1. decode and validate (bad records -> dead-letter topic with the reason in headers);
+2. group by user, MGET their states, apply the events (event-time decay, skipping any event
+   at or below the stored (partition, offset): a redelivery);
+3. derive features at each user's latest event time and assign segments with the current
+   model (vectorised);
+4. produce segment-change events (only for users whose segment changed) and dead letters,
+   and wait for their delivery;
+5. write states, records, trainer samples and counters in one Redis transaction;
+6. only then store the offsets, which the consumer commits.
+
+A crash anywhere before 5 redelivers the batch and nothing was applied; a crash between 5
+and 6 redelivers it and every event is skipped by its offset: Redis sees each event's effect
+exactly once. Segment-change events and dead letters are at least once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from consumer.kafka_clients import (
+    create_consumer,
+    create_producer,
+    dead_letter_headers,
+    ensure_topics,
+)
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from consumer.segment_record import encode_record, iso_ms
+from consumer.settings import Settings
+from consumer.state_store import BatchWrite, StateStore
+from model.events import DecodeLimits, Rejection, decode_events, resolve_type_map
+from model.features import (
+    CATEGORY_CODES,
+    COL,
+    EventColumns,
+    apply_events,
+    category_codes,
+    derive_features,
+    top_categories,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+    from model.model_format import SegmentModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchStats:
+    """What one batch did, record by record accounted for."""
+
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0  # redelivered events skipped by offset
+    ignored: int = 0  # valid events of an unmapped type
+    dead_lettered: int = 0
+    users: int = 0
+    segment_changes: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+class SegmentPipeline:
+    """One consumer process: owns its Kafka clients and a Redis connection."""
+
+    def __init__(self, settings: Settings, *, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = KeyLayout(settings.redis.namespace)
+        self.redis = client or redis.Redis.from_url(settings.redis.url.get_secret_value())
+        self.store = StateStore(
+            self.redis,
+            self.keys,
+            user_ttl_seconds=settings.redis.user_ttl_seconds,
+            training_buffer_rows=settings.pipeline.training_buffer_rows,
+        )
+        self.models = ModelStore(self.redis, self.keys)
+        self.type_map = resolve_type_map(settings.pipeline.type_aliases)
+        self.limits = DecodeLimits(max_payload_bytes=settings.pipeline.max_payload_bytes)
+        self.model: SegmentModel | None = None
+        self._model_checked = 0.0
+        self._category_cache: dict[str, float] = {}
+        self._known_categories: set[float] = set()
+        self._names_by_code: dict[float, str] = {}
+        self._watermark = -np.inf
+        self._stopping = False
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.totals = BatchStats()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create topics if needed, connect the clients and subscribe."""
+        kafka = self.settings.kafka
+        ensure_topics(kafka)
+        self.producer = create_producer(kafka)
+        self.consumer = create_consumer(kafka)
+        self.consumer.subscribe(
+            [kafka.events_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.refresh_model(force=True)
+        log.info(
+            "started: topic=%s group=%s namespace=%s model=%s",
+            kafka.events_topic,
+            kafka.group_id,
+            self.settings.redis.namespace,
+            self.model.model_version if self.model else "none (cold start)",
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in flight, commit and return."""
+        self._stopping = True
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.commit(asynchronous=False)
+            except Exception as exc:  # nothing stored yet is a normal case
+                log.debug("final commit: %s", exc)
+            self.consumer.close()
+            self.consumer = None
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer = None
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [p.partition for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The batch in flight finished before poll ran this callback: its offsets are stored.
+        log.info("revoked %s", [p.partition for p in partitions])
+        try:
+            consumer.commit(asynchronous=False)
+        except Exception as exc:
+            log.debug("commit on revoke: %s", exc)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already; commit nothing.
+        log.warning("lost partitions %s", [p.partition for p in partitions])
+
+    def run(self, *, max_records: int = 0, idle_exit_seconds: float = 0.0) -> BatchStats:
+        """Loop until stopped, ``max_records`` seen, or idle for ``idle_exit_seconds``."""
+        assert self.consumer is not None
+        batch_size = self.settings.pipeline.batch_size
+        timeout = self.settings.pipeline.batch_timeout_ms / 1000.0
+        last_record = time.monotonic()
+        while not self._stopping:
+            self.refresh_model()
+            messages = self.consumer.consume(batch_size, timeout)
+            if messages:
+                last_record = time.monotonic()
+                self.process(messages)
+            elif idle_exit_seconds and time.monotonic() - last_record > idle_exit_seconds:
+                break
+            if max_records and self.totals.records >= max_records:
+                break
+        return self.totals
+
+    # -- model -----------------------------------------------------------------------------
+
+    def refresh_model(self, *, force: bool = False) -> None:
+        """Load a newly published model, at most every ``model_poll_seconds``."""
+        now = time.monotonic()
+        if not force and now - self._model_checked < self.settings.pipeline.model_poll_seconds:
+            return
+        self._model_checked = now
+        try:
+            version = self.models.current_version()
+            if version is None or (self.model is not None and version == self.model.model_version):
+                return
+            loaded = self.models.load_current()
+        except redis.RedisError as exc:
+            log.warning("cannot check for a new model: %s", exc)
+            return
+        except Exception as exc:  # a bad model must not stop the stream; keep the old one
+            log.error("rejected published model: %s", exc)
+            return
+        if loaded is not None:
+            log.info("model switch: %s -> %s", self.model and self.model.model_version, loaded.model_version)
+            self.model = loaded
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def process(self, messages: Sequence[Message]) -> BatchStats:
+        """Process one batch of Kafka messages end to end (steps 1-6 of the module doc)."""
+        assert self.consumer is not None and self.producer is not None
+        stats = BatchStats(records=len(messages))
+        records = [m for m in messages if m.error() is None]
+        for m in messages:
+            err = m.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+        stats.records = len(records)
+
+        batch, rejections = decode_events(
+            [m.value() for m in records],
+            [m.key() for m in records],
+            type_map=self.type_map,
+            limits=self.limits,
+        )
+        stats.ignored = len(batch.ignored)
+        self._dead_letter(records, rejections, stats)
+
+        write = BatchWrite(user_ids=[], states=np.empty((0, 0)))
+        if len(batch):
+            write = self._apply(records, batch, stats)
+        write.counters = {
+            "records": stats.records,
+            "applied": stats.applied,
+            "duplicates": stats.duplicates,
+            "ignored": stats.ignored,
+            "dead_lettered": stats.dead_lettered,
+            "segment_changes": stats.segment_changes,
+            **{f"dead_letter.{r}": n for r, n in stats.reasons.items()},
+        }
+        self._deliver()
+        self._write_with_retry(write)
+        self._store_offsets(records)
+        self._add_totals(stats)
+        return stats
+
+    def _apply(self, records: Sequence[Message], batch, stats: BatchStats) -> BatchWrite:  # type: ignore[no-untyped-def]
+        rows: dict[str, int] = {}
+        user_rows = np.fromiter(
+            (rows.setdefault(u, len(rows)) for u in batch.user_id), dtype=np.int64,
+            count=len(batch),
+        )
+        users = list(rows)
+        states = self.store.read_states(users)
+        codes = category_codes(batch.category, self._category_cache)
+        source = [records[i] for i in batch.index]
+        cols = EventColumns(
+            user=user_rows,
+            ts_ms=batch.ts_ms,
+            type_code=batch.type_code,
+            amount=batch.amount,
+            category_code=codes,
+            partition=np.fromiter((m.partition() for m in source), np.int64, len(source)),
+            offset=np.fromiter((m.offset() for m in source), np.int64, len(source)),
+        )
+        applied = apply_events(states, cols, self.settings.features)
+        stats.applied = int(applied.sum())
+        stats.duplicates = len(batch) - stats.applied
+        touched = np.unique(user_rows[applied])
+        stats.users = len(touched)
+        self._watermark = max(self._watermark, float(batch.ts_ms.max()))
+
+        new_categories = {
+            code: name
+            for name, code in self._category_cache.items()
+            if code not in self._known_categories
+        }
+        self._known_categories.update(new_categories)
+
+        touched_users = [users[i] for i in touched]
+        touched_states = states[touched]
+        features = derive_features(touched_states, touched_states[:, COL["last_ts_ms"]],
+                                   self.settings.features)
+        records_json, size_changes, changes = self._assign(
+            touched_users, touched_states, features
+        )
+        stats.segment_changes = len(changes)
+        for user, change in changes:
+            self.producer.produce(  # type: ignore[union-attr]
+                self.settings.kafka.segments_topic, key=user.encode(), value=change
+            )
+        return BatchWrite(
+            user_ids=touched_users,
+            states=touched_states,
+            segment_records=records_json,
+            training_rows=features,
+            size_changes=size_changes,
+            new_categories=new_categories,
+            watermark_ms=self._watermark,
+        )
+
+    def _assign(
+        self, users: list[str], states: np.ndarray, features: np.ndarray
+    ) -> tuple[list[bytes | None], dict[int, int], list[tuple[str, bytes]]]:
+        """Segment records, segment-size deltas and change events; updates ``states``."""
+        computed_at = iso_ms(time.time() * 1000.0)
+        event_times = [iso_ms(t) for t in states[:, COL["last_ts_ms"]]]
+        names = self._category_names(states)
+        by_spend, by_views = top_categories(states)
+        spend_names = [names.get(c) if c == c else None for c in by_spend.tolist()]
+        view_names = [names.get(c) if c == c else None for c in by_views.tolist()]
+        model = self.model
+        if model is None:
+            return (
+                [
+                    encode_record(
+                        u, segment_id=None, segment=None, tier=None, model_version=None,
+                        distance=None, top_category_spend=s, top_category_views=v,
+                        event_time=t, computed_at=computed_at,
+                    )
+                    for u, s, v, t in zip(users, spend_names, view_names, event_times, strict=True)
+                ],
+                {},
+                [],
+            )
+        previous = states[:, COL["segment_id"]].astype(np.int64)
+        ids, positions, distances = model.assign(
+            features, previous_ids=previous, margin=self.settings.pipeline.hysteresis_margin
+        )
+        states[:, COL["segment_id"]] = ids
+        states[:, COL["model_version"]] = model.model_version
+        seg_names = [model.names[p] for p in positions]
+        tiers = [model.tiers[p] for p in positions]
+        id_list = ids.tolist()
+        dist_list = np.round(distances, 6).tolist()
+        records = [
+            encode_record(
+                users[i], segment_id=id_list[i], segment=seg_names[i], tier=tiers[i],
+                model_version=model.model_version, distance=dist_list[i],
+                top_category_spend=spend_names[i], top_category_views=view_names[i],
+                event_time=event_times[i], computed_at=computed_at,
+            )
+            for i in range(len(users))
+        ]
+        changed = np.flatnonzero(ids != previous)
+        size_changes: Counter[int] = Counter()
+        changes = []
+        prev_list = previous.tolist()
+        for i in changed.tolist():
+            size_changes[id_list[i]] += 1
+            if prev_list[i] >= 0:
+                size_changes[prev_list[i]] -= 1
+            changes.append(
+                (
+                    users[i],
+                    orjson.dumps(
+                        {
+                            "user_id": users[i],
+                            "segment_id": id_list[i],
+                            "previous_segment_id": prev_list[i] if prev_list[i] >= 0 else None,
+                            "segment": seg_names[i],
+                            "tier": tiers[i],
+                            "model_version": model.model_version,
+                            "event_time": event_times[i],
+                            "computed_at": computed_at,
+                        }
+                    ),
+                )
+            )
+        return list(records), dict(size_changes), changes
+
+    def _category_names(self, states: np.ndarray) -> dict[float, str]:
+        """Code -> name for every category code in ``states``, asking Redis for unknown ones."""
+        names = self._names_by_code
+        if len(names) != len(self._category_cache):
+            names.update({code: name for name, code in self._category_cache.items()})
+        codes = np.unique(states[:, CATEGORY_CODES])
+        unknown = [c for c in codes.tolist() if c == c and c not in names]
+        if unknown:
+            found = self.redis.hmget(self.keys.categories, [repr(int(c)) for c in unknown])
+            names.update({c: v.decode() for c, v in zip(unknown, found, strict=True) if v})
+        return names
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def _dead_letter(
+        self, records: Sequence[Message], rejections: list[Rejection], stats: BatchStats
+    ) -> None:
+        assert self.producer is not None
+        topic = self.settings.kafka.dead_letter_topic
+        for rejection in rejections:
+            m = records[rejection.index]
+            self.producer.produce(
+                topic,
+                key=m.key(),
+                value=m.value(),
+                headers=dead_letter_headers(m, rejection.reason, rejection.detail),
+            )
+            stats.reasons[rejection.reason] += 1
+        stats.dead_lettered = len(rejections)
+        if rejections:
+            log.debug("dead-lettered %d records: %s", len(rejections), dict(stats.reasons))
+
+    def _deliver(self) -> None:
+        """Wait until dead letters and change events are acknowledged by the broker."""
+        assert self.producer is not None
+        while self.producer.flush(5.0) > 0:
+            log.warning("waiting for the broker to acknowledge %d messages", len(self.producer))
+
+    def _write_with_retry(self, write: BatchWrite) -> None:
+        """Write to Redis; on an outage, pause consumption and retry until it is back."""
+        assert self.consumer is not None
+        delay = 0.1
+        paused: list[TopicPartition] = []
+        while True:
+            try:
+                if write.user_ids or write.counters:
+                    self.store.write(write)
+                break
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if not paused:
+                    paused = self.consumer.assignment()
+                    self.consumer.pause(paused)
+                    log.warning("Redis unavailable (%s); pausing consumption", exc)
+                self.consumer.poll(0)  # serve rebalance callbacks while waiting
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if paused:
+            self.consumer.resume(self.consumer.assignment())
+            log.info("Redis is back; consumption resumed")
+
+    def _store_offsets(self, records: Sequence[Message]) -> None:
+        assert self.consumer is not None
+        last: dict[tuple[str, int], int] = {}
+        for m in records:
+            last[(m.topic(), m.partition())] = m.offset()  # type: ignore[index]
+        if last:
+            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+            try:
+                self.consumer.store_offsets(offsets=offsets)
+            except Exception as exc:  # partition revoked meanwhile: the new owner redoes it
+                log.info("offsets not stored (%s)", exc)
+
+    def _add_totals(self, stats: BatchStats) -> None:
+        t = self.totals
+        t.records += stats.records
+        t.applied += stats.applied
+        t.duplicates += stats.duplicates
+        t.ignored += stats.ignored
+        t.dead_lettered += stats.dead_lettered
+        t.users += stats.users
+        t.segment_changes += stats.segment_changes
+        t.reasons.update(stats.reasons)
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg run``: the main job, until SIGTERM/SIGINT (or the given limits)."""
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+
+    def _graceful(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the batch in flight", signum)
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    started = time.monotonic()
+    try:
+        totals = pipeline.run(max_records=args.max_events, idle_exit_seconds=args.idle_exit_seconds)
+    finally:
+        pipeline.close()
+    elapsed = time.monotonic() - started
+    log.info(
+        "stopped after %.1f s: records=%d applied=%d duplicates=%d ignored=%d dead_lettered=%d "
+        "segment_changes=%d",
+        elapsed,
+        totals.records,
+        totals.applied,
+        totals.duplicates,
+        totals.ignored,
+        totals.dead_lettered,
+        totals.segment_changes,
+    )
+    return 0
+

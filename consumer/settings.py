@@ -1,0 +1,175 @@
+"""All configuration, in one place: pydantic-settings classes read from a file and the environment.
+
+Environment variables are ``STREAMSEG_<SECTION>__<FIELD>``, for example
+``STREAMSEG_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``STREAMSEG_FEATURES__VIEWS_HALF_LIFE_DAYS=7``.
+A settings file (TOML or JSON, ``--config``) gives the same fields nested by section; the
+environment wins over the file. A wrong setting stops start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from consumer.exceptions import ConfigError
+from model.events import DEFAULT_ALIASES, resolve_type_map
+from model.features import FeatureConfig
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class KafkaSettings(BaseModel):
+    """Where events come from and where segment changes and dead letters go."""
+
+    bootstrap_servers: str = "localhost:9092"
+    events_topic: str = "events"
+    segments_topic: str = "segments"
+    dead_letter_topic: str = "events.dlq"
+    group_id: str = "streamseg"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    #: Extra librdkafka properties passed through verbatim (e.g. {"fetch.max.bytes": "52428800"}).
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties shared by every client (consumer, producer, admin)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        config.update(self.extra)
+        return config
+
+
+class RedisSettings(BaseModel):
+    """Where per-user state, segment records and models live."""
+
+    url: SecretStr = SecretStr("redis://localhost:6379/0")
+    #: Key prefix of every key; a replay writes into another namespace (letters, digits, _.-).
+    namespace: str = "streamseg"
+    #: Expire a user's keys after this many seconds without events (0 = never).
+    user_ttl_seconds: int = Field(default=0, ge=0)
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return value
+
+
+class PipelineSettings(BaseModel):
+    """How the batch loop consumes and writes."""
+
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(default=50, ge=1, le=10_000)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=64)
+    #: Events older than the watermark by more than this still apply; "now" lags by it.
+    allowed_lateness_seconds: float = Field(default=3600.0, ge=0)
+    #: Re-score idle users against the watermark this often (event-time seconds; 0 = off).
+    rescore_interval_seconds: float = Field(default=0.0, ge=0)
+    #: Extra type names mapped onto the canonical types (view, cart, purchase, ...).
+    type_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    #: Keep at most this many recent feature vectors (rows) for the trainer.
+    training_buffer_rows: int = Field(default=200_000, ge=0)
+    #: A user keeps their segment unless the new centre is closer by this relative margin.
+    hysteresis_margin: float = Field(default=0.0, ge=0, lt=1)
+    #: Check for a newly published model this often (seconds).
+    model_poll_seconds: float = Field(default=0.5, gt=0)
+
+    @field_validator("type_aliases")
+    @classmethod
+    def _aliases_target_canonical_types(cls, value: dict[str, str]) -> dict[str, str]:
+        resolve_type_map(value)
+        return value
+
+
+class TrainerSettings(BaseModel):
+    """When and how the trainer updates the model."""
+
+    n_clusters: int = Field(default=6, ge=2, le=64)
+    bootstrap_rows: int = Field(default=2000, ge=100)
+    update_rows: int = Field(default=5000, ge=100)
+    update_interval_seconds: float = Field(default=10.0, gt=0)
+    half_life_batches: float = Field(default=20.0, gt=0)
+    seed: int = 0
+    lease_seconds: float = Field(default=10.0, gt=1)
+
+
+class Settings(BaseSettings):
+    """Every setting of streamseg, by section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMSEG_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so that it wins over values read from a settings file.
+        return env_settings, init_settings
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config_file`` (TOML or JSON), the environment and ``overrides``.
+
+    Raises `ConfigError` naming every bad setting, e.g. ``pipeline.batch_size: must be >= 1``.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            text = config_file.read_text()
+            data = json.loads(text) if config_file.suffix == ".json" else tomllib.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read settings file {config_file}: {exc}") from exc
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {_describe(exc)}") from None
+    # Command-line overrides win over the environment and the file.
+    for dotted, value in overrides.items():
+        section_name, _, name = dotted.partition(".")
+        section = getattr(settings, section_name)
+        try:
+            updated = type(section).model_validate({**section.model_dump(), name: value})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid settings: {_describe(exc, section_name)}") from None
+        setattr(settings, section_name, updated)
+    return settings
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    return "; ".join(
+        ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
+        + f": {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False)
+    )

@@ -1,0 +1,426 @@
+"""Rolling per-user features on event time: the declarative tables and the vectorised maths.
+
+State
+-----
+Each user has a fixed-width float64 *state vector* (layout: `STATE_FIELDS`). Decayed
+accumulators are stored **anchored at the user's latest event time** ``T`` (``last_ts_ms``):
+
+    acc_j = sum over the user's events e of  w_j(e) * 2 ** (-(T - t_e) / h_j)
+
+with ``t_e`` the event time, ``h_j`` the accumulator's half-life and ``w_j(e)`` its weight
+(1 or the event's ``amount`` when the event's type is one the accumulator counts, else 0).
+This sum depends only on the *set* of events, not on their arrival order, so late and
+out-of-order events and a replay give the same state (up to float rounding, ~1e-15 relative).
+
+Merging a batch whose events of this user have latest time ``T_b`` and batch sums ``B_j``
+(anchored at ``T_b``) into a state anchored at ``T_old``:
+
+    T_new = max(T_old, T_b)
+    acc_j = acc_j * 2 ** (-(T_new - T_old) / h_j) + B_j * 2 ** (-(T_new - T_b) / h_j)
+
+Idempotence: the state remembers the Kafka (partition, offset) of the last event applied;
+an event from that partition at or below that offset is skipped (a redelivery).
+
+Features
+--------
+The model sees `FEATURE_NAMES`, derived at a time ``now`` (epoch ms, ``now >= T``) from the
+state by the formulas in `FEATURES` (their ``formula`` text is the documentation). Decayed
+accumulators at ``now`` are ``acc_j * 2 ** (-(now - T) / h_j)``.
+
+Categories: the first `CATEGORY_SLOTS` distinct categories of a user (in the order their
+first event is applied, i.e. Kafka offset order) get a slot holding decayed spend (purchase
+amounts, revenue half-life) and decayed views (views half-life); later new categories are
+not tracked for that user. The top category by spend (by views) is the slot with the largest
+value; ties go to the earlier slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from model.events import EventType
+
+MS_PER_DAY = 86_400_000.0
+CATEGORY_SLOTS = 6
+
+
+class FeatureConfig(BaseModel):
+    """Half-lives (days) of the decayed aggregates and the recency cap (days)."""
+
+    purchases_half_life_days: float = Field(default=90.0, gt=0)
+    revenue_half_life_days: float = Field(default=90.0, gt=0)
+    views_half_life_days: float = Field(default=14.0, gt=0)
+    carts_half_life_days: float = Field(default=14.0, gt=0)
+    engagement_half_life_days: float = Field(default=30.0, gt=0)
+    recency_cap_days: float = Field(default=365.0, gt=0)
+
+
+HalfLife = Literal["purchases", "revenue", "views", "carts", "engagement"]
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """A decayed sum over the events of some types, weighted by 1 or by ``amount``."""
+
+    name: str
+    event_types: frozenset[EventType]
+    weight: Literal["one", "amount"]
+    half_life: HalfLife
+
+
+#: The decayed sums kept per user. Adding one here adds it to the state (and nothing else).
+ACCUMULATORS: tuple[Accumulator, ...] = (
+    Accumulator("purchases", frozenset({EventType.PURCHASE}), "one", "purchases"),
+    Accumulator("purchase_amount", frozenset({EventType.PURCHASE}), "amount", "revenue"),
+    Accumulator("refund_amount", frozenset({EventType.REFUND}), "amount", "revenue"),
+    Accumulator("views", frozenset({EventType.VIEW}), "one", "views"),
+    Accumulator("carts", frozenset({EventType.CART}), "one", "carts"),
+    Accumulator(
+        "engagement",
+        frozenset({EventType.REVIEW, EventType.LIKE, EventType.SHARE}),
+        "one",
+        "engagement",
+    ),
+)
+
+#: Layout of the state vector: bookkeeping, then accumulators, then category slots.
+BOOKKEEPING_FIELDS = (
+    "last_ts_ms",  # latest event time applied (the anchor T); NaN before the first event
+    "first_ts_ms",  # earliest event time applied
+    "last_purchase_ts_ms",  # latest purchase time; NaN if none
+    "partition",  # Kafka partition of the last applied event
+    "offset",  # Kafka offset of the last applied event
+    "segment_id",  # segment last assigned; -1 = none (cold start)
+    "model_version",  # version of the model that assigned it; -1 = none
+)
+STATE_FIELDS: tuple[str, ...] = (
+    *BOOKKEEPING_FIELDS,
+    *(a.name for a in ACCUMULATORS),
+    *(f"category_code_{i}" for i in range(CATEGORY_SLOTS)),
+    *(f"category_spend_{i}" for i in range(CATEGORY_SLOTS)),
+    *(f"category_views_{i}" for i in range(CATEGORY_SLOTS)),
+)
+STATE_WIDTH = len(STATE_FIELDS)
+COL = {name: i for i, name in enumerate(STATE_FIELDS)}
+_ACC = slice(len(BOOKKEEPING_FIELDS), len(BOOKKEEPING_FIELDS) + len(ACCUMULATORS))
+_CAT_CODE = slice(_ACC.stop, _ACC.stop + CATEGORY_SLOTS)
+#: Columns of the state holding category codes (NaN = empty slot).
+CATEGORY_CODES = _CAT_CODE
+_CAT_SPEND = slice(_CAT_CODE.stop, _CAT_CODE.stop + CATEGORY_SLOTS)
+_CAT_VIEWS = slice(_CAT_SPEND.stop, _CAT_SPEND.stop + CATEGORY_SLOTS)
+
+
+def empty_state(n: int) -> np.ndarray:
+    """State vectors of ``n`` users that have seen no event."""
+    state = np.zeros((n, STATE_WIDTH), dtype=np.float64)
+    state[:, COL["last_ts_ms"]] = np.nan
+    state[:, COL["first_ts_ms"]] = np.nan
+    state[:, COL["last_purchase_ts_ms"]] = np.nan
+    state[:, COL["partition"]] = -1
+    state[:, COL["offset"]] = -1
+    state[:, COL["segment_id"]] = -1
+    state[:, COL["model_version"]] = -1
+    state[:, _CAT_CODE] = np.nan
+    return state
+
+
+def half_lives_ms(config: FeatureConfig) -> dict[HalfLife, float]:
+    """Half-life of each family in milliseconds."""
+    return {
+        "purchases": config.purchases_half_life_days * MS_PER_DAY,
+        "revenue": config.revenue_half_life_days * MS_PER_DAY,
+        "views": config.views_half_life_days * MS_PER_DAY,
+        "carts": config.carts_half_life_days * MS_PER_DAY,
+        "engagement": config.engagement_half_life_days * MS_PER_DAY,
+    }
+
+
+def category_code(name: str) -> float:
+    """A stable 52-bit code for a category name, exact in float64 (blake2b of UTF-8)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return float(int.from_bytes(digest, "big") >> 12)
+
+
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """A batch of events as columns, with ``user`` the row of the user in the state matrix.
+
+    ``category_code`` is NaN where the event has no category. ``offset`` and ``partition``
+    come from Kafka and give idempotence; rows must be in Kafka delivery order.
+    """
+
+    user: np.ndarray  # int64 row in the state matrix
+    ts_ms: np.ndarray  # float64
+    type_code: np.ndarray  # int8 EventType
+    amount: np.ndarray  # float64, 0 where absent
+    category_code: np.ndarray  # float64, NaN where absent
+    partition: np.ndarray  # int64
+    offset: np.ndarray  # int64
+
+
+def _weight_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(types x accumulators) masks: counts with weight 1, counts with weight = amount."""
+    n_types = len(EventType)
+    ones = np.zeros((n_types, len(ACCUMULATORS)))
+    amounts = np.zeros((n_types, len(ACCUMULATORS)))
+    for j, acc in enumerate(ACCUMULATORS):
+        for t in acc.event_types:
+            (ones if acc.weight == "one" else amounts)[int(t), j] = 1.0
+    return ones, amounts
+
+
+_WEIGHT_ONE, _WEIGHT_AMOUNT = _weight_tables()
+
+
+def apply_events(state: np.ndarray, events: EventColumns, config: FeatureConfig) -> np.ndarray:
+    """Apply a batch of events to the users' states in place; return the applied-event mask.
+
+    Events already applied (same partition, offset at or below the stored one) are skipped.
+    Vectorised over events and users; a short Python loop runs only for categories new to
+    a user.
+    """
+    n_users = state.shape[0]
+    u = events.user
+    already = (state[u, COL["partition"]] == events.partition) & (
+        events.offset <= state[u, COL["offset"]]
+    )
+    applied = ~already
+    if not applied.any():
+        return applied
+    u = u[applied]
+    ts = events.ts_ms[applied]
+    types = events.type_code[applied].astype(np.intp)
+    amount = events.amount[applied]
+    cat = events.category_code[applied]
+    rows = np.flatnonzero(applied)
+
+    lives = half_lives_ms(config)
+    acc_half = np.array([lives[a.half_life] for a in ACCUMULATORS])
+
+    batch_last = np.full(n_users, -np.inf)
+    np.maximum.at(batch_last, u, ts)
+    touched = np.flatnonzero(batch_last > -np.inf)
+
+    # Batch sums anchored at each user's latest event time in this batch.
+    age = batch_last[u] - ts  # >= 0
+    weights = _WEIGHT_ONE[types] + _WEIGHT_AMOUNT[types] * amount[:, None]
+    contrib = weights * np.exp2(-age[:, None] / acc_half[None, :])
+    batch_sums = np.stack(
+        [np.bincount(u, contrib[:, j], minlength=n_users) for j in range(len(ACCUMULATORS))],
+        axis=1,
+    )
+
+    old_anchor = state[touched, COL["last_ts_ms"]]
+    old_anchor = np.where(np.isnan(old_anchor), -np.inf, old_anchor)
+    new_anchor = np.maximum(old_anchor, batch_last[touched])
+    keep_old = np.exp2(-(new_anchor - old_anchor)[:, None] / acc_half[None, :])
+    keep_new = np.exp2(-(new_anchor - batch_last[touched])[:, None] / acc_half[None, :])
+    state[touched, _ACC] = state[touched, _ACC] * keep_old + batch_sums[touched] * keep_new
+
+    batch_first = np.full(n_users, np.inf)
+    np.minimum.at(batch_first, u, ts)
+    state[touched, COL["first_ts_ms"]] = np.fmin(
+        state[touched, COL["first_ts_ms"]], batch_first[touched]
+    )
+    is_purchase = types == int(EventType.PURCHASE)
+    last_purchase = np.full(n_users, np.nan)
+    np.fmax.at(last_purchase, u[is_purchase], ts[is_purchase])
+    state[touched, COL["last_purchase_ts_ms"]] = np.fmax(
+        state[touched, COL["last_purchase_ts_ms"]], last_purchase[touched]
+    )
+
+    _apply_categories(
+        state, touched, old_anchor, new_anchor, u, ts, types, amount, cat, batch_last, lives
+    )
+    state[touched, COL["last_ts_ms"]] = new_anchor
+
+    # Kafka delivers a partition in offset order: the last row of a user is its newest.
+    last_row = np.full(n_users, -1)
+    np.maximum.at(last_row, u, rows)
+    state[touched, COL["partition"]] = events.partition[last_row[touched]]
+    state[touched, COL["offset"]] = events.offset[last_row[touched]]
+    return applied
+
+
+def _apply_categories(
+    state: np.ndarray,
+    touched: np.ndarray,
+    old_anchor: np.ndarray,
+    new_anchor: np.ndarray,
+    u: np.ndarray,
+    ts: np.ndarray,
+    types: np.ndarray,
+    amount: np.ndarray,
+    cat: np.ndarray,
+    batch_last: np.ndarray,
+    lives: Mapping[HalfLife, float],
+) -> None:
+    spend_half, views_half = lives["revenue"], lives["views"]
+    # Re-anchor the existing slot values of every touched user to the new anchor.
+    shift = (new_anchor - old_anchor)[:, None]
+    state[touched, _CAT_SPEND] *= np.exp2(-shift / spend_half)
+    state[touched, _CAT_VIEWS] *= np.exp2(-shift / views_half)
+
+    is_spend = types == int(EventType.PURCHASE)
+    is_view = types == int(EventType.VIEW)
+    has_cat = ~np.isnan(cat) & (is_spend | is_view)
+    if not has_cat.any():
+        return
+    cu, cc, ct = u[has_cat], cat[has_cat], ts[has_cat]
+    # The caller stores the new anchor after this call: here it is max(old anchor, batch last).
+    old = state[cu, COL["last_ts_ms"]]
+    anchor = np.fmax(np.where(np.isnan(old), -np.inf, old), batch_last[cu])
+    spend = np.where(is_spend[has_cat], amount[has_cat], 0.0) * np.exp2(-(anchor - ct) / spend_half)
+    views = is_view[has_cat].astype(np.float64) * np.exp2(-(anchor - ct) / views_half)
+
+    slots = state[cu, _CAT_CODE]
+    match = slots == cc[:, None]
+    slot = np.where(match.any(axis=1), match.argmax(axis=1), -1)
+    for i in np.flatnonzero(slot == -1):  # categories new to their user, in offset order
+        row_codes = state[cu[i], _CAT_CODE]
+        found = np.flatnonzero(row_codes == cc[i])
+        if found.size:
+            slot[i] = found[0]
+            continue
+        free = np.flatnonzero(np.isnan(row_codes))
+        if free.size:
+            state[cu[i], _CAT_CODE.start + free[0]] = cc[i]
+            slot[i] = free[0]
+    tracked = slot >= 0
+    np.add.at(state, (cu[tracked], _CAT_SPEND.start + slot[tracked]), spend[tracked])
+    np.add.at(state, (cu[tracked], _CAT_VIEWS.start + slot[tracked]), views[tracked])
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A model feature: its documented formula and its vectorised computation."""
+
+    name: str
+    unit: str
+    formula: str
+    compute: Callable[[Mapping[str, np.ndarray], FeatureConfig], np.ndarray]
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+#: The model's input, in order. ``P, A, R, V, C, E`` are the decayed purchases, purchase
+#: amount, refund amount, views, carts and engagement at ``now``; times in days.
+FEATURES: tuple[Feature, ...] = (
+    Feature(
+        "recency_days",
+        "days",
+        "min(cap, (now - last_purchase_ts) / 1 day); cap when the user never purchased",
+        lambda v, c: np.where(
+            np.isnan(v["last_purchase_ts_ms"]),
+            c.recency_cap_days,
+            np.minimum(c.recency_cap_days, (v["now"] - v["last_purchase_ts_ms"]) / MS_PER_DAY),
+        ),
+    ),
+    Feature("purchases", "orders", "P", lambda v, c: v["purchases"]),
+    Feature(
+        "net_revenue", "currency", "A - R", lambda v, c: v["purchase_amount"] - v["refund_amount"]
+    ),
+    Feature(
+        "avg_order_value",
+        "currency",
+        "A / P, 0 when P = 0",
+        lambda v, c: _safe_ratio(v["purchase_amount"], v["purchases"]),
+    ),
+    Feature("views", "events", "V", lambda v, c: v["views"]),
+    Feature("carts", "events", "C", lambda v, c: v["carts"]),
+    Feature(
+        "cart_to_purchase",
+        "ratio",
+        "P / max(C, P), 0 when both are 0",
+        lambda v, c: _safe_ratio(v["purchases"], np.maximum(v["carts"], v["purchases"])),
+    ),
+    Feature(
+        "view_to_purchase",
+        "ratio",
+        "P / max(V, P), 0 when both are 0",
+        lambda v, c: _safe_ratio(v["purchases"], np.maximum(v["views"], v["purchases"])),
+    ),
+    Feature("engagement", "events", "E (reviews + likes + shares)", lambda v, c: v["engagement"]),
+    Feature(
+        "tenure_days",
+        "days",
+        "(now - first_ts) / 1 day",
+        lambda v, c: (v["now"] - v["first_ts_ms"]) / MS_PER_DAY,
+    ),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+
+
+def derive_features(
+    state: np.ndarray, now_ms: np.ndarray | float, config: FeatureConfig
+) -> np.ndarray:
+    """The model input (n_users x len(FEATURES)) at time ``now_ms`` (epoch ms, per user or one).
+
+    ``now`` earlier than a user's last event is raised to it: features never look back.
+    Users without any event get zeros and the recency cap.
+    """
+    anchor = state[:, COL["last_ts_ms"]]
+    now = np.fmax(np.broadcast_to(np.asarray(now_ms, dtype=np.float64), anchor.shape), anchor)
+    lives = half_lives_ms(config)
+    elapsed = np.nan_to_num(now - anchor, nan=0.0)
+    values: dict[str, np.ndarray] = {"now": now}
+    for j, acc in enumerate(ACCUMULATORS):
+        values[acc.name] = state[:, _ACC.start + j] * np.exp2(-elapsed / lives[acc.half_life])
+    for name in ("first_ts_ms", "last_purchase_ts_ms"):
+        values[name] = state[:, COL[name]]
+    columns = [f.compute(values, config) for f in FEATURES]
+    return np.nan_to_num(np.stack(columns, axis=1), nan=0.0)
+
+
+def top_categories(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of each user's top category by spend and by views (NaN when none is positive)."""
+    codes = state[:, _CAT_CODE]
+    out = []
+    for block in (_CAT_SPEND, _CAT_VIEWS):
+        values = state[:, block]
+        best = values.argmax(axis=1)
+        code = codes[np.arange(len(codes)), best]
+        out.append(np.where(values.max(axis=1) > 0, code, np.nan))
+    return out[0], out[1]
+
+
+def state_as_dict(state_row: np.ndarray, category_names: Mapping[float, str]) -> dict[str, object]:
+    """One user's state in readable form: accumulators by name, categories by name."""
+    readable: dict[str, object] = {
+        name: float(state_row[COL[name]])
+        for name in (*BOOKKEEPING_FIELDS, *(a.name for a in ACCUMULATORS))
+    }
+    categories = {}
+    for i in range(CATEGORY_SLOTS):
+        code = state_row[_CAT_CODE.start + i]
+        if not np.isnan(code):
+            categories[category_names.get(float(code), f"#{int(code)}")] = {
+                "spend": float(state_row[_CAT_SPEND.start + i]),
+                "views": float(state_row[_CAT_VIEWS.start + i]),
+            }
+    readable["categories"] = categories
+    return readable
+
+
+def category_codes(names: Sequence[str | None], cache: dict[str, float]) -> np.ndarray:
+    """Codes of a column of category names (NaN for None), memoised in ``cache``."""
+    out = np.empty(len(names), dtype=np.float64)
+    for i, name in enumerate(names):
+        if name is None:
+            out[i] = np.nan
+        else:
+            code = cache.get(name)
+            if code is None:
+                code = cache[name] = category_code(name)
+            out[i] = code
+    return out

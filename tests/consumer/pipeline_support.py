@@ -1,0 +1,99 @@
+"""Helpers shared by the pipeline tests: settings for a test's topic and namespace, event
+production, and reading back the state the pipeline wrote."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from confluent_kafka import Producer
+
+from consumer.redis_keys import KeyLayout
+from consumer.settings import Settings, load_settings
+from consumer.state_store import StateStore
+from model.features import MS_PER_DAY, category_codes, state_as_dict
+
+T0 = 1_767_225_600_000.0  # 2026-01-01T00:00:00Z
+TYPES = ["view", "view", "view", "cart", "purchase", "refund", "review", "like", "share"]
+CATEGORIES = ["shoes", "books", "toys", "garden", "beauty", "sports", "pets", "auto"]
+HOSTILE_IDS = ["{u1}", "a:b", "ü ñ 😀", "%7Bx%7D", "}{", "a b"]
+
+
+def settings_for(kafka_bootstrap: str, redis_url: str, topic: str, namespace: str, **extra: Any) -> Settings:
+    overrides = {
+        "kafka.bootstrap_servers": kafka_bootstrap,
+        "kafka.events_topic": topic,
+        "kafka.segments_topic": f"{topic}.segments",
+        "kafka.dead_letter_topic": f"{topic}.dlq",
+        "kafka.group_id": f"g-{topic}",
+        "redis.url": redis_url,
+        "redis.namespace": namespace,
+        "pipeline.batch_size": 500,
+        **extra,
+    }
+    return load_settings(None, **overrides)
+
+
+def make_events(n: int, users: int, seed: int) -> list[dict[str, Any]]:
+    """Valid canonical events, out of order by up to 20 days, with hostile user ids."""
+    rng = random.Random(seed)
+    ids = [f"u{i}" for i in range(users - len(HOSTILE_IDS))] + HOSTILE_IDS
+    events = []
+    for i in range(n):
+        etype = rng.choice(TYPES)
+        event: dict[str, Any] = {
+            "event_id": f"e{seed}-{i}",
+            "user_id": rng.choice(ids),
+            "type": etype,
+            "ts": int(T0 + rng.uniform(0, 60) * MS_PER_DAY),
+        }
+        if etype in ("purchase", "refund"):
+            event["amount"] = round(rng.lognormvariate(3.5, 0.8), 2)
+        if rng.random() < 0.7:
+            event["category"] = rng.choice(CATEGORIES)
+        events.append(event)
+    return events
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def as_records(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+def read_state(client: redis.Redis, namespace: str, users: list[str]) -> dict[str, dict[str, Any]]:
+    store = StateStore(client, KeyLayout(namespace))
+    states = store.read_states(users)
+    names = {float(c): n for n, c in zip(CATEGORIES, category_codes(CATEGORIES, {}), strict=True)}
+    return {u: state_as_dict(states[i], names) for i, u in enumerate(users)}
+
+
+def canonical(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events as the reference recomputation wants them (amount always present)."""
+    return [
+        {**e, "ts": float(e["ts"]), "amount": e.get("amount", 0.0), "category": e.get("category")}
+        for e in events
+    ]
+
+
+def assert_state_matches(actual: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
+    assert set(actual) == set(expected)
+    for user, want in expected.items():
+        got = actual[user]
+        for key, value in want.items():
+            if key == "categories":
+                assert list(got[key]) == list(value), user
+                for cat, parts in value.items():
+                    for part, v in parts.items():
+                        np.testing.assert_allclose(got[key][cat][part], v, rtol=1e-9, atol=1e-12)
+            else:
+                np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=f"{user} {key}")

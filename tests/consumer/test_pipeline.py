@@ -1,0 +1,102 @@
+"""The main job against the real broker and Redis: state, records, dead letters, accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+import pytest
+import redis
+from confluent_kafka import Consumer
+
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout
+from model.features import FeatureConfig
+from tests.consumer.pipeline_support import (
+    as_records,
+    assert_state_matches,
+    canonical,
+    make_events,
+    produce,
+    read_state,
+    settings_for,
+)
+from tests.reference_features import recompute
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def run_until_drained(pipeline: SegmentPipeline, expected_records: int) -> None:
+    pipeline.start()
+    try:
+        pipeline.run(max_records=expected_records, idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+
+
+def test_features_in_redis_equal_an_independent_recomputation(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic(partitions=3)
+    events = make_events(4000, users=150, seed=5)
+    produce(kafka_bootstrap, topic, as_records(events))
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    pipeline = SegmentPipeline(settings)
+    run_until_drained(pipeline, len(events))
+
+    assert pipeline.totals.records == len(events)
+    assert pipeline.totals.applied == len(events)
+    expected = recompute(canonical(events), FeatureConfig())
+    actual = read_state(redis_client, namespace, list(expected))
+    assert_state_matches(actual, expected)
+    # Before any model exists every touched user has a cold-start record, readable as JSON.
+    keys = KeyLayout(namespace)
+    for user in expected:
+        record = orjson.loads(redis_client.get(keys.segment(user)))
+        assert record["user_id"] == user
+        assert record["status"] == "cold_start"
+
+
+def test_bad_records_are_dead_lettered_with_reason_and_source(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic()
+    good = make_events(50, users=10, seed=9)
+    bad: list[tuple[bytes | None, bytes]] = [
+        (b"u1", b"not json"),
+        (b"u1", b"[1, 2]"),
+        (b"u1", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "purchase", "ts": 1767225600000})),
+        (b"u1", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "view", "ts": "0001-01-01T00:00:00Z"})),
+        (b"u2", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "view", "ts": 1767225600000})),
+        (b"u1", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "purchase", "amount": -5, "ts": 1767225600000})),
+        (b"u1", b"{" * 70_000),
+    ]
+    unmapped = [(b"u1", orjson.dumps({"event_id": "y", "user_id": "u1", "type": "search", "ts": 1767225600000}))]
+    produce(kafka_bootstrap, topic, as_records(good) + bad + unmapped)
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    pipeline = SegmentPipeline(settings)
+    total = len(good) + len(bad) + len(unmapped)
+    run_until_drained(pipeline, total)
+
+    t = pipeline.totals
+    assert (t.records, t.applied, t.dead_lettered, t.ignored) == (total, len(good), len(bad), 1)
+    counters = {k.decode(): int(v) for k, v in redis_client.hgetall(KeyLayout(namespace).counters).items()}
+    assert counters["records"] == total and counters["dead_lettered"] == len(bad)
+
+    dlq = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"})
+    dlq.subscribe([settings.kafka.dead_letter_topic])
+    got = []
+    while len(got) < len(bad):
+        msg = dlq.poll(10)
+        assert msg is not None, f"only {len(got)} dead letters arrived"
+        got.append(msg)
+    dlq.close()
+    assert [m.value() for m in got] == [v for _, v in bad]  # original bytes, in order
+    reasons = [dict(m.headers())["streamseg.reason"].decode() for m in got]
+    assert reasons == ["not_json", "not_object", "invalid_field", "ts_out_of_range",
+                       "key_mismatch", "invalid_field", "oversize"]
+    first = dict(got[0].headers())
+    assert first["streamseg.source.topic"].decode() == topic
+    assert int(first["streamseg.source.offset"]) == len(good)
