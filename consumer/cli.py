@@ -22,6 +22,41 @@ STREAMSEG_KAFKA__BOOTSTRAP_SERVERS=localhost:9092 or STREAMSEG_REDIS__NAMESPACE=
 Run `streamseg COMMAND --help` for the options of one command.
 """
 
+_GENERATE_EPILOG = """\
+Planted user types: loyal_high_spender, bargain_hunter, window_shopper, new_user (first seen
+late in the span), churning (silent for the last third), occasional. Records are keyed by user
+id, mostly in event-time order, with aliases (product_view, add_to_cart, order_completed, ...),
+ISO and epoch-ms timestamps, out-of-order and late events and deliberately malformed records
+(the consumer must dead-letter them). Same options and seed give the same bytes.
+
+Examples:
+  # 1000 users, 90 days, to the events topic as fast as possible, keeping the truth
+  streamseg generate --planted planted.json
+  # a small, clean file for a unit of work; nothing sent
+  streamseg generate --users 200 --days 14 --valid-only --no-kafka --out events.jsonl
+  # a live-looking feed at 500 records/s where loyal high spenders stop buying halfway
+  streamseg generate --users 5000 --rate 500 --drift loyal_high_spender --drift-at 0.5
+  # send the same stream again later, byte for byte
+  streamseg generate --seed 7 --out run7.jsonl && streamseg produce run7.jsonl --topic replay
+
+JSON lines (--out): one record per line; a line is the record value itself, or, for values
+that are not one line of UTF-8 (or whose key is not their user_id), a wrapper
+{"_raw_b64": "<base64 value>", "_key_b64": "<base64 key>" | null}.
+"""
+
+_PRODUCE_EPILOG = """\
+Each line is sent as one record: the line itself as the value, keyed by its user_id (or
+--key-field) when it is a JSON object that has one, unkeyed otherwise; lines that are not
+JSON are sent too (the consumer dead-letters them). A line {"_raw_b64": ..., "_key_b64": ...}
+stands for raw bytes and is sent decoded, so files written by `generate --out` replay exactly.
+
+Examples:
+  streamseg produce events.jsonl
+  streamseg produce events.jsonl --topic events.replay --rate 2000
+  kcat -C -b localhost:9092 -t events -e -q | streamseg produce - --topic events.copy
+  streamseg produce orders.jsonl --key-field customer_id
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; also used by tests to check commands named in deployments."""
@@ -91,6 +126,128 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", dest="model_version", type=int)
     imp = model_actions.add_parser("import", help="publish a model JSON file as a new version")
     imp.add_argument("path", type=Path)
+
+    generate = _command(
+        commands,
+        "generate",
+        "consumer.produce:generate_command",
+        "simulate a realistic e-commerce stream with planted user types and send it to Kafka",
+    )
+    generate.formatter_class = argparse.RawDescriptionHelpFormatter
+    generate.epilog = _GENERATE_EPILOG
+    shape = generate.add_argument_group("what to simulate")
+    shape.add_argument("--users", type=int, metavar="N", help="number of users (default 1000)")
+    shape.add_argument("--days", type=float, help="span of event time, days (default 90)")
+    shape.add_argument(
+        "--start",
+        metavar="WHEN",
+        help="start of the span: epoch ms or ISO-8601, UTC unless zoned (default 2024-01-01)",
+    )
+    shape.add_argument(
+        "--end-now", action="store_true", help="end the span now instead (not reproducible)"
+    )
+    shape.add_argument(
+        "--seed", type=int, metavar="S", help="random seed; same seed, same bytes (default 0)"
+    )
+    shape.add_argument(
+        "--activity",
+        type=float,
+        metavar="X",
+        help="multiply every session rate by this (default 1)",
+    )
+    shape.add_argument(
+        "--events-per-user",
+        type=float,
+        metavar="N",
+        help="scale activity so that a user has about N valid events over the span",
+    )
+    shape.add_argument(
+        "--drift",
+        metavar="TYPE",
+        help="planted type that changes behaviour, e.g. loyal_high_spender (default none)",
+    )
+    shape.add_argument(
+        "--drift-at", type=float, metavar="FRACTION", help="from this fraction of the span on (0.6)"
+    )
+    shape.add_argument(
+        "--drift-to", metavar="TYPE", help="behave like this type from then (window_shopper)"
+    )
+    dirt = generate.add_argument_group("how dirty the stream is (shares in [0, 1))")
+    dirt.add_argument(
+        "--malformed-share", type=float, metavar="SHARE", help="malformed records (0.01)"
+    )
+    dirt.add_argument(
+        "--out-of-order-share", type=float, metavar="SHARE", help="delayed 5 s - 5 min (0.02)"
+    )
+    dirt.add_argument("--late-share", type=float, metavar="SHARE", help="delayed 1-6 hours (0.002)")
+    dirt.add_argument(
+        "--alias-share",
+        type=float,
+        metavar="SHARE",
+        help="types as aliases, e.g. add_to_cart (0.2)",
+    )
+    dirt.add_argument(
+        "--iso-ts-share", type=float, metavar="SHARE", help="ts as ISO-8601 strings (0.3)"
+    )
+    dirt.add_argument(
+        "--hostile-id-share",
+        type=float,
+        metavar="SHARE",
+        help="users with unicode/space/{}/: ids (0.01)",
+    )
+    dirt.add_argument("--valid-only", action="store_true", help="no malformed records at all")
+    where = generate.add_argument_group("where it goes")
+    where.add_argument(
+        "--topic", metavar="NAME", help="destination topic (default: kafka.events_topic)"
+    )
+    where.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="records per second at most (0 = no limit)",
+    )
+    where.add_argument(
+        "--out", metavar="FILE.jsonl", help="also write the stream as JSON lines (- = stdout)"
+    )
+    where.add_argument("--planted", metavar="FILE.json", help="write {user_id: planted type} here")
+    where.add_argument("--no-kafka", action="store_true", help="only write --out, send nothing")
+    where.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+    produce = _command(
+        commands,
+        "produce",
+        "consumer.produce:produce_command",
+        "send a JSON-lines file (or stdin) to a Kafka topic, one record per line",
+    )
+    produce.formatter_class = argparse.RawDescriptionHelpFormatter
+    produce.epilog = _PRODUCE_EPILOG
+    produce.add_argument("file", metavar="FILE", help="JSON-lines file, or - for stdin")
+    produce.add_argument(
+        "--topic", metavar="NAME", help="destination topic (default: kafka.events_topic)"
+    )
+    produce.add_argument(
+        "--key-field",
+        default="user_id",
+        metavar="NAME",
+        help="JSON field whose value becomes the record key (default user_id)",
+    )
+    produce.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="records per second at most (0 = no limit)",
+    )
+    produce.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     return parser
 
 

@@ -19,9 +19,10 @@ RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
 def consumer_config(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
     """Offsets are stored by the pipeline after its Redis write and committed automatically."""
-    return {
+    config = {
         **kafka.client_config(),
         "group.id": group_id or kafka.group_id,
+        "session.timeout.ms": kafka.session_timeout_ms,
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
@@ -30,6 +31,9 @@ def consumer_config(kafka: KafkaSettings, group_id: str | None = None) -> dict[s
         "fetch.wait.max.ms": 50,
         "queued.max.messages.kbytes": 65536,
     }
+    if kafka.group_instance_id:
+        config["group.instance.id"] = kafka.group_instance_id
+    return config
 
 
 def create_consumer(

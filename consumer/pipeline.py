@@ -170,6 +170,8 @@ class SegmentPipeline:
             if messages:
                 last_record = time.monotonic()
                 self.process(messages)
+            elif not self.consumer.assignment():
+                last_record = time.monotonic()  # idle only counts while partitions are ours
             elif idle_exit_seconds and time.monotonic() - last_record > idle_exit_seconds:
                 break
             if max_records and self.totals.records >= max_records:
@@ -231,6 +233,7 @@ class SegmentPipeline:
             "ignored": stats.ignored,
             "dead_lettered": stats.dead_lettered,
             "segment_changes": stats.segment_changes,
+            "training_rows": len(write.training_rows) if write.training_rows is not None else 0,
             **{f"dead_letter.{r}": n for r, n in stats.reasons.items()},
         }
         self._deliver()
@@ -288,7 +291,7 @@ class SegmentPipeline:
             user_ids=touched_users,
             states=touched_states,
             segment_records=records_json,
-            training_rows=features,
+            training_rows=features if self.settings.pipeline.training_buffer_rows else None,
             size_changes=size_changes,
             new_categories=new_categories,
             watermark_ms=self._watermark,

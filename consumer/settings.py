@@ -32,6 +32,11 @@ class KafkaSettings(BaseModel):
     segments_topic: str = "segments"
     dead_letter_topic: str = "events.dlq"
     group_id: str = "streamseg"
+    #: A member silent this long is dropped and its partitions reassigned (milliseconds).
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    #: Static membership: a restarted process with the same id gets its partitions back
+    #: at once instead of after the session timeout. Unique per process.
+    group_instance_id: str | None = None
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -359,6 +359,15 @@ FEATURES: tuple[Feature, ...] = (
     ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+#: Heavy-tailed counts and money: the model takes a signed log1p of these before scaling.
+LOG_FEATURES: tuple[str, ...] = (
+    "purchases",
+    "net_revenue",
+    "avg_order_value",
+    "views",
+    "carts",
+    "engagement",
+)
 
 
 def derive_features(

@@ -1,0 +1,592 @@
+"""Put records on a Kafka topic: the synthetic stream (``streamseg generate``) or a JSON-lines
+file (``streamseg produce``), with rate limiting, a progress bar and delivery accounting.
+
+JSON-lines format
+-----------------
+One record per line (UTF-8, ``\\n``-terminated; a trailing ``\\r`` is tolerated; blank lines are
+skipped):
+
+- A line that is a JSON object with a wrapper field ``_raw_b64`` stands for a record whose
+  value is not a single line of UTF-8 text (or whose key cannot be derived from it):
+  ``{"_raw_b64": "<base64 value>", "_key_b64": "<base64 key>" | null}``. The field name
+  ``_raw_b64`` is reserved for this.
+- Any other line is the record value, byte for byte. Its key is the UTF-8 text of the line's
+  ``user_id`` (or ``--key-field``) when the line is a JSON object with a string or integer
+  there, and no key otherwise. Lines that are not JSON are still sent (as bad records).
+
+`record_to_line` writes a record verbatim exactly when `record_from_line` gives back the same
+key and value, and the wrapper otherwise, so a file written by ``streamseg generate --out``
+reproduces the stream byte for byte through ``streamseg produce``.
+
+Delivery
+--------
+The producer is idempotent (``enable.idempotence``), batches for throughput (``linger.ms`` 10,
+``compression.type`` lz4, ``batch.size`` 1 MB) and reports only failed deliveries, which are
+counted by error name in `ProduceStats`; nothing is dropped silently. The last flush waits up
+to ``flush_timeout`` seconds; records still queued then are counted as undelivered. Ctrl-C
+stops reading, flushes what was handed over, and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import dataclasses
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
+from consumer.settings import KafkaSettings, Settings
+
+__all__ = [
+    "JsonLinesFormatError",
+    "ProduceStats",
+    "generate_command",
+    "produce_command",
+    "produce_records",
+    "producer_config",
+    "read_jsonl_records",
+    "record_from_line",
+    "record_to_line",
+]
+
+log = logging.getLogger(__name__)
+
+RAW_FIELD = "_raw_b64"
+KEY_FIELD = "_key_b64"
+_MAX_ERROR_SAMPLES = 5
+_PROGRESS_EVERY = 1024  # records between progress updates and producer polls
+
+
+class JsonLinesFormatError(StreamsegError):
+    """A JSON-lines input has a broken ``_raw_b64`` wrapper; the message names the line."""
+
+
+# -------------------------------------------------------------------- JSON lines
+def record_from_line(line: bytes, key_field: str = "user_id") -> tuple[bytes | None, bytes]:
+    """The Kafka record ``(key, value)`` that one JSON-lines line stands for.
+
+    Parameters
+    ----------
+    line : the line without its line terminator.
+    key_field : field of a JSON object whose value (string or integer) becomes the key.
+
+    Raises `JsonLinesFormatError` when a ``_raw_b64`` wrapper does not hold valid base64.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, line
+    if not isinstance(obj, dict):
+        return None, line
+    if RAW_FIELD in obj:
+        raw, raw_key = obj.get(RAW_FIELD), obj.get(KEY_FIELD)
+        if not isinstance(raw, str) or not (raw_key is None or isinstance(raw_key, str)):
+            raise JsonLinesFormatError(f"{RAW_FIELD} and {KEY_FIELD} must be base64 strings")
+        try:
+            value = base64.b64decode(raw, validate=True)
+            key = None if raw_key is None else base64.b64decode(raw_key, validate=True)
+        except binascii.Error as exc:
+            raise JsonLinesFormatError(f"invalid base64 in {RAW_FIELD} wrapper: {exc}") from None
+        return key, value
+    user = obj.get(key_field)
+    if isinstance(user, str):
+        return user.encode(), line
+    if isinstance(user, int) and not isinstance(user, bool):
+        return str(user).encode(), line
+    return None, line
+
+
+def record_to_line(key: bytes | None, value: bytes) -> bytes:
+    """One JSON-lines line (without terminator) from which `record_from_line` rebuilds
+    ``(key, value)`` exactly: the value itself when that works, else the base64 wrapper."""
+    if value.strip() and b"\n" not in value and b"\r" not in value:
+        try:
+            value.decode("utf-8")
+            verbatim = record_from_line(value) == (key, value)
+        except (UnicodeDecodeError, JsonLinesFormatError):
+            verbatim = False
+        if verbatim:
+            return value
+    return orjson.dumps(
+        {
+            RAW_FIELD: base64.b64encode(value).decode("ascii"),
+            KEY_FIELD: None if key is None else base64.b64encode(key).decode("ascii"),
+        }
+    )
+
+
+def read_jsonl_records(
+    stream: IO[bytes], key_field: str = "user_id"
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """Records of a JSON-lines byte stream (see the module docstring), in file order.
+
+    Raises `JsonLinesFormatError` naming the line number of a broken wrapper.
+    """
+    for number, line in enumerate(stream, start=1):
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            continue
+        try:
+            yield record_from_line(line, key_field)
+        except JsonLinesFormatError as exc:
+            raise JsonLinesFormatError(f"line {number}: {exc}") from None
+
+
+def _write_jsonl(
+    records: Iterable[tuple[bytes | None, bytes]], out: IO[bytes]
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """Pass records through, writing each one to ``out`` once the next one is asked for
+    (so that a record is in the file only when the consumer of this iterator took it)."""
+    write = out.write
+    for key, value in records:
+        yield key, value
+        write(record_to_line(key, value) + b"\n")
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    last = b"\n"
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+# -------------------------------------------------------------------- progress
+class _RateColumn(ProgressColumn):
+    """Records per second over the recent past."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- rec/s" if speed is None else f"{speed:,.0f} rec/s", style="cyan")
+
+
+class _ProgressDisplay:
+    """A rich progress bar on stderr, updated at most every ~0.1 s; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, description: str, total: int | None) -> None:
+        self._progress: Progress | None = None
+        if enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                refresh_per_second=8,
+            )
+            self._task = self._progress.add_task(description, total=total)
+        self._last = 0.0
+
+    def __enter__(self) -> Self:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(
+        self, completed: int, *, force: bool = False, description: str | None = None
+    ) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= 0.1:
+            self._last = now
+            self._progress.update(self._task, completed=completed, description=description)
+
+    def finish(self, completed: int) -> None:
+        """Set the total to what was done (totals may be estimates) and draw a last time."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, total=completed)
+
+
+# -------------------------------------------------------------------- producing
+@dataclass(slots=True)
+class ProduceStats:
+    """What happened to the records handed to `produce_records`.
+
+    ``sent`` records were handed to the producer (``value_bytes`` bytes of values); of these
+    ``failed`` got a delivery error (counted by error name in ``errors``, with the first few
+    messages in ``error_samples``) and ``undelivered`` were still queued when the final flush
+    gave up. ``seconds`` is wall time from the first record to the end of the flush.
+    """
+
+    topic: str = ""
+    sent: int = 0
+    failed: int = 0
+    undelivered: int = 0
+    value_bytes: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    errors: Counter[str] = field(default_factory=Counter)
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def delivered(self) -> int:
+        """Records acknowledged by the broker."""
+        return self.sent - self.failed - self.undelivered
+
+    @property
+    def rate(self) -> float:
+        """Records sent per second (0 before any time elapsed)."""
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every record handed over was delivered and nothing was interrupted."""
+        return self.failed == 0 and self.undelivered == 0 and not self.interrupted
+
+    def summary(self) -> str:
+        """One human line, e.g. for the end of a command."""
+        text = (
+            f"produced {self.sent:,} records ({self.value_bytes / 1e6:,.1f} MB) to "
+            f"{self.topic!r} in {self.seconds:,.1f} s ({self.rate:,.0f} records/s): "
+            f"{self.delivered:,} delivered, {self.failed:,} failed, "
+            f"{self.undelivered:,} undelivered"
+        )
+        if self.errors:
+            text += " [" + ", ".join(f"{k}: {v:,}" for k, v in self.errors.most_common()) + "]"
+        if self.interrupted:
+            text += " (interrupted)"
+        return text
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        # Called only for failures (delivery.report.only.error).
+        if err is None:
+            return
+        self.failed += 1
+        self.errors[err.name()] += 1
+        if len(self.error_samples) < _MAX_ERROR_SAMPLES:
+            self.error_samples.append(str(err))
+
+    def _on_local_error(self, exc: KafkaException | BufferError) -> None:
+        self.failed += 1
+        name = exc.args[0].name() if exc.args and isinstance(exc.args[0], KafkaError) else "local"
+        self.errors[name] += 1
+        if len(self.error_samples) < _MAX_ERROR_SAMPLES:
+            self.error_samples.append(str(exc))
+
+
+def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka producer properties: throughput defaults, then the settings (which win)."""
+    config: dict[str, Any] = {
+        "enable.idempotence": True,
+        "linger.ms": 10,
+        "compression.type": "lz4",
+        "batch.size": 1_000_000,
+        "batch.num.messages": 100_000,
+        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+    }
+    config.update(kafka.client_config())
+    return config
+
+
+class _TokenBucket:
+    """At most ``rate`` takes per second on average, bursts of up to ~0.1 s worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate / 10.0)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> None:
+        if self.tokens < 1.0:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1.0:
+                wait = (1.0 - self.tokens) / self.rate
+                time.sleep(wait)
+                self.tokens += wait * self.rate
+                self.stamp += wait
+        self.tokens -= 1.0
+
+
+def produce_records(
+    records: Iterable[tuple[bytes | None, bytes]],
+    kafka: KafkaSettings,
+    topic: str,
+    rate: float | None = None,
+    progress: bool = False,
+    *,
+    total: int | None = None,
+    description: str = "producing",
+    flush_timeout: float = 60.0,
+    connect_timeout: float = 15.0,
+) -> ProduceStats:
+    """Send ``(key, value)`` records to ``topic`` and account for every one of them.
+
+    Parameters
+    ----------
+    records : Kafka records in send order; keys may be None.
+    kafka : connection settings (`KafkaSettings.extra` overrides the producer defaults).
+    topic : destination topic.
+    rate : records per second at most (token bucket); None or 0 for as fast as possible.
+    progress : show a progress bar on stderr.
+    total : number of records expected (may be an estimate), for the bar and its ETA.
+    description : label of the progress bar.
+    flush_timeout : seconds to wait for the final deliveries.
+    connect_timeout : seconds to wait for the broker's metadata before giving up.
+
+    Returns
+    -------
+    ProduceStats : counts of sent, failed and undelivered records, errors by name.
+
+    Raises `ServerUnavailableError` when the broker cannot be reached at start. A Ctrl-C
+    stops reading, flushes and returns with ``interrupted`` set.
+    """
+    stats = ProduceStats(topic=topic)
+    config = producer_config(kafka)
+    config["delivery.report.only.error"] = True
+    config["on_delivery"] = stats._on_delivery
+    config["error_cb"] = _log_client_error
+    producer = Producer(config)
+    try:
+        producer.list_topics(timeout=connect_timeout)
+    except KafkaException as exc:
+        raise ServerUnavailableError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers} (kafka.bootstrap_servers): {exc}"
+        ) from None
+
+    bucket = _TokenBucket(rate) if rate else None
+    produce, poll = producer.produce, producer.poll
+    started = time.monotonic()
+    with _ProgressDisplay(progress, description, total) as bar:
+        try:
+            for key, value in records:
+                if bucket is not None:
+                    bucket.take()
+                while True:
+                    try:
+                        produce(topic, value, key)
+                        break
+                    except BufferError:
+                        poll(0.05)  # local queue full: let deliveries drain
+                    except KafkaException as exc:  # e.g. a record larger than allowed
+                        stats._on_local_error(exc)
+                        break
+                stats.sent += 1
+                stats.value_bytes += len(value)
+                if stats.sent % _PROGRESS_EVERY == 0:
+                    poll(0)
+                    bar.update(stats.sent)
+        except KeyboardInterrupt:
+            stats.interrupted = True
+            log.warning("interrupted: flushing %d records handed to the producer", len(producer))
+        finally:
+            # Also on a failing input: what was handed over is delivered before raising.
+            bar.update(stats.sent, force=True, description=f"{description} (flushing)")
+            stats.undelivered = producer.flush(flush_timeout)
+            stats.seconds = time.monotonic() - started
+            bar.update(stats.sent, force=True, description=description)
+            bar.finish(stats.sent)
+    if stats.failed or stats.undelivered:
+        log.error("%s; first errors: %s", stats.summary(), "; ".join(stats.error_samples))
+    return stats
+
+
+def _log_client_error(err: KafkaError) -> None:
+    # Client-level problems (broker down, authentication): deliveries are retried meanwhile.
+    log.warning("kafka: %s", err)
+
+
+# -------------------------------------------------------------------- command handlers
+def _parse_start(text: str) -> int:
+    """``--start``: epoch milliseconds, or an ISO-8601 date or date-time (UTC unless zoned)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--start {text!r}: not epoch milliseconds or ISO-8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)
+
+
+#: Options of ``streamseg generate`` that map 1:1 onto `GeneratorConfig` fields (None = default).
+_GENERATOR_OPTIONS = {
+    "users": "users",
+    "days": "days",
+    "seed": "seed",
+    "activity": "activity",
+    "malformed_share": "malformed_share",
+    "out_of_order_share": "out_of_order_share",
+    "late_share": "late_share",
+    "alias_share": "alias_share",
+    "iso_ts_share": "iso_ts_share",
+    "hostile_id_share": "hostile_id_share",
+    "drift": "drift_type",
+    "drift_at": "drift_at",
+    "drift_to": "drift_to",
+}
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    choice: bool | None = getattr(args, "progress", None)
+    return sys.stderr.isatty() if choice is None else choice
+
+
+@contextlib.contextmanager
+def _open_output(path: str | None) -> Iterator[IO[bytes] | None]:
+    if path is None:
+        yield None
+    elif path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+    else:
+        with open(path, "wb", buffering=1 << 20) as fh:
+            yield fh
+
+
+def generate_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg generate``: simulate the stream, send it to Kafka and/or write JSON lines."""
+    from consumer.synthetic import EventGenerator, GeneratorConfig
+
+    given = {
+        field_name: value
+        for option, field_name in _GENERATOR_OPTIONS.items()
+        if (value := getattr(args, option, None)) is not None
+    }
+    config = GeneratorConfig(**given, valid_only=args.valid_only)
+    if args.end_now:
+        config.start_ms = round(time.time() * 1000 - config.days * 86_400_000)
+    elif args.start is not None:
+        config.start_ms = _parse_start(args.start)
+    config.__post_init__()  # check the span again
+    if args.events_per_user:
+        natural = EventGenerator(config).expected_valid_events() / config.users
+        config = dataclasses.replace(
+            config, activity=config.activity * args.events_per_user / natural
+        )
+    generator = EventGenerator(config)
+    if args.planted:
+        generator.write_planted_types(args.planted)
+    if args.no_kafka and not args.out:
+        print("streamseg generate: --no-kafka needs --out FILE", file=sys.stderr)
+        return 2
+
+    topic = args.topic or settings.kafka.events_topic
+    total = generator.expected_records()
+    show = _show_progress(args)
+    code = 0
+    with _open_output(args.out) as out:
+        records: Iterable[tuple[bytes | None, bytes]] = generator.records()
+        if out is not None:
+            records = _write_jsonl(records, out)
+        if args.no_kafka:
+            code = _drain(records, show, total)
+        else:
+            stats = produce_records(
+                records,
+                settings.kafka,
+                topic,
+                rate=args.rate or None,
+                progress=show,
+                total=total,
+                description=f"generate -> {topic}",
+            )
+            print(stats.summary(), file=sys.stderr)
+            code = 0 if stats.ok else (130 if stats.interrupted else 1)
+    gen = generator.stats
+    by_type = ", ".join(f"{name} {count:,}" for name, count in gen.by_type.most_common())
+    print(
+        f"generated {gen.records:,} records for {config.users:,} users over {config.days:g} days "
+        f"(seed {config.seed}): {gen.valid:,} valid ({by_type}); "
+        f"{sum(gen.malformed.values()):,} malformed; {gen.out_of_order:,} out of order; "
+        f"{gen.late:,} late"
+        + (f"; JSON lines in {args.out}" if args.out and args.out != "-" else "")
+        + (f"; planted types in {args.planted}" if args.planted else ""),
+        file=sys.stderr,
+    )
+    return code
+
+
+def _drain(records: Iterable[tuple[bytes | None, bytes]], show: bool, total: int) -> int:
+    count = 0
+    with _ProgressDisplay(show, "generate -> file", total) as bar:
+        try:
+            for _ in records:
+                count += 1
+                if count % _PROGRESS_EVERY == 0:
+                    bar.update(count)
+        except KeyboardInterrupt:
+            bar.finish(count)
+            return 130
+        bar.finish(count)
+    return 0
+
+
+def produce_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg produce``: send a JSON-lines file (or stdin) to a topic."""
+    topic = args.topic or settings.kafka.events_topic
+    total: int | None = None
+    if args.file == "-":
+        source: IO[bytes] = sys.stdin.buffer
+        name = "stdin"
+    else:
+        path = Path(args.file)
+        try:
+            source = path.open("rb", buffering=1 << 20)
+            total = _count_lines(path) if path.is_file() else None
+        except OSError as exc:
+            print(f"streamseg produce: cannot read {args.file}: {exc}", file=sys.stderr)
+            return 2
+        name = path.name
+    with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
+        stats = produce_records(
+            read_jsonl_records(source, args.key_field),
+            settings.kafka,
+            topic,
+            rate=args.rate or None,
+            progress=_show_progress(args),
+            total=total,
+            description=f"{name} -> {topic}",
+        )
+    print(stats.summary(), file=sys.stderr)
+    if stats.interrupted:
+        return 130
+    return 0 if stats.ok else 1

@@ -1,0 +1,209 @@
+"""The trainer process: bootstraps the model, keeps it fresh with partial_fit, publishes it.
+
+Input: the feature vectors the pipeline pushes to ``<ns>:training-samples`` with every batch
+(rows of touched users at their latest event time). The trainer never reads user keys, so it
+does not slow the pipeline.
+
+1. Bootstrap: once ``trainer.bootstrap_rows`` rows are buffered, fit the preprocessing and
+   k-means++ (several inits) on them; label the segments; publish version 1 (or the next).
+2. Update: every ``trainer.update_interval_seconds``, if at least ``trainer.update_rows`` new
+   rows arrived, ``partial_fit`` on them (with forgetting), match ids, relabel, publish.
+
+Exactly one trainer is active per namespace: it holds a lease in Redis that it renews; a
+second trainer waits and takes over when the lease expires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+import uuid
+from types import FrameType
+
+import numpy as np
+import redis
+
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from consumer.settings import Settings, TrainerSettings
+from model.features import FEATURE_NAMES, LOG_FEATURES
+from model.labels import label_segments
+from model.model_format import SegmentModel
+from model.preprocessing import Preprocessor
+from model.segmenter import StreamingSegmenter
+
+log = logging.getLogger(__name__)
+
+# Renew the lease only if we still hold it: compare-and-extend must be atomic.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class TrainerLease:
+    """A Redis lease (SET NX PX) naming the one active trainer of a namespace."""
+
+    def __init__(self, client: redis.Redis, key: str, seconds: float) -> None:
+        self.client = client
+        self.key = key
+        self.ms = int(seconds * 1000)
+        self.token = uuid.uuid4().hex
+        self._renew = client.register_script(_RENEW)
+
+    def acquire(self) -> bool:
+        return bool(self.client.set(self.key, self.token, nx=True, px=self.ms))
+
+    def renew(self) -> bool:
+        return bool(self._renew(keys=[self.key], args=[self.token, self.ms]))
+
+    def release(self) -> None:
+        if self.client.get(self.key) == self.token.encode():
+            self.client.delete(self.key)
+
+
+class Trainer:
+    """Turns buffered feature vectors into published model versions."""
+
+    def __init__(self, client: redis.Redis, keys: KeyLayout, config: TrainerSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.config = config
+        self.models = ModelStore(client, keys)
+        self.preprocessor: Preprocessor | None = None
+        self.segmenter: StreamingSegmenter | None = None
+        self._rows_seen = 0
+
+    def resume(self) -> None:
+        """Continue from the published model, if any (after a restart or a takeover)."""
+        model = self.models.load_current()
+        if model is not None:
+            self.preprocessor = model.to_preprocessor()
+            self.segmenter = model.to_segmenter()
+            log.info("continuing from model version %d", model.model_version)
+        self._rows_seen = self._rows_pushed()
+
+    def _rows_pushed(self) -> int:
+        raw = self.client.hget(self.keys.counters, "training_rows")
+        return int(raw or 0)
+
+    def buffered_rows(self, max_rows: int | None = None) -> np.ndarray:
+        """The newest buffered feature rows (newest blobs first), at most ``max_rows``."""
+        blobs = self.client.lrange(self.keys.training_samples, 0, -1)
+        parts: list[np.ndarray] = []
+        total = 0
+        width = len(FEATURE_NAMES)
+        for blob in blobs:
+            if len(blob) % (8 * width):
+                continue  # not written by this version of the pipeline
+            rows = np.frombuffer(blob, dtype=np.float64).reshape(-1, width)
+            parts.append(rows)
+            total += len(rows)
+            if max_rows is not None and total >= max_rows:
+                break
+        if not parts:
+            return np.empty((0, width))
+        X = np.concatenate(parts)
+        X = X[np.isfinite(X).all(axis=1)]
+        return X[:max_rows] if max_rows is not None else X
+
+    def step(self) -> SegmentModel | None:
+        """Bootstrap or update once if there is enough data; returns the published model."""
+        if self.segmenter is None or self.preprocessor is None:
+            return self._bootstrap()
+        pushed = self._rows_pushed()
+        fresh = pushed - self._rows_seen
+        if fresh < self.config.update_rows:
+            return None
+        X = self.buffered_rows(max_rows=fresh)
+        self._rows_seen = pushed
+        if len(X) == 0:
+            return None
+        Z = self.preprocessor.transform(X)
+        self.segmenter.partial_fit(Z)
+        return self._publish(X, Z)
+
+    def _bootstrap(self) -> SegmentModel | None:
+        X = self.buffered_rows()
+        if len(X) < self.config.bootstrap_rows:
+            log.info("waiting for data: %d of %d rows buffered", len(X), self.config.bootstrap_rows)
+            return None
+        self._rows_seen = self._rows_pushed()
+        self.preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
+        Z = self.preprocessor.transform(X)
+        self.segmenter = StreamingSegmenter(
+            n_clusters=self.config.n_clusters,
+            half_life_batches=self.config.half_life_batches,
+            n_init=5,
+            random_state=self.config.seed,
+        ).fit(Z)
+        return self._publish(X, Z)
+
+    def _publish(self, X: np.ndarray, Z: np.ndarray) -> SegmentModel:
+        assert self.segmenter is not None and self.preprocessor is not None
+        positions = self.segmenter.predict(Z)
+        centers = self.preprocessor.inverse_transform(self.segmenter.cluster_centers_)
+        labels = label_segments(centers, X, positions, FEATURE_NAMES)
+        model = SegmentModel.from_fitted(self.segmenter, self.preprocessor, labels, n_rows=len(X))
+        version = self.models.next_version()
+        model = model.model_copy(update={"model_version": version})
+        self.segmenter.version_ = version
+        self.models.publish(model)
+        if len(self.segmenter.dying_clusters_):
+            log.warning("dying segments (tiny decayed count): %s", self.segmenter.dying_clusters_)
+        return model
+
+
+def train_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg train``: hold the lease, bootstrap, update and publish until stopped."""
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    keys = KeyLayout(settings.redis.namespace)
+    config = settings.trainer
+    lease = TrainerLease(client, keys.trainer_lease, config.lease_seconds)
+    stopping = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    started = time.monotonic()
+    trainer: Trainer | None = None
+    next_step = 0.0
+    try:
+        while not stopping:
+            if args.max_seconds and time.monotonic() - started > args.max_seconds:
+                break
+            if trainer is None:
+                if not lease.acquire():
+                    time.sleep(min(1.0, config.lease_seconds / 3))
+                    continue
+                log.info("trainer lease acquired for namespace %s", keys.namespace)
+                trainer = Trainer(client, keys, config)
+                trainer.resume()
+            elif not lease.renew():
+                log.warning("trainer lease lost; waiting to take over again")
+                trainer = None
+                continue
+            if time.monotonic() >= next_step:
+                model = trainer.step()
+                if model is not None:
+                    log.info(
+                        "published model v%d: %s",
+                        model.model_version,
+                        ", ".join(f"{i}:{n}" for i, n in zip(model.ids, model.names, strict=True)),
+                    )
+                    if args.once:
+                        break
+                next_step = time.monotonic() + (
+                    config.update_interval_seconds if trainer.segmenter else 1.0
+                )
+            time.sleep(min(0.5, config.lease_seconds / 4))
+    finally:
+        lease.release()
+    return 0

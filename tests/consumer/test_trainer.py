@@ -1,0 +1,101 @@
+"""Trainer and pipeline together: bootstrap, publish, hot reload, records naming the version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+import pytest
+import redis
+
+from consumer.model_store import ModelStore
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout
+from consumer.trainer import Trainer, TrainerLease
+from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def test_published_model_is_picked_up_without_restart(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic(partitions=2)
+    settings = settings_for(
+        kafka_bootstrap, redis_url, topic, namespace,
+        **{"pipeline.model_poll_seconds": 0.1},
+    )
+    settings.trainer.bootstrap_rows = 300
+    first = make_events(3000, users=400, seed=1)
+    produce(kafka_bootstrap, topic, as_records(first))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(first), idle_exit_seconds=20)
+        assert pipeline.model is None
+
+        keys = KeyLayout(namespace)
+        trainer = Trainer(redis_client, keys, settings.trainer)
+        trainer.resume()
+        model = trainer.step()
+        assert model is not None and model.model_version == 1
+        assert len(set(model.ids)) == settings.trainer.n_clusters
+
+        second = make_events(1000, users=400, seed=2)
+        produce(kafka_bootstrap, topic, as_records(second))
+        pipeline.run(max_records=len(first) + len(second), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+    assert pipeline.model is not None and pipeline.model.model_version == 1
+    touched = {e["user_id"] for e in second}
+    for user in touched:
+        record = orjson.loads(redis_client.get(keys.segment(user)))
+        assert record["status"] == "assigned"
+        assert record["model_version"] == 1
+        assert record["segment_id"] in model.ids
+        assert record["segment"] == model.names[model.ids.index(record["segment_id"])]
+    sizes = {int(k): int(v) for k, v in redis_client.hgetall(keys.segment_sizes).items()}
+    assert sum(sizes.values()) == len(touched)
+
+
+def test_only_one_trainer_holds_the_lease(redis_client: redis.Redis, namespace: str) -> None:
+    key = KeyLayout(namespace).trainer_lease
+    first = TrainerLease(redis_client, key, seconds=2)
+    second = TrainerLease(redis_client, key, seconds=2)
+    assert first.acquire()
+    assert not second.acquire()
+    assert not second.renew()
+    first.release()
+    assert second.acquire()
+
+
+def test_model_rollback_restores_an_earlier_version(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic()
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    settings.trainer.bootstrap_rows = 200
+    settings.trainer.update_rows = 100
+    events = make_events(2500, users=300, seed=3)
+    produce(kafka_bootstrap, topic, as_records(events[:1500]))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=1500, idle_exit_seconds=20)
+        trainer = Trainer(redis_client, KeyLayout(namespace), settings.trainer)
+        trainer.resume()
+        assert trainer.step() is not None
+        produce(kafka_bootstrap, topic, as_records(events[1500:]))
+        pipeline.run(max_records=2500, idle_exit_seconds=20)
+        second = trainer.step()
+    finally:
+        pipeline.close()
+    assert second is not None and second.model_version == 2
+    store = ModelStore(redis_client, KeyLayout(namespace))
+    assert store.versions() == [2, 1]
+    store.rollback(1)
+    assert store.current_version() == 1
+    current = store.load_current()
+    assert current is not None and current.model_version == 1
