@@ -100,6 +100,9 @@ class SegmentPipeline:
         self._names_by_code: dict[float, str] = {}
         self._watermark = -np.inf
         self._stopping = False
+        self._rescore_cursor: int | None = None  # SCAN cursor of the pass in progress
+        self._rescore_at = -np.inf  # watermark (ms) the pass in progress scores at
+        self._rescored_at = -np.inf  # watermark of the last finished pass
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.totals = BatchStats()
@@ -119,6 +122,7 @@ class SegmentPipeline:
             on_lost=self._on_lost,
         )
         self.refresh_model(force=True)
+        self._watermark = self.store.read_watermark() or -np.inf
         log.info(
             "started: topic=%s group=%s namespace=%s model=%s",
             kafka.events_topic,
@@ -166,6 +170,7 @@ class SegmentPipeline:
         last_record = time.monotonic()
         while not self._stopping:
             self.refresh_model()
+            self._rescore_step()
             messages = self.consumer.consume(batch_size, timeout)
             if messages:
                 last_record = time.monotonic()
@@ -378,6 +383,65 @@ class SegmentPipeline:
             found = self.redis.hmget(self.keys.categories, [repr(int(c)) for c in unknown])
             names.update({c: v.decode() for c, v in zip(unknown, found, strict=True) if v})
         return names
+
+    # -- idle users ------------------------------------------------------------------------
+
+    def _rescore_step(self) -> None:
+        """Advance the periodic re-score of idle users by one SCAN chunk.
+
+        Users who stop acting still move: every ``rescore_interval_seconds`` of event time,
+        the users of this consumer's partitions are scored again at the watermark (largest
+        event time seen less ``allowed_lateness_seconds``), so decay and recency can move them
+        into "lapsed" or "at risk" segments. Only users whose segment changes are written.
+        """
+        interval_ms = self.settings.pipeline.rescore_interval_seconds * 1000.0
+        if not interval_ms or self.model is None or self.consumer is None:
+            return
+        watermark = self._watermark - self.settings.pipeline.allowed_lateness_seconds * 1000.0
+        if not np.isfinite(watermark):
+            return
+        if self._rescore_cursor is None:
+            if watermark - self._rescored_at < interval_ms:
+                return
+            self._rescore_cursor, self._rescore_at = 0, watermark
+        cursor, found = self.redis.scan(
+            self._rescore_cursor, match=self.keys.state_pattern, count=2000
+        )
+        self._rescore_cursor = int(cursor)
+        if self._rescore_cursor == 0:
+            self._rescore_cursor, self._rescored_at = None, self._rescore_at
+        owned = {p.partition for p in self.consumer.assignment()}
+        users = [self.keys.user_from_state_key(k.decode()) for k in found]
+        if not users or not owned:
+            return
+        states = self.store.read_states(users)
+        mine = np.isin(states[:, COL["partition"]], list(owned)) & ~np.isnan(
+            states[:, COL["last_ts_ms"]]
+        )
+        if not mine.any():
+            return
+        users = [u for u, m in zip(users, mine, strict=True) if m]
+        states = states[mine]
+        before = states[:, COL["segment_id"]].copy()
+        features = derive_features(states, self._rescore_at, self.settings.features)
+        records, size_changes, changes = self._assign(users, states, features)
+        changed = np.flatnonzero(states[:, COL["segment_id"]] != before)
+        if not len(changed):
+            return
+        for user, change in changes:
+            self.producer.produce(  # type: ignore[union-attr]
+                self.settings.kafka.segments_topic, key=user.encode(), value=change
+            )
+        self._deliver()
+        self._write_with_retry(
+            BatchWrite(
+                user_ids=[users[i] for i in changed],
+                states=states[changed],
+                segment_records=[records[i] for i in changed],
+                size_changes=size_changes,
+                counters={"rescored_changes": len(changed)},
+            )
+        )
 
     # -- outputs ---------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ class PipelineSettings(BaseModel):
     #: Events older than the watermark by more than this still apply; "now" lags by it.
     allowed_lateness_seconds: float = Field(default=3600.0, ge=0)
     #: Re-score idle users against the watermark this often (event-time seconds; 0 = off).
-    rescore_interval_seconds: float = Field(default=0.0, ge=0)
+    rescore_interval_seconds: float = Field(default=86_400.0, ge=0)
     #: Extra type names mapped onto the canonical types (view, cart, purchase, ...).
     type_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
     #: Keep at most this many recent feature vectors (rows) for the trainer.
@@ -114,6 +114,11 @@ class TrainerSettings(BaseModel):
     update_rows: int = Field(default=5000, ge=100)
     update_interval_seconds: float = Field(default=10.0, gt=0)
     half_life_batches: float = Field(default=20.0, gt=0)
+    #: Refit the scaling when fresh rows' medians move this far (in IQRs) or spreads change
+    #: by this factor (1 + x).
+    rescale_tolerance: float = Field(default=0.5, gt=0)
+    #: A centre further than this (scaled units) from every previous one gets a new id.
+    new_id_distance: float = Field(default=1.5, gt=0)
     seed: int = 0
     lease_seconds: float = Field(default=10.0, gt=1)
 

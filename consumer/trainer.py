@@ -8,6 +8,9 @@ does not slow the pipeline.
    k-means++ (several inits) on them; label the segments; publish version 1 (or the next).
 2. Update: every ``trainer.update_interval_seconds``, if at least ``trainer.update_rows`` new
    rows arrived, ``partial_fit`` on them (with forgetting), match ids, relabel, publish.
+3. Refit: when the fresh rows no longer look standardised under the model's scaling (a
+   median beyond ``trainer.rescale_tolerance`` or a spread changed by more than that
+   factor), refit scaling and centres on the whole buffer; ids are kept by matching.
 
 Exactly one trainer is active per namespace: it holds a lease in Redis that it renews; a
 second trainer waits and takes over when the lease expires.
@@ -31,7 +34,7 @@ from consumer.settings import Settings, TrainerSettings
 from model.features import FEATURE_NAMES, LOG_FEATURES
 from model.labels import label_segments
 from model.model_format import SegmentModel
-from model.preprocessing import Preprocessor
+from model.preprocessing import Preprocessor, remap_centers
 from model.segmenter import StreamingSegmenter
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,40 @@ class Trainer:
         if len(X) == 0:
             return None
         Z = self.preprocessor.transform(X)
+        if self._scaling_stale(Z):
+            return self._refit()
         self.segmenter.partial_fit(Z)
+        return self._publish(X, Z)
+
+    def _scaling_stale(self, Z: np.ndarray) -> bool:
+        """True when fresh rows no longer look standardised: medians moved or spreads changed.
+
+        Features grow as history accumulates (a bootstrap early in a stream sees small
+        counts), so the scaling must follow, or every user ends far from every centre.
+        """
+        tolerance = self.config.rescale_tolerance
+        median = np.median(Z, axis=0)
+        q75, q25 = np.percentile(Z, [75, 25], axis=0)
+        spread = q75 - q25
+        moved = np.abs(median) > tolerance
+        stretched = (spread > 0) & ((spread > 1 + tolerance) | (spread < 1 / (1 + tolerance)))
+        return bool((moved | stretched).any())
+
+    def _refit(self) -> SegmentModel:
+        """Refit the scaling and the centres on the whole buffer, keeping segment ids.
+
+        The old centres are first re-expressed in the new scaled space, so the Hungarian
+        matching of the refit compares like with like.
+        """
+        assert self.segmenter is not None and self.preprocessor is not None
+        X = self.buffered_rows()
+        fresh = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
+        moved = remap_centers(self.segmenter.cluster_centers_, self.preprocessor, fresh)
+        self.segmenter.replace_centers(moved)
+        self.preprocessor = fresh
+        Z = fresh.transform(X)
+        self.segmenter.fit(Z)
+        log.info("refitted scaling and centres on %d rows", len(X))
         return self._publish(X, Z)
 
     def _bootstrap(self) -> SegmentModel | None:
@@ -139,6 +175,7 @@ class Trainer:
             n_clusters=self.config.n_clusters,
             half_life_batches=self.config.half_life_batches,
             n_init=5,
+            new_id_distance=self.config.new_id_distance,
             random_state=self.config.seed,
         ).fit(Z)
         return self._publish(X, Z)

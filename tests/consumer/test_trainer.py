@@ -99,3 +99,37 @@ def test_model_rollback_restores_an_earlier_version(
     assert store.current_version() == 1
     current = store.load_current()
     assert current is not None and current.model_version == 1
+
+
+def test_lookup_client_reads_what_redis_cli_reads(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    import subprocess
+
+    from consumer.lookup import SegmentLookup
+    from tests.consumer.pipeline_support import HOSTILE_IDS
+
+    topic = new_topic()
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    events = make_events(800, users=50, seed=4)
+    produce(kafka_bootstrap, topic, as_records(events))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+    lookup = SegmentLookup(redis_client, namespace)
+    users = sorted({e["user_id"] for e in events})
+    records = lookup.get_many([*users, "nobody"])
+    assert records[-1] is None
+    assert [r.user_id for r in records[:-1] if r is not None] == users
+    hostile = next(u for u in users if u in HOSTILE_IDS)
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    key = KeyLayout(namespace).segment(hostile)
+    out = subprocess.run(
+        ["redis-cli", "-p", port, "GET", key], capture_output=True, check=True
+    ).stdout
+    assert orjson.loads(out)["user_id"] == hostile
+    assert lookup.get(hostile) == records[users.index(hostile)]

@@ -1,0 +1,269 @@
+"""`make demo`: the whole product end to end on a local Kafka and Redis, in about two minutes.
+
+Starts the stack (or uses STREAMSEG_KAFKA__BOOTSTRAP_SERVERS / STREAMSEG_REDIS__URL), creates
+the topics, then runs three real processes side by side -- `streamseg generate` (a simulated
+shop with planted user types, 90 days of event time), `streamseg run` (the consumer) and
+`streamseg train` (the trainer) -- while a live view shows throughput, lag, dead letters,
+the model version and the segments. It ends with the HTML report, sample lookups, how well
+the segments recover the planted types, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from consumer.kafka_clients import ensure_topics  # noqa: E402
+from consumer.lookup import SegmentLookup  # noqa: E402
+from consumer.model_store import ModelStore  # noqa: E402
+from consumer.redis_keys import KeyLayout  # noqa: E402
+from consumer.settings import load_settings  # noqa: E402
+from devstack.stack import LocalStack  # noqa: E402
+from model.features import COL  # noqa: E402
+
+console = Console()
+NAMESPACE = "demo"
+PARTITIONS = 2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=4000)
+    parser.add_argument("--days", type=float, default=90)
+    parser.add_argument("--rate", type=float, default=4000, help="records/s offered (0 = max)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    console.rule("[bold]streamseg demo")
+    console.print("starting Kafka and Redis (first run downloads the Kafka jars) ...")
+    with LocalStack() as stack:
+        for service, seconds in stack.startup_seconds.items():
+            console.print(f"  {service} ready in {seconds:.1f} s ({stack.origin.get(service)})")
+        return run_demo(args, stack.bootstrap_servers, stack.redis_url)
+
+
+def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
+    topic = f"demo-events-{int(time.time())}"
+    env = {
+        **os.environ,
+        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
+        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "STREAMSEG_KAFKA__GROUP_ID": f"demo-{topic}",
+        "STREAMSEG_REDIS__URL": redis_url,
+        "STREAMSEG_REDIS__NAMESPACE": NAMESPACE,
+        "STREAMSEG_TRAINER__BOOTSTRAP_ROWS": "3000",
+        "STREAMSEG_TRAINER__UPDATE_ROWS": "4000",
+        "STREAMSEG_TRAINER__UPDATE_INTERVAL_SECONDS": "4",
+    }
+    settings = load_settings(
+        None,
+        **{
+            "kafka.bootstrap_servers": bootstrap,
+            "kafka.events_topic": topic,
+            "kafka.segments_topic": f"{topic}.segments",
+            "kafka.dead_letter_topic": f"{topic}.dlq",
+            "redis.url": redis_url,
+            "redis.namespace": NAMESPACE,
+        },
+    )
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"*{NAMESPACE}*", count=1000):
+        client.unlink(key)
+    ensure_topics(settings.kafka, partitions=PARTITIONS)
+    console.print(f"topics: {topic} ({PARTITIONS} partitions), {topic}.segments, {topic}.dlq")
+
+    streamseg = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING"]
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    planted_path = args.out / "planted.json"
+    generate = [
+        *streamseg, "generate", "--users", str(args.users), "--days", str(args.days),
+        "--seed", str(args.seed), "--rate", str(args.rate), "--drift", "loyal_high_spender",
+        "--drift-at", "0.7", "--out", str(args.out / "events.jsonl"),
+        "--planted", str(planted_path), "--no-progress",
+    ]
+    procs = {
+        "consumer": subprocess.Popen([*streamseg, "run"], env=env,
+                                     stderr=open(logs / "consumer.log", "wb")),
+        "trainer": subprocess.Popen([*streamseg, "train"], env=env,
+                                    stderr=open(logs / "trainer.log", "wb")),
+        "generator": subprocess.Popen(generate, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=open(logs / "generator.log", "wb")),
+    }
+    keys = KeyLayout(NAMESPACE)
+    models = ModelStore(client, keys)
+    lag_reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-{topic}"})
+    started = time.monotonic()
+    history: list[tuple[float, int]] = []
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            caught_up_since: float | None = None
+            while True:
+                counters = read_counters(client, keys)
+                lag = consumer_lag(lag_reader, topic)
+                history.append((time.monotonic(), counters.get("records", 0)))
+                live.update(render(counters, lag, history, models, client, keys, procs, started))
+                generator_done = procs["generator"].poll() is not None
+                if generator_done and procs["generator"].returncode != 0:
+                    raise SystemExit(f"generator failed; see {logs / 'generator.log'}")
+                for name in ("consumer", "trainer"):
+                    if procs[name].poll() is not None:
+                        raise SystemExit(f"{name} exited; see {logs / (name + '.log')}")
+                if generator_done and lag == 0:
+                    caught_up_since = caught_up_since or time.monotonic()
+                    if time.monotonic() - caught_up_since > 6:  # let the trainer publish once more
+                        break
+                time.sleep(0.5)
+    finally:
+        lag_reader.close()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    elapsed = time.monotonic() - started
+    counters = read_counters(client, keys)
+    console.rule("[bold]summary")
+    console.print(
+        f"{counters.get('records', 0):,} records in {elapsed:.0f} s: "
+        f"{counters.get('applied', 0):,} applied, {counters.get('ignored', 0):,} ignored "
+        f"(unmapped type), {counters.get('dead_lettered', 0):,} dead-lettered "
+        f"({', '.join(f'{k[12:]}={v}' for k, v in counters.items() if k.startswith('dead_letter.'))})"
+    )
+    version = models.current_version()
+    console.print(f"model in use: v{version}; versions published: {len(models.versions())}")
+    planted = json.loads(planted_path.read_text())
+    show_recovery(client, keys, planted)
+    show_lookups(redis_url, planted, keys)
+
+    env_report = [*streamseg, "report", "--out", str(args.out / "report")]
+    report = subprocess.run(env_report, env=env, capture_output=True, text=True)
+    if report.returncode == 0:
+        console.print(f"report: [bold]{args.out / 'report' / 'index.html'}[/bold]")
+    else:
+        console.print(f"[red]report failed[/red]: {report.stderr.strip()[-500:]}")
+    console.print(f"logs: {logs}; stream: {args.out / 'events.jsonl'}")
+    console.print("stopping Kafka and Redis ...")
+    return 0
+
+
+def read_counters(client: redis.Redis, keys: KeyLayout) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.counters).items()}
+
+
+def consumer_lag(reader: Consumer, topic: str) -> int:
+    """Sum over partitions of (high watermark - committed offset) of the consumer's group."""
+    parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    try:
+        committed = reader.committed(parts, timeout=2)
+        lag = 0
+        for tp in committed:
+            _, high = reader.get_watermark_offsets(tp, timeout=2)
+            lag += high - max(tp.offset, 0)
+        return lag
+    except Exception:
+        return -1
+
+
+def render(counters, lag, history, models, client, keys, procs, started):  # type: ignore[no-untyped-def]
+    now, total = history[-1]
+    window = [h for h in history if now - h[0] <= 3.0]
+    rate = (total - window[0][1]) / max(1e-9, now - window[0][0]) if len(window) > 1 else 0.0
+    stats = Table.grid(padding=(0, 2))
+    stats.add_row("elapsed", f"{now - started:5.0f} s")
+    stats.add_row("events/s", f"{rate:,.0f}")
+    stats.add_row("records", f"{total:,}")
+    stats.add_row("consumer lag", "?" if lag < 0 else f"{lag:,}")
+    stats.add_row("dead-lettered", f"{counters.get('dead_lettered', 0):,}")
+    stats.add_row("segment changes", f"{counters.get('segment_changes', 0):,}")
+    generating = "running" if procs["generator"].poll() is None else "done"
+    stats.add_row("generator", generating)
+
+    version = models.current_version()
+    segments = Table(title=f"segments (model v{version})" if version else "segments: cold start, "
+                     "waiting for the trainer's first model")
+    segments.add_column("id", justify="right")
+    segments.add_column("name")
+    segments.add_column("tier", justify="right")
+    segments.add_column("users", justify="right")
+    if version:
+        model = models.load_current()
+        sizes = {int(k): int(v) for k, v in client.hgetall(keys.segment_sizes).items()}
+        for pos in np.argsort(model.tiers):
+            seg = model.ids[pos]
+            segments.add_row(str(seg), model.names[pos], str(model.tiers[pos]),
+                             f"{sizes.get(seg, 0):,}")
+    return Panel(Group(stats, segments), title="streamseg live", border_style="cyan")
+
+
+def show_recovery(client: redis.Redis, keys: KeyLayout, planted: dict[str, str]) -> None:
+    """How the segments line up with the planted types (the generator's ground truth)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    users = list(planted)
+    raw = client.mget([keys.state(u) for u in users])
+    pairs = [
+        (planted[u], int(np.frombuffer(v, dtype=np.float64)[COL["segment_id"]]))
+        for u, v in zip(users, raw, strict=True)
+        if v is not None
+    ]
+    pairs = [(t, s) for t, s in pairs if s >= 0]
+    if not pairs:
+        console.print("no user has a segment yet")
+        return
+    ari = adjusted_rand_score([t for t, _ in pairs], [s for _, s in pairs])
+    console.print(f"adjusted Rand index, segments vs planted types: {ari:.2f} ({len(pairs):,} users)")
+    table = Table(title="planted type -> segment ids (share of users)")
+    table.add_column("planted type")
+    table.add_column("segments")
+    by_type: dict[str, Counter[int]] = {}
+    for t, s in pairs:
+        by_type.setdefault(t, Counter())[s] += 1
+    for t, counts in sorted(by_type.items()):
+        n = sum(counts.values())
+        table.add_row(t, ", ".join(f"{s}: {c / n:.0%}" for s, c in counts.most_common(3)))
+    console.print(table)
+
+
+def show_lookups(redis_url: str, planted: dict[str, str], keys: KeyLayout) -> None:
+    lookup = SegmentLookup.from_url(redis_url, NAMESPACE)
+    samples: dict[str, str] = {}
+    for user, kind in planted.items():
+        samples.setdefault(kind, user)
+    console.rule("sample lookups (what a personalization service gets)")
+    for kind, user in sorted(samples.items()):
+        record = lookup.get(user)
+        console.print(f"[dim]{kind:>20}[/dim]  {record.model_dump_json() if record else None}")
+    user = next(iter(samples.values()))
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    console.print(f"from any language: redis-cli -p {port} GET '{keys.segment(user)}'")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

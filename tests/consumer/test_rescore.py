@@ -1,0 +1,74 @@
+"""Idle users move: the periodic re-score at the watermark changes a lapsed user's segment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from consumer.model_store import ModelStore
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout
+from model.features import FEATURE_NAMES, LOG_FEATURES, MS_PER_DAY
+from model.labels import label_segments
+from model.model_format import SegmentModel
+from model.preprocessing import Preprocessor
+from model.segmenter import StreamingSegmenter
+from tests.consumer.pipeline_support import T0, as_records, produce, settings_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def recency_model() -> SegmentModel:
+    """Two segments that differ only in recency: recent buyers and lapsed ones."""
+    rng = np.random.default_rng(0)
+    X = np.zeros((400, len(FEATURE_NAMES)))
+    recency = FEATURE_NAMES.index("recency_days")
+    X[:200, recency] = rng.uniform(0, 10, 200)
+    X[200:, recency] = rng.uniform(250, 365, 200)
+    X[:, FEATURE_NAMES.index("purchases")] = 1.0
+    pre = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
+    Z = pre.transform(X)
+    seg = StreamingSegmenter(n_clusters=2, random_state=0).fit(Z)
+    labels = label_segments(pre.inverse_transform(seg.cluster_centers_), X, seg.predict(Z), FEATURE_NAMES)
+    return SegmentModel.from_fitted(seg, pre, labels)
+
+
+def test_a_user_who_stops_buying_moves_without_new_events(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic()
+    settings = settings_for(
+        kafka_bootstrap, redis_url, topic, namespace,
+        **{"pipeline.rescore_interval_seconds": 86_400.0, "pipeline.allowed_lateness_seconds": 0.0},
+    )
+    model = recency_model()
+    keys = KeyLayout(namespace)
+    ModelStore(redis_client, keys).publish(model)
+
+    def purchase(user: str, day: int) -> dict[str, object]:
+        return {"event_id": f"{user}-{day}", "user_id": user, "type": "purchase",
+                "ts": int(T0 + day * MS_PER_DAY), "amount": 20.0}
+
+    events = [purchase("idle", 0)] + [purchase("busy", d) for d in range(0, 300, 3)]
+    produce(kafka_bootstrap, topic, as_records(events))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+        idle_before = orjson.loads(redis_client.get(keys.segment("idle")))
+        for _ in range(20):  # finish the re-score pass that the watermark started
+            pipeline._rescore_step()
+    finally:
+        pipeline.close()
+    idle_after = orjson.loads(redis_client.get(keys.segment("idle")))
+    busy = orjson.loads(redis_client.get(keys.segment("busy")))
+    recent = model.ids[int(np.argmin([p.mean_recency_days for p in model.profiles]))]
+    assert idle_after["segment_id"] != recent
+    assert busy["segment_id"] == recent
+    # the idle user was recent when last seen; only the re-score could move them
+    assert idle_before["event_time"] == idle_after["event_time"]
