@@ -1,0 +1,402 @@
+"""Value tiers, human names and business profiles of segments.
+
+Everything here works in business units (days, currency units, decayed counts): centres are first
+mapped back with :meth:`model.preprocessing.Preprocessor.inverse_transform`. The centre of a
+segment stands for its *typical* member (robust to a few whales, since heavy-tailed columns were
+averaged in log space); tiers and names are read from it. Profiles are plain means over the rows
+assigned to the segment.
+
+Value score of segment ``k``, from its centre's net revenue ``R_k`` (currency units, may be < 0)
+and decayed purchase count ``P_k``::
+
+    v_k = 0.5 * R_k / max_j |R_j|  +  0.5 * P_k / max_j P_j
+
+each term being the segment's fraction of the best segment on that axis; a term whose
+denominator is 0 counts as 0. So ``v`` is in [-0.5, 1], does not depend on the currency unit, and
+compares segments of one model only. Tier 1 is the highest score; ties are broken by net revenue,
+then purchases, then position.
+
+Names come from ordered rules, first match wins. ``rank(f)`` is the relative rank of the segment
+among all segments on feature ``f`` (0 = lowest, 1 = highest, average rank on ties, 0.5 when
+there is a single segment); "high" means ``rank >= high_rank``, "low" ``rank <= low_rank``; the
+day and count anchors are absolute (:class:`NamingRules`). A *buyer* has
+``purchases >= min_purchases``.
+
+Buyers:
+
+1. ``net_revenue < 0``                               -> "net refunders"
+2. ``recency_days >= lapsed_days``                   -> "lapsed"
+3. ``recency_days > active_days`` and value high     -> "big spenders at risk"
+4. ``recency_days > active_days``                    -> "at risk"
+5. ``tenure_days <= new_tenure_days``                -> "new customers"
+6. value high and purchases high                     -> "champions"
+7. purchases high and avg_order_value low            -> "bargain hunters"
+8. purchases high                                    -> "loyal"
+9. avg_order_value high                              -> "big spenders"
+10. engagement high                                  -> "engaged buyers"
+11. otherwise                                        -> "occasional buyers"
+
+Non-buyers:
+
+1. ``tenure_days <= new_tenure_days``                -> "new visitors"
+2. ``max(rank(views), rank(carts)) >= browse_rank``  -> "window shoppers"
+3. engagement high                                   -> "engaged browsers"
+4. otherwise                                         -> "inactive"
+
+Equal names are made unique deterministically: in tier order (then position) the first keeps the
+name, the next ones get " (2)", " (3)", ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+from scipy.stats import rankdata
+
+from model.exceptions import InvalidInputError
+from model.preprocessing import as_feature_matrix
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+#: Feature names (columns of ``X``) this module reads; looked up by name in ``feature_names``.
+REQUIRED_FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "purchases",
+    "net_revenue",
+    "avg_order_value",
+    "views",
+    "carts",
+    "cart_to_purchase",
+    "view_to_purchase",
+    "engagement",
+    "tenure_days",
+)
+
+
+@dataclass(frozen=True)
+class NamingRules:
+    """Anchors of the naming rules (module docstring). Defaults suit a retail shop.
+
+    Parameters
+    ----------
+    active_days : float
+        A buyer whose typical recency (days since last purchase) is at most this is active.
+    lapsed_days : float
+        A buyer whose typical recency is at least this is lapsed.
+    new_tenure_days : float
+        A segment whose typical tenure (days since first event) is at most this is new.
+    min_purchases : float
+        Decayed purchase count from which a segment counts as buying.
+    high_rank, low_rank : float
+        Relative-rank thresholds (0..1 among segments) for "high" and "low".
+    browse_rank : float
+        Relative rank of views or carts from which non-buyers are window shoppers.
+    """
+
+    active_days: float = 30.0
+    lapsed_days: float = 180.0
+    new_tenure_days: float = 30.0
+    min_purchases: float = 0.5
+    high_rank: float = 2.0 / 3.0
+    low_rank: float = 1.0 / 3.0
+    browse_rank: float = 0.5
+
+
+class SegmentProfile(BaseModel):
+    """What a segment looks like in business units: means over its assigned users.
+
+    For a segment with no assigned users (``size == 0``) the values are those of its centre.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int
+    """Number of users assigned in the profiled snapshot."""
+    share: float
+    """``size`` over all users of the snapshot, 0..1."""
+    value_score: float
+    """Value score of the segment (module docstring), unit-free."""
+    mean_net_revenue: float
+    """Decayed purchase minus refund amount, currency units."""
+    mean_purchases: float
+    """Decayed purchase count."""
+    mean_avg_order_value: float
+    """Currency units per order."""
+    mean_recency_days: float
+    """Days since last purchase (the cap when never purchased)."""
+    mean_tenure_days: float
+    """Days since first seen."""
+    mean_views: float
+    """Decayed view count."""
+    mean_engagement: float
+    """Decayed reviews + likes + shares."""
+    view_to_purchase: float
+    """Mean view-to-purchase conversion, 0..1."""
+    cart_to_purchase: float
+    """Mean cart-to-purchase conversion, 0..1."""
+
+
+@dataclass(frozen=True)
+class SegmentLabels:
+    """Labels of K segments, every list indexed by centre position."""
+
+    names: list[str]
+    tiers: IntArray
+    value_scores: FloatArray
+    profiles: list[SegmentProfile]
+
+
+def _columns(feature_names: Sequence[str]) -> dict[str, int]:
+    names = list(feature_names)
+    missing = [f for f in REQUIRED_FEATURES if f not in names]
+    if missing:
+        raise ValueError(f"labels need features {missing}, absent from feature_names {names}")
+    return {f: names.index(f) for f in REQUIRED_FEATURES}
+
+
+def relative_ranks(values: npt.ArrayLike) -> FloatArray:
+    """Rank of each value among all, scaled to 0 (lowest) .. 1 (highest); ties share the mean.
+
+    A single value gets 0.5.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size <= 1:
+        return np.full(v.shape, 0.5)
+    return (rankdata(v, method="average") - 1.0) / (v.size - 1.0)
+
+
+def value_scores(net_revenue: npt.ArrayLike, purchases: npt.ArrayLike) -> FloatArray:
+    """Value score per segment (formula in the module docstring), in [-0.5, 1].
+
+    Parameters
+    ----------
+    net_revenue : array-like of shape (K,)
+        Net revenue of each segment's centre, currency units.
+    purchases : array-like of shape (K,)
+        Decayed purchase count of each segment's centre, >= 0.
+    """
+    r = np.asarray(net_revenue, dtype=np.float64)
+    p = np.maximum(np.asarray(purchases, dtype=np.float64), 0.0)
+    r_max = float(np.abs(r).max()) if r.size else 0.0
+    p_max = float(p.max()) if p.size else 0.0
+    r_term = r / r_max if r_max > 0 else np.zeros_like(r)
+    p_term = p / p_max if p_max > 0 else np.zeros_like(p)
+    return 0.5 * r_term + 0.5 * p_term
+
+
+def value_order(
+    scores: npt.ArrayLike, net_revenue: npt.ArrayLike, purchases: npt.ArrayLike
+) -> npt.NDArray[np.intp]:
+    """Positions sorted from highest to lowest value (ties: revenue, purchases, position)."""
+    s = np.asarray(scores, dtype=np.float64)
+    positions = np.arange(s.size)
+    # np.lexsort sorts by the last key first; negate for descending order.
+    return np.lexsort(
+        (positions, -np.asarray(purchases, float), -np.asarray(net_revenue, float), -s)
+    )
+
+
+def value_tiers(order: npt.ArrayLike, n_tiers: int | None = None) -> IntArray:
+    """Tier of each position given the value order; 1 is the highest value.
+
+    Parameters
+    ----------
+    order : array-like of int, shape (K,)
+        Positions from highest to lowest value (:func:`value_order`).
+    n_tiers : int, optional
+        ``None``: one tier per segment (1..K). Otherwise the ranked segments are split into
+        ``n_tiers`` groups as evenly as possible: ``tier = 1 + rank * n_tiers // K``.
+    """
+    o = np.asarray(order, dtype=np.intp)
+    K = o.size
+    tiers = np.empty(K, dtype=np.int64)
+    rank = np.arange(K, dtype=np.int64)
+    if n_tiers is None:
+        tiers[o] = rank + 1
+    else:
+        if n_tiers < 1:
+            raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
+        tiers[o] = 1 + rank * min(n_tiers, K) // K
+    return tiers
+
+
+def _base_name(
+    c: FloatArray, col: dict[str, int], ranks: dict[str, float], rules: NamingRules
+) -> str:
+    high = rules.high_rank
+    low = rules.low_rank
+    if c[col["purchases"]] >= rules.min_purchases:
+        recency = c[col["recency_days"]]
+        if c[col["net_revenue"]] < 0:
+            return "net refunders"
+        if recency >= rules.lapsed_days:
+            return "lapsed"
+        if recency > rules.active_days:
+            return "big spenders at risk" if ranks["value"] >= high else "at risk"
+        if c[col["tenure_days"]] <= rules.new_tenure_days:
+            return "new customers"
+        if ranks["value"] >= high and ranks["purchases"] >= high:
+            return "champions"
+        if ranks["purchases"] >= high and ranks["avg_order_value"] <= low:
+            return "bargain hunters"
+        if ranks["purchases"] >= high:
+            return "loyal"
+        if ranks["avg_order_value"] >= high:
+            return "big spenders"
+        if ranks["engagement"] >= high:
+            return "engaged buyers"
+        return "occasional buyers"
+    if c[col["tenure_days"]] <= rules.new_tenure_days:
+        return "new visitors"
+    if max(ranks["views"], ranks["carts"]) >= rules.browse_rank:
+        return "window shoppers"
+    if ranks["engagement"] >= high:
+        return "engaged browsers"
+    return "inactive"
+
+
+def deduplicate_names(names: Sequence[str], order: npt.ArrayLike) -> list[str]:
+    """Make names unique: following ``order``, repeats get " (2)", " (3)", ..."""
+    out = list(names)
+    seen: dict[str, int] = {}
+    for pos in np.asarray(order, dtype=np.intp).tolist():
+        n = seen.get(names[pos], 0) + 1
+        seen[names[pos]] = n
+        if n > 1:
+            out[pos] = f"{names[pos]} ({n})"
+    return out
+
+
+def name_segments(
+    centers_business: npt.ArrayLike,
+    feature_names: Sequence[str],
+    rules: NamingRules | None = None,
+) -> tuple[list[str], FloatArray, npt.NDArray[np.intp]]:
+    """Name each segment from its centre with the documented rules (module docstring).
+
+    Parameters
+    ----------
+    centers_business : array-like of shape (K, n_features)
+        Centres in business units.
+    feature_names : sequence of str
+        Column names; must include :data:`REQUIRED_FEATURES`.
+    rules : NamingRules, optional
+
+    Returns
+    -------
+    names : list of str
+        Unique names, by position.
+    scores : ndarray of shape (K,)
+        Value scores.
+    order : ndarray of shape (K,)
+        Positions from highest to lowest value.
+    """
+    rules = rules or NamingRules()
+    col = _columns(feature_names)
+    C = as_feature_matrix(centers_business, len(feature_names), what="centers_business")
+    scores = value_scores(C[:, col["net_revenue"]], C[:, col["purchases"]])
+    order = value_order(scores, C[:, col["net_revenue"]], C[:, col["purchases"]])
+    rank_of = {
+        "value": relative_ranks(scores),
+        **{
+            f: relative_ranks(C[:, col[f]])
+            for f in ("purchases", "avg_order_value", "views", "carts", "engagement")
+        },
+    }
+    base = [
+        _base_name(C[k], col, {f: float(r[k]) for f, r in rank_of.items()}, rules)
+        for k in range(C.shape[0])
+    ]
+    return deduplicate_names(base, order), scores, order
+
+
+def profile_segments(
+    X_raw: npt.ArrayLike,
+    positions: npt.ArrayLike,
+    centers_business: npt.ArrayLike,
+    feature_names: Sequence[str],
+    scores: npt.ArrayLike | None = None,
+) -> list[SegmentProfile]:
+    """Business profile of every segment: size, share and means over its assigned rows.
+
+    Parameters
+    ----------
+    X_raw : array-like of shape (n_rows, n_features)
+        Feature rows in business units.
+    positions : array-like of int, shape (n_rows,)
+        Centre position (0..K-1) of each row.
+    centers_business : array-like of shape (K, n_features)
+        Centres in business units; stand in for the means of an empty segment.
+    feature_names : sequence of str
+    scores : array-like of shape (K,), optional
+        Value scores to store; computed from the centres when omitted.
+    """
+    col = _columns(feature_names)
+    d = len(feature_names)
+    C = as_feature_matrix(centers_business, d, what="centers_business")
+    K = C.shape[0]
+    X = as_feature_matrix(X_raw, d, what="X_raw")
+    pos = np.asarray(positions, dtype=np.intp)
+    if pos.shape != (X.shape[0],) or (pos.size and (pos.min() < 0 or pos.max() >= K)):
+        raise InvalidInputError(f"positions must be {X.shape[0]} integers in [0, {K})")
+    size = np.bincount(pos, minlength=K)
+    # One bincount per column: fast on large snapshots, unlike np.add.at.
+    sums = np.stack([np.bincount(pos, weights=X[:, j], minlength=K) for j in range(d)], axis=1)
+    means = np.where(size[:, None] > 0, sums / np.maximum(size, 1)[:, None], C)
+    if scores is None:
+        scores = value_scores(C[:, col["net_revenue"]], C[:, col["purchases"]])
+    s = np.asarray(scores, dtype=np.float64)
+    n = max(int(size.sum()), 1)
+    return [
+        SegmentProfile(
+            size=int(size[k]),
+            share=float(size[k]) / n,
+            value_score=float(s[k]),
+            mean_net_revenue=float(means[k, col["net_revenue"]]),
+            mean_purchases=float(means[k, col["purchases"]]),
+            mean_avg_order_value=float(means[k, col["avg_order_value"]]),
+            mean_recency_days=float(means[k, col["recency_days"]]),
+            mean_tenure_days=float(means[k, col["tenure_days"]]),
+            mean_views=float(means[k, col["views"]]),
+            mean_engagement=float(means[k, col["engagement"]]),
+            view_to_purchase=float(means[k, col["view_to_purchase"]]),
+            cart_to_purchase=float(means[k, col["cart_to_purchase"]]),
+        )
+        for k in range(K)
+    ]
+
+
+def label_segments(
+    centers_business: npt.ArrayLike,
+    X_raw: npt.ArrayLike,
+    positions: npt.ArrayLike,
+    feature_names: Sequence[str],
+    *,
+    rules: NamingRules | None = None,
+    n_tiers: int | None = None,
+) -> SegmentLabels:
+    """Names, value tiers and profiles of all segments (see the module docstring).
+
+    Parameters
+    ----------
+    centers_business : array-like of shape (K, n_features)
+        Centres in business units (``preprocessor.inverse_transform(centers)``).
+    X_raw : array-like of shape (n_rows, n_features)
+        A snapshot of users in business units.
+    positions : array-like of int, shape (n_rows,)
+        Their centre positions (e.g. ``segmenter.predict(preprocessor.transform(X_raw))``).
+    feature_names : sequence of str
+        Must include :data:`REQUIRED_FEATURES`.
+    rules : NamingRules, optional
+    n_tiers : int, optional
+        Number of tiers; ``None`` gives every segment its own tier 1..K.
+    """
+    names, scores, order = name_segments(centers_business, feature_names, rules)
+    tiers = value_tiers(order, n_tiers)
+    profiles = profile_segments(X_raw, positions, centers_business, feature_names, scores)
+    return SegmentLabels(names=names, tiers=tiers, value_scores=scores, profiles=profiles)

@@ -1,0 +1,175 @@
+"""Labels: names from documented rules, value tiers, de-duplication, profiles."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from model.labels import (
+    NamingRules,
+    label_segments,
+    name_segments,
+    profile_segments,
+    value_order,
+    value_scores,
+    value_tiers,
+)
+
+# The model's columns, in order (model/features.py owns the real list).
+FEATURES = [
+    "recency_days",
+    "purchases",
+    "net_revenue",
+    "avg_order_value",
+    "views",
+    "carts",
+    "cart_to_purchase",
+    "view_to_purchase",
+    "engagement",
+    "tenure_days",
+]
+COL = {f: j for j, f in enumerate(FEATURES)}
+
+
+def centre(
+    recency: float,
+    purchases: float,
+    revenue: float,
+    aov: float,
+    views: float,
+    carts: float,
+    engagement: float,
+    tenure: float,
+) -> list[float]:
+    c2p = min(purchases / carts, 1.0) if carts else 0.0
+    v2p = min(purchases / views, 1.0) if views else 0.0
+    return [recency, purchases, revenue, aov, views, carts, c2p, v2p, engagement, tenure]
+
+
+# Typical members of eleven segments, business units, with the name the rules must give.
+ARCHETYPES = {
+    "champions": centre(5, 12, 1500, 125, 80, 20, 6, 700),
+    "bargain hunters": centre(7, 10, 150, 15, 40, 15, 2, 500),
+    "loyal": centre(12, 9, 450, 50, 30, 12, 3, 600),
+    "big spenders at risk": centre(75, 4, 1200, 300, 20, 5, 1, 400),
+    "lapsed": centre(250, 6, 1300, 217, 5, 2, 0.5, 800),
+    "new customers": centre(3, 1, 60, 60, 15, 3, 0.2, 10),
+    "window shoppers": centre(365, 0, 0, 0, 60, 8, 0.3, 200),
+    "new visitors": centre(365, 0, 0, 0, 5, 1, 0.1, 5),
+    "inactive": centre(365, 0, 0, 0, 0.5, 0, 0, 300),
+    "net refunders": centre(20, 2, -80, 70, 10, 3, 0.2, 250),
+    "big spenders": centre(8, 3, 1400, 450, 25, 4, 1, 300),
+}
+EXPECTED = list(ARCHETYPES)
+CENTRES = np.array(list(ARCHETYPES.values()))
+
+
+def test_each_archetype_gets_its_documented_name() -> None:
+    names, _, _ = name_segments(CENTRES, FEATURES)
+    assert names == EXPECTED
+
+
+def test_tier_one_is_the_highest_value_and_ties_break_deterministically() -> None:
+    labels = label_segments(CENTRES, CENTRES, np.arange(len(CENTRES)), FEATURES)
+    by_tier = [EXPECTED[p] for p in np.argsort(labels.tiers)]
+    # Value = 0.5 * R / 1500 + 0.5 * P / 12: 1.0, 0.68, 0.59, 0.57, 0.53, 0.47, 0.06, 0.06, ...;
+    # the three non-buyers tie at 0 and keep their position order.
+    assert by_tier == [
+        "champions",
+        "lapsed",
+        "big spenders",
+        "big spenders at risk",
+        "loyal",
+        "bargain hunters",
+        "new customers",
+        "net refunders",
+        "window shoppers",
+        "new visitors",
+        "inactive",
+    ]
+    assert labels.value_scores[labels.tiers == 1][0] == labels.value_scores.max()
+
+
+def test_names_follow_their_segment_when_positions_are_permuted() -> None:
+    perm = np.random.default_rng(0).permutation(len(CENTRES))
+    names, _, _ = name_segments(CENTRES[perm], FEATURES)
+    assert names == [EXPECTED[p] for p in perm]
+    assert name_segments(CENTRES[perm], FEATURES)[0] == names  # deterministic
+
+
+def test_equal_names_are_numbered_in_value_order() -> None:
+    weaker_champions = CENTRES[0] * [1, 1, 0.9, 1, 1, 1, 1, 1, 1, 1]
+    centres = np.vstack([weaker_champions, CENTRES])
+    names, _, _ = name_segments(centres, FEATURES)
+    assert names[0] == "champions (2)" and names[1] == "champions"
+    assert len(set(names)) == len(names)
+
+
+def test_anchors_are_configurable() -> None:
+    strict = NamingRules(active_days=3.0)
+    names, _, _ = name_segments(CENTRES, FEATURES, strict)
+    assert names[EXPECTED.index("champions")] == "big spenders at risk"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1e-3, 1e3))
+def test_tiers_and_names_do_not_depend_on_the_currency_unit(rate: float) -> None:
+    converted = CENTRES.copy()
+    converted[:, [COL["net_revenue"], COL["avg_order_value"]]] *= rate
+    names, _, order = name_segments(converted, FEATURES)
+    assert names == EXPECTED
+    assert value_tiers(order).tolist() == value_tiers(name_segments(CENTRES, FEATURES)[2]).tolist()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 12), st.just(len(FEATURES))),
+        elements=st.floats(0, 1e4),
+    ),
+    st.booleans(),
+)
+def test_any_centres_get_unique_names_and_a_full_ranking(raw: np.ndarray, refunds: bool) -> None:
+    centres = raw.copy()
+    if refunds:
+        centres[:, COL["net_revenue"]] -= 5e3
+    names, scores, order = name_segments(centres, FEATURES)
+    tiers = value_tiers(order)
+    assert len(set(names)) == len(names)
+    assert sorted(tiers.tolist()) == list(range(1, len(centres) + 1))
+    assert scores[tiers == 1][0] == scores.max()
+    assert np.all(np.diff(scores[order]) <= 0)
+
+
+def test_grouped_tiers_are_even_and_monotone() -> None:
+    scores = value_scores(CENTRES[:, COL["net_revenue"]], CENTRES[:, COL["purchases"]])
+    order = value_order(scores, CENTRES[:, COL["net_revenue"]], CENTRES[:, COL["purchases"]])
+    tiers = value_tiers(order, n_tiers=3)
+    assert np.bincount(tiers).tolist() == [0, 4, 4, 3]
+    assert np.all(np.diff(tiers[order]) >= 0)
+    assert value_tiers(order, n_tiers=50).tolist() == value_tiers(order).tolist()
+
+
+def test_profiles_are_means_of_assigned_users_in_business_units() -> None:
+    rng = np.random.default_rng(1)
+    positions = np.array([0, 0, 0, 1, 1, 3])  # segment 2 has nobody
+    X = CENTRES[positions] * rng.uniform(0.8, 1.2, (6, len(FEATURES)))
+    profiles = profile_segments(X, positions, CENTRES[:4], FEATURES)
+    assert [p.size for p in profiles] == [3, 2, 0, 1]
+    assert profiles[0].share == pytest.approx(0.5)
+    assert profiles[0].mean_net_revenue == pytest.approx(X[:3, COL["net_revenue"]].mean())
+    assert profiles[1].mean_recency_days == pytest.approx(X[3:5, COL["recency_days"]].mean())
+    assert profiles[3].view_to_purchase == pytest.approx(X[5, COL["view_to_purchase"]])
+    # An empty segment is described by its centre.
+    assert profiles[2].mean_purchases == CENTRES[2, COL["purchases"]]
+    assert profiles[2].mean_tenure_days == CENTRES[2, COL["tenure_days"]]
+
+
+def test_missing_features_are_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match="engagement"):
+        name_segments(
+            np.delete(CENTRES, COL["engagement"], axis=1),
+            [f for f in FEATURES if f != "engagement"],
+        )

@@ -1,0 +1,184 @@
+"""SegmentModel: JSON round trip, strict validation, and the consumer's assignment path."""
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from model.exceptions import InvalidInputError, ModelFormatError
+from model.labels import label_segments
+from model.model_format import FORMAT_VERSION, SegmentModel
+from model.preprocessing import Preprocessor
+from model.segmenter import StreamingSegmenter
+
+FEATURES = [
+    "recency_days",
+    "purchases",
+    "net_revenue",
+    "avg_order_value",
+    "views",
+    "carts",
+    "cart_to_purchase",
+    "view_to_purchase",
+    "engagement",
+    "tenure_days",
+]
+HEAVY = ["purchases", "net_revenue", "avg_order_value", "views", "carts", "engagement"]
+
+
+def raw_users(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Plausible feature rows in business units: three behaviours, heavy tails."""
+    kind = rng.integers(0, 3, n)
+    purchases = np.where(kind == 0, 0.0, rng.gamma(2.0, 2.0 + 3 * kind, n))
+    aov = np.where(purchases > 0, rng.lognormal(3.5 + kind, 0.5, n), 0.0)
+    revenue = purchases * aov - rng.exponential(5.0, n)
+    views = rng.gamma(2.0, 10.0 + 20 * kind, n)
+    carts = views * rng.uniform(0.05, 0.3, n)
+    return np.column_stack(
+        [
+            np.where(purchases > 0, rng.uniform(0, 90, n), 365.0),
+            purchases,
+            revenue,
+            aov,
+            views,
+            carts,
+            np.minimum(purchases / np.maximum(carts, 1), 1.0),
+            np.minimum(purchases / np.maximum(views, 1), 1.0),
+            rng.exponential(1.0 + kind, n),
+            rng.uniform(0, 1000, n),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[SegmentModel, StreamingSegmenter, Preprocessor, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = raw_users(rng, 6000)
+    pre = Preprocessor(FEATURES, log_columns=HEAVY).fit(X)
+    Z = pre.transform(X)
+    seg = StreamingSegmenter(5, random_state=0).fit(Z[:3000])
+    for start in range(3000, 6000, 1000):
+        seg.partial_fit(Z[start : start + 1000])
+    centres = pre.inverse_transform(seg.cluster_centers_)
+    labels = label_segments(centres, X, seg.predict(Z), FEATURES)
+    created = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    model = SegmentModel.from_fitted(seg, pre, labels, created_at=created, n_rows=len(X))
+    return model, seg, pre, X
+
+
+def test_json_round_trip_is_exact(fitted: Any) -> None:
+    model, _, _, X = fitted
+    data = model.to_json()
+    doc = orjson.loads(data)  # plain JSON any language can read
+    assert doc["format_version"] == FORMAT_VERSION
+    assert doc["created_at"] == "2024-05-01T12:00:00Z"  # normalised to UTC
+    assert len(doc["centers"]) == 5 and len(doc["centers"][0]) == len(FEATURES)
+    back = SegmentModel.from_json(data)
+    assert back == model
+    assert back.to_json() == data
+    for got, want in zip(back.assign(X), model.assign(X), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_assign_equals_preprocessing_then_segmenter(fitted: Any) -> None:
+    model, seg, pre, X = fitted
+    ids, positions, distances = model.assign(X)
+    want_ids, want_dist = seg.assign(pre.transform(X))
+    assert ids.dtype == np.int64 and distances.dtype == np.float64
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(model.ids_array[positions], ids)
+    assert model.names_array[positions].tolist() == [model.names[p] for p in positions]
+    assert model.tiers_array[positions].tolist() == [model.tiers[p] for p in positions]
+    np.testing.assert_allclose(distances, want_dist, rtol=1e-12)
+
+
+def test_assign_with_hysteresis_and_bad_rows(fitted: Any) -> None:
+    model, _, _, X = fitted
+    ids, _, _ = model.assign(X[:100])
+    kept, _, _ = model.assign(X[:100], previous_ids=ids, margin=0.3)
+    np.testing.assert_array_equal(kept, ids)
+    bad = X[:3].copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match="1 row"):
+        model.assign(bad)
+    with pytest.raises(InvalidInputError, match="shape"):
+        model.assign(X[:3, :5])
+
+
+def test_a_loaded_model_keeps_learning_with_its_ids(fitted: Any) -> None:
+    model, seg, _, X = fitted
+    trainer = SegmentModel.from_json(model.to_json()).to_segmenter()
+    assert trainer.get_params()["half_life_batches"] == seg.half_life_batches
+    assert trainer.next_id_ == model.next_id and trainer.version_ == model.model_version
+    trainer.partial_fit(model.to_preprocessor().transform(X[:1000]))
+    assert trainer.version_ == model.model_version + 1
+    assert trainer.ids_.tolist() == model.ids
+
+
+# -- rejection ----------------------------------------------------------------------------------
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = doc
+        for p in parents:
+            target = target[int(p)] if p.isdigit() else target[p]
+        target[int(last) if last.isdigit() else last] = value
+
+    return edit
+
+
+BAD_DOCUMENTS: dict[str, tuple[Edit, str]] = {
+    "centre with a missing column": (lambda d: d["centers"][1].pop(), "centers must be"),
+    "counts of the wrong length": (lambda d: d["counts"].pop(), "counts has 4 entries"),
+    "duplicate ids": (_set("ids.1", 0), "ids must be unique"),
+    "next_id already used": (_set("next_id", 2), "next_id"),
+    "negative count": (_set("counts.0", -1.0), "counts must be finite and >= 0"),
+    "feature names disagree": (_set("preprocessing.feature_names.0", "x"), "differ"),
+    "zero scale": (_set("preprocessing.scale.3", 0.0), "scale > 0"),
+    "unknown format": (_set("format_version", 99), "unsupported format_version 99"),
+    "missing field": (lambda d: d.pop("ids"), "ids"),
+    "unknown field": (_set("pickle", "nope"), "pickle"),
+    "naive timestamp": (_set("created_at", "2024-05-01T12:00:00"), "created_at"),
+    "duplicate names": (lambda d: d["names"].__setitem__(1, d["names"][0]), "names must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCUMENTS))
+def test_malformed_models_are_rejected_with_a_clear_error(fitted: Any, case: str) -> None:
+    edit, message = BAD_DOCUMENTS[case]
+    doc = orjson.loads(fitted[0].to_json())
+    edit(doc)
+    with pytest.raises(ModelFormatError, match=message):
+        SegmentModel.from_json(orjson.dumps(doc))
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"null"])
+def test_non_finite_centres_are_rejected(fitted: Any, literal: bytes) -> None:
+    doc = orjson.loads(fitted[0].to_json())
+    doc["centers"][2][4] = 12345.678
+    data = orjson.dumps(doc).replace(b"12345.678", literal)
+    with pytest.raises(ModelFormatError, match="centers"):
+        SegmentModel.from_json(data)
+
+
+def test_garbage_is_a_model_format_error() -> None:
+    for data in (b"", b"{", b"[1, 2]", b"\xff\xfe"):
+        with pytest.raises(ModelFormatError):
+            SegmentModel.from_json(data)
+
+
+def test_from_fitted_refuses_inconsistent_parts(fitted: Any) -> None:
+    model, seg, pre, X = fitted
+    labels = label_segments(
+        pre.inverse_transform(seg.cluster_centers_[:4]), X[:10], np.zeros(10, int), FEATURES
+    )
+    with pytest.raises(ModelFormatError, match="names has 4 entries"):
+        SegmentModel.from_fitted(seg, pre, labels)
+    assert model.created_at.tzinfo == UTC
