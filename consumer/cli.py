@@ -58,6 +58,30 @@ Examples:
 """
 
 
+_REPORT_EPILOG = """\
+Reads the namespace's current state from Redis (nothing is written there) and writes
+DIR/index.html with PNG figures: a profile table of each segment in business units
+(revenue in currency units, recency and tenure in days), a heatmap of the model's centres,
+mean net revenue by value tier, a 2-D PCA map of users by segment, segment sizes across
+model versions, data-quality counters and feature distributions. Before the first model is
+published it shows the counters and feature distributions only.
+
+Examples:
+  streamseg report                       # ./streamseg-report/index.html
+  streamseg --namespace replay1 report --out /tmp/replay1 --sample 5000
+"""
+
+_TUNE_K_EPILOG = """\
+Fits a fresh preprocessing (signed log1p on counts and money, median/IQR scaling) to a
+snapshot of users' features, runs k-means for every K in --k-min..--k-max and prints
+inertia (always falls with K: look for the elbow), mean silhouette (-1..1, higher is
+better) and the Calinski-Harabasz score (higher is better). The recommended K has the
+highest silhouette; set it as trainer.n_clusters (STREAMSEG_TRAINER__N_CLUSTERS).
+
+Example:
+  streamseg tune-k --k-min 3 --k-max 10 --sample 10000 --out k.png
+"""
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; also used by tests to check commands named in deployments."""
     parser = argparse.ArgumentParser(
@@ -247,6 +271,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+    report = _command(
+        commands,
+        "report",
+        "consumer.report:report_command",
+        "write an HTML report with figures of the segments, their history and data quality",
+    )
+    report.formatter_class = argparse.RawDescriptionHelpFormatter
+    report.epilog = _REPORT_EPILOG
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=Path("streamseg-report"),
+        metavar="DIR",
+        help="directory for index.html and the PNG figures (default ./streamseg-report/)",
+    )
+    report.add_argument(
+        "--sample",
+        type=int,
+        default=20000,
+        metavar="N",
+        help="users read from Redis for profiles, PCA and distributions (default 20000)",
+    )
+
+    tune = _command(
+        commands,
+        "tune-k",
+        "consumer.report:tune_k_command",
+        "score a range of K (number of segments) on the users in Redis and recommend one",
+    )
+    tune.formatter_class = argparse.RawDescriptionHelpFormatter
+    tune.epilog = _TUNE_K_EPILOG
+    tune.add_argument("--k-min", type=int, default=2, metavar="K", help="smallest K (default 2)")
+    tune.add_argument("--k-max", type=int, default=12, metavar="K", help="largest K (default 12)")
+    tune.add_argument(
+        "--sample",
+        type=int,
+        default=20000,
+        metavar="N",
+        help="users read from Redis (default 20000); k-means runs once per K on all of them",
+    )
+    tune.add_argument(
+        "--out",
+        type=Path,
+        default=Path("tune-k.png"),
+        metavar="FILE.png",
+        help="where to save the inertia + silhouette plot (default ./tune-k.png)",
     )
     return parser
 
