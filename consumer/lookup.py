@@ -48,7 +48,7 @@ class SegmentLookup:
 
 def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg lookup USER_ID...``: print each record as JSON (null when unknown)."""
-    lookup = SegmentLookup.from_url(settings.redis.url.get_secret_value(), settings.redis.namespace)
+    lookup = SegmentLookup(settings.redis.connect(), settings.redis.namespace)
     missing = 0
     for user, record in zip(args.user_ids, lookup.get_many(args.user_ids), strict=True):
         if record is None:

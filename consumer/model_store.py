@@ -87,7 +87,7 @@ class ModelStore:
 
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg model list|show|rollback|export|import``."""
-    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    client = settings.redis.connect()
     store = ModelStore(client, KeyLayout(settings.redis.namespace))
     current = store.current_version()
     if args.action == "list":

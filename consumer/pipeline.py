@@ -23,7 +23,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -44,7 +44,7 @@ from consumer.redis_keys import KeyLayout
 from consumer.segment_record import encode_record, iso_ms
 from consumer.settings import Settings
 from consumer.state_store import BatchWrite, StateStore
-from model.events import DecodeLimits, Rejection, decode_events, resolve_type_map
+from model.events import DecodeLimits, EventBatch, Rejection, decode_events, resolve_type_map
 from model.features import (
     CATEGORY_CODES,
     COL,
@@ -83,7 +83,7 @@ class SegmentPipeline:
     def __init__(self, settings: Settings, *, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.keys = KeyLayout(settings.redis.namespace)
-        self.redis = client or redis.Redis.from_url(settings.redis.url.get_secret_value())
+        self.redis = client or settings.redis.connect()
         self.store = StateStore(
             self.redis,
             self.keys,
@@ -203,7 +203,8 @@ class SegmentPipeline:
             log.error("rejected published model: %s", exc)
             return
         if loaded is not None:
-            log.info("model switch: %s -> %s", self.model and self.model.model_version, loaded.model_version)
+            previous = self.model.model_version if self.model else None
+            log.info("model switch: %s -> %s", previous, loaded.model_version)
             self.model = loaded
 
     # -- one batch -------------------------------------------------------------------------
@@ -228,6 +229,16 @@ class SegmentPipeline:
         stats.ignored = len(batch.ignored)
         self._dead_letter(records, rejections, stats)
 
+        # Retried from the read on a Redis failure: if a write went through but its reply
+        # was lost, the re-read state carries the offsets and nothing is applied twice.
+        self._until_redis_answers(lambda: self._apply_and_write(records, batch, stats))
+        self._store_offsets(records)
+        self._add_totals(stats)
+        return stats
+
+    def _apply_and_write(
+        self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
+    ) -> None:
         write = BatchWrite(user_ids=[], states=np.empty((0, 0)))
         if len(batch):
             write = self._apply(records, batch, stats)
@@ -242,15 +253,15 @@ class SegmentPipeline:
             **{f"dead_letter.{r}": n for r, n in stats.reasons.items()},
         }
         self._deliver()
-        self._write_with_retry(write)
-        self._store_offsets(records)
-        self._add_totals(stats)
-        return stats
+        self.store.write(write)
 
-    def _apply(self, records: Sequence[Message], batch, stats: BatchStats) -> BatchWrite:  # type: ignore[no-untyped-def]
+    def _apply(
+        self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
+    ) -> BatchWrite:
         rows: dict[str, int] = {}
         user_rows = np.fromiter(
-            (rows.setdefault(u, len(rows)) for u in batch.user_id), dtype=np.int64,
+            (rows.setdefault(u, len(rows)) for u in batch.user_id),
+            dtype=np.int64,
             count=len(batch),
         )
         users = list(rows)
@@ -282,11 +293,10 @@ class SegmentPipeline:
 
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]
-        features = derive_features(touched_states, touched_states[:, COL["last_ts_ms"]],
-                                   self.settings.features)
-        records_json, size_changes, changes = self._assign(
-            touched_users, touched_states, features
+        features = derive_features(
+            touched_states, touched_states[:, COL["last_ts_ms"]], self.settings.features
         )
+        records_json, size_changes, changes = self._assign(touched_users, touched_states, features)
         stats.segment_changes = len(changes)
         for user, change in changes:
             self.producer.produce(  # type: ignore[union-attr]
@@ -317,9 +327,16 @@ class SegmentPipeline:
             return (
                 [
                     encode_record(
-                        u, segment_id=None, segment=None, tier=None, model_version=None,
-                        distance=None, top_category_spend=s, top_category_views=v,
-                        event_time=t, computed_at=computed_at,
+                        u,
+                        segment_id=None,
+                        segment=None,
+                        tier=None,
+                        model_version=None,
+                        distance=None,
+                        top_category_spend=s,
+                        top_category_views=v,
+                        event_time=t,
+                        computed_at=computed_at,
                     )
                     for u, s, v, t in zip(users, spend_names, view_names, event_times, strict=True)
                 ],
@@ -338,10 +355,16 @@ class SegmentPipeline:
         dist_list = np.round(distances, 6).tolist()
         records = [
             encode_record(
-                users[i], segment_id=id_list[i], segment=seg_names[i], tier=tiers[i],
-                model_version=model.model_version, distance=dist_list[i],
-                top_category_spend=spend_names[i], top_category_views=view_names[i],
-                event_time=event_times[i], computed_at=computed_at,
+                users[i],
+                segment_id=id_list[i],
+                segment=seg_names[i],
+                tier=tiers[i],
+                model_version=model.model_version,
+                distance=dist_list[i],
+                top_category_spend=spend_names[i],
+                top_category_views=view_names[i],
+                event_time=event_times[i],
+                computed_at=computed_at,
             )
             for i in range(len(users))
         ]
@@ -387,6 +410,9 @@ class SegmentPipeline:
     # -- idle users ------------------------------------------------------------------------
 
     def _rescore_step(self) -> None:
+        self._until_redis_answers(self._rescore_chunk)
+
+    def _rescore_chunk(self) -> None:
         """Advance the periodic re-score of idle users by one SCAN chunk.
 
         Users who stop acting still move: every ``rescore_interval_seconds`` of event time,
@@ -433,7 +459,7 @@ class SegmentPipeline:
                 self.settings.kafka.segments_topic, key=user.encode(), value=change
             )
         self._deliver()
-        self._write_with_retry(
+        self.store.write(
             BatchWrite(
                 user_ids=[users[i] for i in changed],
                 states=states[changed],
@@ -469,21 +495,20 @@ class SegmentPipeline:
         while self.producer.flush(5.0) > 0:
             log.warning("waiting for the broker to acknowledge %d messages", len(self.producer))
 
-    def _write_with_retry(self, write: BatchWrite) -> None:
-        """Write to Redis; on an outage, pause consumption and retry until it is back."""
+    def _until_redis_answers(self, work: Callable[[], None]) -> None:
+        """Run ``work``; while Redis fails, pause consumption and retry it with back-off."""
         assert self.consumer is not None
         delay = 0.1
         paused: list[TopicPartition] = []
         while True:
             try:
-                if write.user_ids or write.counters:
-                    self.store.write(write)
+                work()
                 break
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 if not paused:
                     paused = self.consumer.assignment()
                     self.consumer.pause(paused)
-                    log.warning("Redis unavailable (%s); pausing consumption", exc)
+                    log.warning("Redis unavailable (%s); consumption paused", exc)
                 self.consumer.poll(0)  # serve rebalance callbacks while waiting
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -544,4 +569,3 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         totals.segment_changes,
     )
     return 0
-

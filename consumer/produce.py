@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 RAW_FIELD = "_raw_b64"
 KEY_FIELD = "_key_b64"
@@ -187,7 +188,9 @@ class _RateColumn(ProgressColumn):
     """Records per second over the recent past."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = task.speed
+        if task.finished and task.finished_time:
+            speed = task.completed / task.finished_time  # the average, once done
         return Text("-- rec/s" if speed is None else f"{speed:,.0f} rec/s", style="cyan")
 
 
@@ -332,17 +335,19 @@ class _TokenBucket:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
-    def take(self) -> None:
+    def take(self) -> float:
+        """Take one token; returns the seconds the caller must wait before using it."""
+        wait = 0.0
         if self.tokens < 1.0:
             now = time.monotonic()
             self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
             if self.tokens < 1.0:
                 wait = (1.0 - self.tokens) / self.rate
-                time.sleep(wait)
                 self.tokens += wait * self.rate
                 self.stamp += wait
         self.tokens -= 1.0
+        return wait
 
 
 def produce_records(
@@ -383,49 +388,67 @@ def produce_records(
     config["delivery.report.only.error"] = True
     config["on_delivery"] = stats._on_delivery
     config["error_cb"] = _log_client_error
+    config["logger"] = _librdkafka_log
     producer = Producer(config)
     try:
         producer.list_topics(timeout=connect_timeout)
     except KafkaException as exc:
+        del producer  # not kept alive (and retrying) by the traceback
         raise ServerUnavailableError(
             f"cannot reach Kafka at {kafka.bootstrap_servers} (kafka.bootstrap_servers): {exc}"
         ) from None
 
     bucket = _TokenBucket(rate) if rate else None
     produce, poll = producer.produce, producer.poll
+    sent = value_bytes = 0
     started = time.monotonic()
     with _ProgressDisplay(progress, description, total) as bar:
         try:
             for key, value in records:
-                if bucket is not None:
-                    bucket.take()
-                while True:
-                    try:
-                        produce(topic, value, key)
-                        break
-                    except BufferError:
-                        poll(0.05)  # local queue full: let deliveries drain
-                    except KafkaException as exc:  # e.g. a record larger than allowed
-                        stats._on_local_error(exc)
-                        break
-                stats.sent += 1
-                stats.value_bytes += len(value)
-                if stats.sent % _PROGRESS_EVERY == 0:
+                if bucket is not None and (wait := bucket.take()) > 0:
+                    # Serve delivery reports while waiting (poll may return early).
+                    until = time.monotonic() + wait
+                    while (left := until - time.monotonic()) > 0:
+                        poll(left)
+                try:
+                    produce(topic, value, key)
+                except (BufferError, KafkaException):
+                    _produce_slowly(producer, topic, key, value, stats)
+                sent += 1
+                value_bytes += len(value)
+                if not sent % _PROGRESS_EVERY:
                     poll(0)
-                    bar.update(stats.sent)
+                    bar.update(sent)
         except KeyboardInterrupt:
             stats.interrupted = True
             log.warning("interrupted: flushing %d records handed to the producer", len(producer))
         finally:
             # Also on a failing input: what was handed over is delivered before raising.
-            bar.update(stats.sent, force=True, description=f"{description} (flushing)")
+            stats.sent, stats.value_bytes = sent, value_bytes
+            bar.update(sent, force=True, description=f"{description} (flushing)")
             stats.undelivered = producer.flush(flush_timeout)
             stats.seconds = time.monotonic() - started
-            bar.update(stats.sent, force=True, description=description)
-            bar.finish(stats.sent)
+            bar.update(sent, force=True, description=description)
+            bar.finish(sent)
     if stats.failed or stats.undelivered:
         log.error("%s; first errors: %s", stats.summary(), "; ".join(stats.error_samples))
     return stats
+
+
+def _produce_slowly(
+    producer: Producer, topic: str, key: bytes | None, value: bytes, stats: ProduceStats
+) -> None:
+    """The rare path of a produce call: wait while the local queue is full; count a record
+    that librdkafka refuses outright (e.g. larger than ``message.max.bytes``) as failed."""
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            return
+        except BufferError:
+            producer.poll(0.05)  # local queue full: let deliveries drain
+        except KafkaException as exc:
+            stats._on_local_error(exc)
+            return
 
 
 def _log_client_error(err: KafkaError) -> None:

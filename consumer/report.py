@@ -585,7 +585,7 @@ def _write_report(
 
 def report_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg report``: write the HTML report and print its path."""
-    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    client = settings.redis.connect()
     index = write_report(
         client, KeyLayout(settings.redis.namespace), Path(args.out), sample=args.sample,
         settings=settings,
@@ -655,7 +655,7 @@ def format_tune_k(result: TuneKResult) -> str:
 
 def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg tune-k``: score a range of K on a snapshot, print a table, save a plot."""
-    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    client = settings.redis.connect()
     keys = KeyLayout(settings.redis.namespace)
     snapshot = read_snapshot(client, keys, max_users=args.sample, config=settings.features)
     try:

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import redis
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -71,6 +72,17 @@ class RedisSettings(BaseModel):
     namespace: str = "streamseg"
     #: Expire a user's keys after this many seconds without events (0 = never).
     user_ttl_seconds: int = Field(default=0, ge=0)
+    #: A command without an answer for this long fails (and is retried): a hung server
+    #: pauses the pipeline instead of blocking it forever (seconds).
+    socket_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    def connect(self) -> redis.Redis:
+        """A client for this Redis; the URL (with any password) never reaches a log."""
+        return redis.Redis.from_url(
+            self.url.get_secret_value(),
+            socket_timeout=self.socket_timeout_seconds,
+            socket_connect_timeout=self.socket_timeout_seconds,
+        )
 
     @field_validator("namespace")
     @classmethod

@@ -856,7 +856,9 @@ class EventGenerator:
             elif c == cart:
                 append(f'{head},"quantity":{q}}}'.encode())
             elif c == purchase:
-                append(f'{head},"amount":{amt},"currency":"{currency[usr]}","quantity":{q}}}'.encode())
+                append(
+                    f'{head},"amount":{amt},"currency":"{currency[usr]}","quantity":{q}}}'.encode()
+                )
             elif c == refund:
                 append(f'{head},"amount":{amt},"currency":"{currency[usr]}"}}'.encode())
             elif c == review:

@@ -197,7 +197,7 @@ class Trainer:
 
 def train_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg train``: hold the lease, bootstrap, update and publish until stopped."""
-    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    client = settings.redis.connect()
     keys = KeyLayout(settings.redis.namespace)
     config = settings.trainer
     lease = TrainerLease(client, keys.trainer_lease, config.lease_seconds)

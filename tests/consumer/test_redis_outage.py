@@ -1,0 +1,67 @@
+"""A Redis that stops answering pauses the pipeline; when it is back, nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from consumer.pipeline import SegmentPipeline
+from devstack.redis_server import RedisServer
+from model.features import FeatureConfig
+from tests.consumer.pipeline_support import (
+    as_records,
+    assert_state_matches,
+    canonical,
+    make_events,
+    produce,
+    read_state,
+    settings_for,
+)
+from tests.reference_features import recompute
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
+
+
+def test_a_hung_redis_pauses_the_pipeline_and_loses_nothing(
+    kafka_bootstrap: str, new_topic: Callable[..., str], namespace: str
+) -> None:
+    topic = new_topic()
+    events = make_events(12_000, users=500, seed=21)
+    with RedisServer() as server:
+        assert server.pid is not None
+        settings = settings_for(
+            kafka_bootstrap, server.url, topic, namespace,
+            **{"pipeline.batch_size": 200},
+        )
+        settings.redis.socket_timeout_seconds = 1.0
+        client = redis.Redis.from_url(server.url)
+        pipeline = SegmentPipeline(settings)
+        pipeline.start()
+        worker = threading.Thread(
+            target=pipeline.run, kwargs={"max_records": len(events), "idle_exit_seconds": 30}
+        )
+        worker.start()
+        try:
+            produce(kafka_bootstrap, topic, as_records(events[:6000]))
+            deadline = time.monotonic() + 60
+            while int(client.hget(f"{namespace}:counters", "records") or 0) < 2000:
+                assert time.monotonic() < deadline, "no progress before the outage"
+                time.sleep(0.05)
+            os.kill(server.pid, signal.SIGSTOP)  # hung: connections open, no answers
+            produce(kafka_bootstrap, topic, as_records(events[6000:]))
+            time.sleep(4)
+            os.kill(server.pid, signal.SIGCONT)
+            worker.join(timeout=120)
+            assert not worker.is_alive(), "pipeline did not finish after Redis came back"
+        finally:
+            pipeline.stop()
+            worker.join(timeout=30)
+            pipeline.close()
+        expected = recompute(canonical(events), FeatureConfig())
+        assert_state_matches(read_state(client, namespace, list(expected)), expected)
