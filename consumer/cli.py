@@ -82,6 +82,7 @@ Example:
   streamseg tune-k --k-min 3 --k-max 10 --sample 10000 --out k.png
 """
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; also used by tests to check commands named in deployments."""
     parser = argparse.ArgumentParser(
@@ -137,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("user_ids", nargs="+", metavar="USER_ID")
 
     model = _command(
-        commands, "model", "consumer.model_store:model_command", "list, show, roll back, export or import models"
+        commands,
+        "model",
+        "consumer.model_store:model_command",
+        "list, show, roll back, export or import models",
     )
     model_actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
     model_actions.add_parser("list", help="published versions, newest first")
@@ -323,9 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(
-    commands: Any, name: str, handler: str, help_text: str
-) -> argparse.ArgumentParser:
+def _command(commands: Any, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = commands.add_parser(
         name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
     )

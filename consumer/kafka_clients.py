@@ -58,7 +58,9 @@ def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
     return Producer(config, logger=log)
 
 
-def dead_letter_headers(message: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    message: Message, reason: str, detail: str
+) -> list[tuple[str, str | bytes | None]]:
     """Headers naming why a record was rejected and where it came from."""
     return [
         ("streamseg.reason", reason.encode()),

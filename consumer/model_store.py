@@ -100,11 +100,11 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
     if args.action == "show":
-        version = args.version if args.version is not None else current
-        if version is None:
+        shown: int | None = args.version if args.version is not None else current
+        if shown is None:
             print("no model published yet (cold start)")
             return 1
-        m = store.load(version)
+        m = store.load(shown)
         print(f"model v{m.model_version} created {m.created_at.isoformat()}")
         for pos, seg_id in enumerate(m.ids):
             p = m.profiles[pos]
@@ -115,12 +115,12 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"model v{args.version} is current")
         return 0
     if args.action == "export":
-        version = args.model_version if args.model_version is not None else current
-        if version is None:
+        exported: int | None = args.model_version if args.model_version is not None else current
+        if exported is None:
             print("no model published yet", file=sys.stderr)
             return 1
-        args.path.write_bytes(store.load(version).to_json())
-        print(f"wrote model v{version} to {args.path}")
+        args.path.write_bytes(store.load(exported).to_json())
+        print(f"wrote model v{exported} to {args.path}")
         return 0
     if args.action == "import":
         try:

@@ -520,7 +520,9 @@ class SegmentPipeline:
         assert self.consumer is not None
         last: dict[tuple[str, int], int] = {}
         for m in records:
-            last[(m.topic(), m.partition())] = m.offset()  # type: ignore[index]
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if topic is not None and partition is not None and offset is not None:
+                last[(topic, partition)] = offset
         if last:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
             try:

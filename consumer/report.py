@@ -54,7 +54,10 @@ FloatArray = npt.NDArray[np.float64]
 _UNITS = {f.name: f.unit for f in FEATURES}
 _DPI = 110
 _FONT: dict[RcKeyType, Any] = {
-    "font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
+    "font.size": 11,
+    "axes.titlesize": 13,
+    "axes.labelsize": 11,
+    "legend.fontsize": 9,
 }
 #: Counters shown first, in this order; any other counter (dead_letter.<reason>) follows.
 _MAIN_COUNTERS = ("records", "applied", "duplicates", "ignored", "dead_lettered")
@@ -114,13 +117,20 @@ def plot_centres(model: SegmentModel, out_dir: Path) -> str:
         for j in range(d):
             dark = abs(centres[i, j]) > 0.6 * limit
             ax.text(
-                j, i, _fmt(business[i, j]), ha="center", va="center", fontsize=9,
+                j,
+                i,
+                _fmt(business[i, j]),
+                ha="center",
+                va="center",
+                fontsize=9,
                 color="white" if dark else "black",
             )
     ax.set_xticks(range(d))
     ax.set_xticklabels(
         [f"{n}\n({_UNITS.get(n, '')})" for n in model.feature_names],
-        rotation=35, ha="right", fontsize=9,
+        rotation=35,
+        ha="right",
+        fontsize=9,
     )
     ax.set_yticks(range(k))
     ax.set_yticklabels([_segment_label(model, p) for p in range(k)])
@@ -143,9 +153,13 @@ def plot_sizes(
     for m in history:  # oldest first: the newest name of an id wins
         for pos, seg in enumerate(m.ids):
             names[seg] = m.names[pos]
-    bars = [(f"v{m.model_version}\n(at training)", {
-        seg: m.profiles[pos].size for pos, seg in enumerate(m.ids)
-    }) for m in history]
+    bars = [
+        (
+            f"v{m.model_version}\n(at training)",
+            {seg: m.profiles[pos].size for pos, seg in enumerate(m.ids)},
+        )
+        for m in history
+    ]
     if current_sizes:
         bars.append(("now\n(records)", {s: n for s, n in current_sizes.items() if n > 0}))
     segment_ids = sorted({s for _, sizes in bars for s in sizes})
@@ -155,8 +169,14 @@ def plot_sizes(
     for seg in segment_ids:
         heights = np.array([float(sizes.get(seg, 0)) for _, sizes in bars])
         ax.bar(
-            x, heights, bottom=bottom, width=0.6, color=_segment_colour(seg),
-            label=f"{seg}: {names.get(seg, '?')}", edgecolor="white", linewidth=0.5,
+            x,
+            heights,
+            bottom=bottom,
+            width=0.6,
+            color=_segment_colour(seg),
+            label=f"{seg}: {names.get(seg, '?')}",
+            edgecolor="white",
+            linewidth=0.5,
         )
         bottom += heights
     for xi, total in zip(x, bottom, strict=True):
@@ -184,21 +204,43 @@ def plot_pca(model: SegmentModel, features: FloatArray, out_dir: Path, seed: int
     for pos in range(len(model.ids)):
         mask = positions == pos
         ax.scatter(
-            P[mask, 0], P[mask, 1], s=10, alpha=0.45, color=_segment_colour(model.ids[pos]),
-            label=f"{_segment_label(model, pos)}  n={int(mask.sum()):,}", edgecolors="none",
+            P[mask, 0],
+            P[mask, 1],
+            s=10,
+            alpha=0.45,
+            color=_segment_colour(model.ids[pos]),
+            label=f"{_segment_label(model, pos)}  n={int(mask.sum()):,}",
+            edgecolors="none",
         )
     for pos in range(len(model.ids)):
         ax.scatter(
-            C[pos, 0], C[pos, 1], marker="X", s=220, color=_segment_colour(model.ids[pos]),
-            edgecolors="black", linewidths=1.2, zorder=5,
+            C[pos, 0],
+            C[pos, 1],
+            marker="X",
+            s=220,
+            color=_segment_colour(model.ids[pos]),
+            edgecolors="black",
+            linewidths=1.2,
+            zorder=5,
         )
     labels_at = _label_positions(C, [f"{model.ids[p]}: {model.names[p]}" for p in range(len(C))])
     for pos, (text, where) in enumerate(labels_at):
         ax.annotate(
-            text, (C[pos, 0], C[pos, 1]), xytext=where, textcoords="data", fontsize=10,
-            fontweight="bold", ha="left", va="center", zorder=6,
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": _segment_colour(
-                model.ids[pos]), "alpha": 0.9},
+            text,
+            (C[pos, 0], C[pos, 1]),
+            xytext=where,
+            textcoords="data",
+            fontsize=10,
+            fontweight="bold",
+            ha="left",
+            va="center",
+            zorder=6,
+            bbox={
+                "boxstyle": "round,pad=0.2",
+                "fc": "white",
+                "ec": _segment_colour(model.ids[pos]),
+                "alpha": 0.9,
+            },
             arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.8},
         )
     ax.set_xlabel(f"PC1 ({var[0]:.1f}% variance, scaled units)")
@@ -208,12 +250,19 @@ def plot_pca(model: SegmentModel, features: FloatArray, out_dir: Path, seed: int
     )
     handles, labels = ax.get_legend_handles_labels()
     handles.append(
-        Line2D([], [], marker="X", color="grey", markeredgecolor="black", linestyle="",
-               markersize=11)
+        Line2D(
+            [], [], marker="X", color="grey", markeredgecolor="black", linestyle="", markersize=11
+        )
     )
     labels.append("segment centre")
-    legend = ax.legend(handles, labels, title="segment (colour)", bbox_to_anchor=(1.01, 1),
-                       loc="upper left", markerscale=1.5)
+    legend = ax.legend(
+        handles,
+        labels,
+        title="segment (colour)",
+        bbox_to_anchor=(1.01, 1),
+        loc="upper left",
+        markerscale=1.5,
+    )
     for handle in legend.legend_handles[:-1]:
         if handle is not None:
             handle.set_alpha(1.0)
@@ -246,8 +295,12 @@ def _label_positions(
             if not any(_overlap(box, other) for other in placed):
                 break
         placed.append(box)
-        out.append((text, (float(lo[0] + box[0] * span[0]), float(lo[1] + (box[1] + box[3]) / 2
-                                                                    * span[1]))))
+        out.append(
+            (
+                text,
+                (float(lo[0] + box[0] * span[0]), float(lo[1] + (box[1] + box[3]) / 2 * span[1])),
+            )
+        )
     return out
 
 
@@ -265,23 +318,34 @@ def plot_tiers(model: SegmentModel, mean_revenue: FloatArray, out_dir: Path) -> 
     fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(order) + 3), 5.5))
     x = np.arange(len(order))
     values = mean_revenue[order]
-    ax.bar(x, values, color=[tier_colour[int(tiers[p])] for p in order], edgecolor="black",
-           linewidth=0.5)
+    ax.bar(
+        x,
+        values,
+        color=[tier_colour[int(tiers[p])] for p in order],
+        edgecolor="black",
+        linewidth=0.5,
+    )
     for xi, v in zip(x, values, strict=True):
         ax.text(
-            float(xi), v, _fmt(float(v)), ha="center", va="bottom" if v >= 0 else "top",
+            float(xi),
+            v,
+            _fmt(float(v)),
+            ha="center",
+            va="bottom" if v >= 0 else "top",
             fontsize=9,
         )
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{model.ids[p]}: {model.names[p]}" for p in order], rotation=25,
-                       ha="right")
+    ax.set_xticklabels(
+        [f"{model.ids[p]}: {model.names[p]}" for p in order], rotation=25, ha="right"
+    )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("segment (id: name)")
     ax.set_ylabel("mean net revenue (currency units, decayed)")
     ax.set_title(f"Value tiers of model v{model.model_version}: mean net revenue per segment")
     ax.legend(
         handles=[Patch(color=tier_colour[t], label=f"tier {t}") for t in sorted(tier_colour)],
-        title="value tier (1 = most valuable)", loc="upper right",
+        title="value tier (1 = most valuable)",
+        loc="upper right",
     )
     ax.set_ylim(min(0.0, float(values.min()) * 1.15), max(1.0, float(values.max()) * 1.15))
     return _save(fig, out_dir, "tiers.png")
@@ -313,7 +377,9 @@ def plot_counters(counters: dict[str, int], out_dir: Path) -> str:
             Patch(color="tab:red", label="dead-lettered (total and by reason)"),
             Patch(color="tab:grey", label="other pipeline activity"),
         ],
-        title="kind of counter", bbox_to_anchor=(1.01, 1), loc="upper left",
+        title="kind of counter",
+        bbox_to_anchor=(1.01, 1),
+        loc="upper left",
     )
     return _save(fig, out_dir, "counters.png")
 
@@ -396,16 +462,24 @@ def profile_rows(
         else:
             p = model.profiles[pos]
             means = {
-                "net_revenue": p.mean_net_revenue, "purchases": p.mean_purchases,
-                "avg_order_value": p.mean_avg_order_value, "recency_days": p.mean_recency_days,
-                "tenure_days": p.mean_tenure_days, "views": p.mean_views,
-                "engagement": p.mean_engagement, "view_to_purchase": p.view_to_purchase,
+                "net_revenue": p.mean_net_revenue,
+                "purchases": p.mean_purchases,
+                "avg_order_value": p.mean_avg_order_value,
+                "recency_days": p.mean_recency_days,
+                "tenure_days": p.mean_tenure_days,
+                "views": p.mean_views,
+                "engagement": p.mean_engagement,
+                "view_to_purchase": p.view_to_purchase,
                 "cart_to_purchase": p.cart_to_purchase,
             }
         rows.append(
             SegmentRow(
-                segment_id=seg, name=model.names[pos], tier=model.tiers[pos],
-                users_now=current_sizes.get(seg, 0), sampled=int(mask.sum()), means=means,
+                segment_id=seg,
+                name=model.names[pos],
+                tier=model.tiers[pos],
+                users_now=current_sizes.get(seg, 0),
+                sampled=int(mask.sum()),
+                means=means,
                 top_spend=_top_names(spend[mask], category_names),
                 top_views=_top_names(views[mask], category_names),
             )
@@ -455,8 +529,9 @@ def _counter_table(counters: dict[str, int]) -> str:
     records = counters.get("records", 0)
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{counters[n]:,}</td>"
-        f"<td>{counters[n] / records:.2%}</td></tr>" if records else
-        f"<tr><td>{html.escape(n)}</td><td>{counters[n]:,}</td><td>-</td></tr>"
+        f"<td>{counters[n] / records:.2%}</td></tr>"
+        if records
+        else f"<tr><td>{html.escape(n)}</td><td>{counters[n]:,}</td><td>-</td></tr>"
         for n in ordered_counters(counters)
     )
     return (
@@ -503,7 +578,8 @@ def _write_report(
     sections: list[str] = []
     esc = html.escape
     watermark = (
-        "none" if snapshot.watermark_ms is None
+        "none"
+        if snapshot.watermark_ms is None
         else np.datetime64(int(snapshot.watermark_ms), "ms").astype(str) + " UTC"
     )
     sections.append(
@@ -536,25 +612,36 @@ def _write_report(
             f"<p class='note'>Created {esc(model.created_at.isoformat())}, K={len(model.ids)}, "
             f"published versions: {', '.join(f'v{v}' for v in versions) or '-'}. Means are over "
             "the sampled users the current model assigns to each segment; <i>users now</i> "
-            "counts the stored segment records naming it.</p>"
-            + _profile_table(rows)
+            "counts the stored segment records naming it.</p>" + _profile_table(rows)
         )
         for title, name, caption in (
-            ("Segment centres", plot_centres(model, out_dir),
-             "Each row is a segment's centre. Colour: scaled units (IQRs above or below the "
-             "median user, after log1p on counts and money). Text: the same centre in business "
-             "units."),
-            ("Value tiers", plot_tiers(model, mean_revenue, out_dir),
-             "Mean net revenue of each segment's sampled users; colour is the model's value "
-             "tier."),
-            ("Users by segment (PCA)", plot_pca(model, snapshot.features, out_dir),
-             "Sampled users projected on the first two principal components of the model's "
-             "scaled space; X marks each centre. Overlap in 2-D does not mean overlap in the "
-             f"{len(model.feature_names)}-D space the model uses."),
-            ("Segment sizes across versions", plot_sizes(history, current_sizes, out_dir),
-             "Rows assigned to each segment in the training snapshot of every published "
-             "version (its profiles), and the users whose stored record names the segment now. "
-             "Ids are stable across versions."),
+            (
+                "Segment centres",
+                plot_centres(model, out_dir),
+                "Each row is a segment's centre. Colour: scaled units (IQRs above or below the "
+                "median user, after log1p on counts and money). Text: the same centre in business "
+                "units.",
+            ),
+            (
+                "Value tiers",
+                plot_tiers(model, mean_revenue, out_dir),
+                "Mean net revenue of each segment's sampled users; colour is the model's value "
+                "tier.",
+            ),
+            (
+                "Users by segment (PCA)",
+                plot_pca(model, snapshot.features, out_dir),
+                "Sampled users projected on the first two principal components of the model's "
+                "scaled space; X marks each centre. Overlap in 2-D does not mean overlap in the "
+                f"{len(model.feature_names)}-D space the model uses.",
+            ),
+            (
+                "Segment sizes across versions",
+                plot_sizes(history, current_sizes, out_dir),
+                "Rows assigned to each segment in the training snapshot of every published "
+                "version (its profiles), and the users whose stored record names the segment now. "
+                "Ids are stable across versions.",
+            ),
         ):
             sections.append(
                 f"<h2>{esc(title)}</h2><p class='note'>{esc(caption)}</p>"
@@ -576,7 +663,8 @@ def _write_report(
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>streamseg report: {esc(keys.namespace)}</title><style>{_CSS}</style></head>"
         f"<body><h1>streamseg segment report: {esc(keys.namespace)}</h1>"
-        + "".join(sections) + "</body></html>"
+        + "".join(sections)
+        + "</body></html>"
     )
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -587,7 +675,10 @@ def report_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg report``: write the HTML report and print its path."""
     client = settings.redis.connect()
     index = write_report(
-        client, KeyLayout(settings.redis.namespace), Path(args.out), sample=args.sample,
+        client,
+        KeyLayout(settings.redis.namespace),
+        Path(args.out),
+        sample=args.sample,
         settings=settings,
     )
     print(index.resolve())
@@ -616,23 +707,32 @@ def plot_tune_k(result: TuneKResult, path: Path) -> Path:
 def _plot_tune_k(result: TuneKResult, path: Path) -> Path:
     ks = [s.k for s in result.scores]
     fig, left = plt.subplots(figsize=(8.5, 5))
-    left.plot(ks, [s.inertia for s in result.scores], "o-", color="tab:blue",
-              label="inertia (left axis)")
+    left.plot(
+        ks, [s.inertia for s in result.scores], "o-", color="tab:blue", label="inertia (left axis)"
+    )
     left.set_xlabel("number of segments K")
     left.set_ylabel("inertia (scaled units squared)", color="tab:blue")
     left.tick_params(axis="y", labelcolor="tab:blue")
     right = left.twinx()
-    right.plot(ks, [s.silhouette for s in result.scores], "s--", color="tab:orange",
-               label="mean silhouette (right axis)")
+    right.plot(
+        ks,
+        [s.silhouette for s in result.scores],
+        "s--",
+        color="tab:orange",
+        label="mean silhouette (right axis)",
+    )
     right.set_ylabel("mean silhouette (-1..1, higher is better)", color="tab:orange")
     right.tick_params(axis="y", labelcolor="tab:orange")
-    line = left.axvline(result.recommended_k, color="grey", linestyle=":",
-                        label=f"recommended K = {result.recommended_k} ({result.rule})")
+    line = left.axvline(
+        result.recommended_k,
+        color="grey",
+        linestyle=":",
+        label=f"recommended K = {result.recommended_k} ({result.rule})",
+    )
     left.set_xticks(ks)
     left.grid(alpha=0.3)
     handles = [*left.get_lines()[:1], *right.get_lines(), line]
-    left.legend(handles=handles, labels=[str(h.get_label()) for h in handles],
-                loc="upper center")
+    left.legend(handles=handles, labels=[str(h.get_label()) for h in handles], loc="upper center")
     left.set_title("Choosing K: inertia elbow and silhouette")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")

@@ -1,7 +1,8 @@
 """All configuration, in one place: pydantic-settings classes read from a file and the environment.
 
 Environment variables are ``STREAMSEG_<SECTION>__<FIELD>``, for example
-``STREAMSEG_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``STREAMSEG_FEATURES__VIEWS_HALF_LIFE_DAYS=7``.
+``STREAMSEG_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``STREAMSEG_FEATURES__VIEWS_HALF_LIFE_DAYS=7``.
 A settings file (TOML or JSON, ``--config``) gives the same fields nested by section; the
 environment wins over the file. A wrong setting stops start-up with a message naming it.
 """

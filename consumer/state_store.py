@@ -61,7 +61,7 @@ class StateStore:
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
         states = np.ascontiguousarray(batch.states, dtype=np.float64)
-        mapping: dict[str, bytes] = {}
+        mapping: dict[str | bytes, bytes | float | int | str] = {}
         for i, user in enumerate(batch.user_ids):
             mapping[keys.state(user)] = states[i].tobytes()
         for user, record in zip(batch.user_ids, batch.segment_records, strict=False):

@@ -455,9 +455,9 @@ class EventGenerator:
         new = self._type == _TYPE_NAMES.index("new_user")
         start[new] += (rng.uniform(*_NEW_USER_START, size=int(new.sum())) * span).astype(np.int64)
         churn = self._type == _TYPE_NAMES.index("churning")
-        end[churn] = cfg.start_ms + (
-            rng.uniform(*_CHURN_END, size=int(churn.sum())) * span
-        ).astype(np.int64)
+        end[churn] = cfg.start_ms + (rng.uniform(*_CHURN_END, size=int(churn.sum())) * span).astype(
+            np.int64
+        )
         self._active_start, self._active_end = start, end
         self._churning = churn
 
@@ -517,8 +517,7 @@ class EventGenerator:
     def planted_types(self) -> dict[str, str]:
         """The planted type of every user: user id -> type name (a key of `PLANTED_TYPES`)."""
         return {
-            uid: _TYPE_NAMES[t]
-            for uid, t in zip(self._user_ids, self._type.tolist(), strict=True)
+            uid: _TYPE_NAMES[t] for uid, t in zip(self._user_ids, self._type.tolist(), strict=True)
         }
 
     def write_planted_types(self, path: str | Path) -> None:
@@ -698,7 +697,10 @@ class EventGenerator:
         p_item = v_item[c[group]]
         checkout = rng.random(len(group)) < self._p_checkout[profile[p_session]]
         p_session, p_last_cart, p_qty, p_item = (
-            p_session[checkout], p_last_cart[checkout], p_qty[checkout], p_item[checkout]
+            p_session[checkout],
+            p_last_cart[checkout],
+            p_qty[checkout],
+            p_item[checkout],
         )
         p_user, p_profile = user[p_session], profile[p_session]
         p_ts = p_last_cart + rng.lognormal(np.log(2 * MINUTE_MS), 0.6, len(p_session)).astype(

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, cast
 
 import numpy as np
 import orjson
@@ -227,7 +227,8 @@ def decode_events(
     valid = [(parsed_index[pos], ev) for pos, ev in enumerate(events) if ev is not None]
     index = np.fromiter((i for i, _ in valid), dtype=np.int64, count=len(valid))
     ts = np.fromiter((ev["ts"] for _, ev in valid), dtype=np.float64, count=len(valid))
-    user_ids = [ev["user_id"] for _, ev in valid]
+    # Identifier's validator already made these strings; the TypedDict only knows int | str.
+    user_ids = cast(list[str], [ev["user_id"] for _, ev in valid])
     codes = [type_map.get(ev["type"], -1) for _, ev in valid]
     amounts = [ev.get("amount") for _, ev in valid]
     ts_ok = (ts >= limits.min_ts_ms) & (ts < limits.max_ts_ms)
@@ -253,7 +254,7 @@ def decode_events(
     batch = EventBatch(
         index=index[rows],
         user_id=[user_ids[r] for r in keep],
-        event_id=[valid[r][1]["event_id"] for r in keep],
+        event_id=cast(list[str], [valid[r][1]["event_id"] for r in keep]),
         type_code=np.asarray([codes[r] for r in keep], dtype=np.int8),
         ts_ms=ts[rows],
         amount=np.asarray([amounts[r] or 0.0 for r in keep], dtype=np.float64),

@@ -48,7 +48,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=4000)
     parser.add_argument("--days", type=float, default=90)
-    parser.add_argument("--rate", type=float, default=4000, help="records/s offered (0 = max)")
+    parser.add_argument("--rate", type=float, default=5000, help="records/s offered (0 = max)")
+    parser.add_argument("--events-per-user", type=float, default=40)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
     args = parser.parse_args()
@@ -99,19 +100,38 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
     logs.mkdir(exist_ok=True)
     planted_path = args.out / "planted.json"
     generate = [
-        *streamseg, "generate", "--users", str(args.users), "--days", str(args.days),
-        "--seed", str(args.seed), "--rate", str(args.rate), "--drift", "loyal_high_spender",
-        "--drift-at", "0.7", "--out", str(args.out / "events.jsonl"),
-        "--planted", str(planted_path), "--no-progress",
+        *streamseg,
+        "generate",
+        "--users",
+        str(args.users),
+        "--days",
+        str(args.days),
+        "--seed",
+        str(args.seed),
+        "--rate",
+        str(args.rate),
+        "--events-per-user",
+        str(args.events_per_user),
+        "--drift",
+        "loyal_high_spender",
+        "--drift-at",
+        "0.7",
+        "--out",
+        str(args.out / "events.jsonl"),
+        "--planted",
+        str(planted_path),
+        "--no-progress",
     ]
-    procs = {
-        "consumer": subprocess.Popen([*streamseg, "run"], env=env,
-                                     stderr=open(logs / "consumer.log", "wb")),
-        "trainer": subprocess.Popen([*streamseg, "train"], env=env,
-                                    stderr=open(logs / "trainer.log", "wb")),
-        "generator": subprocess.Popen(generate, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(logs / "generator.log", "wb")),
-    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name, command in (
+        ("consumer", [*streamseg, "run"]),
+        ("trainer", [*streamseg, "train"]),
+        ("generator", generate),
+    ):
+        with open(logs / f"{name}.log", "wb") as log_file:  # the child keeps its own handle
+            procs[name] = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=log_file
+            )
     keys = KeyLayout(NAMESPACE)
     models = ModelStore(client, keys)
     lag_reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-{topic}"})
@@ -154,7 +174,7 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
         f"{counters.get('records', 0):,} records in {elapsed:.0f} s: "
         f"{counters.get('applied', 0):,} applied, {counters.get('ignored', 0):,} ignored "
         f"(unmapped type), {counters.get('dead_lettered', 0):,} dead-lettered "
-        f"({', '.join(f'{k[12:]}={v}' for k, v in counters.items() if k.startswith('dead_letter.'))})"
+        f"({', '.join(f'{k[12:]}={v}' for k, v in counters.items() if k[:12] == 'dead_letter.')})"
     )
     version = models.current_version()
     console.print(f"model in use: v{version}; versions published: {len(models.versions())}")
@@ -206,8 +226,11 @@ def render(counters, lag, history, models, client, keys, procs, started):  # typ
     stats.add_row("generator", generating)
 
     version = models.current_version()
-    segments = Table(title=f"segments (model v{version})" if version else "segments: cold start, "
-                     "waiting for the trainer's first model")
+    segments = Table(
+        title=f"segments (model v{version})"
+        if version
+        else "segments: cold start, waiting for the trainer's first model"
+    )
     segments.add_column("id", justify="right")
     segments.add_column("name")
     segments.add_column("tier", justify="right")
@@ -217,8 +240,9 @@ def render(counters, lag, history, models, client, keys, procs, started):  # typ
         sizes = {int(k): int(v) for k, v in client.hgetall(keys.segment_sizes).items()}
         for pos in np.argsort(model.tiers):
             seg = model.ids[pos]
-            segments.add_row(str(seg), model.names[pos], str(model.tiers[pos]),
-                             f"{sizes.get(seg, 0):,}")
+            segments.add_row(
+                str(seg), model.names[pos], str(model.tiers[pos]), f"{sizes.get(seg, 0):,}"
+            )
     return Panel(Group(stats, segments), title="streamseg live", border_style="cyan")
 
 
@@ -238,7 +262,9 @@ def show_recovery(client: redis.Redis, keys: KeyLayout, planted: dict[str, str])
         console.print("no user has a segment yet")
         return
     ari = adjusted_rand_score([t for t, _ in pairs], [s for _, s in pairs])
-    console.print(f"adjusted Rand index, segments vs planted types: {ari:.2f} ({len(pairs):,} users)")
+    console.print(
+        f"adjusted Rand index, segments vs planted types: {ari:.2f} ({len(pairs):,} users)"
+    )
     table = Table(title="planted type -> segment ids (share of users)")
     table.add_column("planted type")
     table.add_column("segments")

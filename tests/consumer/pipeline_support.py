@@ -22,7 +22,9 @@ CATEGORIES = ["shoes", "books", "toys", "garden", "beauty", "sports", "pets", "a
 HOSTILE_IDS = ["{u1}", "a:b", "ü ñ 😀", "%7Bx%7D", "}{", "a b"]
 
 
-def settings_for(kafka_bootstrap: str, redis_url: str, topic: str, namespace: str, **extra: Any) -> Settings:
+def settings_for(
+    kafka_bootstrap: str, redis_url: str, topic: str, namespace: str, **extra: Any
+) -> Settings:
     overrides = {
         "kafka.bootstrap_servers": kafka_bootstrap,
         "kafka.events_topic": topic,
@@ -59,7 +61,9 @@ def make_events(n: int, users: int, seed: int) -> list[dict[str, Any]]:
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     for key, value in records:
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
@@ -85,7 +89,9 @@ def canonical(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def assert_state_matches(actual: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
+def assert_state_matches(
+    actual: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]
+) -> None:
     assert set(actual) == set(expected)
     for user, want in expected.items():
         got = actual[user]
@@ -96,4 +102,6 @@ def assert_state_matches(actual: dict[str, dict[str, Any]], expected: dict[str, 
                     for part, v in parts.items():
                         np.testing.assert_allclose(got[key][cat][part], v, rtol=1e-9, atol=1e-12)
             else:
-                np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=f"{user} {key}")
+                np.testing.assert_allclose(
+                    got[key], value, rtol=1e-9, atol=1e-12, err_msg=f"{user} {key}"
+                )

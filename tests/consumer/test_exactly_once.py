@@ -28,7 +28,9 @@ from tests.reference_features import recompute
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
 
-def consumer_env(kafka_bootstrap: str, redis_url: str, topic: str, namespace: str) -> dict[str, str]:
+def consumer_env(
+    kafka_bootstrap: str, redis_url: str, topic: str, namespace: str
+) -> dict[str, str]:
     return {
         **os.environ,
         "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -54,7 +56,10 @@ def start_consumer(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
 
 
 def test_sigkill_at_random_points_neither_loses_nor_doubles_an_event(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     topic = new_topic(partitions=2)

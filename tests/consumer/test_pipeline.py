@@ -35,7 +35,10 @@ def run_until_drained(pipeline: SegmentPipeline, expected_records: int) -> None:
 
 
 def test_features_in_redis_equal_an_independent_recomputation(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     topic = new_topic(partitions=3)
@@ -59,7 +62,10 @@ def test_features_in_redis_equal_an_independent_recomputation(
 
 
 def test_bad_records_are_dead_lettered_with_reason_and_source(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     topic = new_topic()
@@ -67,13 +73,42 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
     bad: list[tuple[bytes | None, bytes]] = [
         (b"u1", b"not json"),
         (b"u1", b"[1, 2]"),
-        (b"u1", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "purchase", "ts": 1767225600000})),
-        (b"u1", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "view", "ts": "0001-01-01T00:00:00Z"})),
-        (b"u2", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "view", "ts": 1767225600000})),
-        (b"u1", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "purchase", "amount": -5, "ts": 1767225600000})),
+        (
+            b"u1",
+            orjson.dumps(
+                {"event_id": "x", "user_id": "u1", "type": "purchase", "ts": 1767225600000}
+            ),
+        ),
+        (
+            b"u1",
+            orjson.dumps(
+                {"event_id": "x", "user_id": "u1", "type": "view", "ts": "0001-01-01T00:00:00Z"}
+            ),
+        ),
+        (
+            b"u2",
+            orjson.dumps({"event_id": "x", "user_id": "u1", "type": "view", "ts": 1767225600000}),
+        ),
+        (
+            b"u1",
+            orjson.dumps(
+                {
+                    "event_id": "x",
+                    "user_id": "u1",
+                    "type": "purchase",
+                    "amount": -5,
+                    "ts": 1767225600000,
+                }
+            ),
+        ),
         (b"u1", b"{" * 70_000),
     ]
-    unmapped = [(b"u1", orjson.dumps({"event_id": "y", "user_id": "u1", "type": "search", "ts": 1767225600000}))]
+    unmapped = [
+        (
+            b"u1",
+            orjson.dumps({"event_id": "y", "user_id": "u1", "type": "search", "ts": 1767225600000}),
+        )
+    ]
     produce(kafka_bootstrap, topic, as_records(good) + bad + unmapped)
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
     pipeline = SegmentPipeline(settings)
@@ -82,10 +117,18 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
 
     t = pipeline.totals
     assert (t.records, t.applied, t.dead_lettered, t.ignored) == (total, len(good), len(bad), 1)
-    counters = {k.decode(): int(v) for k, v in redis_client.hgetall(KeyLayout(namespace).counters).items()}
+    counters = {
+        k.decode(): int(v) for k, v in redis_client.hgetall(KeyLayout(namespace).counters).items()
+    }
     assert counters["records"] == total and counters["dead_lettered"] == len(bad)
 
-    dlq = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"})
+    dlq = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": "dlq-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
     dlq.subscribe([settings.kafka.dead_letter_topic])
     got = []
     while len(got) < len(bad):
@@ -95,8 +138,15 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
     dlq.close()
     assert [m.value() for m in got] == [v for _, v in bad]  # original bytes, in order
     reasons = [dict(m.headers())["streamseg.reason"].decode() for m in got]
-    assert reasons == ["not_json", "not_object", "invalid_field", "ts_out_of_range",
-                       "key_mismatch", "invalid_field", "oversize"]
+    assert reasons == [
+        "not_json",
+        "not_object",
+        "invalid_field",
+        "ts_out_of_range",
+        "key_mismatch",
+        "invalid_field",
+        "oversize",
+    ]
     first = dict(got[0].headers())
     assert first["streamseg.source.topic"].decode() == topic
     assert int(first["streamseg.source.offset"]) == len(good)

@@ -36,7 +36,10 @@ def test_a_hung_redis_pauses_the_pipeline_and_loses_nothing(
     with RedisServer() as server:
         assert server.pid is not None
         settings = settings_for(
-            kafka_bootstrap, server.url, topic, namespace,
+            kafka_bootstrap,
+            server.url,
+            topic,
+            namespace,
             **{"pipeline.batch_size": 200},
         )
         settings.redis.socket_timeout_seconds = 1.0

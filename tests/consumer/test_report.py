@@ -36,7 +36,10 @@ def _assert_real_image(path: Path) -> None:
 
 @pytest.fixture
 def two_model_versions(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> str:
     """A namespace with users' state, counters (20 records dead-lettered) and two model versions."""
@@ -65,8 +68,12 @@ def two_model_versions(
 
 
 def test_report_draws_every_figure_from_the_live_state(
-    two_model_versions: str, kafka_bootstrap: str, redis_url: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    two_model_versions: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _point_cli_at(monkeypatch, kafka_bootstrap, redis_url)
     out = tmp_path / "report"
@@ -77,7 +84,12 @@ def test_report_draws_every_figure_from_the_live_state(
     page = index.read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert set(pngs) == {
-        "centres.png", "counters.png", "features.png", "pca.png", "sizes.png", "tiers.png"
+        "centres.png",
+        "counters.png",
+        "features.png",
+        "pca.png",
+        "sizes.png",
+        "tiers.png",
     }
     assert sorted(re.findall(r"src='([^']+\.png)'", page)) == pngs
     for name in pngs:
@@ -87,8 +99,12 @@ def test_report_draws_every_figure_from_the_live_state(
 
 
 def test_report_without_a_model_shows_counters_and_distributions(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     topic = new_topic()
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
@@ -111,8 +127,13 @@ def test_report_without_a_model_shows_counters_and_distributions(
 
 
 def test_tune_k_scores_each_k_on_a_snapshot(
-    two_model_versions: str, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    two_model_versions: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     snapshot = read_snapshot(redis_client, KeyLayout(two_model_versions), max_users=300)
     assert len(snapshot) == 300 and snapshot.total_users == 500
@@ -122,8 +143,19 @@ def test_tune_k_scores_each_k_on_a_snapshot(
 
     _point_cli_at(monkeypatch, kafka_bootstrap, redis_url)
     plot = tmp_path / "k.png"
-    argv = ["--namespace", two_model_versions, "tune-k", "--k-min", "2", "--k-max", "6",
-            "--sample", "400", "--out", str(plot)]
+    argv = [
+        "--namespace",
+        two_model_versions,
+        "tune-k",
+        "--k-min",
+        "2",
+        "--k-max",
+        "6",
+        "--sample",
+        "400",
+        "--out",
+        str(plot),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     table = [line.split() for line in printed.splitlines() if re.match(r"\s*\d+\s+\d", line)]

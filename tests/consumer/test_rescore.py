@@ -33,17 +33,25 @@ def recency_model() -> SegmentModel:
     pre = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
     Z = pre.transform(X)
     seg = StreamingSegmenter(n_clusters=2, random_state=0).fit(Z)
-    labels = label_segments(pre.inverse_transform(seg.cluster_centers_), X, seg.predict(Z), FEATURE_NAMES)
+    labels = label_segments(
+        pre.inverse_transform(seg.cluster_centers_), X, seg.predict(Z), FEATURE_NAMES
+    )
     return SegmentModel.from_fitted(seg, pre, labels)
 
 
 def test_a_user_who_stops_buying_moves_without_new_events(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     topic = new_topic()
     settings = settings_for(
-        kafka_bootstrap, redis_url, topic, namespace,
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
         **{"pipeline.rescore_interval_seconds": 86_400.0, "pipeline.allowed_lateness_seconds": 0.0},
     )
     model = recency_model()
@@ -51,8 +59,13 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     ModelStore(redis_client, keys).publish(model)
 
     def purchase(user: str, day: int) -> dict[str, object]:
-        return {"event_id": f"{user}-{day}", "user_id": user, "type": "purchase",
-                "ts": int(T0 + day * MS_PER_DAY), "amount": 20.0}
+        return {
+            "event_id": f"{user}-{day}",
+            "user_id": user,
+            "type": "purchase",
+            "ts": int(T0 + day * MS_PER_DAY),
+            "amount": 20.0,
+        }
 
     events = [purchase("idle", 0)] + [purchase("busy", d) for d in range(0, 300, 3)]
     produce(kafka_bootstrap, topic, as_records(events))

@@ -18,12 +18,18 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
 def test_published_model_is_picked_up_without_restart(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     topic = new_topic(partitions=2)
     settings = settings_for(
-        kafka_bootstrap, redis_url, topic, namespace,
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
         **{"pipeline.model_poll_seconds": 0.1},
     )
     settings.trainer.bootstrap_rows = 300
@@ -79,7 +85,10 @@ def test_only_one_trainer_holds_the_lease(redis_client: redis.Redis, namespace: 
 
 
 def test_model_rollback_restores_an_earlier_version(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     topic = new_topic()
@@ -110,7 +119,10 @@ def test_model_rollback_restores_an_earlier_version(
 
 
 def test_lookup_client_reads_what_redis_cli_reads(
-    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
     redis_client: redis.Redis,
 ) -> None:
     import subprocess

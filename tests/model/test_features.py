@@ -40,7 +40,9 @@ def random_events(rng: random.Random, n: int, users: int) -> list[dict[str, Any]
                 "type": etype,
                 # out of order by up to 30 days
                 "ts": T0 + rng.uniform(0, 60) * MS_PER_DAY,
-                "amount": round(rng.lognormvariate(3, 1), 2) if etype in ("purchase", "refund") else 0.0,
+                "amount": round(rng.lognormvariate(3, 1), 2)
+                if etype in ("purchase", "refund")
+                else 0.0,
                 "category": rng.choice([*CATEGORIES, None]),
                 "partition": 0,
                 "offset": offset,
@@ -49,7 +51,9 @@ def random_events(rng: random.Random, n: int, users: int) -> list[dict[str, Any]
     return events
 
 
-def run_batches(events: list[dict[str, Any]], sizes: list[int], state: np.ndarray, rows: dict[str, int]) -> None:
+def run_batches(
+    events: list[dict[str, Any]], sizes: list[int], state: np.ndarray, rows: dict[str, int]
+) -> None:
     cache: dict[str, float] = {}
     start = 0
     for size in sizes:
@@ -69,7 +73,9 @@ def run_batches(events: list[dict[str, Any]], sizes: list[int], state: np.ndarra
         apply_events(state, cols, CONFIG)
 
 
-def assert_matches_reference(state: np.ndarray, rows: dict[str, int], events: list[dict[str, Any]]) -> None:
+def assert_matches_reference(
+    state: np.ndarray, rows: dict[str, int], events: list[dict[str, Any]]
+) -> None:
     names = {float(c): n for n, c in zip(CATEGORIES, category_codes(CATEGORIES, {}), strict=True)}
     expected = recompute(events, CONFIG)
     for user, want in expected.items():
@@ -128,8 +134,13 @@ def test_arrival_order_does_not_change_the_state_beyond_rounding() -> None:
 def test_derived_features_follow_their_formulas() -> None:
     state = empty_state(2)
     day = MS_PER_DAY
-    evs = [("purchase", 0.0, 100.0), ("purchase", 10 * day, 50.0), ("view", 10 * day, 0.0),
-           ("cart", 10 * day, 0.0), ("refund", 10 * day, 30.0)]
+    evs = [
+        ("purchase", 0.0, 100.0),
+        ("purchase", 10 * day, 50.0),
+        ("view", 10 * day, 0.0),
+        ("cart", 10 * day, 0.0),
+        ("refund", 10 * day, 30.0),
+    ]
     cols = EventColumns(
         user=np.zeros(len(evs), dtype=np.int64),
         ts_ms=np.array([T0 + t for _, t, _ in evs]),
@@ -142,7 +153,7 @@ def test_derived_features_follow_their_formulas() -> None:
     apply_events(state, cols, CONFIG)
     now = T0 + 30 * day  # 20 days after the last event
     x = dict(zip(FEATURE_NAMES, derive_features(state, now, CONFIG)[0], strict=True))
-    p = (0.5 ** (30 / 90) + 0.5 ** (20 / 90))
+    p = 0.5 ** (30 / 90) + 0.5 ** (20 / 90)
     amount = 100 * 0.5 ** (30 / 20) + 50 * 0.5 ** (20 / 20)
     refund = 30 * 0.5 ** (20 / 20)
     assert x["recency_days"] == pytest.approx(20)
@@ -167,7 +178,9 @@ def test_top_categories_by_spend_and_by_views() -> None:
     cols = EventColumns(
         user=np.zeros(4, dtype=np.int64),
         ts_ms=np.full(4, T0),
-        type_code=np.array([int(CANONICAL_TYPES[t]) for t in ("view", "view", "purchase", "view")], dtype=np.int8),
+        type_code=np.array(
+            [int(CANONICAL_TYPES[t]) for t in ("view", "view", "purchase", "view")], dtype=np.int8
+        ),
         amount=np.array([0, 0, 80.0, 0]),
         category_code=np.array([codes[0], codes[0], codes[1], codes[2]]),
         partition=np.zeros(4, dtype=np.int64),
