@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines as text or as one JSON object per line (default text)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = _command(
@@ -117,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stop when no record arrived for this long (0 = never); for batch jobs and demos",
     )
+    _metrics_port_option(run, 9108)
 
     train = _command(
         commands,
@@ -128,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="bootstrap or update once, publish, then exit"
     )
     train.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
+    _metrics_port_option(train, 9109)
+
+    status = _command(
+        commands,
+        "status",
+        "consumer.status:status_command",
+        "print a running deployment's model, segment sizes, counters, group lag and consumers",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     lookup = _command(
         commands,
@@ -335,6 +351,16 @@ def _command(commands: Any, name: str, handler: str, help_text: str) -> argparse
     return sub
 
 
+def _metrics_port_option(command: argparse.ArgumentParser, default: int) -> None:
+    command.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (0 = off; default: "
+        f"observability.metrics_port, else {default})",
+    )
+
+
 def _resolve(handler: str) -> Handler:
     module_name, _, function = handler.partition(":")
     found: Handler = getattr(importlib.import_module(module_name), function)
@@ -346,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from consumer.logs import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         overrides = {"redis.namespace": args.namespace} if args.namespace else {}
         settings = load_settings(args.config, **overrides)

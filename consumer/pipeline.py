@@ -33,17 +33,20 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from consumer.health import metrics_port, start_metrics_server
 from consumer.kafka_clients import (
     create_consumer,
     create_producer,
     dead_letter_headers,
     ensure_topics,
 )
+from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.segment_record import encode_record, iso_ms
 from consumer.settings import Settings
 from consumer.state_store import BatchWrite, StateStore
+from consumer.status import ConsumerHeartbeat
 from model.events import DecodeLimits, EventBatch, Rejection, decode_events, resolve_type_map
 from model.features import (
     CATEGORY_CODES,
@@ -106,21 +109,37 @@ class SegmentPipeline:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.totals = BatchStats()
+        self.metrics = PipelineMetrics()
+        self.heartbeat = ConsumerHeartbeat(
+            self.redis, self.keys, self.metrics, settings.observability.heartbeat_seconds
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Create topics if needed, connect the clients and subscribe."""
+    def start(self, *, assignment: Sequence[TopicPartition] | None = None) -> None:
+        """Create topics if needed, connect the clients and subscribe.
+
+        With ``assignment`` (partitions with their start offsets) the consumer reads exactly
+        those, with ``assign()`` instead of a group subscription: for a bounded replay.
+        """
         kafka = self.settings.kafka
         ensure_topics(kafka)
         self.producer = create_producer(kafka)
-        self.consumer = create_consumer(kafka)
-        self.consumer.subscribe(
-            [kafka.events_topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+        self.consumer = create_consumer(
+            kafka,
+            stats_cb=self.metrics.observe_kafka_stats,
+            stats_interval_seconds=self.settings.observability.heartbeat_seconds,
         )
+        if assignment is not None:
+            self.consumer.assign(list(assignment))
+            self.metrics.set_assignment((p.topic, p.partition) for p in assignment)
+        else:
+            self.consumer.subscribe(
+                [kafka.events_topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
         self.refresh_model(force=True)
         self._watermark = self.store.read_watermark() or -np.inf
         log.info(
@@ -130,6 +149,15 @@ class SegmentPipeline:
             self.settings.redis.namespace,
             self.model.model_version if self.model else "none (cold start)",
         )
+
+    def readiness_checks(self) -> dict[str, Callable[[], bool]]:
+        """What ``/readyz`` asks: partitions assigned, Redis answers PING, and a model loaded
+        or the cold start declared (the first model check ran)."""
+        return {
+            "assigned": lambda: bool(self.metrics.assignment),
+            "redis": lambda: bool(self.redis.ping()),
+            "model": lambda: self.model is not None or self._model_checked > 0,
+        }
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in flight, commit and return."""
@@ -143,16 +171,23 @@ class SegmentPipeline:
                 log.debug("final commit: %s", exc)
             self.consumer.close()
             self.consumer = None
+            self.heartbeat.forget()
         if self.producer is not None:
             self.producer.flush(10)
             self.producer = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [p.partition for p in partitions])
+        self.metrics.set_assignment(
+            self.metrics.assignment | {(p.topic, p.partition) for p in partitions}
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The batch in flight finished before poll ran this callback: its offsets are stored.
         log.info("revoked %s", [p.partition for p in partitions])
+        self.metrics.set_assignment(
+            self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
+        )
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:
@@ -161,6 +196,9 @@ class SegmentPipeline:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already; commit nothing.
         log.warning("lost partitions %s", [p.partition for p in partitions])
+        self.metrics.set_assignment(
+            self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
+        )
 
     def run(self, *, max_records: int = 0, idle_exit_seconds: float = 0.0) -> BatchStats:
         """Loop until stopped, ``max_records`` seen, or idle for ``idle_exit_seconds``."""
@@ -171,6 +209,8 @@ class SegmentPipeline:
         while not self._stopping:
             self.refresh_model()
             self._rescore_step()
+            if self.heartbeat.due():
+                self._beat()
             messages = self.consumer.consume(batch_size, timeout)
             if messages:
                 last_record = time.monotonic()
@@ -206,12 +246,14 @@ class SegmentPipeline:
             previous = self.model.model_version if self.model else None
             log.info("model switch: %s -> %s", previous, loaded.model_version)
             self.model = loaded
+            self.metrics.model_version.set(loaded.model_version)
 
     # -- one batch -------------------------------------------------------------------------
 
     def process(self, messages: Sequence[Message]) -> BatchStats:
         """Process one batch of Kafka messages end to end (steps 1-6 of the module doc)."""
         assert self.consumer is not None and self.producer is not None
+        started = time.perf_counter()
         stats = BatchStats(records=len(messages))
         records = [m for m in messages if m.error() is None]
         for m in messages:
@@ -232,9 +274,44 @@ class SegmentPipeline:
         # Retried from the read on a Redis failure: if a write went through but its reply
         # was lost, the re-read state carries the offsets and nothing is applied twice.
         self._until_redis_answers(lambda: self._apply_and_write(records, batch, stats))
+        written_at_ms = time.time() * 1000.0
         self._store_offsets(records)
         self._add_totals(stats)
+        self._observe(stats, records, time.perf_counter() - started, written_at_ms)
         return stats
+
+    def _observe(
+        self,
+        stats: BatchStats,
+        records: Sequence[Message],
+        seconds: float,
+        written_at_ms: float,
+    ) -> None:
+        """Batch metrics: a few counter increments and a sample of latencies, never per record."""
+        step = max(1, len(records) // LATENCY_SAMPLES_PER_BATCH)
+        self.metrics.observe_batch(
+            records=stats.records,
+            applied=stats.applied,
+            duplicates=stats.duplicates,
+            ignored=stats.ignored,
+            segment_changes=stats.segment_changes,
+            reasons=stats.reasons,
+            seconds=seconds,
+            timestamps_ms=[m.timestamp()[1] for m in records[::step]],
+            written_at_ms=written_at_ms,
+        )
+        self.heartbeat.last_batch_at = written_at_ms / 1000.0
+
+    def _beat(self) -> None:
+        """The consumer heartbeat in Redis and the segment-size gauges (every few seconds)."""
+        assert self.consumer is not None
+        try:
+            member = self.consumer.memberid() or ""
+        except Exception:  # not (yet) a group member, e.g. with a manual assignment
+            member = ""
+        self.heartbeat.beat(
+            member, self.metrics.assignment, self.model, self.totals.records, self.totals.reasons
+        )
 
     def _apply_and_write(
         self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
@@ -349,8 +426,8 @@ class SegmentPipeline:
         )
         states[:, COL["segment_id"]] = ids
         states[:, COL["model_version"]] = model.model_version
-        seg_names = [model.names[p] for p in positions]
-        tiers = [model.tiers[p] for p in positions]
+        seg_names = model.names_array[positions].tolist()
+        tiers = model.tiers_array[positions].tolist()
         id_list = ids.tolist()
         dist_list = np.round(distances, 6).tolist()
         records = [
@@ -505,15 +582,18 @@ class SegmentPipeline:
                 work()
                 break
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                self.metrics.redis_errors.inc()
                 if not paused:
                     paused = self.consumer.assignment()
                     self.consumer.pause(paused)
+                    self.metrics.paused.set(1)
                     log.warning("Redis unavailable (%s); consumption paused", exc)
                 self.consumer.poll(0)  # serve rebalance callbacks while waiting
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if paused:
             self.consumer.resume(self.consumer.assignment())
+            self.metrics.paused.set(0)
             log.info("Redis is back; consumption resumed")
 
     def _store_offsets(self, records: Sequence[Message]) -> None:
@@ -545,6 +625,11 @@ class SegmentPipeline:
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg run``: the main job, until SIGTERM/SIGINT (or the given limits)."""
     pipeline = SegmentPipeline(settings)
+    server = start_metrics_server(
+        metrics_port(args, settings, default=9108),
+        pipeline.metrics.registry,
+        pipeline.readiness_checks(),
+    )
     pipeline.start()
 
     def _graceful(signum: int, frame: FrameType | None) -> None:
@@ -558,6 +643,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         totals = pipeline.run(max_records=args.max_events, idle_exit_seconds=args.idle_exit_seconds)
     finally:
         pipeline.close()
+        if server is not None:
+            server.stop()
     elapsed = time.monotonic() - started
     log.info(
         "stopped after %.1f s: records=%d applied=%d duplicates=%d ignored=%d dead_lettered=%d "

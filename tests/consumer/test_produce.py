@@ -1,0 +1,224 @@
+"""Producing: the JSON-lines format round-trips any record byte for byte, and `streamseg generate`
+/ `streamseg produce` put exactly the expected records on a real topic, accounting for failures."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.cli import main
+from consumer.exceptions import ServerUnavailableError
+from consumer.produce import (
+    JsonLinesFormatError,
+    produce_records,
+    read_jsonl_records,
+    record_to_line,
+)
+from consumer.settings import KafkaSettings
+from consumer.synthetic import EventGenerator, GeneratorConfig
+
+Record = tuple[bytes | None, bytes]
+
+
+def jsonl(records: list[Record]) -> bytes:
+    return b"".join(record_to_line(k, v) + b"\n" for k, v in records)
+
+
+def read_back(data: bytes, key_field: str = "user_id") -> list[Record]:
+    return list(read_jsonl_records(io.BytesIO(data), key_field))
+
+
+# -------------------------------------------------------------------- JSON lines, no server
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.binary(max_size=40), st.binary(max_size=200)), max_size=8))
+def test_any_records_round_trip_through_json_lines(records: list[Record]) -> None:
+    assert read_back(jsonl(records)) == records
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.text(max_size=20), st.text(max_size=100)), max_size=8))
+def test_any_text_records_round_trip_through_json_lines(
+    records: list[tuple[str | None, str]],
+) -> None:
+    as_bytes = [(None if k is None else k.encode(), v.encode()) for k, v in records]
+    assert read_back(jsonl(as_bytes)) == as_bytes
+
+
+def test_generated_stream_round_trips_and_valid_events_are_written_as_themselves() -> None:
+    gen = EventGenerator(
+        GeneratorConfig(users=100, days=7, seed=8, malformed_share=0.2, hostile_id_share=0.3)
+    )
+    records = list(gen.records())
+    lines = jsonl(records).splitlines()
+    assert read_back(b"\n".join(lines)) == records
+    verbatim = sum(line == value for line, (_, value) in zip(lines, records, strict=True))
+    # Valid events and the malformed records that are single UTF-8 lines keyed by their user
+    # id are written as themselves; the rest (raw bytes, wrong keys) are wrapped.
+    assert gen.stats.valid <= verbatim < len(records)
+
+
+def test_a_hand_written_file_is_keyed_by_its_user_id_or_key_field() -> None:
+    data = (
+        b'{"user_id": "alice", "type": "view"}\r\n'
+        b"\n"
+        b'{"user_id": 42, "customer": "c-1"}\n'
+        b"not json at all\n"
+        b'["an", "array"]\n'
+        b'{"customer": "c-2"}'  # no final newline
+    )
+    assert read_back(data) == [
+        (b"alice", b'{"user_id": "alice", "type": "view"}'),
+        (b"42", b'{"user_id": 42, "customer": "c-1"}'),
+        (None, b"not json at all"),
+        (None, b'["an", "array"]'),
+        (None, b'{"customer": "c-2"}'),
+    ]
+    assert [k for k, _ in read_back(data, key_field="customer")] == [
+        None, b"c-1", None, None, b"c-2"
+    ]  # fmt: skip
+
+
+def test_a_broken_raw_wrapper_names_its_line() -> None:
+    data = b'{"user_id": "a"}\n{"_raw_b64": "not base64!", "_key_b64": null}\n'
+    with pytest.raises(JsonLinesFormatError, match="line 2"):
+        read_back(data)
+
+
+def test_an_unreachable_broker_is_a_clear_error() -> None:
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9")
+    with pytest.raises(ServerUnavailableError, match=r"127\.0\.0\.1:9"):
+        produce_records([(None, b"x")], kafka, "t", connect_timeout=1.0)
+
+
+# -------------------------------------------------------------------- against the real broker
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Record]:
+    """Every record of partition 0 of ``topic``, in order; waits for ``expected`` of them and
+    then a little longer, so that extra records would be seen too."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 50 * 1024 * 1024,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(num_messages=10_000, timeout=0.5)
+            for msg in batch:
+                assert msg.error() is None, msg.error()
+                value = msg.value()
+                out.append((msg.key(), b"" if value is None else value))
+            if len(out) >= expected:
+                quiet_until = quiet_until or time.monotonic() + 1.0
+                if time.monotonic() > quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.mark.kafka
+def test_generate_puts_the_stream_on_the_topic_and_in_the_file(
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    topic = new_topic()
+    out, planted = tmp_path / "events.jsonl", tmp_path / "planted.json"
+    code = main(
+        [
+            "generate", "--users", "150", "--days", "10", "--seed", "4",
+            "--malformed-share", "0.05", "--topic", topic, "--out", str(out),
+            "--planted", str(planted), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    expected = list(
+        EventGenerator(GeneratorConfig(users=150, days=10, seed=4, malformed_share=0.05)).records()
+    )
+    assert len(expected) > 3000
+    assert consume_all(kafka_bootstrap, topic, len(expected)) == expected
+    assert read_back(out.read_bytes()) == expected
+    assert planted.exists()
+    assert f"produced {len(expected):,} records" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_produce_replays_a_generated_file_byte_for_byte(
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    out = tmp_path / "events.jsonl"
+    args = ["generate", "--users", "80", "--days", "7", "--seed", "9", "--no-progress"]
+    assert main([*args, "--malformed-share", "0.15", "--out", str(out), "--no-kafka"]) == 0
+    expected = read_back(out.read_bytes())
+    assert any(k is None for k, _ in expected)  # unkeyed malformed records are there too
+
+    topic = new_topic()
+    assert main(["produce", str(out), "--topic", topic, "--no-progress"]) == 0
+    assert consume_all(kafka_bootstrap, topic, len(expected)) == expected
+
+
+@pytest.mark.kafka
+def test_produce_reads_stdin_and_keys_by_the_chosen_field(
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    lines = [b'{"customer": "c-%d", "n": %d}' % (i % 3, i) for i in range(50)]
+    stdin = io.TextIOWrapper(io.BytesIO(b"\n".join(lines) + b"\n"))
+    monkeypatch.setattr("sys.stdin", stdin)
+    topic = new_topic()
+    assert main(["produce", "-", "--topic", topic, "--key-field", "customer", "--no-progress"]) == 0
+    got = consume_all(kafka_bootstrap, topic, 50)
+    assert got == [(b"c-%d" % (i % 3), line) for i, line in enumerate(lines)]
+
+
+@pytest.mark.kafka
+def test_delivery_failures_are_counted_not_dropped(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic()
+    records: list[Record] = [(b"k", b"small-%d" % i) for i in range(20)]
+    records.insert(7, (b"k", b"x" * 3_000_000))  # larger than the producer's message.max.bytes
+    stats = produce_records(records, KafkaSettings(bootstrap_servers=kafka_bootstrap), topic)
+    assert stats.sent == 21
+    assert stats.failed == 1 and stats.delivered == 20 and not stats.ok
+    assert stats.errors == {"MSG_SIZE_TOO_LARGE": 1}
+    assert "1 failed" in stats.summary()
+    assert consume_all(kafka_bootstrap, topic, 20) == [r for r in records if len(r[1]) < 100]
+
+
+@pytest.mark.kafka
+def test_rate_limit_spreads_records_over_time(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic()
+    records: list[Record] = [(None, b"%d" % i) for i in range(600)]
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    started = time.monotonic()
+    stats = produce_records(records, kafka, topic, rate=1000.0)
+    elapsed = time.monotonic() - started
+    assert stats.ok and stats.delivered == 600
+    # 600 records at 1000/s, of which a burst of 100 goes at once: at least 0.5 s.
+    assert 0.45 < elapsed < 10.0
