@@ -43,7 +43,7 @@ from consumer.kafka_clients import (
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.segment_record import encode_record, iso_ms
+from consumer.segment_record import encode_record, iso_ms, iso_ms_array
 from consumer.settings import Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
@@ -394,7 +394,7 @@ class SegmentPipeline:
     ) -> tuple[list[bytes | None], dict[int, int], list[tuple[str, bytes]]]:
         """Segment records, segment-size deltas and change events; updates ``states``."""
         computed_at = iso_ms(time.time() * 1000.0)
-        event_times = [iso_ms(t) for t in states[:, COL["last_ts_ms"]]]
+        event_times = iso_ms_array(states[:, COL["last_ts_ms"]])
         names = self._category_names(states)
         by_spend, by_views = top_categories(states)
         spend_names = [names.get(c) if c == c else None for c in by_spend.tolist()]

@@ -83,8 +83,13 @@ def _epoch_ms(value: int | float | datetime) -> float:
     return float(value)
 
 
+# An identifier is a non-empty string or an integer (normalised to its decimal string).
+ShortIdentifier = Annotated[
+    StrictInt | Annotated[str, StringConstraints(min_length=1, max_length=128)],
+    AfterValidator(str),
+]
 Identifier = Annotated[
-    StrictInt | Annotated[str, StringConstraints(min_length=1)],
+    StrictInt | Annotated[str, StringConstraints(min_length=1, max_length=256)],
     AfterValidator(str),
 ]
 
@@ -97,8 +102,8 @@ class Event(TypedDict):
     (float); identifiers given as integers are normalised to strings.
     """
 
-    event_id: Annotated[Identifier, AfterValidator(lambda s: _max_len(s, 128))]
-    user_id: Annotated[Identifier, AfterValidator(lambda s: _max_len(s, 256))]
+    event_id: ShortIdentifier
+    user_id: Identifier
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     ts: Annotated[StrictInt | StrictFloat | AwareDatetime, AfterValidator(_epoch_ms)]
     amount: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)] | None]
@@ -107,12 +112,6 @@ class Event(TypedDict):
     item_id: NotRequired[Identifier | None]
     quantity: NotRequired[Annotated[int, Field(ge=1)] | None]
     rating: NotRequired[Annotated[int, Field(ge=1, le=5)] | None]
-
-
-def _max_len(value: str, limit: int) -> str:
-    if len(value) > limit:
-        raise ValueError(f"longer than {limit} characters")
-    return value
 
 
 #: JSON Schema of one event, for producers in other languages.

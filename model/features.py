@@ -282,19 +282,47 @@ def _apply_categories(
     slots = state[cu, _CAT_CODE]
     match = slots == cc[:, None]
     slot = np.where(match.any(axis=1), match.argmax(axis=1), -1)
-    for i in np.flatnonzero(slot == -1):  # categories new to their user, in offset order
-        row_codes = state[cu[i], _CAT_CODE]
-        found = np.flatnonzero(row_codes == cc[i])
-        if found.size:
-            slot[i] = found[0]
-            continue
-        free = np.flatnonzero(np.isnan(row_codes))
-        if free.size:
-            state[cu[i], _CAT_CODE.start + free[0]] = cc[i]
-            slot[i] = free[0]
+    new = np.flatnonzero(slot == -1)
+    if new.size:
+        slot[new] = _claim_slots(state, cu[new], cc[new], new)
     tracked = slot >= 0
     np.add.at(state, (cu[tracked], _CAT_SPEND.start + slot[tracked]), spend[tracked])
     np.add.at(state, (cu[tracked], _CAT_VIEWS.start + slot[tracked]), views[tracked])
+
+
+def _claim_slots(
+    state: np.ndarray, users: np.ndarray, codes: np.ndarray, positions: np.ndarray
+) -> np.ndarray:
+    """Give categories new to their user the next free slots, in order of first appearance.
+
+    Slots fill from the left and are never freed, so a user's next free slot is the number
+    of occupied ones; the k-th new category of a user in this batch takes that plus k.
+    Returns the slot of every input row, -1 where the user's slots are full.
+    """
+    order = np.lexsort((positions, codes, users))
+    su, sc, sp = users[order], codes[order], positions[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (su[1:] != su[:-1]) | (sc[1:] != sc[:-1])
+    pair_of = np.cumsum(first) - 1  # distinct (user, code) pair of each sorted row
+    pair_user, pair_code, pair_first = su[first], sc[first], sp[first]
+
+    by_appearance = np.lexsort((pair_first, pair_user))
+    grouped_users = pair_user[by_appearance]
+    starts = np.ones(len(grouped_users), dtype=bool)
+    starts[1:] = grouped_users[1:] != grouped_users[:-1]
+    idx = np.arange(len(grouped_users))
+    rank = np.empty(len(pair_user), dtype=np.int64)
+    rank[by_appearance] = idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+    occupied = (~np.isnan(state[pair_user, _CAT_CODE])).sum(axis=1)
+    pair_slot = occupied + rank
+    full = pair_slot >= CATEGORY_SLOTS
+    ok = ~full
+    state[pair_user[ok], _CAT_CODE.start + pair_slot[ok]] = pair_code[ok]
+    pair_slot[full] = -1
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = pair_slot[pair_of]
+    return out
 
 
 @dataclass(frozen=True)
