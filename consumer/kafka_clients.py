@@ -42,8 +42,16 @@ def create_consumer(
     group_id: str | None = None,
     on_revoke: RebalanceCallback | None = None,
     on_lost: RebalanceCallback | None = None,
+    stats_cb: Callable[[str], None] | None = None,
+    stats_interval_seconds: float = 5.0,
 ) -> Consumer:
-    return Consumer(consumer_config(kafka, group_id), logger=log)
+    """A consumer of the pipeline's group; ``stats_cb`` receives librdkafka statistics JSON
+    (consumer lag) every ``stats_interval_seconds``, from inside ``poll``/``consume``."""
+    config = consumer_config(kafka, group_id)
+    if stats_cb is not None:
+        config["statistics.interval.ms"] = max(100, int(stats_interval_seconds * 1000))
+        config["stats_cb"] = stats_cb
+    return Consumer(config, logger=log)
 
 
 def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:

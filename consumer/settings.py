@@ -136,6 +136,17 @@ class TrainerSettings(BaseModel):
     lease_seconds: float = Field(default=10.0, gt=1)
 
 
+class ObservabilitySettings(BaseModel):
+    """Metrics, health endpoints and the consumer heartbeat."""
+
+    #: Port of /metrics, /healthz and /readyz; None = the command's default (run 9108,
+    #: train 9109); 0 = no server.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: librdkafka statistics (consumer lag) and the `<ns>:consumers` heartbeat this often
+    #: (seconds).
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of streamseg, by section."""
 
@@ -148,6 +159,7 @@ class Settings(BaseSettings):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,8 @@ from types import FrameType
 import numpy as np
 import redis
 
+from consumer.health import metrics_port, start_metrics_server
+from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import Settings, TrainerSettings
@@ -72,11 +74,19 @@ class TrainerLease:
 class Trainer:
     """Turns buffered feature vectors into published model versions."""
 
-    def __init__(self, client: redis.Redis, keys: KeyLayout, config: TrainerSettings) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeyLayout,
+        config: TrainerSettings,
+        metrics: TrainerMetrics | None = None,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.config = config
+        self.metrics = metrics or TrainerMetrics()
         self.models = ModelStore(client, keys)
+        self.published: SegmentModel | None = None  # the last version published or resumed
         self.preprocessor: Preprocessor | None = None
         self.segmenter: StreamingSegmenter | None = None
         self._rows_seen = 0
@@ -87,6 +97,8 @@ class Trainer:
         if model is not None:
             self.preprocessor = model.to_preprocessor()
             self.segmenter = model.to_segmenter()
+            self.published = model
+            self.metrics.model_version.set(model.model_version)
             log.info("continuing from model version %d", model.model_version)
         self._rows_seen = self._rows_pushed()
 
@@ -190,6 +202,8 @@ class Trainer:
         model = model.model_copy(update={"model_version": version})
         self.segmenter.version_ = version
         self.models.publish(model)
+        self.metrics.observe_publish(self.published, model, X)
+        self.published = model
         if len(self.segmenter.dying_clusters_):
             log.warning("dying segments (tiny decayed count): %s", self.segmenter.dying_clusters_)
         return model
@@ -202,6 +216,11 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     config = settings.trainer
     lease = TrainerLease(client, keys.trainer_lease, config.lease_seconds)
     stopping = False
+    metrics = TrainerMetrics()
+    checks = {"redis": lambda: bool(client.ping())}
+    server = start_metrics_server(
+        metrics_port(args, settings, default=9109), metrics.registry, checks
+    )
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -221,10 +240,12 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                     time.sleep(min(1.0, config.lease_seconds / 3))
                     continue
                 log.info("trainer lease acquired for namespace %s", keys.namespace)
-                trainer = Trainer(client, keys, config)
+                metrics.leader.set(1)
+                trainer = Trainer(client, keys, config, metrics)
                 trainer.resume()
             elif not lease.renew():
                 log.warning("trainer lease lost; waiting to take over again")
+                metrics.leader.set(0)
                 trainer = None
                 continue
             if time.monotonic() >= next_step:
@@ -243,4 +264,6 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(min(0.5, config.lease_seconds / 4))
     finally:
         lease.release()
+        if server is not None:
+            server.stop()
     return 0

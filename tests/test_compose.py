@@ -74,7 +74,8 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
             continue
         _, _, tag = image.rpartition(":")
         assert "/" not in tag and tag, f"{name}: image {image!r} has no tag"
-        assert tag != "latest" and re.match(r"\d", tag), f"{name}: {image!r} is not a version"
+        # A version, optionally with a leading "v" (prom/prometheus:v3.1.0).
+        assert tag != "latest" and re.match(r"v?\d", tag), f"{name}: {image!r} is not a version"
 
 
 def test_kafka_and_redis_have_health_checks(services: dict[str, dict[str, Any]]) -> None:
@@ -165,3 +166,34 @@ def test_dockerfile_runs_the_installed_cli() -> None:
             for source in line.split()[1:-1]:
                 assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
                 assert source not in ignored, f".dockerignore hides {source} from the build"
+
+
+def test_consumer_and_trainer_health_checks_ask_their_readyz_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, port in (("consumer", "9108"), ("trainer", "9109")):
+        command = _command(services[name])
+        assert command[command.index("--metrics-port") + 1] == port
+        check = " ".join(services[name]["healthcheck"]["test"])
+        assert f"http://localhost:{port}/readyz" in check, f"{name} health check misses /readyz"
+
+
+def test_prometheus_scrapes_the_metrics_ports_and_grafana_gets_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    source = next(
+        v.split(":")[0]
+        for v in services["prometheus"]["volumes"]
+        if v.split(":")[1] == "/etc/prometheus/prometheus.yml"
+    )
+    config = yaml.safe_load((REPO_ROOT / source).read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == {"consumer:9108", "trainer:9109"}
+    for volume in services["grafana"]["volumes"]:
+        source = volume.split(":")[0]
+        assert (REPO_ROOT / source).is_dir(), f"grafana mounts missing {source}"

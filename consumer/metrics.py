@@ -1,0 +1,266 @@
+"""Prometheus metrics of the consumer and the trainer, on a per-process registry.
+
+Every metric is named ``streamseg_*``. The pipeline updates its metrics a few times per
+batch (never per record); consumer lag comes from librdkafka's statistics callback; segment
+sizes are read from Redis with the consumer heartbeat (every few seconds). The HTTP server
+that exposes them (with ``/healthz`` and ``/readyz``) lives in `consumer.health`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from model.model_format import SegmentModel
+
+log = logging.getLogger(__name__)
+
+#: Batch sizes in records.
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
+#: Batch durations in seconds.
+BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: Produce-to-segment latency in seconds (a replay of old data lands in the last buckets).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+#: Records per batch whose latency is observed, evenly spaced: enough for quantiles,
+#: cheap at any batch size.
+LATENCY_SAMPLES_PER_BATCH = 32
+
+
+class PipelineMetrics:
+    """The consumer's metrics (``streamseg run``), each on this object's own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.records = Counter(
+            "streamseg_records_consumed",
+            "Kafka records consumed from the events topic.",
+            registry=r,
+        )
+        self.applied = Counter(
+            "streamseg_records_applied", "Events applied to users' state.", registry=r
+        )
+        self.duplicates = Counter(
+            "streamseg_records_duplicate",
+            "Redelivered events skipped by their stored (partition, offset).",
+            registry=r,
+        )
+        self.ignored = Counter(
+            "streamseg_records_ignored", "Valid events of an unmapped type.", registry=r
+        )
+        self.dead_lettered = Counter(
+            "streamseg_records_dead_lettered",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.segment_changes = Counter(
+            "streamseg_segment_changes", "Segment-change events produced.", registry=r
+        )
+        self.batches = Counter("streamseg_batches", "Batches processed.", registry=r)
+        self.batch_size = Histogram(
+            "streamseg_batch_size_records",
+            "Records per batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "streamseg_batch_duration_seconds",
+            "Wall time to process one batch, decode to offsets stored (seconds).",
+            buckets=BATCH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "streamseg_produce_to_segment_seconds",
+            "From the Kafka record timestamp to the Redis write of its effect (seconds; "
+            f"up to {LATENCY_SAMPLES_PER_BATCH} records per batch, evenly spaced).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "streamseg_consumer_lag_records",
+            "Records behind the high watermark, per assigned partition (librdkafka statistics).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "streamseg_assigned_partitions", "Partitions assigned to this consumer.", registry=r
+        )
+        self.redis_errors = Counter(
+            "streamseg_redis_errors",
+            "Redis calls that failed (connection, timeout, loading); each is retried.",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "streamseg_consumption_paused",
+            "1 while consumption is paused because Redis does not answer.",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "streamseg_model_version", "Version of the model in use (0 = cold start).", registry=r
+        )
+        self.segment_size = Gauge(
+            "streamseg_segment_users",
+            "Users whose record names the segment (from Redis, every few seconds).",
+            ["segment_id", "segment"],
+            registry=r,
+        )
+        #: (topic, partition) of the current assignment: read by the readiness check.
+        self.assignment: set[tuple[str, int]] = set()
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._size_labels: set[tuple[str, str]] = set()
+
+    def observe_batch(
+        self,
+        *,
+        records: int,
+        applied: int,
+        duplicates: int,
+        ignored: int,
+        segment_changes: int,
+        reasons: Mapping[str, int],
+        seconds: float,
+        timestamps_ms: Iterable[int],
+        written_at_ms: float,
+    ) -> None:
+        """Count one batch; ``timestamps_ms`` are Kafka timestamps of sampled records."""
+        self.batches.inc()
+        self.records.inc(records)
+        self.applied.inc(applied)
+        self.duplicates.inc(duplicates)
+        self.ignored.inc(ignored)
+        self.segment_changes.inc(segment_changes)
+        for reason, n in reasons.items():
+            self.dead_lettered.labels(reason).inc(n)
+        self.batch_size.observe(records)
+        self.batch_duration.observe(seconds)
+        for ts in timestamps_ms:
+            if ts > 0:  # librdkafka reports -1 when the record has no timestamp
+                self.latency.observe(max(0.0, (written_at_ms - ts) / 1000.0))
+
+    def set_assignment(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Record the current assignment (called from the rebalance callbacks)."""
+        self.assignment = set(partitions)
+        self.assigned_partitions.set(len(self.assignment))
+
+    def observe_kafka_stats(self, stats_json: str) -> None:
+        """librdkafka ``stats_cb``: update consumer lag per assigned partition."""
+        try:
+            lags = consumer_lag_from_stats(stats_json)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.debug("unreadable librdkafka statistics: %s", exc)
+            return
+        current = {(t, str(p)) for (t, p) in lags}
+        for stale in self._lag_labels - current:
+            self.consumer_lag.remove(*stale)
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
+        self._lag_labels = current
+
+    def set_segment_sizes(self, sizes: Mapping[int, int], names: Mapping[int, str]) -> None:
+        """Replace the segment-size gauges (segment id -> users)."""
+        current = {(str(i), names.get(i, "")) for i in sizes}
+        for stale in self._size_labels - current:
+            self.segment_size.remove(*stale)
+        for segment_id, users in sizes.items():
+            self.segment_size.labels(str(segment_id), names.get(segment_id, "")).set(users)
+        self._size_labels = current
+
+
+def consumer_lag_from_stats(stats_json: str | bytes) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> consumer lag in records, from a librdkafka statistics document.
+
+    Only partitions with a known lag (``consumer_lag`` ≥ 0) are returned; librdkafka reports
+    -1 for partitions this member does not consume and uses partition -1 internally.
+    """
+    stats = orjson.loads(stats_json)
+    lags: dict[tuple[str, int], int] = {}
+    for topic, tstats in (stats.get("topics") or {}).items():
+        for key, pstats in (tstats.get("partitions") or {}).items():
+            partition = int(key)
+            lag = int(pstats.get("consumer_lag", -1))
+            if partition >= 0 and lag >= 0:
+                lags[(topic, partition)] = lag
+    return lags
+
+
+class TrainerMetrics:
+    """The trainer's metrics (``streamseg train``), each on this object's own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.updates = Counter(
+            "streamseg_trainer_models_published",
+            "Model versions published by this trainer.",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "streamseg_trainer_model_version",
+            "Latest version this trainer published or resumed.",
+            registry=r,
+        )
+        self.inertia = Gauge(
+            "streamseg_trainer_inertia",
+            "Inertia (sum of squared scaled distances) of the last fit or update.",
+            registry=r,
+        )
+        self.centre_movement = Gauge(
+            "streamseg_trainer_centre_movement",
+            "Mean distance between same-id centres of the last two versions (scaled units).",
+            registry=r,
+        )
+        self.users_changed = Gauge(
+            "streamseg_trainer_users_changed_ratio",
+            "Share of the trainer's rows whose segment differs between the last two versions.",
+            registry=r,
+        )
+        self.leader = Gauge(
+            "streamseg_trainer_lease_held", "1 while this trainer holds the lease.", registry=r
+        )
+
+    def observe_publish(
+        self, previous: SegmentModel | None, model: SegmentModel, X: np.ndarray
+    ) -> None:
+        """Record a published version; ``X`` are the raw feature rows it was trained on."""
+        self.updates.inc()
+        self.model_version.set(model.model_version)
+        if model.metrics.inertia is not None:
+            self.inertia.set(model.metrics.inertia)
+        if previous is not None:
+            movement, changed = model_change(previous, model, X)
+            self.centre_movement.set(movement)
+            self.users_changed.set(changed)
+
+
+def model_change(
+    previous: SegmentModel, current: SegmentModel, X: np.ndarray
+) -> tuple[float, float]:
+    """(mean centre movement, share of rows changing segment) from ``previous`` to ``current``.
+
+    Centres are matched by segment id and compared in ``current``'s scaled space (previous
+    centres are taken back to business units first, so a refit of the scaling compares like
+    with like); NaN when no id is shared. The share compares each row's nearest centre under
+    both models, without hysteresis.
+    """
+    prev_raw = previous.to_preprocessor().inverse_transform(np.asarray(previous.centers))
+    prev_scaled = current.transform(prev_raw)
+    where = {segment_id: i for i, segment_id in enumerate(current.ids)}
+    pairs = [(i, where[s]) for i, s in enumerate(previous.ids) if s in where]
+    movement = float("nan")
+    if pairs:
+        old, new = map(list, zip(*pairs, strict=True))
+        centres = np.asarray(current.centers)
+        movement = float(np.linalg.norm(prev_scaled[old] - centres[new], axis=1).mean())
+    changed = float("nan")
+    if len(X):
+        before, _, _ = previous.assign(X)
+        after, _, _ = current.assign(X)
+        changed = float(np.mean(before != after))
+    return movement, changed

@@ -1,0 +1,246 @@
+"""``streamseg status``: the state of a running deployment, read from Redis and Kafka.
+
+Also the writing side of one part of it: every consumer keeps a small heartbeat in the hash
+``<ns>:consumers`` (member id -> JSON ``{"last_batch_at", "seen_at", "partitions", "host",
+"pid", "records"}``, times in epoch seconds), written every ``observability.heartbeat_seconds``,
+never per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from consumer.kafka_clients import consumer_config
+from consumer.metrics import PipelineMetrics
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from consumer.settings import Settings
+
+if TYPE_CHECKING:
+    from model.model_format import SegmentModel
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerHeartbeat:
+    """Writes this consumer's heartbeat and refreshes the slow-moving gauges, every few seconds.
+
+    Also logs one line when records were dead-lettered since the previous beat (a burst), so
+    the log shows dead letters without a line per record or per batch.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeyLayout,
+        metrics: PipelineMetrics,
+        interval_seconds: float,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.metrics = metrics
+        self.interval_seconds = interval_seconds
+        self.last_batch_at: float | None = None  # epoch seconds of the last batch
+        self.member_id: str | None = None
+        self._due_at = 0.0
+        self._reasons_seen: Counter[str] = Counter()
+
+    def due(self) -> bool:
+        """True at most once per interval (monotonic clock)."""
+        now = time.monotonic()
+        if now < self._due_at:
+            return False
+        self._due_at = now + self.interval_seconds
+        return True
+
+    def beat(
+        self,
+        member_id: str,
+        partitions: Iterable[tuple[str, int]],
+        model: SegmentModel | None,
+        records: int,
+        reasons: Counter[str],
+    ) -> None:
+        """Write the heartbeat, refresh segment-size gauges, log a dead-letter burst."""
+        burst = reasons - self._reasons_seen
+        if burst:
+            log.warning(
+                "dead-lettered %d records since the last heartbeat: %s",
+                sum(burst.values()),
+                dict(burst),
+            )
+        self._reasons_seen = Counter(reasons)
+        previous = self.member_id
+        self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}"
+        beat = {
+            "last_batch_at": self.last_batch_at,
+            "seen_at": time.time(),
+            "partitions": sorted(f"{t}[{p}]" for t, p in partitions),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "records": records,
+        }
+        try:
+            if previous not in (None, self.member_id):  # joined the group, or rejoined
+                self.client.hdel(self.keys.consumers, previous)
+            self.client.hset(self.keys.consumers, self.member_id, orjson.dumps(beat))
+            sizes = self.client.hgetall(self.keys.segment_sizes)
+        except redis.RedisError as exc:
+            log.debug("heartbeat not written: %s", exc)
+            return
+        names = dict(zip(model.ids, model.names, strict=True)) if model else {}
+        self.metrics.set_segment_sizes(
+            {int(k): int(v) for k, v in sizes.items() if int(v) > 0}, names
+        )
+
+    def forget(self) -> None:
+        """Remove this consumer's heartbeat (on a clean stop)."""
+        if self.member_id is None:
+            return
+        try:
+            self.client.hdel(self.keys.consumers, self.member_id)
+        except redis.RedisError as exc:
+            log.debug("heartbeat not removed: %s", exc)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def deployment_status(settings: Settings, *, client: redis.Redis | None = None) -> dict[str, Any]:
+    """Everything `status` prints, as a JSON-able dict (times in epoch seconds)."""
+    client = client or settings.redis.connect()
+    keys = KeyLayout(settings.redis.namespace)
+    model = ModelStore(client, keys).load_current()
+    sizes = {int(k): int(v) for k, v in client.hgetall(keys.segment_sizes).items()}
+    names = dict(zip(model.ids, model.names, strict=True)) if model else {}
+    tiers = dict(zip(model.ids, model.tiers, strict=True)) if model else {}
+    segments = [
+        {"segment_id": i, "segment": names.get(i), "tier": tiers.get(i), "users": sizes.get(i, 0)}
+        for i in sorted(set(sizes) | set(names))
+    ]
+    counters = {k.decode(): int(v) for k, v in sorted(client.hgetall(keys.counters).items())}
+    consumers = {
+        k.decode(): orjson.loads(v) for k, v in sorted(client.hgetall(keys.consumers).items())
+    }
+    return {
+        "namespace": keys.namespace,
+        "model_version": model.model_version if model else None,
+        "model_created_at": model.created_at.isoformat() if model else None,
+        "trainer_active": bool(client.exists(keys.trainer_lease)),
+        "segments": segments,
+        "counters": counters,
+        "lag": group_lag(settings),
+        "consumers": consumers,
+    }
+
+
+def group_lag(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Committed offset, high watermark and lag of the consumer group, per partition.
+
+    ``committed`` is None when the group has committed nothing for a partition; its lag then
+    counts from the low watermark (where ``auto.offset.reset=earliest`` starts).
+    """
+    kafka = settings.kafka
+    # A consumer that never subscribes does not join the group: it only reads its offsets.
+    reader = Consumer({**consumer_config(kafka), "enable.auto.commit": False})
+    try:
+        topic = reader.list_topics(kafka.events_topic, timeout=timeout).topics[kafka.events_topic]
+        if topic.error is not None:
+            return []
+        partitions = [TopicPartition(kafka.events_topic, p) for p in sorted(topic.partitions)]
+        committed = reader.committed(partitions, timeout=timeout)
+        rows = []
+        for tp in committed:
+            low, high = reader.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            offset = tp.offset if tp.offset >= 0 else None
+            rows.append(
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "committed": offset,
+                    "high_watermark": high,
+                    "lag": high - (offset if offset is not None else low),
+                }
+            )
+        return rows
+    finally:
+        reader.close()
+
+
+def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
+    """The human-readable text of `deployment_status`."""
+    now = time.time() if now is None else now
+    version = status["model_version"]
+    lines = [
+        f"namespace      {status['namespace']}",
+        "model          "
+        + (
+            f"v{version} (published {status['model_created_at']})"
+            if version
+            else "none (cold start: waiting for the trainer)"
+        ),
+        f"trainer        {'active (lease held)' if status['trainer_active'] else 'none active'}",
+        "",
+        "segments",
+    ]
+    if status["segments"]:
+        lines.append(f"  {'id':>4}  {'name':<32} {'tier':>4} {'users':>10}")
+        for s in status["segments"]:
+            lines.append(
+                f"  {s['segment_id']:>4}  {s['segment'] or '?':<32} "
+                f"{s['tier'] if s['tier'] is not None else '-':>4} {s['users']:>10}"
+            )
+    else:
+        lines.append("  (none yet)")
+    lines += ["", "counters"]
+    lines += [f"  {k:<32} {v:>12}" for k, v in status["counters"].items()] or ["  (none yet)"]
+    lines += ["", "consumer group lag (committed vs high watermark)"]
+    if status["lag"]:
+        lines.append(f"  {'partition':<28} {'committed':>12} {'high':>12} {'lag':>10}")
+        for row in status["lag"]:
+            committed = "-" if row["committed"] is None else row["committed"]
+            lines.append(
+                f"  {row['topic'] + '[' + str(row['partition']) + ']':<28} "
+                f"{committed:>12} {row['high_watermark']:>12} {row['lag']:>10}"
+            )
+    else:
+        lines.append("  (events topic not found)")
+    lines += ["", "consumers (heartbeat every few seconds)"]
+    if status["consumers"]:
+        for member, beat in status["consumers"].items():
+            last = beat.get("last_batch_at")
+            batch = f"last batch {now - last:.0f} s ago" if last else "no batch yet"
+            lines.append(
+                f"  {member}  {beat.get('host')}:{beat.get('pid')}  seen "
+                f"{now - beat.get('seen_at', now):.0f} s ago, {batch}, "
+                f"partitions {', '.join(beat.get('partitions', [])) or 'none'}"
+            )
+    else:
+        lines.append("  (no heartbeat: no consumer running)")
+    return "\n".join(lines)
+
+
+def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg status``: print the deployment's state (``--json`` for machines)."""
+    try:
+        status = deployment_status(settings)
+    except (redis.RedisError, KafkaException) as exc:
+        print(f"streamseg: error: cannot read the deployment's state: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render_status(status))
+    return 0

@@ -1,0 +1,99 @@
+"""Logs an operator can ship: JSON lines for notable events, and never a secret."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import pytest
+
+from consumer.cli import main
+from consumer.logs import JsonFormatter
+from consumer.pipeline import SegmentPipeline
+from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
+
+REDIS_SECRET = "s3cr3t-redis-PW-4242"
+SASL_SECRET = "s3cr3t-sasl-PW-4242"
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Every log record of the test, at DEBUG, as JSON lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def test_pipeline_logs_json_lines_without_secrets(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    json_log: io.StringIO,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = new_topic()
+    events = make_events(200, users=20, seed=1)
+    produce(kafka_bootstrap, topic, [*as_records(events), (b"u1", b"not json")])
+    parts = urlsplit(redis_url)
+    # The test Redis has no password: its default user accepts any (ACL "nopass").
+    secret_url = urlunsplit(parts._replace(netloc=f"default:{REDIS_SECRET}@{parts.netloc}"))
+    settings = settings_for(
+        kafka_bootstrap,
+        secret_url,
+        topic,
+        namespace,
+        **{"kafka.sasl_password": SASL_SECRET, "observability.heartbeat_seconds": 0.1},
+    )
+    assert REDIS_SECRET not in repr(settings) and SASL_SECRET not in str(settings.model_dump())
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events) + 1, idle_exit_seconds=20)
+        pipeline.run(idle_exit_seconds=0.3)  # one heartbeat after the dead letter
+    finally:
+        pipeline.close()
+
+    lines = [orjson.loads(line) for line in json_log.getvalue().splitlines()]
+    assert all({"ts", "level", "logger", "message"} <= line.keys() for line in lines)
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("started:") for m in messages)
+    assert any(m.startswith("assigned") for m in messages)
+    assert any("dead-lettered 1 records" in m for m in messages)
+    assert len(lines) < 50, "a log line per record or per batch"
+    captured = capsys.readouterr()
+    for text in (json_log.getvalue(), captured.out, captured.err):
+        assert REDIS_SECRET not in text and SASL_SECRET not in text
+
+
+def test_help_never_shows_secrets_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", f"redis://default:{REDIS_SECRET}@redis:6379/0")
+    monkeypatch.setenv("STREAMSEG_KAFKA__SASL_PASSWORD", SASL_SECRET)
+    for argv in (["--help"], ["run", "--help"], ["train", "--help"], ["status", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage: streamseg" in out
+        assert REDIS_SECRET not in out and SASL_SECRET not in out
+    assert "--log-format" in main_help(capsys)
+
+
+def main_help(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    return capsys.readouterr().out

@@ -1,0 +1,182 @@
+"""The consumer's /metrics, /readyz and heartbeat against the real broker and Redis: what an
+operator scrapes must agree with what the stream contained."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.health import MetricsServer
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout
+from consumer.settings import TrainerSettings
+from consumer.status import deployment_status, render_status
+from consumer.trainer import Trainer
+from model.features import FEATURE_NAMES
+from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
+
+BAD: list[tuple[bytes | None, bytes]] = [
+    (b"u1", b"not json"),
+    (b"u1", b"still not json"),
+    (b"u1", b"[1, 2]"),
+    (b"u2", orjson.dumps({"event_id": "x", "user_id": "u1", "type": "view", "ts": 1767225600000})),
+    (b"u1", b"{" * 70_000),
+]
+UNMAPPED = (
+    b"u1",
+    orjson.dumps({"event_id": "y", "user_id": "u1", "type": "search", "ts": 1767225600000}),
+)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Sample name and sorted labels -> value, from the server's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def status_code(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic(partitions=2)
+    good = make_events(600, users=40, seed=3)
+    produce(kafka_bootstrap, topic, as_records(good) + BAD + [UNMAPPED])
+    total = len(good) + len(BAD) + 1
+    settings = settings_for(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        **{"pipeline.batch_size": 100, "observability.heartbeat_seconds": 0.2},
+    )
+    pipeline = SegmentPipeline(settings)
+    server = MetricsServer(
+        pipeline.metrics.registry, pipeline.readiness_checks(), port=0, host="127.0.0.1"
+    ).start()
+    try:
+        assert status_code(server.port, "/healthz") == 200
+        assert status_code(server.port, "/readyz") == 503  # not started: nothing assigned
+        pipeline.start()
+        pipeline.run(max_records=total, idle_exit_seconds=20)
+        assert status_code(server.port, "/readyz") == 200
+
+        m = scrape(server.port)
+        assert m[("streamseg_records_consumed_total", ())] == total
+        assert m[("streamseg_records_applied_total", ())] == len(good)
+        assert m[("streamseg_records_ignored_total", ())] == 1
+        assert m[("streamseg_records_duplicate_total", ())] == 0
+        dead = {
+            dict(labels)["reason"]: value
+            for (name, labels), value in m.items()
+            if name == "streamseg_records_dead_lettered_total"
+        }
+        assert dead == {"not_json": 2, "not_object": 1, "key_mismatch": 1, "oversize": 1}
+        batches = m[("streamseg_batches_total", ())]
+        assert batches >= total / 100
+        assert m[("streamseg_batch_size_records_count", ())] == batches
+        assert m[("streamseg_batch_size_records_sum", ())] == total
+        assert m[("streamseg_batch_duration_seconds_count", ())] == batches
+        assert m[("streamseg_produce_to_segment_seconds_count", ())] >= batches
+        assert m[("streamseg_assigned_partitions", ())] == 2
+        assert m[("streamseg_model_version", ())] == 0  # cold start
+        assert m[("streamseg_redis_errors_total", ())] == 0
+
+        # Once offsets are committed, librdkafka's statistics report zero lag per partition.
+        assert pipeline.consumer is not None
+        pipeline.consumer.commit(asynchronous=False)
+        deadline = time.monotonic() + 15
+        lags: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            pipeline.consumer.poll(0.2)  # serves the statistics callback; the topic is drained
+            lags = {
+                dict(labels)["partition"]: value
+                for (name, labels), value in scrape(server.port).items()
+                if name == "streamseg_consumer_lag_records"
+            }
+            if lags == {"0": 0, "1": 0}:
+                break
+        assert lags == {"0": 0, "1": 0}
+
+        # The heartbeat names this member and its partitions; status reads it back.
+        pipeline.run(idle_exit_seconds=0.5)  # idle loop: one more heartbeat after the last batch
+        beats = {
+            k.decode(): orjson.loads(v)
+            for k, v in redis_client.hgetall(KeyLayout(namespace).consumers).items()
+        }
+        assert len(beats) == 1
+        (beat,) = beats.values()
+        assert beat["partitions"] == [f"{topic}[0]", f"{topic}[1]"]
+        assert beat["last_batch_at"] is not None and beat["records"] == total
+
+        status = deployment_status(settings)
+        assert status["counters"]["records"] == total
+        assert status["counters"]["dead_lettered"] == len(BAD)
+        assert [(r["partition"], r["committed"], r["lag"]) for r in status["lag"]] == [
+            (0, status["lag"][0]["high_watermark"], 0),
+            (1, status["lag"][1]["high_watermark"], 0),
+        ]
+        assert sum(r["high_watermark"] for r in status["lag"]) == total
+        assert status["model_version"] is None
+        text = render_status(status)
+        assert "cold start" in text and f"{topic}[1]" in text
+    finally:
+        pipeline.close()
+        server.stop()
+    # A clean stop removes the member's heartbeat.
+    assert not redis_client.hgetall(KeyLayout(namespace).consumers)
+
+
+def test_trainer_metrics_follow_published_versions(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """Bootstrap then one update: two versions counted, inertia, centre movement and the share
+    of users changing segment set from the trainer's own rows."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(0)
+
+    def push(rows: int, shift: float) -> None:
+        X = rng.lognormal(mean=1.0 + shift, sigma=1.0, size=(rows, len(FEATURE_NAMES)))
+        redis_client.lpush(keys.training_samples, X.astype(np.float64).tobytes())
+        redis_client.hincrby(keys.counters, "training_rows", rows)
+
+    config = TrainerSettings(
+        n_clusters=3, bootstrap_rows=300, update_rows=200, rescale_tolerance=100.0
+    )
+    trainer = Trainer(redis_client, keys, config)
+    trainer.resume()
+    push(600, 0.0)
+    assert trainer.step() is not None
+    push(400, 0.3)
+    assert trainer.step() is not None
+
+    samples = {
+        s.name: s.value for family in trainer.metrics.registry.collect() for s in family.samples
+    }
+    assert samples["streamseg_trainer_models_published_total"] == 2
+    assert samples["streamseg_trainer_model_version"] == 2
+    assert samples["streamseg_trainer_inertia"] > 0
+    assert 0 < samples["streamseg_trainer_centre_movement"] < 10
+    assert 0 <= samples["streamseg_trainer_users_changed_ratio"] <= 1

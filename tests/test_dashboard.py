@@ -1,0 +1,73 @@
+"""The provisioned Grafana dashboard: valid JSON whose every query names a metric the services
+export, so no panel stays empty because of a typo or a renamed metric."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from consumer.metrics import PipelineMetrics, TrainerMetrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = REPO_ROOT / "monitoring/grafana/dashboards/streamseg.json"
+DATASOURCES = REPO_ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml"
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def exported_series() -> set[str]:
+    """Every series name the consumer and the trainer can expose, from their registries."""
+    names: set[str] = set()
+    for registry in (PipelineMetrics().registry, TrainerMetrics().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+    return names
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))  # panels inside collapsed rows
+    return [p for p in panels if p.get("type") != "row"]
+
+
+def test_every_panel_queries_metrics_the_services_export() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exported = exported_series()
+    panels = _panels(dashboard)
+    assert panels
+    used: set[str] = set()
+    for panel in panels:
+        exprs = [t["expr"] for t in panel.get("targets", [])]
+        assert exprs, f"panel {panel['title']!r} has no query"
+        for expr in exprs:
+            names = set(re.findall(r"\bstreamseg_[a-z_]+\b", expr))
+            assert names, f"{panel['title']!r}: {expr!r} names no streamseg metric"
+            unknown = names - exported
+            assert not unknown, f"{panel['title']!r} queries unexported {sorted(unknown)}"
+            used |= names
+    # What the issue asks the dashboard to show.
+    for wanted in (
+        "streamseg_records_consumed_total",
+        "streamseg_consumer_lag_records",
+        "streamseg_produce_to_segment_seconds_bucket",
+        "streamseg_records_dead_lettered_total",
+        "streamseg_segment_users",
+        "streamseg_model_version",
+    ):
+        assert wanted in used, f"the dashboard does not show {wanted}"
+
+
+def test_panels_use_the_provisioned_datasource_and_have_unique_ids() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    provisioned = {d["uid"] for d in yaml.safe_load(DATASOURCES.read_text())["datasources"]}
+    panels = _panels(dashboard)
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        assert panel["datasource"]["uid"] in provisioned, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in provisioned, panel["title"]
