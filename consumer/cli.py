@@ -340,7 +340,81 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.png",
         help="where to save the inertia + silhouette plot (default ./tune-k.png)",
     )
+    _add_replay_commands(commands)
     return parser
+
+
+def _add_replay_commands(commands: Any) -> None:
+    """``replay``, ``compare``, ``promote``, ``rollback-namespace``, ``namespaces``, ``drop``."""
+    replay = _command(
+        commands,
+        "replay",
+        "consumer.replay:replay_command",
+        "rebuild features from the events topic into a shadow namespace, train and score it",
+    )
+    replay.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        metavar="TIME|earliest",
+        help="first Kafka record time: epoch ms or ISO-8601 (UTC unless zoned), or earliest",
+    )
+    replay.add_argument(
+        "--to",
+        default="latest",
+        metavar="TIME|latest",
+        help="stop before this record time; latest = the end of the topic at start (default)",
+    )
+    replay.add_argument("--namespace-out", required=True, metavar="NAME", help="shadow namespace")
+    replay.add_argument("--n-clusters", type=int, metavar="K", help="default trainer.n_clusters")
+    replay.add_argument("--seed", type=int, metavar="S", help="default trainer.seed")
+    replay.add_argument(
+        "--max-events", type=int, default=0, help="stop after this many records (resume later)"
+    )
+    replay.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    compare = _command(
+        commands,
+        "compare",
+        "consumer.replay:compare_command",
+        "compare a shadow namespace's segments with the live (or another) namespace",
+    )
+    compare.add_argument("name", metavar="NAME")
+    compare.add_argument(
+        "--with", dest="with_", default="live", metavar="NAMESPACE", help="default: live"
+    )
+    promote = _command(
+        commands,
+        "promote",
+        "consumer.namespaces:namespace_command",
+        "make a namespace live for lookups following streamseg:live-namespace (atomic)",
+    )
+    promote.add_argument("name", nargs="?", metavar="NAME")
+    promote.add_argument(
+        "--rollback", action="store_true", help="switch back to the previous namespace"
+    )
+    _command(
+        commands,
+        "rollback-namespace",
+        "consumer.namespaces:namespace_command",
+        "switch the live namespace back to the one before the last promote",
+    )
+    _command(
+        commands,
+        "namespaces",
+        "consumer.namespaces:namespace_command",
+        "list namespaces with user counts and model versions (* = live)",
+    )
+    drop = _command(
+        commands,
+        "drop",
+        "consumer.namespaces:namespace_command",
+        "delete every key of a namespace (refuses the live and the configured one)",
+    )
+    drop.add_argument("name", metavar="NAME")
 
 
 def _command(commands: Any, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@
     segments = SegmentLookup.from_url("redis://localhost:6379/0")
     segments.get("u-42")            # SegmentRecord or None
     segments.get_many(["u-1", "u-2"])  # one round trip
+    live = SegmentLookup.from_url(url, namespace=None)  # follows streamseg:live-namespace
 
 The same read from any language is a plain GET of ``<ns>:{<user>}:seg`` (JSON), e.g.
 ``redis-cli GET 'streamseg:{u-42}:seg'``.
@@ -17,32 +18,74 @@ from collections.abc import Sequence
 
 import redis
 
-from consumer.redis_keys import KeyLayout
+from consumer.redis_keys import KeyLayout, PointerKeys, escape_user_id
 from consumer.segment_record import SegmentRecord
 from consumer.settings import Settings
 
+# Pointer and records in one server-side step, so an answer is never half from one namespace
+# and half from another. The keys are built here from KeyLayout's format: <ns>:{<id>}:seg.
+_FOLLOW_POINTER = """
+local ns = redis.call('GET', KEYS[1])
+if not ns then ns = ARGV[1] end
+local out = {}
+for i = 2, #ARGV, 1000 do
+  local chunk = {}
+  for j = i, math.min(i + 999, #ARGV) do
+    chunk[#chunk + 1] = ns .. ':{' .. ARGV[j] .. '}:seg'
+  end
+  local values = redis.call('MGET', unpack(chunk))
+  for k = 1, #chunk do out[#out + 1] = values[k] end
+end
+return {ns, out}
+"""
+
 
 class SegmentLookup:
-    """Reads segment records of one namespace."""
+    """Reads segment records of one namespace, or of the live one (``namespace=None``).
 
-    def __init__(self, client: redis.Redis, namespace: str = "streamseg") -> None:
+    Following the pointer (`consumer.redis_keys.PointerKeys`), every `get` / `get_many` reads
+    the pointer and the records in one Lua call: each answer is wholly from one namespace even
+    while ``streamseg promote`` switches it. With the pointer unset, ``fallback_namespace``
+    is read. (The Lua call names keys it does not declare: single Redis server only.)
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str | None = "streamseg",
+        *,
+        fallback_namespace: str = "streamseg",
+        pointer: PointerKeys | None = None,
+    ) -> None:
         self.client = client
-        self.keys = KeyLayout(namespace)
+        self.namespace = namespace
+        self.keys = KeyLayout(namespace or fallback_namespace)
+        self.fallback_namespace = fallback_namespace
+        self.pointer = pointer or PointerKeys()
+        self._follow = client.register_script(_FOLLOW_POINTER)
+        self.last_namespace: str | None = namespace
+        """Namespace the last answer came from."""
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "streamseg") -> SegmentLookup:
+    def from_url(cls, url: str, namespace: str | None = "streamseg") -> SegmentLookup:
         return cls(redis.Redis.from_url(url), namespace)
 
     def get(self, user_id: str) -> SegmentRecord | None:
         """The user's record, or None if the user has never been seen."""
-        raw = self.client.get(self.keys.segment(user_id))
-        return None if raw is None else SegmentRecord.model_validate_json(raw)
+        return self.get_many([user_id])[0]
 
     def get_many(self, user_ids: Sequence[str]) -> list[SegmentRecord | None]:
-        """Records of many users in one MGET, in the order asked."""
+        """Records of many users in one round trip (MGET or one Lua call), in the order asked."""
         if not user_ids:
             return []
-        raws = self.client.mget([self.keys.segment(u) for u in user_ids])
+        if self.namespace is None:
+            ns, raws = self._follow(
+                keys=[self.pointer.live],
+                args=[self.fallback_namespace, *(escape_user_id(u) for u in user_ids)],
+            )
+            self.last_namespace = ns.decode() if isinstance(ns, bytes) else str(ns)
+        else:
+            raws = self.client.mget([self.keys.segment(u) for u in user_ids])
         return [None if r is None else SegmentRecord.model_validate_json(r) for r in raws]
 
 

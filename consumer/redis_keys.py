@@ -10,16 +10,28 @@ A user's keys carry the user's id as a Redis Cluster *hash tag*, so they share o
 ``%7D``), so any string is safe and no two ids share a key. For ``u-42`` the record is
 ``streamseg:{u-42}:seg``. Model keys share the tag ``{<ns>:model}`` so a publish can be one
 MULTI transaction on a cluster too.
+
+Keys outside every namespace (`PointerKeys`, root ``streamseg``) say which namespace is live::
+
+    streamseg:live-namespace      string: the namespace lookups following the pointer read
+    streamseg:previous-namespace  string: the one live before the last promote (for rollback)
+    streamseg:namespaces          set: namespaces written by `streamseg replay`
+
+``streamseg promote NAME`` changes the first two in one MULTI; ``SegmentLookup(client)``
+(``namespace=None``) reads the pointer and the records in one Lua call. The pipeline
+(``streamseg run``) keeps writing its configured ``redis.namespace`` whatever the pointer says.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
 
 def escape_user_id(user_id: str) -> str:
     """Percent-encode the three characters that could break or fake the hash tag."""
-    return user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return user_id.translate(_ESCAPES)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,33 @@ class KeyLayout:
         return f"{self.namespace}:segment-sizes"
 
     @property
+    def consumers(self) -> str:
+        """Hash: consumer member id -> JSON heartbeat (last batch time, partitions, host)."""
+        return f"{self.namespace}:consumers"
+
+    @property
     def watermark(self) -> str:
         """Largest event time seen (epoch ms), kept by the consumers."""
         return f"{self.namespace}:watermark"
+
+
+@dataclass(frozen=True)
+class PointerKeys:
+    """Keys naming the live namespace, outside every namespace (root ``streamseg``)."""
+
+    root: str = "streamseg"
+
+    @property
+    def live(self) -> str:
+        """String: name of the live namespace (unset = the configured ``redis.namespace``)."""
+        return f"{self.root}:live-namespace"
+
+    @property
+    def previous(self) -> str:
+        """String: the namespace that was live before the last promote."""
+        return f"{self.root}:previous-namespace"
+
+    @property
+    def registry(self) -> str:
+        """Set of namespace names written by replays."""
+        return f"{self.root}:namespaces"

@@ -1,0 +1,195 @@
+"""Namespaces side by side: which one is live, promote and roll back atomically, list, drop.
+
+The live namespace is named by the pointer key ``streamseg:live-namespace`` (see
+`consumer.redis_keys.PointerKeys`); readers that follow it (``SegmentLookup(client)``) switch
+with one write. A promote sets the pointer and remembers the previous value in
+``streamseg:previous-namespace`` in the same MULTI, so a rollback is one more switch. The
+pipeline keeps writing its configured ``redis.namespace``: promote a shadow namespace to serve
+reads from it; its features stay as of its replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from consumer.exceptions import ConfigError
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_UNLINK_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    """One namespace as `list_namespaces` sees it."""
+
+    name: str
+    users: int
+    """Users with a state key."""
+    model_version: int | None
+    """Current model version; None before the first publish."""
+    live: bool
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _watched_get(pipe: Any, key: str) -> str | None:
+    """GET on a pipeline in WATCH mode (immediate, but typed as buffered by redis-py)."""
+    value: bytes | None = pipe.get(key)
+    return _text(value)
+
+
+def live_namespace(client: redis.Redis, default: str, pointer: PointerKeys | None = None) -> str:
+    """The namespace the pointer names, or ``default`` when it is unset."""
+    return _text(client.get((pointer or PointerKeys()).live)) or default
+
+
+def register_namespace(client: redis.Redis, name: str, pointer: PointerKeys | None = None) -> None:
+    """Add ``name`` to the registry that `list_namespaces` reads."""
+    client.sadd((pointer or PointerKeys()).registry, name)
+
+
+def promote(client: redis.Redis, name: str, pointer: PointerKeys | None = None) -> str | None:
+    """Make ``name`` live in one MULTI; returns the namespace that was live (None = unset).
+
+    Refuses (`ConfigError`) a namespace without a published model: readers would get records
+    of a namespace nobody built.
+    """
+    keys = pointer or PointerKeys()
+    if ModelStore(client, KeyLayout(name)).current_version() is None:
+        raise ConfigError(f"namespace {name!r} has no published model; replay into it first")
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.live)
+                previous = _watched_get(pipe, keys.live)
+                pipe.multi()
+                if previous is not None:
+                    pipe.set(keys.previous, previous)
+                pipe.set(keys.live, name)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue  # another promote won the race: read its result and go again
+    log.info("live namespace: %s -> %s", previous, name)
+    return previous
+
+
+def rollback(client: redis.Redis, pointer: PointerKeys | None = None) -> str:
+    """Swap the live and the previous namespace in one MULTI; returns the new live one."""
+    keys = pointer or PointerKeys()
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.live, keys.previous)
+                live = _watched_get(pipe, keys.live)
+                previous = _watched_get(pipe, keys.previous)
+                if previous is None or live is None:
+                    raise ConfigError("no previous namespace to roll back to (never promoted)")
+                pipe.multi()
+                pipe.set(keys.live, previous)
+                pipe.set(keys.previous, live)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    log.info("live namespace rolled back: %s -> %s", live, previous)
+    return previous
+
+
+def count_users(client: redis.Redis, name: str) -> int:
+    """Users with a state key in namespace ``name`` (one SCAN over the keyspace)."""
+    return sum(1 for _ in client.scan_iter(match=KeyLayout(name).state_pattern, count=1000))
+
+
+def list_namespaces(
+    client: redis.Redis, configured: str, pointer: PointerKeys | None = None
+) -> list[NamespaceInfo]:
+    """The configured namespace, the live and previous ones and every registered one."""
+    keys = pointer or PointerKeys()
+    live = live_namespace(client, configured, keys)
+    names = {configured, live}
+    names.update(n for n in (_text(v) for v in client.smembers(keys.registry)) if n)
+    previous = _text(client.get(keys.previous))
+    if previous:
+        names.add(previous)
+    return [
+        NamespaceInfo(
+            name=name,
+            users=count_users(client, name),
+            model_version=ModelStore(client, KeyLayout(name)).current_version(),
+            live=name == live,
+        )
+        for name in sorted(names)
+    ]
+
+
+def drop_namespace(
+    client: redis.Redis, name: str, configured: str, pointer: PointerKeys | None = None
+) -> int:
+    """Delete every key of namespace ``name`` (SCAN + UNLINK); returns the number deleted.
+
+    Refuses (`ConfigError`) the live namespace and the configured one, which the pipeline
+    writes. The pointer keys themselves are never deleted.
+    """
+    keys = pointer or PointerKeys()
+    live = live_namespace(client, configured, keys)
+    if name in (live, configured):
+        which = "live" if name == live else "configured (the pipeline writes it)"
+        raise ConfigError(f"refusing to drop namespace {name!r}: it is the {which} namespace")
+    layout = KeyLayout(name)
+    protected = {keys.live, keys.previous, keys.registry}
+    deleted = 0
+    for pattern in (f"{name}:*", f"{layout.model_current[: -len('current')]}*"):
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            if _text(key) in protected:
+                continue
+            batch.append(key)
+            if len(batch) >= _UNLINK_CHUNK:
+                deleted += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.unlink(*batch))
+    client.srem(keys.registry, name)
+    if _text(client.get(keys.previous)) == name:
+        client.delete(keys.previous)  # a rollback must not point at nothing
+    log.info("dropped namespace %s (%d keys)", name, deleted)
+    return deleted
+
+
+def namespace_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg promote|rollback-namespace|namespaces|drop``."""
+    client = settings.redis.connect()
+    configured = settings.redis.namespace
+    if args.command == "promote" and not args.rollback:
+        if not args.name:
+            raise ConfigError("promote needs a NAME (or --rollback)")
+        previous = promote(client, args.name)
+        print(f"live namespace: {args.name} (was {previous or configured})")
+        return 0
+    if args.command in ("promote", "rollback-namespace"):
+        print(f"live namespace: {rollback(client)}")
+        return 0
+    if args.command == "namespaces":
+        print(f"  {'namespace':<24} {'users':>10}  model")
+        for info in list_namespaces(client, configured):
+            mark = "*" if info.live else " "
+            version = f"v{info.model_version}" if info.model_version is not None else "none"
+            print(f"{mark} {info.name:<24} {info.users:>10}  {version}")
+        return 0
+    if args.command == "drop":
+        deleted = drop_namespace(client, args.name, configured)
+        print(f"dropped namespace {args.name}: {deleted} keys")
+        return 0
+    raise ConfigError(f"unknown namespace command {args.command!r}")

@@ -1,0 +1,623 @@
+"""Replay the events topic into a shadow namespace, train a fresh model there, compare it.
+
+``streamseg replay --from TIME|earliest [--to TIME|latest] --namespace-out NAME``:
+
+1. Plan: for each partition of the events topic, the first offset whose Kafka record
+   timestamp is at or after ``--from`` (``earliest`` = the low watermark) up to the first at
+   or after ``--to`` (``latest`` = the high watermark when the replay starts), exclusive.
+2. Rebuild: the normal `SegmentPipeline`, with ``redis.namespace = NAME`` and its own consumer
+   group ``<kafka.group_id>-replay-<NAME>``, reads exactly those ranges (``assign()``). The
+   features are computed by the live code, idempotent by (partition, offset): a replay that is
+   interrupted resumes from its group's committed offsets and never counts an event twice.
+   Its dead letters and segment changes go to ``<topic>.replay-<NAME>``, not the live topics.
+3. Train: on a snapshot of every user's features at the namespace's watermark, fit the
+   preprocessing and k-means++ (``n_init`` 5, ``--seed``), label, publish in NAME.
+4. Re-score every user of NAME with that model, so its records and segment sizes agree.
+
+``streamseg compare NAME [--with live]`` then sets the shadow beside another namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import redis
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from consumer.exceptions import ConfigError
+from consumer.kafka_clients import create_consumer
+from consumer.model_store import ModelStore
+from consumer.namespaces import live_namespace, register_namespace
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.settings import RedisSettings, Settings, TrainerSettings
+from consumer.snapshot import Snapshot, read_snapshot
+from consumer.state_store import BatchWrite, StateStore
+from model.features import FEATURE_NAMES, LOG_FEATURES, FeatureConfig
+from model.labels import label_segments
+from model.model_format import SegmentModel
+from model.preprocessing import Preprocessor, remap_centers
+from model.quality import adjusted_rand, inertia, model_inertia, segment_change_share
+from model.segmenter import StreamingSegmenter, match_centers
+
+log = logging.getLogger(__name__)
+
+_ALL_USERS = 1 << 40  # snapshot size meaning "every user"
+_RESCORE_CHUNK = 5000
+_PROFILE_CHANGE = 0.2  # a profile field "moved" when it changed by more than this share
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """Offsets of one partition to replay: ``start`` inclusive, ``stop`` exclusive."""
+
+    partition: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+@dataclass
+class ReplayResult:
+    """What one `replay` call did."""
+
+    ranges: list[PartitionRange]
+    """The whole planned range (``start`` = the ``--from`` offset, not the resume point)."""
+    records: int = 0
+    """Records processed by this call (a resumed replay counts only its own)."""
+    complete: bool = False
+    """True when every range was read to its end (then a model was trained)."""
+    model: SegmentModel | None = None
+    rescored_users: int = 0
+    skipped: dict[int, int] = field(default_factory=dict)
+    """Offsets already done before this call (committed by an earlier run), per partition."""
+
+
+def parse_time(text: str, *, option: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 date or date-time (UTC unless zoned)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text!r}: not epoch milliseconds, ISO-8601, earliest or latest"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)
+
+
+def replay_group(settings: Settings, name: str) -> str:
+    """Consumer group of a replay into ``name``: ``<kafka.group_id>-replay-<name>``."""
+    return f"{settings.kafka.group_id}-replay-{name}"
+
+
+def shadow_settings(settings: Settings, name: str) -> Settings:
+    """``settings`` for the pipeline of a replay into namespace ``name``."""
+    kafka = settings.kafka
+    try:
+        redis_settings = RedisSettings.model_validate(
+            {**settings.redis.model_dump(), "namespace": name}
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--namespace-out {name!r}: {exc}") from None
+    return settings.model_copy(
+        update={
+            "redis": redis_settings,
+            "kafka": kafka.model_copy(
+                update={
+                    "group_id": replay_group(settings, name),
+                    "group_instance_id": None,
+                    "segments_topic": f"{kafka.segments_topic}.replay-{name}",
+                    "dead_letter_topic": f"{kafka.dead_letter_topic}.replay-{name}",
+                }
+            ),
+        }
+    )
+
+
+def plan_ranges(
+    consumer: Consumer,
+    topic: str,
+    from_ms: int | None,
+    to_ms: int | None,
+    *,
+    timeout: float = 30.0,
+) -> list[PartitionRange]:
+    """Offsets to replay per partition, from Kafka record timestamps (epoch ms).
+
+    ``from_ms`` None = the low watermark; ``to_ms`` None = the high watermark now.
+    """
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise ConfigError(f"kafka.events_topic {topic!r}: no such topic to replay")
+    ranges = []
+    for partition in sorted(metadata.partitions):
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout
+        )
+
+        def at(ms: int | None, default: int, partition: int = partition, high: int = high) -> int:
+            if ms is None:
+                return default
+            found = consumer.offsets_for_times([TopicPartition(topic, partition, ms)], timeout)
+            offset = found[0].offset
+            return high if offset < 0 else offset  # no record at or after: the end
+
+        start = at(from_ms, low)
+        stop = at(to_ms, high)
+        ranges.append(PartitionRange(partition, start, max(start, stop)))
+    return ranges
+
+
+def _committed(
+    consumer: Consumer, partitions: list[TopicPartition], timeout: float = 30.0
+) -> list[TopicPartition]:
+    """Committed offsets of the consumer's group, waiting while the coordinator is not ready.
+
+    A fresh broker (or group) answers NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS for a
+    while; those are retried until ``timeout`` (seconds).
+    """
+    waiting = {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found: list[TopicPartition] = consumer.committed(partitions, timeout)
+            return found
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in waiting or time.monotonic() > deadline:
+                raise
+            log.info("waiting for the group coordinator: %s", error)
+            time.sleep(0.5)
+
+
+class _RateColumn(ProgressColumn):
+    """Events per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("-- events/s" if speed is None else f"{speed:,.0f} events/s", style="cyan")
+
+
+def _progress(enabled: bool) -> Progress | None:
+    if not enabled:
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        refresh_per_second=8,
+    )
+
+
+def replay(
+    settings: Settings,
+    name: str,
+    *,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    n_clusters: int | None = None,
+    seed: int | None = None,
+    max_records: int = 0,
+    idle_timeout_seconds: float = 60.0,
+    progress: bool = False,
+    client: redis.Redis | None = None,
+    pointer: PointerKeys | None = None,
+) -> ReplayResult:
+    """Rebuild namespace ``name`` from the events topic, then train and re-score it.
+
+    ``from_ms`` / ``to_ms``: Kafka record timestamps (epoch ms), None = earliest / latest.
+    ``max_records`` > 0 stops after that many records (an interrupted replay: call again to
+    resume; no model is trained until the ranges are done). Raises `ConfigError` when ``name``
+    is the configured or the live namespace, or when no record arrives for
+    ``idle_timeout_seconds`` while offsets remain.
+    """
+    shadow = shadow_settings(settings, name)
+    client = client or settings.redis.connect()
+    if name in (
+        settings.redis.namespace,
+        live_namespace(client, settings.redis.namespace, pointer),
+    ):
+        raise ConfigError(f"--namespace-out {name!r} is a live namespace; replay into another")
+    register_namespace(client, name, pointer)
+    topic = shadow.kafka.events_topic
+
+    planner = create_consumer(shadow.kafka)
+    try:
+        ranges = plan_ranges(planner, topic, from_ms, to_ms)
+        committed = _committed(planner, [TopicPartition(topic, r.partition) for r in ranges])
+    finally:
+        planner.close()
+    resume = {tp.partition: tp.offset for tp in committed if tp.offset not in (OFFSET_INVALID, -1)}
+    if resume and StateStore(client, KeyLayout(name)).read_watermark() is None:
+        # Offsets committed for a namespace that holds nothing (dropped since): start over.
+        log.info("namespace %s is empty: ignoring the offsets its replay group committed", name)
+        resume = {}
+    todo = [
+        PartitionRange(
+            r.partition, min(r.stop, max(r.start, resume.get(r.partition, r.start))), r.stop
+        )
+        for r in ranges
+    ]
+    result = ReplayResult(
+        ranges=ranges,
+        skipped={r.partition: t.start - r.start for r, t in zip(ranges, todo, strict=True)},
+    )
+    total = sum(len(r) for r in ranges)
+    already = total - sum(len(t) for t in todo)
+    log.info(
+        "replay into %s: %d records in %d partitions (%d done before)",
+        name,
+        total,
+        len(ranges),
+        already,
+    )
+
+    pipeline = SegmentPipeline(shadow, client=client)
+    remaining = {t.partition: t for t in todo if len(t)}
+    bar = _progress(progress)
+    task = bar.add_task(f"replay -> {name}", total=total, completed=already) if bar else None
+    if bar:
+        bar.start()
+    try:
+        if remaining:
+            pipeline.start(
+                assignment=[TopicPartition(topic, t.partition, t.start) for t in remaining.values()]
+            )
+            _read_ranges(
+                pipeline, topic, remaining, result, max_records, idle_timeout_seconds, bar, task
+            )
+    finally:
+        pipeline.close()
+        if bar:
+            bar.stop()
+    if remaining:
+        log.info("replay into %s stopped with %d partitions unfinished", name, len(remaining))
+        return result
+    result.complete = True
+    trainer_config = shadow.trainer.model_copy(
+        update={
+            **({"n_clusters": n_clusters} if n_clusters is not None else {}),
+            **({"seed": seed} if seed is not None else {}),
+        }
+    )
+    snapshot = read_snapshot(client, pipeline.keys, max_users=_ALL_USERS, config=shadow.features)
+    result.model = train_on_snapshot(ModelStore(client, pipeline.keys), snapshot, trainer_config)
+    result.rescored_users = rescore(pipeline, snapshot, result.model)
+    return result
+
+
+def _read_ranges(
+    pipeline: SegmentPipeline,
+    topic: str,
+    remaining: dict[int, PartitionRange],
+    result: ReplayResult,
+    max_records: int,
+    idle_timeout_seconds: float,
+    bar: Progress | None,
+    task: TaskID | None,
+) -> None:
+    """Process the assigned ranges to their stop offsets (``remaining`` empties as they end)."""
+    consumer = pipeline.consumer
+    assert consumer is not None
+    batch_size = pipeline.settings.pipeline.batch_size
+    timeout = pipeline.settings.pipeline.batch_timeout_ms / 1000.0
+    last_progress = time.monotonic()
+    while remaining:
+        messages = consumer.consume(batch_size, timeout)
+        keep = []
+        for m in messages:
+            if m.error() is not None:
+                log.warning("consumer error: %s", m.error())
+                continue
+            bounds = remaining.get(m.partition() or 0)
+            offset = m.offset()
+            if bounds is not None and offset is not None and offset < bounds.stop:
+                keep.append(m)
+        if max_records:
+            keep = keep[: max(0, max_records - result.records)]
+        if keep:
+            pipeline.process(keep)
+            result.records += len(keep)
+            last_progress = time.monotonic()
+            if bar is not None and task is not None:
+                bar.advance(task, len(keep))
+        if max_records and result.records >= max_records:
+            return
+        # Done by position, not by the last offset seen: transaction markers leave gaps.
+        assigned = [TopicPartition(topic, p) for p in remaining]
+        for tp in consumer.position(assigned):
+            if tp.offset >= remaining[tp.partition].stop:
+                consumer.pause([TopicPartition(topic, tp.partition)])
+                del remaining[tp.partition]
+        if remaining and time.monotonic() - last_progress > idle_timeout_seconds:
+            raise ConfigError(
+                f"replay: no record for {idle_timeout_seconds:.0f} s with offsets left in "
+                f"partitions {sorted(remaining)} (deleted by retention?); run it again to resume"
+            )
+
+
+def train_on_snapshot(
+    store: ModelStore, snapshot: Snapshot, config: TrainerSettings
+) -> SegmentModel:
+    """Fit preprocessing and k-means++ on every user's features, label, publish the next version.
+
+    Deterministic for one snapshot and ``config.seed``.
+    """
+    X = snapshot.features[np.isfinite(snapshot.features).all(axis=1)]
+    if len(X) <= config.n_clusters:
+        raise ConfigError(
+            f"namespace {store.keys.namespace!r} has {len(X)} users with features: too few "
+            f"for {config.n_clusters} segments"
+        )
+    preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
+    Z = preprocessor.transform(X)
+    segmenter = StreamingSegmenter(
+        n_clusters=config.n_clusters,
+        half_life_batches=config.half_life_batches,
+        n_init=5,
+        new_id_distance=config.new_id_distance,
+        random_state=config.seed,
+    ).fit(Z)
+    positions = segmenter.predict(Z)
+    centers = preprocessor.inverse_transform(segmenter.cluster_centers_)
+    labels = label_segments(centers, X, positions, FEATURE_NAMES)
+    version = store.next_version()
+    segmenter.version_ = version
+    model = SegmentModel.from_fitted(segmenter, preprocessor, labels, n_rows=len(X))
+    model = model.model_copy(update={"model_version": version})
+    store.publish(model)
+    return model
+
+
+def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) -> int:
+    """Assign every user of ``snapshot`` with ``model`` and write records, states and sizes.
+
+    Uses the pipeline's own assignment code, so records look exactly like live ones. Returns
+    the number of users written.
+    """
+    pipeline.model = model
+    rows = np.flatnonzero(np.isfinite(snapshot.features).all(axis=1))
+    for start in range(0, len(rows), _RESCORE_CHUNK):
+        chosen = rows[start : start + _RESCORE_CHUNK]
+        users = [snapshot.user_ids[i] for i in chosen]
+        states = snapshot.states[chosen].copy()
+        records, size_changes, _ = pipeline._assign(users, states, snapshot.features[chosen])
+        pipeline.store.write(
+            BatchWrite(
+                user_ids=users,
+                states=states,
+                segment_records=records,
+                size_changes=size_changes,
+            )
+        )
+    return len(rows)
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentPair:
+    """A segment of the shadow and its matched segment of the other namespace."""
+
+    shadow_id: int | None
+    shadow_name: str | None
+    shadow_size: int
+    other_id: int | None
+    other_name: str | None
+    other_size: int
+    moved: dict[str, tuple[float, float]]
+    """Profile fields that changed by more than 20%: field -> (other, shadow)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two namespaces on their common users (``shadow`` = NAME, ``other`` = e.g. live)."""
+
+    shadow: str
+    other: str
+    common_users: int
+    compared_users: int
+    """Common users with a segment in both namespaces."""
+    pairs: list[SegmentPair]
+    change_share: float
+    """Share of compared users whose segment differs after matching centres, 0..1."""
+    adjusted_rand: float
+    inertia_own_scaling: dict[str, float]
+    """Each model's inertia on the shadow's features, in its own scaled space."""
+    inertia_shadow_scaling: dict[str, float]
+    """Both in the shadow's scaled space (the other's centres re-expressed): comparable."""
+
+
+def compare_namespaces(
+    client: redis.Redis, shadow: str, other: str, config: FeatureConfig | None = None
+) -> Comparison:
+    """Compare the segmentations of ``shadow`` and ``other`` on the users present in both."""
+    models = {}
+    for ns in (shadow, other):
+        model = ModelStore(client, KeyLayout(ns)).load_current()
+        if model is None:
+            raise ConfigError(f"namespace {ns!r} has no published model")
+        models[ns] = model
+    ms, mo = models[shadow], models[other]
+    snap_s = read_snapshot(client, KeyLayout(shadow), _ALL_USERS, config)
+    snap_o = read_snapshot(client, KeyLayout(other), _ALL_USERS, config)
+    index_o = {u: i for i, u in enumerate(snap_o.user_ids)}
+    pairs_idx = [(i, index_o[u]) for i, u in enumerate(snap_s.user_ids) if u in index_o]
+    rows_s = np.array([i for i, _ in pairs_idx], dtype=np.intp)
+    rows_o = np.array([j for _, j in pairs_idx], dtype=np.intp)
+
+    def positions(model: SegmentModel, ids: np.ndarray) -> np.ndarray:
+        lookup = {seg_id: pos for pos, seg_id in enumerate(model.ids)}
+        return np.array([lookup.get(int(i), -1) for i in ids], dtype=np.intp)
+
+    pos_s = positions(ms, snap_s.segment_ids[rows_s])
+    pos_o = positions(mo, snap_o.segment_ids[rows_o])
+    valid = (pos_s >= 0) & (pos_o >= 0)
+    pos_s, pos_o = pos_s[valid], pos_o[valid]
+
+    centers_s = np.asarray(ms.centers, dtype=np.float64)
+    centers_o = remap_centers(mo.centers, mo.to_preprocessor(), ms.to_preprocessor())
+    match = match_centers(centers_o, centers_s, float("inf"))  # shadow position -> other's
+
+    X = snap_s.features[rows_s]
+    X = X[np.isfinite(X).all(axis=1)]
+    Z = ms.transform(X) if len(X) else np.empty((0, len(FEATURE_NAMES)))
+    has_rows = len(X) > 0
+    pairs = []
+    for p, q in enumerate(match.tolist()):
+        pairs.append(
+            SegmentPair(
+                shadow_id=ms.ids[p],
+                shadow_name=ms.names[p],
+                shadow_size=int((pos_s == p).sum()),
+                other_id=mo.ids[q] if q >= 0 else None,
+                other_name=mo.names[q] if q >= 0 else None,
+                other_size=int((pos_o == q).sum()) if q >= 0 else 0,
+                moved=_moved_fields(mo, q, ms, p) if q >= 0 else {},
+            )
+        )
+    for q in sorted(set(range(len(mo.ids))) - set(match.tolist())):
+        pairs.append(
+            SegmentPair(None, None, 0, mo.ids[q], mo.names[q], int((pos_o == q).sum()), {})
+        )
+    return Comparison(
+        shadow=shadow,
+        other=other,
+        common_users=len(pairs_idx),
+        compared_users=int(valid.sum()),
+        pairs=pairs,
+        change_share=segment_change_share(
+            pos_o, pos_s, centers_before=centers_o, centers_after=centers_s
+        ),
+        adjusted_rand=adjusted_rand(pos_o, pos_s) if len(pos_s) else float("nan"),
+        inertia_own_scaling={
+            shadow: model_inertia(ms, X) if has_rows else 0.0,
+            other: model_inertia(mo, X) if has_rows else 0.0,
+        },
+        inertia_shadow_scaling={
+            shadow: inertia(Z, centers_s) if has_rows else 0.0,
+            other: inertia(Z, centers_o) if has_rows else 0.0,
+        },
+    )
+
+
+def _moved_fields(
+    before: SegmentModel, q: int, after: SegmentModel, p: int
+) -> dict[str, tuple[float, float]]:
+    old = before.profiles[q].model_dump(exclude={"size", "share"})
+    new = after.profiles[p].model_dump(exclude={"size", "share"})
+    moved = {}
+    for name, was in old.items():
+        now = new[name]
+        scale = abs(was)
+        if (scale == 0 and now != 0) or (scale > 0 and abs(now - was) / scale > _PROFILE_CHANGE):
+            moved[name] = (float(was), float(now))
+    return moved
+
+
+def print_comparison(c: Comparison, console: Console | None = None) -> None:
+    """The comparison as tables on stdout."""
+    console = console or Console()
+    summary = Table(title=f"{c.shadow} vs {c.other}")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    summary.add_row("users in both", f"{c.common_users:,}")
+    summary.add_row("users with a segment in both", f"{c.compared_users:,}")
+    summary.add_row("segment differs (after id matching)", f"{c.change_share:.1%}")
+    summary.add_row("adjusted Rand index", f"{c.adjusted_rand:.3f}")
+    for ns in (c.shadow, c.other):
+        summary.add_row(f"inertia of {ns} (own scaling)", f"{c.inertia_own_scaling[ns]:,.1f}")
+        summary.add_row(
+            f"inertia of {ns} ({c.shadow}'s scaling)", f"{c.inertia_shadow_scaling[ns]:,.1f}"
+        )
+    console.print(summary)
+    sizes = Table(title="segments, matched by centre")
+    for heading in (f"{c.shadow} segment", "users", f"{c.other} segment", "users", "moved >20%"):
+        sizes.add_column(heading)
+    for pair in c.pairs:
+        sizes.add_row(
+            f"{pair.shadow_id} {pair.shadow_name}" if pair.shadow_id is not None else "-",
+            f"{pair.shadow_size:,}",
+            f"{pair.other_id} {pair.other_name}" if pair.other_id is not None else "-",
+            f"{pair.other_size:,}",
+            ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in pair.moved.items()) or "",
+        )
+    console.print(sizes)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def replay_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg replay``: rebuild a shadow namespace from the topic, train, re-score."""
+    from_ms = None if args.from_ == "earliest" else parse_time(args.from_, option="--from")
+    to_ms = None if args.to == "latest" else parse_time(args.to, option="--to")
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    result = replay(
+        settings,
+        args.namespace_out,
+        from_ms=from_ms,
+        to_ms=to_ms,
+        n_clusters=args.n_clusters,
+        seed=args.seed,
+        max_records=args.max_events,
+        progress=show,
+    )
+    if not result.complete:
+        print(
+            f"replay into {args.namespace_out} stopped after {result.records} records; "
+            "run the same command again to resume"
+        )
+        return 1
+    model = result.model
+    assert model is not None
+    print(
+        f"replayed {result.records} records into {args.namespace_out}; model v"
+        f"{model.model_version} ({len(model.ids)} segments) scored {result.rescored_users} users"
+    )
+    print(f"next: streamseg compare {args.namespace_out}; streamseg promote {args.namespace_out}")
+    return 0
+
+
+def compare_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg compare NAME [--with live|NAMESPACE]``."""
+    client = settings.redis.connect()
+    other = args.with_
+    if other == "live":
+        other = live_namespace(client, settings.redis.namespace)
+    print_comparison(compare_namespaces(client, args.name, other, settings.features))
+    return 0

@@ -1,0 +1,281 @@
+"""Replay into a shadow namespace, compare, promote and roll back, against the real servers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.exceptions import ConfigError
+from consumer.lookup import SegmentLookup
+from consumer.namespaces import drop_namespace, list_namespaces, promote, rollback
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.replay import compare_namespaces, replay
+from consumer.segment_record import encode_record
+from consumer.settings import Settings
+from consumer.snapshot import read_snapshot
+from model.features import FeatureConfig
+from tests.consumer.pipeline_support import (
+    as_records,
+    assert_state_matches,
+    canonical,
+    make_events,
+    produce,
+    read_state,
+    settings_for,
+)
+from tests.reference_features import recompute
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+ALL = 1 << 30
+
+
+def replay_setup(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    n_events: int = 3000,
+) -> tuple[Settings, list[dict[str, object]], PointerKeys]:
+    """A 3-partition topic holding ``n_events`` events (out of order, hostile ids)."""
+    topic = new_topic(partitions=3)
+    events = make_events(n_events, users=200, seed=11)
+    produce(kafka_bootstrap, topic, as_records(events))
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    settings.trainer.n_clusters = 4
+    return settings, events, PointerKeys(root=namespace)  # pointer keys isolated per test
+
+
+def test_replay_from_earliest_rebuilds_the_live_features(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    settings, events, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace)
+    live = SegmentPipeline(settings)
+    live.start()
+    try:
+        live.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        live.close()
+
+    shadow = f"{namespace}-shadow"
+    result = replay(settings, shadow, seed=3, pointer=pointer)
+
+    assert result.complete and result.records == len(events)
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(redis_client, shadow, list(expected)), expected)
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+    live_snap = read_snapshot(redis_client, KeyLayout(namespace), ALL)
+    shadow_snap = read_snapshot(redis_client, KeyLayout(shadow), ALL)
+    assert shadow_snap.user_ids == live_snap.user_ids
+    assert shadow_snap.watermark_ms == live_snap.watermark_ms
+    np.testing.assert_allclose(shadow_snap.features, live_snap.features, rtol=1e-9, atol=1e-12)
+    # The shadow's model scored every user; the live namespace is untouched (cold start).
+    assert result.model is not None and result.rescored_users == len(expected)
+    records = [SegmentLookup(redis_client, shadow).get(u) for u in expected]
+    assert all(r is not None and r.model_version == result.model.model_version for r in records)
+    sizes = {
+        int(k): int(v) for k, v in redis_client.hgetall(KeyLayout(shadow).segment_sizes).items()
+    }
+    assert sum(sizes.values()) == len(expected)
+    assert redis_client.get(KeyLayout(namespace).model_version) is None
+    assert (shadow_snap.segment_ids >= 0).all() and (live_snap.segment_ids == -1).all()
+
+
+def test_two_replays_with_one_seed_agree_exactly(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    settings, _, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace)
+    first, second = f"{namespace}-a", f"{namespace}-b"
+    one = replay(settings, first, seed=7, pointer=pointer)
+    two = replay(settings, second, seed=7, pointer=pointer)
+
+    a = read_snapshot(redis_client, KeyLayout(first), ALL)
+    b = read_snapshot(redis_client, KeyLayout(second), ALL)
+    assert a.user_ids == b.user_ids
+    np.testing.assert_array_equal(a.states, b.states)
+    np.testing.assert_array_equal(a.features, b.features)
+    assert one.model is not None and two.model is not None
+    np.testing.assert_array_equal(np.array(one.model.centers), np.array(two.model.centers))
+    assert (one.model.ids, one.model.names) == (two.model.ids, two.model.names)
+
+    comparison = compare_namespaces(redis_client, first, second)
+    assert comparison.common_users == comparison.compared_users == len(a)
+    assert comparison.change_share == 0.0
+    assert comparison.adjusted_rand == pytest.approx(1.0)
+    assert all(p.shadow_size == p.other_size and not p.moved for p in comparison.pairs)
+
+
+def test_an_interrupted_replay_resumes_without_double_counting(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    settings, events, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace)
+    shadow = f"{namespace}-shadow"
+    partial = replay(settings, shadow, max_records=1000, pointer=pointer)
+    assert not partial.complete and partial.records == 1000 and partial.model is None
+    assert redis_client.get(KeyLayout(shadow).model_version) is None
+
+    rest = replay(settings, shadow, pointer=pointer, progress=True)
+
+    assert rest.complete and rest.model is not None
+    assert sum(rest.skipped.values()) == 1000  # resumed from the committed offsets
+    assert rest.records == len(events) - 1000
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(redis_client, shadow, list(expected)), expected)
+
+
+def write_namespace(client: redis.Redis, ns: str, users: list[str], version: int) -> None:
+    """Records of ``users`` naming model ``version``, and a current model version."""
+    keys = KeyLayout(ns)
+    client.mset(
+        {
+            keys.segment(u): encode_record(
+                u,
+                segment_id=0,
+                segment="champions",
+                tier=1,
+                model_version=version,
+                distance=0.5,
+                top_category_spend=None,
+                top_category_views=None,
+                event_time="2026-01-01T00:00:00.000Z",
+                computed_at="2026-01-01T00:00:00.000Z",
+            )
+            for u in users
+        }
+    )
+    client.set(keys.model_version, version)
+
+
+def test_promote_and_rollback_switch_readers_atomically(
+    redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    blue, green = f"{namespace}-blue", f"{namespace}-green"
+    users = [f"u{i}" for i in range(300)] + ["{odd}", "a b%"]
+    write_namespace(redis_client, blue, users, version=1)
+    write_namespace(redis_client, green, users, version=2)
+    pointer = PointerKeys(root=namespace)
+    promote(redis_client, blue, pointer)
+
+    reader = SegmentLookup(
+        redis.Redis.from_url(redis_url), namespace=None, fallback_namespace=blue, pointer=pointer
+    )
+    done = threading.Event()
+    seen: list[tuple[str | None, set[int | None]]] = []
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                many = {r.model_version if r else None for r in reader.get_many(users)}
+                seen.append((reader.last_namespace, many))
+                one = reader.get(users[-1])
+                seen.append((reader.last_namespace, {one.model_version if one else None}))
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for i in range(50):
+            if i % 2 == 0:
+                promote(redis_client, green, pointer)
+            else:
+                rollback(redis_client, pointer)
+    finally:
+        done.set()
+        thread.join(30)
+    assert not failures
+    wanted = {blue: {1}, green: {2}}
+    assert all(versions == wanted[ns] for ns, versions in seen if ns is not None)
+    assert {ns for ns, _ in seen} == {blue, green}  # the switches were seen by the reader
+    assert redis_client.get(pointer.live) == blue.encode()  # the 50th switch was a rollback
+
+
+def test_drop_refuses_the_live_namespace_and_deletes_another(
+    namespace: str, redis_client: redis.Redis
+) -> None:
+    blue, green = f"{namespace}-blue", f"{namespace}-green"
+    write_namespace(redis_client, blue, ["u1", "u2"], version=1)
+    write_namespace(redis_client, green, ["u1", "u2"], version=2)
+    pointer = PointerKeys(root=namespace)
+    promote(redis_client, blue, pointer)
+    promote(redis_client, green, pointer)
+
+    with pytest.raises(ConfigError, match="live"):
+        drop_namespace(redis_client, green, configured=blue, pointer=pointer)
+    with pytest.raises(ConfigError, match="configured"):
+        drop_namespace(redis_client, blue, configured=blue, pointer=pointer)
+    listed = {n.name: n for n in list_namespaces(redis_client, "streamseg-unused", pointer)}
+    assert listed[green].live and listed[green].model_version == 2
+
+    deleted = drop_namespace(redis_client, blue, configured="streamseg-unused", pointer=pointer)
+
+    assert deleted == 3  # two records and the model version
+    assert redis_client.get(KeyLayout(green).segment("u1")) is not None
+    assert redis_client.get(pointer.previous) is None  # no rollback into a dropped namespace
+
+
+def test_the_commands_replay_compare_promote_and_drop(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, as_records(make_events(2000, users=150, seed=4)))
+    for name, value in {
+        "KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA__EVENTS_TOPIC": topic,
+        "KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+        "KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "KAFKA__GROUP_ID": f"g-{topic}",
+        "REDIS__URL": redis_url,
+        "REDIS__NAMESPACE": namespace,
+        "TRAINER__N_CLUSTERS": "4",
+    }.items():
+        monkeypatch.setenv(f"STREAMSEG_{name}", value)
+    first, second = f"{namespace}-a", f"{namespace}-b"
+    pointer = PointerKeys()  # the commands use the real pointer keys of this test server
+    try:
+        for name in (first, second):
+            argv = ["replay", "--from", "earliest", "--namespace-out", name, "--no-progress"]
+            assert main([*argv, "--seed", "1"]) == 0
+        assert main(["compare", first, "--with", second]) == 0
+        assert main(["promote", first]) == 0
+        assert main(["drop", first]) == 2  # live: refused
+        assert main(["namespaces"]) == 0
+        assert main(["promote", second]) == 0
+        assert main(["rollback-namespace"]) == 0
+        assert redis_client.get(pointer.live) == first.encode()
+        out = capsys.readouterr().out
+        assert "adjusted Rand index" in out and "1.000" in out
+        assert f"* {first}" in out
+        assert main(["drop", second]) == 0
+        assert read_snapshot(redis_client, KeyLayout(second), ALL).total_users == 0
+        # Replaying into a dropped namespace starts over despite its group's committed offsets.
+        assert main([*argv, "--seed", "1"]) == 0
+        assert read_snapshot(redis_client, KeyLayout(second), ALL).total_users == 150
+    finally:
+        redis_client.delete(pointer.live, pointer.previous)
+        redis_client.srem(pointer.registry, first, second)
