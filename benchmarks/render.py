@@ -1,0 +1,214 @@
+"""Render benchmarks/results.json as a markdown table (stdout) and docs/performance.md.
+
+.venv/bin/python benchmarks/render.py [results.json] [docs/performance.md]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _get(R: dict[str, Any], *path: str) -> Any:
+    cur: Any = R
+    for p in path:
+        if not isinstance(cur, dict) or p not in cur:
+            return None
+        cur = cur[p]
+    return cur
+
+
+def _rate(s: dict[str, float] | None) -> str:
+    if not s:
+        return "not measured"
+    return f"{s['median']:,.0f} (min {s['min']:,.0f}, max {s['max']:,.0f}, n={s['n']})"
+
+
+def _ms(p: dict[str, float] | None) -> str:
+    if not p or not p.get("n"):
+        return "not measured"
+    return f"p50 {p['p50']:.2f} / p95 {p['p95']:.2f} / p99 {p['p99']:.2f} ms (n={p['n']})"
+
+
+def _num(v: Any, fmt: str = "{:,.2f}") -> str:
+    return "not measured" if v is None else fmt.format(v)
+
+
+def render_table(R: dict[str, Any]) -> str:
+    m = R.get("machine", {})
+    e2e = _get(R, "e2e", "records_per_s")
+    raw = _get(R, "ceilings", "raw_consume_records_per_s")
+    dec = _get(R, "ceilings", "decode_validate_records_per_s")
+    wr = _get(R, "ceilings", "redis_write_users_per_s")
+    naive = _get(R, "naive", "records_per_s")
+
+    def ratio(a: dict[str, float] | None, b: dict[str, float] | None) -> str:
+        return f"{a['median'] / b['median']:.2f}x" if a and b else "n/a"
+
+    cfg = R.get("config", {})
+    rows = [
+        (
+            "Machine",
+            f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gb')} GB RAM, "
+            f"Python {m.get('python')}",
+        ),
+        ("Date (UTC)", m.get("date", "")),
+        (
+            "Load average (1/5/15 min) at start / end (other jobs share the machine)",
+            f"{m.get('loadavg_start', '?')} / {m.get('loadavg_end', '?')}",
+        ),
+        ("Servers", ", ".join(f"{k}: {v}" for k, v in m.get("servers", {}).items())),
+        (
+            "Input",
+            f"{_get(R, 'data', 'records') or 0:,} records, "
+            f"{_get(R, 'data', 'distinct_keys') or 0:,} distinct users, "
+            f"{cfg.get('repeats')} repeats; {_get(R, 'data', 'generator')}",
+        ),
+        (
+            "**1. End to end**, records/s (topic -> segment record in Redis, in-process "
+            "`SegmentPipeline.run`, first batch to last)",
+            _rate(e2e),
+        ),
+        (
+            "1. End to end, records per CPU-second of the benchmark process (all threads, "
+            "start-up included)",
+            _rate(_get(R, "e2e", "records_per_cpu_s")),
+        ),
+    ]
+    if _get(R, "e2e_large"):
+        rows.append(
+            (
+                f"1b. End to end at {R['e2e_large']['users']:,} users "
+                f"({R['e2e_large']['distinct_keys']:,} distinct), records/s",
+                _rate(_get(R, "e2e_large", "records_per_s")),
+            )
+        )
+    rows += [
+        ("2a. Raw consume ceiling (`consume(5000)`, no processing), records/s", _rate(raw)),
+        ("2b. Decode + validate alone (`decode_events`, 5k batches), records/s", _rate(dec)),
+        (
+            "2c. Redis batch write alone (`StateStore.write`, 5k users + records + samples), "
+            "users/s",
+            _rate(wr),
+        ),
+        ("Pipeline / raw consume", ratio(e2e, raw)),
+        ("Pipeline / decode", ratio(e2e, dec)),
+        ("Pipeline / Redis write", ratio(e2e, wr)),
+        (
+            f"**3. Naive baseline** (per event: decode, GET, update, predict 1 row, SET), "
+            f"records/s on {_get(R, 'naive', 'records') or 0:,}",
+            _rate(naive),
+        ),
+        ("Pipeline / naive", ratio(e2e, naive)),
+    ]
+    lat = R.get("latency", {})
+    for key, val in lat.items():
+        if isinstance(val, dict) and "latency_ms" in val:
+            rows.append(
+                (
+                    f"**4. Produce -> segment record latency** at {int(key):,} events/s offered "
+                    f"(sent {val['achieved_send_events_per_s']:,.0f}/s; "
+                    f"{val['probes_not_seen_within_5s']} of {val['probes']} probes unseen)",
+                    _ms(val["latency_ms"]),
+                )
+            )
+    if lat.get("method"):
+        rows.append(("Latency method", lat["method"]))
+    rows.append(
+        (
+            "Lookup: redis-py GET of a segment record (10k lookups, throughput namespace)",
+            _ms(R.get("lookup_get_ms")),
+        )
+    )
+    rows.append(("Lookup: same, while idle after latency run", _ms(lat.get("lookup_get_ms"))))
+    mem = R.get("memory", {})
+    rows += [
+        (
+            "**5. Consumer peak RSS** (separate `consumer.cli run` process, VmHWM from /proc)",
+            _num(mem.get("consumer_peak_rss_mb"), "{:,.1f} MB"),
+        ),
+        (
+            "Redis bytes per user (`MEMORY USAGE` state + segment record, sampled)",
+            _num(mem.get("bytes_per_user_state_plus_record"), "{:,.0f} B"),
+        ),
+        (
+            "Redis bytes per user (INFO used_memory delta / users, incl. 200k-row training buffer)",
+            _num(mem.get("used_memory_delta_per_distinct_user"), "{:,.0f} B"),
+        ),
+    ]
+    if R.get("memory_large"):
+        rows.append(
+            (
+                "Redis bytes per user at large user count (`MEMORY USAGE`)",
+                _num(R["memory_large"].get("bytes_per_user_state_plus_record"), "{:,.0f} B"),
+            )
+        )
+    mod = R.get("model", {})
+    if mod:
+        rows += [
+            (
+                f"**6. Model** data: {mod['users_with_events']:,} users, {mod['events']:,} events, "
+                f"{mod['n_features']} features, K={mod['k']} (= planted types)",
+                "",
+            ),
+            (
+                "StreamingSegmenter.partial_fit (5k-row batches), rows/s",
+                _rate(mod.get("partial_fit_rows_per_s")),
+            ),
+            (
+                f"SegmentModel.assign on {mod['assign_shape'][0]:,} x "
+                f"{mod['assign_shape'][1]}, rows/s",
+                _rate(mod.get("assign_rows_per_s")),
+            ),
+            (
+                f"River KMeans learn_one + predict_one ({mod['river_rows_timed']:,} rows), rows/s",
+                _rate(mod.get("river_rows_per_s")),
+            ),
+            (
+                "ARI vs planted types: streaming / River / offline KMeans(n_init=10)",
+                f"{mod['streaming_ari']:.3f} / {mod['river_ari']:.3f} / "
+                f"{mod['offline_kmeans_ari']:.3f}",
+            ),
+            (
+                "Inertia / offline KMeans(n_init=10): streaming / River",
+                f"{mod['streaming_inertia_ratio']:.3f} / {mod['river_inertia_ratio']:.3f}",
+            ),
+        ]
+    for g in R.get("goals", []):
+        verdict = "not measured" if g["met"] is None else ("MET" if g["met"] else "NOT MET")
+        v = g["value"]
+        rows.append((f"Goal: {g['goal']}", f"{verdict} ({_num(v, '{:,.2f}')})"))
+    lines = ["| measurement | value |", "| --- | --- |"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(R: dict[str, Any]) -> str:
+    m = R.get("machine", {})
+    return (
+        "# streamseg performance\n\n"
+        f"Generated by `make bench` (`benchmarks/run.py`, then `benchmarks/render.py`) on "
+        f"{m.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores, shared and "
+        "noisy machine; Kafka broker, Redis, consumer and load generator all on the same 2 "
+        "cores). Rates are medians of repeated runs with min and max; see the Input row for the "
+        "event mix.\n\n" + render_table(R) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    src = Path(argv[0]) if argv else ROOT / "benchmarks" / "results.json"
+    dst = Path(argv[1]) if len(argv) > 1 else ROOT / "docs" / "performance.md"
+    R = json.loads(src.read_text())
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(render_markdown(R))
+    print(f"wrote {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

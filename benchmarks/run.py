@@ -1,0 +1,906 @@
+"""streamseg benchmarks: one run, one machine, one table (printed) and benchmarks/results.json.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--repeats N] [--events N] [--users N]
+                                       [--users-large N] [--profile]
+
+Uses Kafka and Redis from STREAMSEG_KAFKA__BOOTSTRAP_SERVERS / STREAMSEG_REDIS__URL when set,
+otherwise starts its own `devstack.stack.LocalStack`. Every rate is the median of ``--repeats``
+runs with min and max (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+import redis  # noqa: E402
+from common import (  # noqa: E402
+    TYPE_MAP,
+    build_model,
+    chunks,
+    delete_namespace,
+    generate_records,
+    machine,
+    offline_features,
+    percentiles,
+    produce_all,
+    publish,
+    summary,
+    uniform_records,
+)
+from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from consumer.kafka_clients import consumer_config  # noqa: E402
+from consumer.pipeline import SegmentPipeline  # noqa: E402
+from consumer.redis_keys import KeyLayout  # noqa: E402
+from consumer.segment_record import encode_record, iso_ms  # noqa: E402
+from consumer.settings import Settings, load_settings  # noqa: E402
+from consumer.state_store import BatchWrite, StateStore  # noqa: E402
+from model.events import DecodeLimits, decode_events  # noqa: E402
+from model.features import (  # noqa: E402
+    COL,
+    FEATURE_NAMES,
+    STATE_WIDTH,
+    EventColumns,
+    FeatureConfig,
+    apply_events,
+    category_codes,
+    derive_features,
+    empty_state,
+)
+from model.model_format import SegmentModel  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results.json"
+GOALS = {
+    "e2e_events_per_s": 100_000,
+    "ratio_to_raw_consume": 0.5,
+    "ratio_to_naive": 10.0,
+    "p99_ms_at_20k": 100.0,
+}
+log = logging.getLogger("bench")
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, redis_url: str) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.redis_url = redis_url
+        self.client = redis.Redis.from_url(redis_url)
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.run_id = uuid.uuid4().hex[:6]
+        self.topics: list[str] = []
+        self.namespaces: list[str] = []
+        self.results: dict[str, Any] = {}
+        self.model: SegmentModel | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def topic(self, name: str, partitions: int = 1) -> str:
+        topic = f"bench-{self.run_id}-{name}"
+        fut = self.admin.create_topics([NewTopic(topic, partitions, 1)])[topic]
+        fut.result(30)
+        deadline = time.monotonic() + 30
+        while True:
+            md = self.admin.list_topics(topic=topic, timeout=5).topics.get(topic)
+            if (
+                md
+                and md.error is None
+                and md.partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no leader")
+            time.sleep(0.05)
+        self.topics.append(topic)
+        return topic
+
+    def namespace(self, name: str) -> str:
+        ns = f"bench-{self.run_id}-{name}"
+        self.namespaces.append(ns)
+        return ns
+
+    def settings(self, topic: str, namespace: str, group: str, **extra: Any) -> Settings:
+        return load_settings(
+            None,
+            **{
+                "kafka.bootstrap_servers": self.bootstrap,
+                "kafka.events_topic": topic,
+                "kafka.segments_topic": f"{topic}.segments",
+                "kafka.dead_letter_topic": f"{topic}.dlq",
+                "kafka.group_id": group,
+                "redis.url": self.redis_url,
+                "redis.namespace": namespace,
+                **extra,
+            },
+        )
+
+    def cleanup(self) -> None:
+        for ns in self.namespaces:
+            with contextlib.suppress(redis.RedisError):
+                delete_namespace(self.client, ns)
+        self.namespaces.clear()
+        topics = [t for base in self.topics for t in (base, f"{base}.segments", f"{base}.dlq")]
+        if topics:
+            with contextlib.suppress(Exception):
+                for f in self.admin.delete_topics(topics, operation_timeout=10).values():
+                    with contextlib.suppress(Exception):
+                        f.result(15)
+
+    # -- model ----------------------------------------------------------------------------
+
+    def bootstrap_model(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        _, X = offline_features(records)
+        self.model = build_model(X)
+        self.results["model_bootstrap"] = {"rows": len(X), "segments": self.model.names}
+
+    # -- 1. end-to-end throughput ---------------------------------------------------------
+
+    def pipeline_pass(self, topic: str, n_records: int, label: str) -> dict[str, float]:
+        ns = self.namespace(f"{label}-{uuid.uuid4().hex[:4]}")
+        assert self.model is not None
+        publish(self.client, ns, self.model)
+        settings = self.settings(topic, ns, f"g-{ns}")
+        pipe = SegmentPipeline(settings)
+        first: list[float] = []
+        last = [0.0]
+        batches = [0]
+        inner = pipe.process
+
+        def timed(messages):  # type: ignore[no-untyped-def]
+            if not first:
+                first.append(time.perf_counter())
+            out = inner(messages)
+            last[0] = time.perf_counter()
+            batches[0] += 1
+            return out
+
+        pipe.process = timed  # type: ignore[method-assign]
+        used_before = int(self.client.info("memory")["used_memory"])
+        cpu_before = time.process_time()
+        pipe.start()
+        try:
+            totals = pipe.run(max_records=n_records, idle_exit_seconds=10.0)
+        finally:
+            pipe.close()
+        cpu_seconds = time.process_time() - cpu_before
+        if not first or totals.records < n_records:
+            raise RuntimeError(f"pipeline saw {totals.records} of {n_records} records")
+        elapsed = last[0] - first[0]
+        out = {
+            "records": totals.records,
+            "applied": totals.applied,
+            "dead_lettered": totals.dead_lettered,
+            "ignored": totals.ignored,
+            "users_touched_sum_over_batches": totals.users,
+            "batches": batches[0],
+            "seconds": elapsed,
+            "records_per_s": totals.records / elapsed,
+            # CPU of this process (all threads, start-up included): less sensitive to a busy
+            # machine than the wall-clock rate.
+            "cpu_seconds": cpu_seconds,
+            "records_per_cpu_s": totals.records / cpu_seconds,
+            "namespace": ns,
+            "used_memory_delta": int(self.client.info("memory")["used_memory"]) - used_before,
+        }
+        return out
+
+    def e2e(self, topic: str, n_records: int, label: str, repeats: int) -> dict[str, Any]:
+        runs = []
+        for r in range(repeats):
+            res = self.pipeline_pass(topic, n_records, label)
+            say(
+                f"  {label} run {r + 1}/{repeats}: {res['records_per_s']:,.0f} records/s "
+                f"({res['seconds']:.2f} s, {res['batches']} batches)"
+            )
+            runs.append(res)
+            if r < repeats - 1:
+                delete_namespace(self.client, res["namespace"])
+        last_ns = runs[-1]["namespace"]
+        return {
+            "records_per_s": summary([r["records_per_s"] for r in runs]),
+            "records_per_cpu_s": summary([r["records_per_cpu_s"] for r in runs]),
+            "runs": [{k: v for k, v in r.items() if k != "namespace"} for r in runs],
+            "namespace": last_ns,
+        }
+
+    # -- 2. ceilings ------------------------------------------------------------------------
+
+    def raw_consume(
+        self, topic: str, n_records: int
+    ) -> tuple[float, list[bytes | None], list[bytes | None]]:
+        settings = self.settings(topic, "unused", f"g-raw-{uuid.uuid4().hex[:6]}")
+        consumer = Consumer(consumer_config(settings.kafka))
+        consumer.subscribe([topic])
+        values: list[bytes | None] = []
+        keys: list[bytes | None] = []
+        n = 0
+        first = 0.0
+        deadline = time.monotonic() + 120
+        try:
+            while n < n_records and time.monotonic() < deadline:
+                msgs = consumer.consume(5000, 1.0)
+                if not msgs:
+                    continue
+                if not first:
+                    first = time.perf_counter()
+                for m in msgs:
+                    if m.error() is None:
+                        n += 1
+                        if len(values) < n_records:
+                            values.append(m.value())
+                            keys.append(m.key())
+            end = time.perf_counter()
+        finally:
+            consumer.close()
+        if n < n_records:
+            raise RuntimeError(f"raw consume saw {n} of {n_records}")
+        return n / (end - first), values, keys
+
+    def decode_rate(self, values: list[bytes | None], keys: list[bytes | None]) -> float:
+        began = time.perf_counter()
+        for start in range(0, len(values), 5000):
+            decode_events(
+                values[start : start + 5000],
+                keys[start : start + 5000],
+                type_map=TYPE_MAP,
+                limits=DecodeLimits(),
+            )
+        return len(values) / (time.perf_counter() - began)
+
+    def redis_write_rate(self, users: int, batch: int = 5000) -> float:
+        ns = self.namespace(f"write-{uuid.uuid4().hex[:4]}")
+        store = StateStore(self.client, KeyLayout(ns), training_buffer_rows=200_000)
+        rng = np.random.default_rng(0)
+        computed_at = iso_ms(time.time() * 1000)
+        prepared = []
+        for start in range(0, users, batch):
+            ids = [f"w{i}" for i in range(start, min(users, start + batch))]
+            states = rng.random((len(ids), STATE_WIDTH))
+            recs = [
+                encode_record(
+                    u,
+                    segment_id=3,
+                    segment="bargain hunters",
+                    tier=2,
+                    model_version=1,
+                    distance=0.8123,
+                    top_category_spend="fashion",
+                    top_category_views="home",
+                    event_time=computed_at,
+                    computed_at=computed_at,
+                )
+                for u in ids
+            ]
+            prepared.append(
+                BatchWrite(
+                    user_ids=ids,
+                    states=states,
+                    segment_records=recs,
+                    training_rows=rng.random((len(ids), len(FEATURE_NAMES))),
+                    counters={"records": len(ids), "applied": len(ids)},
+                    watermark_ms=time.time() * 1000,
+                )
+            )
+        began = time.perf_counter()
+        for w in prepared:
+            store.write(w)
+        rate = users / (time.perf_counter() - began)
+        delete_namespace(self.client, ns)
+        return rate
+
+    # -- 3. naive baseline ------------------------------------------------------------------
+
+    def naive(self, records: list[tuple[bytes | None, bytes]]) -> float:
+        """One event at a time: decode+validate, GET state, update, predict one row, SET."""
+        assert self.model is not None
+        ns = self.namespace(f"naive-{uuid.uuid4().hex[:4]}")
+        keys = KeyLayout(ns)
+        model = self.model
+        config = FeatureConfig()
+        cache: dict[str, float] = {}
+        client = self.client
+        began = time.perf_counter()
+        for offset, (key, value) in enumerate(records):
+            batch, _ = decode_events([value], [key], type_map=TYPE_MAP)
+            if not len(batch):
+                continue
+            user = batch.user_id[0]
+            raw = client.get(keys.state(user))
+            state = (
+                np.frombuffer(raw, np.float64).reshape(1, STATE_WIDTH).copy()
+                if raw and len(raw) == STATE_WIDTH * 8
+                else empty_state(1)
+            )
+            cols = EventColumns(
+                user=np.zeros(1, np.int64),
+                ts_ms=batch.ts_ms,
+                type_code=batch.type_code,
+                amount=batch.amount,
+                category_code=category_codes(batch.category, cache),
+                partition=np.zeros(1, np.int64),
+                offset=np.array([offset], np.int64),
+            )
+            apply_events(state, cols, config)
+            features = derive_features(state, state[:, COL["last_ts_ms"]], config)
+            ids, positions, dist = model.assign(features)
+            p = int(positions[0])
+            record = encode_record(
+                user,
+                segment_id=int(ids[0]),
+                segment=model.names[p],
+                tier=model.tiers[p],
+                model_version=model.model_version,
+                distance=float(dist[0]),
+                top_category_spend=None,
+                top_category_views=None,
+                event_time=iso_ms(state[0, COL["last_ts_ms"]]),
+                computed_at=iso_ms(time.time() * 1000),
+            )
+            pipe = client.pipeline(transaction=False)
+            pipe.set(keys.state(user), state.tobytes())
+            pipe.set(keys.segment(user), record)
+            pipe.execute()
+        rate = len(records) / (time.perf_counter() - began)
+        delete_namespace(self.client, ns)
+        return rate
+
+    # -- 4. latency -------------------------------------------------------------------------
+
+    def latency(self, rates: list[int], seconds: float, users: int) -> dict[str, Any]:
+        """Produce at fixed rates into a topic a separate `consumer.cli run` process consumes.
+
+        Method: every ~1/100th event (>= 100/s) is a probe for a fresh user id; a poller thread
+        MGETs the pending probes' segment keys every ~1 ms and records the time from just before
+        ``produce()`` to the first poll that sees the record (same clock, same process).
+        """
+        assert self.model is not None
+        topic = self.topic("latency")
+        ns = self.namespace("latency")
+        publish(self.client, ns, self.model)
+        env = {
+            **os.environ,
+            "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+            "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
+            "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+            "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+            "STREAMSEG_KAFKA__GROUP_ID": f"g-{ns}",
+            "STREAMSEG_REDIS__URL": self.redis_url,
+            "STREAMSEG_REDIS__NAMESPACE": ns,
+            "PYTHONPATH": str(ROOT),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        keys = KeyLayout(ns)
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "enable.idempotence": True,
+            }
+        )
+        poll_client = redis.Redis.from_url(self.redis_url)
+        out: dict[str, Any] = {
+            "method": (
+                "probe events for fresh user ids (>=100/s); a poller thread MGETs pending probe "
+                "segment keys every ~1 ms; latency = first poll seeing the record - time just "
+                "before produce() (producer linger.ms=5 included); pipeline in a separate process "
+                "(python -m consumer.cli run, batch_size 5000, batch_timeout_ms 50)"
+            )
+        }
+        try:
+            # Warm up: wait until the consumer has its partition and writes records.
+            deadline = time.monotonic() + 90
+            n = 0
+            while True:
+                user = f"warm-{n}"
+                producer.produce(topic, key=user.encode(), value=self._event(user, n))
+                producer.flush(5)
+                n += 1
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 1.0 and not poll_client.exists(keys.segment(user)):
+                    time.sleep(0.01)
+                if poll_client.exists(keys.segment(user)):
+                    break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+                    raise RuntimeError(f"consumer process not ready (rc={proc.poll()}): {err}")
+            # Warm-up at the first rate (not measured): first-batch costs, connections.
+            self._offered_load(producer, poll_client, keys, topic, rates[0], 2.0, users)
+            for rate in rates:
+                say(f"  latency at {rate:,} events/s for {seconds:.0f} s")
+                out[str(rate)] = self._offered_load(
+                    producer, poll_client, keys, topic, rate, seconds, users
+                )
+                time.sleep(1.0)
+        finally:
+            # Peak RSS of the consumer since its exec: VmHWM from /proc, read before it exits.
+            # (wait4's ru_maxrss is not used: on Linux it includes the forked image of this
+            # large benchmark process before exec, which overstated it as ~2.9 GB.)
+            hwm = _vm_hwm_mb(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            out["consumer_peak_rss_mb"] = hwm
+            out["consumer_peak_rss_method"] = "VmHWM of /proc/<pid>/status just before SIGTERM"
+            producer.flush(5)
+        # Lookup latency of a segment record, as a personalization service reads it.
+        seg_keys = [keys.segment(f"lat-u{i}") for i in range(users)]
+        existing = [
+            k
+            for k, v in zip(seg_keys[:20000], self.client.mget(seg_keys[:20000]), strict=True)
+            if v
+        ]
+        rng = np.random.default_rng(1)
+        lookups = []
+        if existing:
+            sample = rng.choice(len(existing), size=10_000)
+            get = poll_client.get
+            for i in sample.tolist():
+                t = time.perf_counter()
+                get(existing[i])
+                lookups.append((time.perf_counter() - t) * 1000)
+        out["lookup_get_ms"] = percentiles(lookups)
+        return out
+
+    @staticmethod
+    def _event(user: str, seq: int, etype: str = "view") -> bytes:
+        event: dict[str, Any] = {
+            "event_id": f"lat-{seq}",
+            "user_id": user,
+            "type": etype,
+            "ts": int(time.time() * 1000),
+            "category": "books",
+        }
+        if etype == "purchase":
+            event["amount"] = 42.5
+        return orjson.dumps(event)
+
+    def _offered_load(
+        self,
+        producer: Producer,
+        poll_client: redis.Redis,
+        keys: KeyLayout,
+        topic: str,
+        rate: int,
+        seconds: float,
+        users: int,
+    ) -> dict[str, Any]:
+        pending: dict[str, float] = {}
+        lock = threading.Lock()
+        latencies: list[float] = []
+        sending = threading.Event()
+        sending.set()
+        probe_every = max(1, rate // 100)
+
+        def poller() -> None:
+            while sending.is_set() or pending:
+                with lock:
+                    items = list(pending.items())
+                if items:
+                    vals = poll_client.mget([k for k, _ in items])
+                    now = time.perf_counter()
+                    with lock:
+                        for (k, sent), v in zip(items, vals, strict=True):
+                            if v is not None:
+                                latencies.append((now - sent) * 1000)
+                                pending.pop(k, None)
+                if not sending.is_set() and time.perf_counter() > stop_at[0]:
+                    break
+                time.sleep(0.001)
+
+        stop_at = [float("inf")]
+        thread = threading.Thread(target=poller, daemon=True)
+        thread.start()
+        rng = np.random.default_rng(rate)
+        user_pick = rng.integers(0, users, size=int(rate * seconds) + 10).tolist()
+        kinds = rng.random(size=len(user_pick)).tolist()
+        sent = 0
+        probes = 0
+        began = time.perf_counter()
+        total = int(rate * seconds)
+        tag = uuid.uuid4().hex[:4]
+        while sent < total:
+            due = min(total, int((time.perf_counter() - began) * rate) + 1)
+            while sent < due:
+                if sent % probe_every == 0:
+                    user = f"probe-{tag}-{rate}-{probes}"
+                    probes += 1
+                    value = self._event(user, sent)
+                    with lock:
+                        pending[keys.segment(user)] = time.perf_counter()
+                    producer.produce(topic, key=user.encode(), value=value)
+                else:
+                    user = f"lat-u{user_pick[sent]}"
+                    etype = (
+                        "purchase"
+                        if kinds[sent] < 0.05
+                        else ("cart" if kinds[sent] < 0.15 else "view")
+                    )
+                    producer.produce(topic, key=user.encode(), value=self._event(user, sent, etype))
+                sent += 1
+            producer.poll(0)
+            time.sleep(0.0005)
+        send_seconds = time.perf_counter() - began
+        producer.flush(10)
+        sending.clear()
+        stop_at[0] = time.perf_counter() + 5.0
+        thread.join(10)
+        with lock:
+            missing = len(pending)
+        return {
+            "offered_events_per_s": rate,
+            "achieved_send_events_per_s": sent / send_seconds,
+            "probes": probes,
+            "probes_not_seen_within_5s": missing,
+            "latency_ms": percentiles(latencies),
+        }
+
+    # -- 5. memory --------------------------------------------------------------------------
+
+    def redis_memory(self, namespace: str, sample: int = 2000) -> dict[str, Any]:
+        keys = KeyLayout(namespace)
+        users = []
+        for key in self.client.scan_iter(match=keys.state_pattern, count=5000):
+            users.append(keys.user_from_state_key(key.decode()))
+            if len(users) >= sample:
+                break
+        pipe = self.client.pipeline(transaction=False)
+        for u in users:
+            pipe.memory_usage(keys.state(u), samples=0)
+            pipe.memory_usage(keys.segment(u), samples=0)
+        vals = pipe.execute()
+        per_user = [(a or 0) + (b or 0) for a, b in zip(vals[::2], vals[1::2], strict=True)]
+        seg = [b or 0 for b in vals[1::2]]
+        return {
+            "sampled_users": len(users),
+            "bytes_per_user_state_plus_record": float(np.mean(per_user)) if per_user else 0.0,
+            "bytes_per_user_record_only": float(np.mean(seg)) if seg else 0.0,
+        }
+
+    # -- 6. model ---------------------------------------------------------------------------
+
+    def model_bench(self, users: int, days: float, repeats: int) -> dict[str, Any]:
+        from river import cluster
+        from sklearn.cluster import KMeans
+
+        from consumer.synthetic import EventGenerator, GeneratorConfig
+        from model.quality import adjusted_rand, inertia, offline_inertia
+        from model.segmenter import StreamingSegmenter, limit_threads
+
+        gen = EventGenerator(GeneratorConfig(users=users, days=days, seed=7, valid_only=True))
+        records = list(gen.records())
+        planted = gen.planted_types()
+        ids, X = offline_features(records)
+        truth = [planted[u] for u in ids]
+        model = build_model(X[: max(2000, len(X) // 5)])
+        Z = model.transform(X)
+        k = len(set(truth))
+        out: dict[str, Any] = {
+            "users_with_events": len(ids),
+            "events": len(records),
+            "n_features": Z.shape[1],
+            "k": k,
+        }
+
+        # partial_fit rows/s on 5k-row batches
+        rng = np.random.default_rng(0)
+        big = Z[rng.integers(0, len(Z), size=100_000)]
+        rates = []
+        for _ in range(repeats):
+            seg = StreamingSegmenter(n_clusters=k, random_state=0).fit(Z[:2000])
+            t = time.perf_counter()
+            for part in chunks(big, 5000):
+                seg.partial_fit(part)
+            rates.append(len(big) / (time.perf_counter() - t))
+        out["partial_fit_rows_per_s"] = summary(rates)
+
+        # assignment on 5k rows
+        Xa = X[rng.integers(0, len(X), size=5000)]
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(100):
+                model.assign(Xa)
+            rates.append(100 * 5000 / (time.perf_counter() - t))
+        out["assign_rows_per_s"] = summary(rates)
+        out["assign_shape"] = list(Xa.shape)
+
+        # Online quality: streaming segmenter bootstrapped on 2000 rows then 5k batches.
+        order = rng.permutation(len(Z))
+        Zs = Z[order]
+        truth_s = [truth[i] for i in order]
+        seg = StreamingSegmenter(n_clusters=k, random_state=0).fit(Zs[:2000])
+        for part in chunks(Zs[2000:], 5000):
+            seg.partial_fit(part)
+        pos = seg.predict(Zs)
+        with limit_threads(1):
+            ref = KMeans(n_clusters=k, n_init=10, random_state=0).fit(Zs)
+        ref_inertia = offline_inertia(Zs, k, n_init=10)
+        out["streaming_ari"] = adjusted_rand(truth_s, pos)
+        out["streaming_inertia_ratio"] = inertia(Zs, seg.cluster_centers_) / ref_inertia
+        out["offline_kmeans_ari"] = adjusted_rand(truth_s, ref.labels_)
+
+        # River KMeans learn_one + predict_one on the same scaled rows.
+        n_river = min(len(Zs), 20_000 if not self.args.quick else 2000)
+        dicts = [dict(enumerate(row)) for row in Zs[:n_river].tolist()]
+        rates = []
+        river_model = None
+        for r in range(repeats):
+            river_model = cluster.KMeans(n_clusters=k, halflife=0.5, sigma=1, seed=r)
+            t = time.perf_counter()
+            for x in dicts:
+                river_model.learn_one(x)
+                river_model.predict_one(x)
+            rates.append(n_river / (time.perf_counter() - t))
+        out["river_rows_per_s"] = summary(rates)
+        out["river_rows_timed"] = n_river
+        assert river_model is not None
+        # River's quality: one online pass over all rows, then predictions for all.
+        all_dicts = [dict(enumerate(row)) for row in Zs.tolist()]
+        river_model = cluster.KMeans(n_clusters=k, halflife=0.5, sigma=1, seed=0)
+        for x in all_dicts:
+            river_model.learn_one(x)
+        rpos = [river_model.predict_one(x) for x in all_dicts]
+        centers = np.array(
+            [
+                [river_model.centers[c].get(j, 0.0) for j in range(Zs.shape[1])]
+                for c in sorted(river_model.centers)
+            ]
+        )
+        out["river_ari"] = adjusted_rand(truth_s, rpos)
+        out["river_inertia_ratio"] = inertia(Zs, centers) / ref_inertia
+        return out
+
+
+def start_servers(args: argparse.Namespace) -> tuple[Any, str, str]:
+    from devstack.stack import LocalStack
+
+    stack = LocalStack()
+    stack.__enter__()
+    return stack, stack.bootstrap_servers, stack.redis_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny inputs (smoke test)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument(
+        "--users-large",
+        type=int,
+        default=1_000_000,
+        help="second end-to-end pass with this many users (0 = skip)",
+    )
+    parser.add_argument("--naive-events", type=int, default=20_000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--rates", default="5000,20000")
+    parser.add_argument("--model-users", type=int, default=5000)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="also profile one end-to-end pass with pyinstrument (text to this file)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of sections to skip: e2e,large,ceilings,naive,latency,model",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.users, args.users_large = 6000, 2000, 0
+        args.naive_events, args.latency_seconds, args.rates = 500, 2.0, "1000,2000"
+        args.model_users, args.repeats = 300, 1
+    skip = {s for s in args.skip.split(",") if s}
+    logging.basicConfig(level=logging.WARNING)
+
+    stack, bootstrap, redis_url = start_servers(args)
+    began = time.perf_counter()
+    bench = Bench(args, bootstrap, redis_url)
+    R = bench.results
+    R["machine"] = machine()
+    R["machine"]["servers"] = dict(stack.origin)
+    R["machine"]["loadavg_start"] = _loadavg()
+    R["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    try:
+        say(f"generating {args.events:,} records over {args.users:,} users")
+        records = uniform_records(args.events, args.users, seed=1)
+        # The model is bootstrapped on realistic synthetic users (planted types).
+        model_records, _ = generate_records(
+            min(args.events, 100_000), max(500, args.users // 20), seed=3
+        )
+        bench.bootstrap_model(model_records)
+        del model_records
+        topic = bench.topic("e2e")
+        R["produce_records_per_s"] = produce_all(bootstrap, topic, records)
+        distinct = len({k for k, _ in records})
+        R["data"] = {
+            "records": len(records),
+            "distinct_keys": distinct,
+            "generator": "benchmarks.common.uniform_records (valid events, users "
+            "uniform, 17% type aliases, epoch-ms ts out of order over 60 days)",
+        }
+
+        if "e2e" not in skip:
+            say("1. end-to-end pipeline throughput")
+            R["e2e"] = bench.e2e(topic, len(records), "e2e", args.repeats)
+            R["memory"] = bench.redis_memory(R["e2e"]["namespace"])
+            last = R["e2e"]["runs"][-1]
+            R["memory"]["used_memory_delta_per_distinct_user"] = last["used_memory_delta"] / max(
+                1, distinct
+            )
+            ns = R["e2e"]["namespace"]
+            # Lookup latency on the throughput namespace too (many keys).
+            lk = KeyLayout(ns)
+            sample_users = [k.decode() for k, _ in records[:20000] if k]
+            seg_keys = [lk.segment(u) for u in sample_users]
+            found = [k for k, v in zip(seg_keys, bench.client.mget(seg_keys), strict=True) if v]
+            times = []
+            for i in np.random.default_rng(2).choice(len(found), size=10_000).tolist():
+                t = time.perf_counter()
+                bench.client.get(found[i])
+                times.append((time.perf_counter() - t) * 1000)
+            R["lookup_get_ms"] = percentiles(times)
+            delete_namespace(bench.client, ns)
+
+        if args.profile:
+            from pyinstrument import Profiler
+
+            say("profiling one end-to-end pass")
+            prof = Profiler(interval=0.001)
+            prof.start()
+            res = bench.pipeline_pass(topic, len(records), "profile")
+            prof.stop()
+            args.profile.write_text(prof.output_text(unicode=False, color=False, show_all=False))
+            R["profiled_pass_records_per_s"] = res["records_per_s"]
+            delete_namespace(bench.client, res["namespace"])
+
+        if "ceilings" not in skip:
+            say("2. ceilings: raw consume, decode, Redis write")
+            raw, dec, wr = [], [], []
+            values: list[bytes | None] = []
+            keys: list[bytes | None] = []
+            for _ in range(args.repeats):
+                rate, values, keys = bench.raw_consume(topic, len(records))
+                raw.append(rate)
+            for _ in range(args.repeats):
+                dec.append(bench.decode_rate(values, keys))
+            for _ in range(args.repeats):
+                wr.append(bench.redis_write_rate(min(100_000, max(10_000, args.users))))
+            R["ceilings"] = {
+                "raw_consume_records_per_s": summary(raw),
+                "decode_validate_records_per_s": summary(dec),
+                "redis_write_users_per_s": summary(wr),
+            }
+
+        if "naive" not in skip:
+            say(f"3. naive baseline on {args.naive_events:,} records")
+            subset = records[: args.naive_events]
+            R["naive"] = {
+                "records_per_s": summary([bench.naive(subset) for _ in range(args.repeats)]),
+                "records": len(subset),
+            }
+
+        if args.users_large and "large" not in skip:
+            say(f"1b. end-to-end at {args.users_large:,} users")
+            big = uniform_records(args.events, args.users_large, seed=2)
+            topic_big = bench.topic("e2e-large")
+            produce_all(bootstrap, topic_big, big)
+            R["e2e_large"] = bench.e2e(topic_big, len(big), "e2e-large", args.repeats)
+            R["e2e_large"]["users"] = args.users_large
+            R["e2e_large"]["distinct_keys"] = len({k for k, _ in big})
+            R["memory_large"] = bench.redis_memory(R["e2e_large"]["namespace"])
+            delete_namespace(bench.client, R["e2e_large"]["namespace"])
+            del big
+
+        if "latency" not in skip:
+            say("4. latency at fixed offered loads (separate consumer process)")
+            rates = [int(r) for r in args.rates.split(",") if r]
+            R["latency"] = bench.latency(rates, args.latency_seconds, args.users)
+            R["memory"] = R.get("memory", {})
+            R["memory"]["consumer_peak_rss_mb"] = R["latency"].get("consumer_peak_rss_mb")
+
+        if "model" not in skip:
+            say(f"6. model: {args.model_users:,} users")
+            R["model"] = bench.model_bench(
+                args.model_users, 30.0 if not args.quick else 10.0, args.repeats
+            )
+        R["bench_self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    finally:
+        bench.cleanup()
+        stack.__exit__(None, None, None)
+    R["machine"]["loadavg_end"] = _loadavg()
+    R["goals"] = goals(R)
+    R["wall_seconds"] = time.perf_counter() - began
+    args.output.write_text(json.dumps(R, indent=2, default=str))
+    from render import render_markdown, render_table
+
+    print(render_table(R))
+    say(f"wrote {args.output}")
+    if not args.quick and args.output.resolve() == RESULTS.resolve():
+        doc = ROOT / "docs" / "performance.md"
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text(render_markdown(R))
+        say(f"wrote {doc}")
+    return 0
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def goals(R: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    e2e = R.get("e2e", {}).get("records_per_s", {}).get("median")
+    raw = R.get("ceilings", {}).get("raw_consume_records_per_s", {}).get("median")
+    naive = R.get("naive", {}).get("records_per_s", {}).get("median")
+    p99 = R.get("latency", {}).get("20000", {}).get("latency_ms", {}).get("p99")
+
+    def add(name: str, value: float | None, target: float, higher: bool) -> None:
+        met = None if value is None else (value >= target if higher else value < target)
+        out.append({"goal": name, "value": value, "target": target, "met": met})
+
+    add(">= 100k events/s end to end", e2e, GOALS["e2e_events_per_s"], True)
+    add(
+        ">= 50% of raw consume ceiling",
+        e2e / raw if e2e and raw else None,
+        GOALS["ratio_to_raw_consume"],
+        True,
+    )
+    add(">= 10x naive", e2e / naive if e2e and naive else None, GOALS["ratio_to_naive"], True)
+    add("p99 < 100 ms at 20k events/s", p99, GOALS["p99_ms_at_20k"], False)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Smoke test of `make bench`: benchmarks/run.py --quick against the session's servers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_quick_benchmark_writes_every_section(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.json"
+    env = {
+        **os.environ,
+        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "STREAMSEG_REDIS__URL": redis_url,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| measurement | value |" in proc.stdout
+    R = json.loads(out.read_text())
+
+    for key in ("cpu", "cores", "python", "date"):
+        assert R["machine"][key]
+    assert R["machine"]["servers"] == {
+        "kafka": "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS",
+        "redis": "STREAMSEG_REDIS__URL",
+    }
+    assert _positive(R["e2e"]["records_per_s"]["median"])
+    assert _positive(R["e2e"]["records_per_cpu_s"]["median"])
+    for name in (
+        "raw_consume_records_per_s",
+        "decode_validate_records_per_s",
+        "redis_write_users_per_s",
+    ):
+        assert _positive(R["ceilings"][name]["median"]), name
+    assert _positive(R["naive"]["records_per_s"]["median"])
+    for rate in ("1000", "2000"):
+        lat = R["latency"][rate]
+        assert lat["probes"] > 0
+        assert _positive(lat["latency_ms"]["p50"]) and _positive(lat["latency_ms"]["p99"])
+    assert _positive(R["lookup_get_ms"]["p99"])
+    assert _positive(R["memory"]["consumer_peak_rss_mb"])
+    assert _positive(R["memory"]["bytes_per_user_state_plus_record"])
+    for name in ("partial_fit_rows_per_s", "assign_rows_per_s", "river_rows_per_s"):
+        assert _positive(R["model"][name]["median"]), name
+    for name in ("streaming_ari", "river_ari", "streaming_inertia_ratio", "river_inertia_ratio"):
+        assert math.isfinite(R["model"][name]), name
+    assert [g["goal"] for g in R["goals"]] == [
+        ">= 100k events/s end to end",
+        ">= 50% of raw consume ceiling",
+        ">= 10x naive",
+        "p99 < 100 ms at 20k events/s",
+    ]
+
+    # The renderer turns the same JSON into the markdown page.
+    md = tmp_path / "performance.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "render.py"), str(out), str(md)],
+        check=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert "| measurement | value |" in md.read_text()
