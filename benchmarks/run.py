@@ -850,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     R["goals"] = goals(R)
     R["wall_seconds"] = time.perf_counter() - began
     args.output.write_text(json.dumps(R, indent=2, default=str))
-    from render import render_markdown, render_table
+    from render import render_markdown, render_table, update_readme
 
     print(render_table(R))
     say(f"wrote {args.output}")
@@ -859,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
         doc.parent.mkdir(parents=True, exist_ok=True)
         doc.write_text(render_markdown(R))
         say(f"wrote {doc}")
+        if update_readme(R):
+            say("updated the performance section of README.md")
     return 0
 
 

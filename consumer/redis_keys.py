@@ -24,6 +24,7 @@ Keys outside every namespace (`PointerKeys`, root ``streamseg``) say which names
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
@@ -45,6 +46,13 @@ class KeyLayout:
 
     def segment(self, user_id: str) -> str:
         return f"{self.namespace}:{{{escape_user_id(user_id)}}}:seg"
+
+    def state_and_segment(self, user_ids: Iterable[str]) -> Iterator[tuple[str, str]]:
+        """(`state`, `segment`) of each user, escaping each id once (the hot path)."""
+        ns = self.namespace
+        for user_id in user_ids:
+            tag = escape_user_id(user_id)
+            yield f"{ns}:{{{tag}}}:state", f"{ns}:{{{tag}}}:seg"
 
     @property
     def state_pattern(self) -> str:

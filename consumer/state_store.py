@@ -62,11 +62,12 @@ class StateStore:
         pipe = self.client.pipeline(transaction=True)
         states = np.ascontiguousarray(batch.states, dtype=np.float64)
         mapping: dict[str | bytes, bytes | float | int | str] = {}
-        for i, user in enumerate(batch.user_ids):
-            mapping[keys.state(user)] = states[i].tobytes()
-        for user, record in zip(batch.user_ids, batch.segment_records, strict=False):
+        records = batch.segment_records
+        for i, (state_key, segment_key) in enumerate(keys.state_and_segment(batch.user_ids)):
+            mapping[state_key] = states[i].tobytes()
+            record = records[i] if i < len(records) else None
             if record is not None:
-                mapping[keys.segment(user)] = record
+                mapping[segment_key] = record
         if mapping:
             if self.user_ttl_seconds:
                 for key, value in mapping.items():
