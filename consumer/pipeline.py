@@ -4,7 +4,8 @@ Per batch (``pipeline.batch_size`` records or ``pipeline.batch_timeout_ms``):
 
 1. decode and validate (bad records -> dead-letter topic with the reason in headers);
 2. group by user, MGET their states, apply the events (event-time decay, skipping any event
-   at or below the stored (partition, offset): a redelivery);
+   at or below the stored (partition, offset): a redelivery; and any event whose event_id is
+   among the user's last ``pipeline.dedupe_window_events`` applied: a duplicate);
 3. derive features at each user's latest event time and assign segments with the current
    model (vectorised);
 4. produce segment-change events (only for users whose segment changed) and dead letters,
@@ -52,9 +53,11 @@ from model.features import (
     CATEGORY_CODES,
     COL,
     EventColumns,
+    already_applied,
     apply_events,
     category_codes,
     derive_features,
+    event_id_hashes,
     top_categories,
 )
 
@@ -72,7 +75,8 @@ class BatchStats:
 
     records: int = 0
     applied: int = 0
-    duplicates: int = 0  # redelivered events skipped by offset
+    duplicates: int = 0  # redeliveries skipped by offset, and duplicate event ids
+    duplicate_event_ids: int = 0  # of which: same event_id within the user's dedupe window
     ignored: int = 0  # valid events of an unmapped type
     dead_lettered: int = 0
     users: int = 0
@@ -106,6 +110,7 @@ class SegmentPipeline:
         self._rescore_cursor: int | None = None  # SCAN cursor of the pass in progress
         self._rescore_at = -np.inf  # watermark (ms) the pass in progress scores at
         self._rescored_at = -np.inf  # watermark of the last finished pass
+        self._rescore_wall = -np.inf  # monotonic time the last pass started
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.totals = BatchStats()
@@ -323,6 +328,7 @@ class SegmentPipeline:
             "records": stats.records,
             "applied": stats.applied,
             "duplicates": stats.duplicates,
+            "duplicate_event_ids": stats.duplicate_event_ids,
             "ignored": stats.ignored,
             "dead_lettered": stats.dead_lettered,
             "segment_changes": stats.segment_changes,
@@ -342,7 +348,8 @@ class SegmentPipeline:
             count=len(batch),
         )
         users = list(rows)
-        states = self.store.read_states(users)
+        user_keys = list(self.keys.state_and_segment(users))  # built once, read and write
+        states = self.store.read_states(users, state_keys=[k for k, _ in user_keys])
         codes = category_codes(batch.category, self._category_cache)
         source = [records[i] for i in batch.index]
         cols = EventColumns(
@@ -353,10 +360,18 @@ class SegmentPipeline:
             category_code=codes,
             partition=np.fromiter((m.partition() for m in source), np.int64, len(source)),
             offset=np.fromiter((m.offset() for m in source), np.int64, len(source)),
+            event_id_hash=event_id_hashes(batch.event_id),
         )
-        applied = apply_events(states, cols, self.settings.features)
+        redelivered = int(already_applied(states, cols).sum())
+        applied = apply_events(
+            states,
+            cols,
+            self.settings.features,
+            dedupe_window=self.settings.pipeline.dedupe_window_events,
+        )
         stats.applied = int(applied.sum())
         stats.duplicates = len(batch) - stats.applied
+        stats.duplicate_event_ids = stats.duplicates - redelivered
         touched = np.unique(user_rows[applied])
         stats.users = len(touched)
         self._watermark = max(self._watermark, float(batch.ts_ms.max()))
@@ -381,6 +396,7 @@ class SegmentPipeline:
             )
         return BatchWrite(
             user_ids=touched_users,
+            user_keys=[user_keys[i] for i in touched],
             states=touched_states,
             segment_records=records_json,
             training_rows=features if self.settings.pipeline.training_buffer_rows else None,
@@ -492,7 +508,8 @@ class SegmentPipeline:
     def _rescore_chunk(self) -> None:
         """Advance the periodic re-score of idle users by one SCAN chunk.
 
-        Users who stop acting still move: every ``rescore_interval_seconds`` of event time,
+        Users who stop acting still move: every ``rescore_interval_seconds`` of event time
+        (and at most once per ``rescore_min_wall_seconds`` of wall-clock time),
         the users of this consumer's partitions are scored again at the watermark (largest
         event time seen less ``allowed_lateness_seconds``), so decay and recency can move them
         into "lapsed" or "at risk" segments. Only users whose segment changes are written.
@@ -506,7 +523,11 @@ class SegmentPipeline:
         if self._rescore_cursor is None:
             if watermark - self._rescored_at < interval_ms:
                 return
-            self._rescore_cursor, self._rescore_at = 0, watermark
+            # A replay moves event time by days per second: bound passes by the wall clock too.
+            wall = time.monotonic()
+            if wall - self._rescore_wall < self.settings.pipeline.rescore_min_wall_seconds:
+                return
+            self._rescore_cursor, self._rescore_at, self._rescore_wall = 0, watermark, wall
         cursor, found = self.redis.scan(
             self._rescore_cursor, match=self.keys.state_pattern, count=2000
         )
@@ -615,6 +636,7 @@ class SegmentPipeline:
         t.records += stats.records
         t.applied += stats.applied
         t.duplicates += stats.duplicates
+        t.duplicate_event_ids += stats.duplicate_event_ids
         t.ignored += stats.ignored
         t.dead_lettered += stats.dead_lettered
         t.users += stats.users

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.exceptions import ConfigError
 from model.events import DEFAULT_ALIASES, resolve_type_map
-from model.features import FeatureConfig
+from model.features import DEDUPE_SLOTS, FeatureConfig
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -103,6 +103,8 @@ class PipelineSettings(BaseModel):
     allowed_lateness_seconds: float = Field(default=3600.0, ge=0)
     #: Re-score idle users against the watermark this often (event-time seconds; 0 = off).
     rescore_interval_seconds: float = Field(default=86_400.0, ge=0)
+    #: ... and at most once per this many wall-clock seconds (replays move event time fast).
+    rescore_min_wall_seconds: float = Field(default=60.0, ge=0)
     #: Extra type names mapped onto the canonical types (view, cart, purchase, ...).
     type_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
     #: Keep at most this many recent feature vectors (rows) for the trainer.
@@ -111,6 +113,9 @@ class PipelineSettings(BaseModel):
     hysteresis_margin: float = Field(default=0.0, ge=0, lt=1)
     #: Check for a newly published model this often (seconds).
     model_poll_seconds: float = Field(default=0.5, gt=0)
+    #: Skip an event whose event_id is among its user's last N applied events (0 = off; the
+    #: state keeps at most `model.features.DEDUPE_SLOTS` ids per user).
+    dedupe_window_events: int = Field(default=DEDUPE_SLOTS, ge=0, le=DEDUPE_SLOTS)
 
     @field_validator("type_aliases")
     @classmethod

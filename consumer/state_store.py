@@ -21,6 +21,7 @@ class BatchWrite:
 
     user_ids: Sequence[str]
     states: np.ndarray  # (n, STATE_WIDTH) float64
+    user_keys: Sequence[tuple[str, str]] | None = None  # (state, segment) keys, if known
     segment_records: Sequence[bytes | None] = ()  # JSON per user, None = leave unchanged
     training_rows: np.ndarray | None = None  # float64 feature rows for the trainer
     counters: Mapping[str, int] = field(default_factory=dict)
@@ -45,14 +46,18 @@ class StateStore:
         self.user_ttl_seconds = user_ttl_seconds
         self.training_buffer_rows = training_buffer_rows
 
-    def read_states(self, user_ids: Sequence[str]) -> np.ndarray:
+    def read_states(
+        self, user_ids: Sequence[str], *, state_keys: Sequence[str] | None = None
+    ) -> np.ndarray:
         """State vectors of ``user_ids`` in order; users never seen get `empty_state`.
 
         A stored value of the wrong size (written by something else) is treated as empty.
         """
         if not user_ids:
             return empty_state(0)
-        raw = self.client.mget([self.keys.state(u) for u in user_ids])
+        if state_keys is None:
+            state_keys = [self.keys.state(u) for u in user_ids]
+        raw = self.client.mget(state_keys)
         blob = b"".join(v if v is not None and len(v) == _STATE_BYTES else _EMPTY for v in raw)
         return np.frombuffer(blob, dtype=np.float64).reshape(len(user_ids), STATE_WIDTH).copy()
 
@@ -63,7 +68,8 @@ class StateStore:
         states = np.ascontiguousarray(batch.states, dtype=np.float64)
         mapping: dict[str | bytes, bytes | float | int | str] = {}
         records = batch.segment_records
-        for i, (state_key, segment_key) in enumerate(keys.state_and_segment(batch.user_ids)):
+        pairs = batch.user_keys or keys.state_and_segment(batch.user_ids)
+        for i, (state_key, segment_key) in enumerate(pairs):
             mapping[state_key] = states[i].tobytes()
             record = records[i] if i < len(records) else None
             if record is not None:

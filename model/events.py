@@ -74,7 +74,6 @@ DEFAULT_ALIASES: dict[str, str] = {
 
 #: Events of these types carry money and must have ``amount``.
 MONEY_TYPES = frozenset({"purchase", "refund"})
-_MONEY_CODES = frozenset({int(EventType.PURCHASE), int(EventType.REFUND)})
 
 
 def _epoch_ms(value: int | float | datetime) -> float:
@@ -106,12 +105,13 @@ class Event(TypedDict):
     user_id: Identifier
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     ts: Annotated[StrictInt | StrictFloat | AwareDatetime, AfterValidator(_epoch_ms)]
-    amount: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False)] | None]
+    # strict: a JSON true or "12.5" is not an amount (lax mode would read 1.0 and 12.5).
+    amount: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | None]
     currency: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=8)] | None]
     category: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=128)] | None]
     item_id: NotRequired[Identifier | None]
-    quantity: NotRequired[Annotated[int, Field(ge=1)] | None]
-    rating: NotRequired[Annotated[int, Field(ge=1, le=5)] | None]
+    quantity: NotRequired[Annotated[int, Field(ge=1, strict=True)] | None]
+    rating: NotRequired[Annotated[int, Field(ge=1, le=5, strict=True)] | None]
 
 
 #: JSON Schema of one event, for producers in other languages.
@@ -224,40 +224,50 @@ def decode_events(
         rejections.append(Rejection(parsed_index[pos], "invalid_field", detail))
 
     valid = [(parsed_index[pos], ev) for pos, ev in enumerate(events) if ev is not None]
-    index = np.fromiter((i for i, _ in valid), dtype=np.int64, count=len(valid))
-    ts = np.fromiter((ev["ts"] for _, ev in valid), dtype=np.float64, count=len(valid))
+    n = len(valid)
+    index = np.fromiter((i for i, _ in valid), dtype=np.int64, count=n)
+    evs = [ev for _, ev in valid]
+    ts = np.fromiter((ev["ts"] for ev in evs), dtype=np.float64, count=n)
     # Identifier's validator already made these strings; the TypedDict only knows int | str.
-    user_ids = cast(list[str], [ev["user_id"] for _, ev in valid])
-    codes = [type_map.get(ev["type"], -1) for _, ev in valid]
-    amounts = [ev.get("amount") for _, ev in valid]
-    ts_ok = (ts >= limits.min_ts_ms) & (ts < limits.max_ts_ms)
+    user_ids = cast(list[str], [ev["user_id"] for ev in evs])
+    codes = np.fromiter((type_map.get(ev["type"], -1) for ev in evs), dtype=np.int8, count=n)
+    amounts = [ev.get("amount") for ev in evs]
 
-    keep: list[int] = []
-    ignored: list[int] = []
-    for row, (i, ev) in enumerate(valid):
-        code = codes[row]
-        if not ts_ok[row]:
-            rejections.append(Rejection(i, "ts_out_of_range", f"ts={ts[row]:.0f} ms"))
-        elif keys is not None and keys[i] and keys[i] != user_ids[row].encode():
-            rejections.append(Rejection(i, "key_mismatch", "Kafka key differs from user_id"))
-        elif code == -1:
-            ignored.append(i)
-        elif amounts[row] is None and code in _MONEY_CODES:
-            rejections.append(
-                Rejection(i, "invalid_field", f"amount: required for type {ev['type']!r}")
-            )
-        else:
-            keep.append(row)
+    # Each check as a mask over all rows; a row fails at its first failing check.
+    bad_ts = (ts < limits.min_ts_ms) | (ts >= limits.max_ts_ms)
+    if keys is None:
+        bad_key = np.zeros(n, dtype=bool)
+    else:
+        pairs = zip(index.tolist(), user_ids, strict=True)
+        bad_key = np.fromiter(
+            (bool(keys[i]) and keys[i] != u.encode() for i, u in pairs), dtype=bool, count=n
+        )
+    bad_key &= ~bad_ts
+    unmapped = (codes == -1) & ~bad_ts & ~bad_key
+    no_amount = np.fromiter((a is None for a in amounts), dtype=bool, count=n)
+    money = (codes == int(EventType.PURCHASE)) | (codes == int(EventType.REFUND))
+    bad_amount = no_amount & money & ~bad_ts & ~bad_key
+    for row in np.flatnonzero(bad_ts).tolist():
+        rejections.append(Rejection(valid[row][0], "ts_out_of_range", f"ts={ts[row]:.0f} ms"))
+    for row in np.flatnonzero(bad_key).tolist():
+        rejections.append(
+            Rejection(valid[row][0], "key_mismatch", "Kafka key differs from user_id")
+        )
+    for row in np.flatnonzero(bad_amount).tolist():
+        detail = f"amount: required for type {evs[row]['type']!r}"
+        rejections.append(Rejection(valid[row][0], "invalid_field", detail))
+    ignored = index[unmapped].tolist()
 
-    rows = np.asarray(keep, dtype=np.int64)
+    rows = np.flatnonzero(~(bad_ts | bad_key | unmapped | bad_amount))
+    keep = rows.tolist()
     batch = EventBatch(
         index=index[rows],
         user_id=[user_ids[r] for r in keep],
-        event_id=cast(list[str], [valid[r][1]["event_id"] for r in keep]),
-        type_code=np.asarray([codes[r] for r in keep], dtype=np.int8),
+        event_id=cast(list[str], [evs[r]["event_id"] for r in keep]),
+        type_code=codes[rows],
         ts_ms=ts[rows],
         amount=np.asarray([amounts[r] or 0.0 for r in keep], dtype=np.float64),
-        category=[valid[r][1].get("category") for r in keep],
+        category=[evs[r].get("category") for r in keep],
         ignored=ignored,
     )
     rejections.sort(key=lambda r: r.index)

@@ -21,6 +21,21 @@ Merging a batch whose events of this user have latest time ``T_b`` and batch sum
 Idempotence: the state remembers the Kafka (partition, offset) of the last event applied;
 an event from that partition at or below that offset is skipped (a redelivery).
 
+Duplicate events: a producer that retries without idempotence writes the same event twice
+at different offsets, which the offset rule cannot see. The state therefore also keeps a ring
+of `DEDUPE_SLOTS` *event-id hashes* (52-bit blake2b of the UTF-8 ``event_id``, exact in
+float64, as for category codes) of the user's last applied events, and ``event_ids_seen``,
+how many have been applied (the ring's write position is ``event_ids_seen mod window``).
+The rule, applied event by event in Kafka offset order: an event whose id hash is among the
+hashes of the user's last ``window`` applied events (``pipeline.dedupe_window_events``, at
+most `DEDUPE_SLOTS`; 0 = off) is a duplicate and is skipped; otherwise it is applied and its
+hash enters the window. Within a batch the rule is evaluated sequentially, exactly as if the
+events came one per batch, so the outcome never depends on batch boundaries and a replay
+decides the same way. The first copy in offset order is applied, so for identical copies
+the features do not depend on which copy arrives first. Copies further apart than
+``window`` of the user's applied events are both applied (the window is bounded by design);
+a 52-bit collision (~1e-15 per pair) would drop a distinct event.
+
 Features
 --------
 The model sees `FEATURE_NAMES`, derived at a time ``now`` (epoch ms, ``now >= T``) from the
@@ -48,6 +63,8 @@ from model.events import EventType
 
 MS_PER_DAY = 86_400_000.0
 CATEGORY_SLOTS = 6
+#: Event-id hashes kept per user for duplicate detection (the largest configurable window).
+DEDUPE_SLOTS = 8
 
 
 class FeatureConfig(BaseModel):
@@ -105,6 +122,8 @@ STATE_FIELDS: tuple[str, ...] = (
     *(f"category_code_{i}" for i in range(CATEGORY_SLOTS)),
     *(f"category_spend_{i}" for i in range(CATEGORY_SLOTS)),
     *(f"category_views_{i}" for i in range(CATEGORY_SLOTS)),
+    "event_ids_seen",  # event ids applied so far (the dedupe ring's write position)
+    *(f"event_id_hash_{i}" for i in range(DEDUPE_SLOTS)),  # NaN = empty slot
 )
 STATE_WIDTH = len(STATE_FIELDS)
 COL = {name: i for i, name in enumerate(STATE_FIELDS)}
@@ -114,6 +133,8 @@ _CAT_CODE = slice(_ACC.stop, _ACC.stop + CATEGORY_SLOTS)
 CATEGORY_CODES = _CAT_CODE
 _CAT_SPEND = slice(_CAT_CODE.stop, _CAT_CODE.stop + CATEGORY_SLOTS)
 _CAT_VIEWS = slice(_CAT_SPEND.stop, _CAT_SPEND.stop + CATEGORY_SLOTS)
+_IDS_SEEN = _CAT_VIEWS.stop
+_ID_HASH = slice(_IDS_SEEN + 1, _IDS_SEEN + 1 + DEDUPE_SLOTS)
 
 
 def empty_state(n: int) -> np.ndarray:
@@ -127,6 +148,7 @@ def empty_state(n: int) -> np.ndarray:
     state[:, COL["segment_id"]] = -1
     state[:, COL["model_version"]] = -1
     state[:, _CAT_CODE] = np.nan
+    state[:, _ID_HASH] = np.nan
     return state
 
 
@@ -141,10 +163,22 @@ def half_lives_ms(config: FeatureConfig) -> dict[HalfLife, float]:
     }
 
 
+def _hash52(text: str) -> float:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return float(int.from_bytes(digest, "big") >> 12)
+
+
 def category_code(name: str) -> float:
     """A stable 52-bit code for a category name, exact in float64 (blake2b of UTF-8)."""
-    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-    return float(int.from_bytes(digest, "big") >> 12)
+    return _hash52(name)
+
+
+def event_id_hashes(event_ids: Sequence[str]) -> np.ndarray:
+    """52-bit hashes of event ids, exact in float64 (blake2b of UTF-8), for deduplication.
+
+    No cache: ids are (nearly) all distinct, so one hash per event is the cheapest.
+    """
+    return np.fromiter((_hash52(e) for e in event_ids), dtype=np.float64, count=len(event_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +187,8 @@ class EventColumns:
 
     ``category_code`` is NaN where the event has no category. ``offset`` and ``partition``
     come from Kafka and give idempotence; rows must be in Kafka delivery order.
+    ``event_id_hash`` (`event_id_hashes`) enables duplicate detection by event id; None
+    turns it off for this batch.
     """
 
     user: np.ndarray  # int64 row in the state matrix
@@ -162,6 +198,7 @@ class EventColumns:
     category_code: np.ndarray  # float64, NaN where absent
     partition: np.ndarray  # int64
     offset: np.ndarray  # int64
+    event_id_hash: np.ndarray | None = None  # float64 52-bit hashes of event_id
 
 
 def _weight_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -178,19 +215,40 @@ def _weight_tables() -> tuple[np.ndarray, np.ndarray]:
 _WEIGHT_ONE, _WEIGHT_AMOUNT = _weight_tables()
 
 
-def apply_events(state: np.ndarray, events: EventColumns, config: FeatureConfig) -> np.ndarray:
-    """Apply a batch of events to the users' states in place; return the applied-event mask.
-
-    Events already applied (same partition, offset at or below the stored one) are skipped.
-    Vectorised over events and users; a short Python loop runs only for categories new to
-    a user.
-    """
-    n_users = state.shape[0]
+def already_applied(state: np.ndarray, events: EventColumns) -> np.ndarray:
+    """Mask of redeliveries: same partition as the user's last applied event, offset at or
+    below it."""
     u = events.user
-    already = (state[u, COL["partition"]] == events.partition) & (
+    return (state[u, COL["partition"]] == events.partition) & (
         events.offset <= state[u, COL["offset"]]
     )
-    applied = ~already
+
+
+def apply_events(
+    state: np.ndarray,
+    events: EventColumns,
+    config: FeatureConfig,
+    *,
+    dedupe_window: int = DEDUPE_SLOTS,
+) -> np.ndarray:
+    """Apply a batch of events to the users' states in place; return the applied-event mask.
+
+    Events already applied (same partition, offset at or below the stored one) are skipped,
+    and so are duplicates by event id within the user's last ``dedupe_window`` applied
+    events (see the module docstring; needs ``events.event_id_hash``; 0 = off).
+    Vectorised over events and users; short Python loops run only for categories new to
+    a user and for users with a candidate duplicate.
+    """
+    if not 0 <= dedupe_window <= DEDUPE_SLOTS:
+        raise ValueError(f"dedupe_window must be in [0, {DEDUPE_SLOTS}], got {dedupe_window}")
+    n_users = state.shape[0]
+    u = events.user
+    applied = ~already_applied(state, events)
+    hashes = events.event_id_hash
+    if hashes is not None and dedupe_window:
+        fresh = np.flatnonzero(applied)
+        dup = _duplicate_rows(state, events.user[fresh], hashes[fresh], dedupe_window)
+        applied[fresh[dup]] = False
     if not applied.any():
         return applied
     u = u[applied]
@@ -245,7 +303,66 @@ def apply_events(state: np.ndarray, events: EventColumns, config: FeatureConfig)
     np.maximum.at(last_row, u, rows)
     state[touched, COL["partition"]] = events.partition[last_row[touched]]
     state[touched, COL["offset"]] = events.offset[last_row[touched]]
+    if hashes is not None and dedupe_window:
+        _remember_event_ids(state, u, hashes[applied], dedupe_window)
     return applied
+
+
+def _duplicate_rows(
+    state: np.ndarray, users: np.ndarray, hashes: np.ndarray, window: int
+) -> np.ndarray:
+    """Mask of the rows that are duplicates by the sequential window rule (module docstring).
+
+    Rows are in offset order. Only users with a candidate (a hash already in their window, or
+    repeated in the batch) go through the exact row-by-row rule; the rest have none.
+    """
+    dup = np.zeros(len(users), dtype=bool)
+    if not len(users):
+        return dup
+    ring = state[users, _ID_HASH.start : _ID_HASH.start + window]
+    candidate = (ring == hashes[:, None]).any(axis=1)
+    order = np.lexsort((hashes, users))
+    same = (users[order][1:] == users[order][:-1]) & (hashes[order][1:] == hashes[order][:-1])
+    candidate[order[1:][same]] = True
+    if not candidate.any():
+        return dup
+    suspects = np.unique(users[candidate])
+    rings = {
+        int(user): (
+            state[user, _ID_HASH.start : _ID_HASH.start + window].tolist(),
+            int(state[user, _IDS_SEEN]),
+        )
+        for user in suspects
+    }
+    for row in np.flatnonzero(np.isin(users, suspects)).tolist():
+        slots, seen = rings[int(users[row])]
+        h = float(hashes[row])
+        if h in slots:
+            dup[row] = True
+        else:
+            slots[seen % window] = h
+            rings[int(users[row])] = (slots, seen + 1)
+    return dup
+
+
+def _remember_event_ids(
+    state: np.ndarray, users: np.ndarray, hashes: np.ndarray, window: int
+) -> None:
+    """Write the hashes of applied events (offset order) into their users' rings."""
+    order = np.argsort(users, kind="stable")
+    su, sh = users[order], hashes[order]
+    starts = np.ones(len(su), dtype=bool)
+    starts[1:] = su[1:] != su[:-1]
+    idx = np.arange(len(su))
+    rank = idx - np.maximum.accumulate(np.where(starts, idx, 0))
+    counts = np.bincount(su, minlength=state.shape[0])
+    seen = state[su, _IDS_SEEN].astype(np.int64)
+    # Only each user's last `window` hashes survive: writing just those avoids colliding writes.
+    last = rank >= counts[su] - window
+    slot = (seen[last] + rank[last]) % window
+    state[su[last], _ID_HASH.start + slot] = sh[last]
+    touched = np.flatnonzero(counts)
+    state[touched, _IDS_SEEN] += counts[touched]
 
 
 def _apply_categories(

@@ -75,6 +75,8 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
         "STREAMSEG_REDIS__URL": redis_url,
         "STREAMSEG_REDIS__NAMESPACE": NAMESPACE,
         "STREAMSEG_TRAINER__BOOTSTRAP_ROWS": "3000",
+        # 90 days pass in about a minute: re-score idle users every few seconds.
+        "STREAMSEG_PIPELINE__RESCORE_MIN_WALL_SECONDS": "3",
         "STREAMSEG_TRAINER__UPDATE_ROWS": "4000",
         "STREAMSEG_TRAINER__UPDATE_INTERVAL_SECONDS": "4",
     }

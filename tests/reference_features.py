@@ -7,7 +7,7 @@ the two checks the vectorised maths against the written definition.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 from model.features import CATEGORY_SLOTS, MS_PER_DAY, FeatureConfig
@@ -71,3 +71,18 @@ def recompute(events: list[dict[str, Any]], config: FeatureConfig) -> dict[str, 
         row["categories"] = categories
         out[user] = row
     return out
+
+
+def drop_duplicate_event_ids(events: list[dict[str, Any]], window: int) -> list[dict[str, Any]]:
+    """The events a consumer applies when it skips duplicate event ids: per user, in Kafka
+    offset order, an event whose ``event_id`` is among the ids of that user's last ``window``
+    applied events is dropped (``window`` 0 keeps everything)."""
+    recent: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=window))
+    kept = []
+    for e in events:
+        ids = recent[e["user_id"]]
+        if window and e["event_id"] in ids:
+            continue
+        ids.append(e["event_id"])
+        kept.append(e)
+    return kept

@@ -52,7 +52,11 @@ def test_a_user_who_stops_buying_moves_without_new_events(
         redis_url,
         topic,
         namespace,
-        **{"pipeline.rescore_interval_seconds": 86_400.0, "pipeline.allowed_lateness_seconds": 0.0},
+        **{
+            "pipeline.rescore_interval_seconds": 86_400.0,
+            "pipeline.rescore_min_wall_seconds": 0.0,
+            "pipeline.allowed_lateness_seconds": 0.0,
+        },
     )
     model = recency_model()
     keys = KeyLayout(namespace)

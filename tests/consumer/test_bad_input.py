@@ -1,0 +1,148 @@
+"""Bytes written by a client this project did not write (kcat): empty and NULL values, NULL
+keys, binary garbage, next to valid events. The pipeline must not crash, must account for
+every record in its counters, and must dead-letter the original bytes with the reason."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+import orjson
+import pytest
+import redis
+from confluent_kafka import Consumer, Message
+
+from consumer.pipeline import SegmentPipeline
+from consumer.redis_keys import KeyLayout
+from model.features import FeatureConfig
+from tests.consumer.pipeline_support import (
+    T0,
+    assert_state_matches,
+    canonical,
+    read_state,
+    settings_for,
+)
+from tests.reference_features import recompute
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+VIEW_U1 = {"event_id": "k1", "user_id": "u1", "type": "view", "ts": int(T0), "category": "shoes"}
+BUY_U3 = {"event_id": "k2", "user_id": "u:3 {x}", "type": "purchase", "ts": int(T0), "amount": 9.5}
+
+# (kcat input line, key and value as read back, outcome). kcat splits the key at the first ':'.
+# Without -Z an empty value is a zero-length value; with -Z it is a NULL value (and key).
+PLAIN: list[tuple[bytes, bytes | None, bytes | None, str]] = [
+    (b"u1:" + orjson.dumps(VIEW_U1), b"u1", orjson.dumps(VIEW_U1), "applied"),
+    (b"u1:", b"u1", b"", "empty"),
+    (b"u9:\x00\x01\xfe\xff{garbage", b"u9", b"\x00\x01\xfe\xff{garbage", "not_json"),
+    (b"u9:{\"event_id\": \"k3\", \"user", b"u9", b'{"event_id": "k3", "user', "not_json"),
+    (b"u2:" + orjson.dumps({**VIEW_U1, "event_id": "k4"}), b"u2",
+     orjson.dumps({**VIEW_U1, "event_id": "k4"}), "key_mismatch"),
+    (b"u1:[1,2]", b"u1", b"[1,2]", "not_object"),
+    (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k5", "type": "search"}), b"u1",
+     orjson.dumps({**VIEW_U1, "event_id": "k5", "type": "search"}), "ignored"),
+    (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k6", "ts": True}), b"u1",
+     orjson.dumps({**VIEW_U1, "event_id": "k6", "ts": True}), "invalid_field"),
+]  # fmt: skip
+NULLS: list[tuple[bytes, bytes | None, bytes | None, str]] = [
+    (b"u1:", b"u1", None, "empty"),
+    (b":" + orjson.dumps(BUY_U3), None, orjson.dumps(BUY_U3), "applied"),
+    (b":", None, None, "empty"),
+]
+
+
+def kcat_produce(bootstrap: str, topic: str, lines: list[bytes], *flags: str) -> None:
+    kcat = shutil.which("kcat")
+    assert kcat is not None, "kcat is not installed: run `make setup`"
+    done = subprocess.run(
+        [kcat, "-P", "-b", bootstrap, "-t", topic, "-K:", *flags],
+        input=b"\n".join(lines) + b"\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
+    """``expected`` records of ``topic`` from the beginning (fails after ``timeout`` seconds)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    received: list[Message] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while len(received) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                received.append(msg)
+    finally:
+        consumer.close()
+    assert len(received) == expected, f"got {len(received)} of {expected} records of {topic}"
+    return received
+
+
+def test_kcat_bytes_are_counted_dead_lettered_and_never_crash_the_pipeline(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic()
+    kcat_produce(kafka_bootstrap, topic, [line for line, *_ in PLAIN])
+    kcat_produce(kafka_bootstrap, topic, [line for line, *_ in NULLS], "-Z")
+    cases = PLAIN + NULLS
+    # What kcat actually wrote: the ground truth the pipeline is judged against.
+    written = read_topic(kafka_bootstrap, topic, len(cases))
+    assert [(m.key(), m.value()) for m in written] == [(k, v) for _, k, v, _ in cases]
+
+    settings = settings_for(
+        kafka_bootstrap, redis_url, topic, namespace, **{"pipeline.batch_size": 4}
+    )
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(cases), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+
+    outcomes = [outcome for *_, outcome in cases]
+    bad = [(k, v, o) for _, k, v, o in cases if o not in ("applied", "ignored")]
+    counters = {
+        k.decode(): int(v) for k, v in redis_client.hgetall(KeyLayout(namespace).counters).items()
+    }
+    assert counters["records"] == len(cases)
+    assert counters["applied"] == outcomes.count("applied")
+    assert counters["ignored"] == outcomes.count("ignored")
+    assert counters["dead_lettered"] == len(bad)
+    assert counters["records"] == (
+        counters["applied"]
+        + counters["ignored"]
+        + counters["dead_lettered"]
+        + counters.get("duplicates", 0)
+    )
+    for reason in {o for *_, o in bad}:
+        assert counters[f"dead_letter.{reason}"] == outcomes.count(reason), reason
+    assert sum(n for k, n in counters.items() if k.startswith("dead_letter.")) == len(bad)
+
+    dead = read_topic(kafka_bootstrap, settings.kafka.dead_letter_topic, len(bad))
+    assert [(m.key(), m.value()) for m in dead] == [(k, v) for k, v, _ in bad]
+    headers = [dict(m.headers() or []) for m in dead]
+    assert [h["streamseg.reason"].decode() for h in headers] == [o for *_, o in bad]
+    bad_offsets = [i for i, (*_, o) in enumerate(cases) if o not in ("applied", "ignored")]
+    assert [int(h["streamseg.source.offset"]) for h in headers] == bad_offsets
+    assert {h["streamseg.source.topic"].decode() for h in headers} == {topic}
+
+    applied = [VIEW_U1, BUY_U3]
+    expected = recompute(canonical(applied), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
