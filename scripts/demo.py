@@ -281,13 +281,22 @@ def show_recovery(client: redis.Redis, keys: KeyLayout, planted: dict[str, str])
 
 def show_lookups(redis_url: str, planted: dict[str, str], keys: KeyLayout) -> None:
     lookup = SegmentLookup.from_url(redis_url, NAMESPACE)
-    samples: dict[str, str] = {}
+    by_type: dict[str, list[str]] = {}
     for user, kind in planted.items():
-        samples.setdefault(kind, user)
+        by_type.setdefault(kind, []).append(user)
+    samples: dict[str, str] = {}
     console.rule("sample lookups (what a personalization service gets)")
-    for kind, user in sorted(samples.items()):
-        record = lookup.get(user)
-        console.print(f"[dim]{kind:>20}[/dim]  {record.model_dump_json() if record else None}")
+    for kind, users in sorted(by_type.items()):
+        # the first user of each planted type that has a record (some never acted)
+        records = lookup.get_many(users[:50])
+        found = next(((u, r) for u, r in zip(users, records, strict=False) if r), None)
+        if found is None:
+            console.print(f"[dim]{kind:>20}[/dim]  no record yet")
+            continue
+        samples[kind] = found[0]
+        console.print(f"[dim]{kind:>20}[/dim]  {found[1].model_dump_json()}")
+    if not samples:
+        return
     user = next(iter(samples.values()))
     port = redis_url.rsplit(":", 1)[1].split("/")[0]
     console.print(f"from any language: redis-cli -p {port} GET '{keys.segment(user)}'")
