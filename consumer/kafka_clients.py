@@ -85,8 +85,15 @@ def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float =
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
+        # librdkafka reports refused credentials only as a transport failure: name the settings.
+        hint = (
+            f" (kafka.security_protocol={kafka.security_protocol}: check kafka.sasl_mechanism, "
+            "kafka.sasl_username and kafka.sasl_password)"
+            if kafka.security_protocol.startswith("SASL")
+            else ""
+        )
         raise ServerUnavailableError(
-            f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}"
+            f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}{hint}"
         ) from None
     wanted = {
         kafka.events_topic: NewTopic(kafka.events_topic, partitions),

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -222,7 +222,10 @@ class KafkaBroker:
     """A single-node KRaft broker on free loopback ports, for tests and local runs.
 
     ``num_partitions`` is the default partition count of auto-created topics; ``heap`` is the JVM
-    ``-Xmx`` value; ``startup_timeout`` is in seconds.
+    ``-Xmx`` value; ``startup_timeout`` is in seconds. ``scram_users`` (name -> password) adds a
+    ``SASL_PLAINTEXT`` listener (`sasl_bootstrap_servers`) accepting SCRAM-SHA-256 for those
+    users, created when the storage is formatted; the PLAINTEXT listener stays for the broker's
+    own traffic.
     """
 
     def __init__(
@@ -231,12 +234,17 @@ class KafkaBroker:
         num_partitions: int = 1,
         heap: str = "512m",
         startup_timeout: float = 60.0,
+        scram_users: Mapping[str, str] | None = None,
     ) -> None:
         self.num_partitions = num_partitions
         self.heap = heap
         self.startup_timeout = startup_timeout
+        self.scram_users = dict(scram_users or {})
         self.port: int | None = None
+        self.sasl_port: int | None = None
         self.controller_port: int | None = None
+        self._libs: Path | None = None
+        self._config: Path | None = None
         self.run_dir: Path | None = None
         #: Seconds from `start` until the broker answered a metadata request.
         self.startup_seconds: float | None = None
@@ -248,6 +256,15 @@ class KafkaBroker:
         if self.port is None:
             raise ServerStartError("the Kafka broker has not been started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """``host:port`` of the SASL_PLAINTEXT (SCRAM-SHA-256) listener; needs ``scram_users``."""
+        if self.sasl_port is None:
+            raise ServerStartError(
+                "the Kafka broker has no SASL listener (no scram_users) or is stopped"
+            )
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def pid(self) -> int | None:
@@ -268,17 +285,30 @@ class KafkaBroker:
 
     def _write_config(self, run_dir: Path) -> Path:
         assert self.port is not None and self.controller_port is not None
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
+        advertised = listeners
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        sasl: dict[str, str] = {}
+        if self.sasl_port is not None:
+            listeners += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            advertised += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            sasl = {
+                "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+                "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                ),
+            }
         config = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{listeners},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
+            **sasl,
             "log.dirs": str(run_dir / "data"),
             "num.partitions": str(self.num_partitions),
             "auto.create.topics.enable": "true",
@@ -332,31 +362,64 @@ class KafkaBroker:
         if self._process is not None:
             return
         began = time.monotonic()
-        libs = fetch_kafka_jars()
+        self._libs = libs = fetch_kafka_jars()
         sweep_stale_run_dirs()
         self.run_dir = run_dir = make_run_dir("kafka")
         try:
-            self.port = free_loopback_port()
-            self.controller_port = free_loopback_port()
-            while self.controller_port == self.port:
-                self.controller_port = free_loopback_port()
+            taken: set[int] = set()
+            self.port = _distinct_free_port(taken)
+            self.controller_port = _distinct_free_port(taken)
+            if self.scram_users:
+                self.sasl_port = _distinct_free_port(taken)
             (run_dir / "log4j2.properties").write_text(
                 _LOG4J2_PROPERTIES.format(log_file=run_dir / "server.log")
             )
-            config = self._write_config(run_dir)
+            self._config = config = self._write_config(run_dir)
             self._format_storage(libs, run_dir, config)
-            self._process = ServerProcess(
-                "kafka",
-                [*self._java_command(libs, run_dir, "kafka.Kafka"), str(config)],
-                run_dir / "console.log",
-                cwd=run_dir,
-            )
-            self._process.start()
+            self._launch()
             self._wait_ready(began)
         except BaseException:
             self.stop()  # also on Ctrl-C during start-up: never leave a half-started JVM
             raise
         self.startup_seconds = time.monotonic() - began
+
+    def _launch(self) -> None:
+        assert self._libs is not None and self.run_dir is not None and self._config is not None
+        self._process = ServerProcess(
+            "kafka",
+            [*self._java_command(self._libs, self.run_dir, "kafka.Kafka"), str(self._config)],
+            self.run_dir / "console.log",
+            cwd=self.run_dir,
+        )
+        self._process.start()
+
+    def halt(self, timeout: float = 30.0) -> None:
+        """Shut the broker down cleanly (SIGTERM; SIGKILL after ``timeout`` seconds) but keep
+        its ports, configuration and data, so `resume` brings the same broker back."""
+        if self._process is None or self.run_dir is None:
+            raise ServerStartError("the Kafka broker is not running")
+        self._process.stop(timeout=timeout)
+        self._process = None
+
+    def resume(self) -> None:
+        """Start a `halt`-ed broker again on the same ports and log dir; return when it answers
+        metadata requests (`ServerStartError` after ``startup_timeout`` seconds)."""
+        if self._process is not None:
+            return
+        if self.run_dir is None:
+            raise ServerStartError("the Kafka broker was never started (or was stopped): use start")
+        began = time.monotonic()
+        try:
+            self._launch()
+            self._wait_ready(began)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """`halt` then `resume`: a clean broker restart keeping every topic and offset."""
+        self.halt(timeout=timeout)
+        self.resume()
 
     def _format_storage(self, libs: Path, run_dir: Path, config: Path) -> None:
         cmd = [
@@ -368,6 +431,8 @@ class KafkaBroker:
             "-c",
             str(config),
         ]
+        for name, password in self.scram_users.items():
+            cmd += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
         try:
             done = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=self.startup_timeout, check=False
@@ -416,7 +481,17 @@ class KafkaBroker:
             remove_run_dir(self.run_dir)
             self.run_dir = None
         self.port = None
+        self.sasl_port = None
         self.controller_port = None
+
+
+def _distinct_free_port(taken: set[int]) -> int:
+    """A free loopback port not in ``taken`` (which it joins)."""
+    port = free_loopback_port()
+    while port in taken:
+        port = free_loopback_port()
+    taken.add(port)
+    return port
 
 
 def _java_program() -> str:

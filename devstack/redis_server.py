@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote
 
 import redis
 
@@ -36,10 +38,23 @@ def redis_is_ready(url: str, timeout: float = 0.5) -> bool:
 
 
 class RedisServer:
-    """``redis-server`` without persistence in its own temp dir; ``startup_timeout`` in seconds."""
+    """``redis-server`` without persistence in its own temp dir; ``startup_timeout`` in seconds.
 
-    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+    ``password`` protects the ``default`` user (then `url` carries it); ``acl_users`` are ACL
+    rule lines as in ``redis.conf`` after ``user``, e.g.
+    ``"app on >secret ~app:* -@all +get"``, defined at start-up.
+    """
+
+    def __init__(
+        self,
+        *,
+        startup_timeout: float = 30.0,
+        password: str | None = None,
+        acl_users: Sequence[str] = (),
+    ) -> None:
         self.startup_timeout = startup_timeout
+        self.password = password
+        self.acl_users = list(acl_users)
         self.port: int | None = None
         self.run_dir: Path | None = None
         #: Seconds from `start` until the server answered PING.
@@ -48,10 +63,18 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``; only valid after `start`."""
+        """``redis://127.0.0.1:<port>/0`` (with the default user's password, if any); only valid
+        after `start`."""
         if self.port is None:
             raise ServerStartError("the Redis server has not been started")
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def user_url(self, user: str, password: str) -> str:
+        """URL logging in as ACL user ``user`` with ``password``; only valid after `start`."""
+        if self.port is None:
+            raise ServerStartError("the Redis server has not been started")
+        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -100,6 +123,10 @@ class RedisServer:
                 "--daemonize",
                 "no",
             ]
+            if self.password:
+                args += ["--requirepass", self.password]
+            for rule in self.acl_users:
+                args += ["--user", *rule.split()]
             self._process = ServerProcess("redis", args, run_dir / "redis.log", cwd=run_dir)
             self._process.start()
             deadline = began + self.startup_timeout
