@@ -652,14 +652,16 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         pipeline.metrics.registry,
         pipeline.readiness_checks(),
     )
-    pipeline.start()
 
     def _graceful(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: finishing the batch in flight", signum)
         pipeline.stop()
 
+    # Installed before start-up, so a stop during start-up is clean too (the fault tests
+    # found a SIGTERM there killing the process).
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
+    pipeline.start()
     started = time.monotonic()
     try:
         totals = pipeline.run(max_records=args.max_events, idle_exit_seconds=args.idle_exit_seconds)
