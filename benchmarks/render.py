@@ -183,6 +183,14 @@ def render_table(R: dict[str, Any]) -> str:
         v = g["value"]
         rows.append((f"Goal: {g['goal']}", f"{verdict} ({_num(v, '{:,.2f}')})"))
     lines = ["| measurement | value |", "| --- | --- |"]
+    for n, res in sorted((R.get("scale") or {}).items()):
+        rows.append(
+            (
+                f"**7. Scale**: {n} consumer process(es), one group, 4-partition topic, "
+                f"records/s ({m.get('cores', '?')} cores shared with broker and Redis)",
+                _rate(res.get("records_per_s")),
+            )
+        )
     lines += [f"| {a} | {b} |" for a, b in rows]
     return "\n".join(lines)
 
@@ -221,16 +229,28 @@ def render_readme_summary(R: dict[str, Any]) -> str:
     rows = [
         ("end to end, topic -> segment record (one process)", _rate(e2e) + " events/s"),
         ("raw consume ceiling, same topic", _rate(raw) + " records/s"),
-        ("pipeline / naive per-event baseline",
-         f"{e2e['median'] / naive['median']:.1f}x" if e2e and naive else "n/a"),
+        (
+            "pipeline / naive per-event baseline",
+            f"{e2e['median'] / naive['median']:.1f}x" if e2e and naive else "n/a",
+        ),
         ("produce -> record latency at 5k events/s", pct("5000")),
         ("produce -> record latency at 20k events/s", pct("20000")),
+        *[
+            (f"{n} consumer process(es), 4 partitions", _rate(res.get("records_per_s")) + " /s")
+            for n, res in sorted((R.get("scale") or {}).items())
+        ],
         ("consumer peak RSS", _num(lat.get("consumer_peak_rss_mb"), "{:,.0f} MB")),
-        ("Redis bytes per user (state + record)",
-         _num(mem.get("bytes_per_user_state_plus_record"), "{:,.0f} B")),
-        ("ARI vs planted types: streaming / offline KMeans / River",
-         " / ".join(_num(model.get(k), "{:.2f}") for k in
-                    ("streaming_ari", "offline_kmeans_ari", "river_ari"))),
+        (
+            "Redis bytes per user (state + record)",
+            _num(mem.get("bytes_per_user_state_plus_record"), "{:,.0f} B"),
+        ),
+        (
+            "ARI vs planted types: streaming / offline KMeans / River",
+            " / ".join(
+                _num(model.get(k), "{:.2f}")
+                for k in ("streaming_ari", "offline_kmeans_ari", "river_ari")
+            ),
+        ),
     ]
     unmet = [f"{g['goal']} (measured {g['value']:,.2f})" for g in goals if not g.get("met")]
     lines = [

@@ -370,6 +370,77 @@ class Bench:
 
     # -- 4. latency -------------------------------------------------------------------------
 
+    def scale(self, topic: str, n_records: int, processes: int, repeats: int) -> dict[str, Any]:
+        """Throughput of ``processes`` `streamseg run` processes in one group on ``topic``.
+
+        Method: a fresh namespace and group per run; the clock starts when the group's first
+        batch lands in Redis (the ``records`` counter moves) and stops when it reaches
+        ``n_records``, so process start-up and group joins are excluded.
+        """
+        assert self.model is not None
+        rates: list[float] = []
+        for _ in range(repeats):
+            ns = self.namespace(f"scale{processes}-{uuid.uuid4().hex[:4]}")
+            publish(self.client, ns, self.model)
+            env = {
+                **os.environ,
+                "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+                "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
+                "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+                "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+                "STREAMSEG_KAFKA__GROUP_ID": f"g-{ns}",
+                "STREAMSEG_REDIS__URL": self.redis_url,
+                "STREAMSEG_REDIS__NAMESPACE": ns,
+                "PYTHONPATH": str(ROOT),
+            }
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "consumer.cli",
+                        "--log-level",
+                        "WARNING",
+                        "run",
+                        "--idle-exit-seconds",
+                        "5",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(processes)
+            ]
+            counters = f"{ns}:counters"
+            started: float | None = None
+            deadline = time.monotonic() + 600
+            try:
+                while time.monotonic() < deadline:
+                    done = int(self.client.hget(counters, "records") or 0)
+                    if done and started is None:
+                        started = time.perf_counter()
+                    if done >= n_records:
+                        break
+                    time.sleep(0.02)
+                finished = time.perf_counter()
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            if started is not None and done >= n_records:
+                rates.append(n_records / (finished - started))
+            delete_namespace(self.client, ns)
+        return {
+            "processes": processes,
+            "records_per_s": summary(rates) if rates else None,
+            "method": "time from the first batch in Redis to the last record counted",
+        }
+
     def latency(self, rates: list[int], seconds: float, users: int) -> dict[str, Any]:
         """Produce at fixed rates into a topic a separate `consumer.cli run` process consumes.
 
@@ -721,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma list of sections to skip: e2e,large,ceilings,naive,latency,model",
+        help="comma list of sections to skip: e2e,large,ceilings,naive,latency,model,scale",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -829,6 +900,14 @@ def main(argv: list[str] | None = None) -> int:
             R["memory_large"] = bench.redis_memory(R["e2e_large"]["namespace"])
             delete_namespace(bench.client, R["e2e_large"]["namespace"])
             del big
+
+        if "scale" not in skip:
+            say("7. scale: 1 and 2 consumer processes on a 4-partition topic")
+            topic_scale = bench.topic("scale", partitions=4)
+            produce_all(bootstrap, topic_scale, records)
+            R["scale"] = {
+                str(n): bench.scale(topic_scale, len(records), n, args.repeats) for n in (1, 2)
+            }
 
         if "latency" not in skip:
             say("4. latency at fixed offered loads (separate consumer process)")
