@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.synthetic import EventGenerator, GeneratorConfig
+from consumer.synthetic import CATEGORIES, EventGenerator, GeneratorConfig
 from model.events import DEFAULT_ALIASES, DecodeLimits, decode_events, resolve_type_map
 from model.features import (
     FEATURE_NAMES,
@@ -225,20 +225,7 @@ _TYPES = [
     "like",
     "share",
 ]
-_CATEGORIES = [
-    "electronics",
-    "fashion",
-    "home",
-    "beauty",
-    "sports",
-    "books",
-    "toys",
-    "grocery",
-    "garden",
-    "auto",
-    "pets",
-    "jewelry",
-]
+_CATEGORIES = list(CATEGORIES)  # the generator's catalogue, one definition
 
 
 def uniform_records(
