@@ -547,9 +547,13 @@ class SegmentPipeline:
         users = [u for u, m in zip(users, mine, strict=True) if m]
         states = states[mine]
         before = states[:, COL["segment_id"]].copy()
+        # A record written by an older model may carry that model's segment name and tier:
+        # rewrite it too, so every record names the model in use after one pass.
+        outdated = states[:, COL["model_version"]] != self.model.model_version
         features = derive_features(states, self._rescore_at, self.settings.features)
         records, size_changes, changes = self._assign(users, states, features)
-        changed = np.flatnonzero(states[:, COL["segment_id"]] != before)
+        moved = states[:, COL["segment_id"]] != before
+        changed = np.flatnonzero(moved | outdated)
         if not len(changed):
             return
         for user, change in changes:
@@ -563,7 +567,7 @@ class SegmentPipeline:
                 states=states[changed],
                 segment_records=[records[i] for i in changed],
                 size_changes=size_changes,
-                counters={"rescored_changes": len(changed)},
+                counters={"rescored_changes": int(moved.sum())},
             )
         )
 

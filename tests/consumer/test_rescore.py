@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -89,3 +90,54 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     assert busy["segment_id"] == recent
     # the idle user was recent when last seen; only the re-score could move them
     assert idle_before["event_time"] == idle_after["event_time"]
+
+
+def test_a_new_model_reaches_every_record_in_one_re_score_pass(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic()
+    settings = settings_for(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        **{"pipeline.rescore_min_wall_seconds": 0.0, "pipeline.model_poll_seconds": 0.01},
+    )
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    first = recency_model()
+    store.publish(first)
+    events = [
+        {
+            "event_id": f"u{i}",
+            "user_id": f"u{i}",
+            "type": "purchase",
+            "ts": int(T0 + i * MS_PER_DAY),
+            "amount": 20.0,
+        }
+        for i in range(30)
+    ]
+    produce(kafka_bootstrap, topic, as_records(events))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+        # the same segments under a new version, possibly renamed: no user changes segment
+        second = first.model_copy(update={"model_version": first.model_version + 1})
+        store.publish(second)
+        time.sleep(0.05)
+        pipeline.refresh_model()
+        pipeline._rescored_at = -np.inf  # due now
+        for _ in range(20):
+            pipeline._rescore_step()
+    finally:
+        pipeline.close()
+    versions = {
+        orjson.loads(raw)["model_version"]
+        for raw in redis_client.mget([keys.segment(e["user_id"]) for e in events])
+    }
+    assert versions == {second.model_version}
