@@ -23,8 +23,8 @@ an event from that partition at or below that offset is skipped (a redelivery).
 
 Duplicate events: a producer that retries without idempotence writes the same event twice
 at different offsets, which the offset rule cannot see. The state therefore also keeps a ring
-of `DEDUPE_SLOTS` *event-id hashes* (52-bit blake2b of the UTF-8 ``event_id``, exact in
-float64, as for category codes) of the user's last applied events, and ``event_ids_seen``,
+of `DEDUPE_SLOTS` *event-id hashes* (52 bits: CRC-32 and Adler-32 of the UTF-8
+``event_id``, exact in float64) of the user's last applied events, and ``event_ids_seen``,
 how many have been applied (the ring's write position is ``event_ids_seen mod window``).
 The rule, applied event by event in Kafka offset order: an event whose id hash is among the
 hashes of the user's last ``window`` applied events (``pipeline.dedupe_window_events``, at
@@ -52,6 +52,7 @@ value; ties go to the earlier slot.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -173,12 +174,21 @@ def category_code(name: str) -> float:
     return _hash52(name)
 
 
-def event_id_hashes(event_ids: Sequence[str]) -> np.ndarray:
-    """52-bit hashes of event ids, exact in float64 (blake2b of UTF-8), for deduplication.
+def _event_hash52(text: str) -> float:
+    data = text.encode()
+    return float((zlib.crc32(data) << 20) | (zlib.adler32(data) & 0xFFFFF))
 
-    No cache: ids are (nearly) all distinct, so one hash per event is the cheapest.
+
+def event_id_hashes(event_ids: Sequence[str]) -> np.ndarray:
+    """52-bit hashes of event ids, exact in float64, for deduplication.
+
+    ``crc32 << 20 | adler32 & 0xFFFFF`` of the UTF-8 bytes: about 2x cheaper than blake2b,
+    which matters once per event; only ids of one user's last few events are ever compared,
+    so a chance collision (about 1 in 2^40) is what a wrongly skipped event would need.
     """
-    return np.fromiter((_hash52(e) for e in event_ids), dtype=np.float64, count=len(event_ids))
+    return np.fromiter(
+        (_event_hash52(e) for e in event_ids), dtype=np.float64, count=len(event_ids)
+    )
 
 
 @dataclass(frozen=True, slots=True)
