@@ -18,6 +18,7 @@ from consumer.exceptions import ConfigError
 from consumer.redis_keys import KeyLayout
 from consumer.settings import Settings
 from model.exceptions import ModelFormatError
+from model.features import FEATURE_NAMES
 from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ModelStore:
     def load_current(self) -> SegmentModel | None:
         """The model in use, validated; None before the first publish."""
         raw = self.client.get(self.keys.model_current)
-        return None if raw is None else SegmentModel.from_json(raw)
+        return None if raw is None else _compatible(SegmentModel.from_json(raw))
 
     def load(self, version: int) -> SegmentModel:
         raw = self.client.get(self.keys.model_history(version))
@@ -61,7 +62,7 @@ class ModelStore:
         never published.
         """
         data = model.to_json()
-        SegmentModel.from_json(data)
+        _compatible(SegmentModel.from_json(data))
         version = model.model_version
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.model_history(version), data)
@@ -83,6 +84,16 @@ class ModelStore:
         pipe.execute()
         log.info("rolled back to model version %d", version)
         return model
+
+
+def _compatible(model: SegmentModel) -> SegmentModel:
+    """The model, if it reads the features this service computes, in the same order."""
+    if model.feature_names != list(FEATURE_NAMES):
+        raise ModelFormatError(
+            f"model v{model.model_version} expects features {model.feature_names}, "
+            f"but this service computes {list(FEATURE_NAMES)}"
+        )
+    return model
 
 
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,7 +135,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.action == "import":
         try:
-            imported = SegmentModel.from_json(args.path.read_bytes())
+            imported = _compatible(SegmentModel.from_json(args.path.read_bytes()))
         except (OSError, ModelFormatError) as exc:
             raise ConfigError(f"cannot import {args.path}: {exc}") from None
         model = imported.model_copy(update={"model_version": store.next_version()})

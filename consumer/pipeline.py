@@ -34,6 +34,7 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from consumer.exceptions import ServerUnavailableError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.kafka_clients import (
     create_consumer,
@@ -67,6 +68,32 @@ if TYPE_CHECKING:
     from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
+
+
+#: Dead letters keep at most this much of a record (a Kafka message is at most ~1 MB).
+DEAD_LETTER_MAX_BYTES = 900_000
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when a stop was asked for while waiting on Redis."""
+
+
+# Errors that mean "Redis cannot take this now" (retry later), not "this command is wrong".
+_UNAVAILABLE_PREFIXES = ("OOM", "READONLY", "MISCONF", "EXECABORT", "BUSY", "LOADING", "MASTERDOWN")
+
+
+def _redis_is_unavailable(exc: redis.RedisError) -> bool:
+    transient = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        redis.BusyLoadingError,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # stubs lag redis-py
+        redis.exceptions.ExecAbortError,
+    )
+    if isinstance(exc, transient):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
 
 
 @dataclass
@@ -105,6 +132,7 @@ class SegmentPipeline:
         self._category_cache: dict[str, float] = {}
         self._known_categories: set[float] = set()
         self._names_by_code: dict[float, str] = {}
+        self._undelivered: list[str] = []
         self._watermark = -np.inf
         self._stopping = False
         self._rescore_cursor: int | None = None  # SCAN cursor of the pass in progress
@@ -213,13 +241,19 @@ class SegmentPipeline:
         last_record = time.monotonic()
         while not self._stopping:
             self.refresh_model()
-            self._rescore_step()
+            try:
+                self._rescore_step()
+            except StopRequested:
+                break
             if self.heartbeat.due():
                 self._beat()
             messages = self.consumer.consume(batch_size, timeout)
             if messages:
                 last_record = time.monotonic()
-                self.process(messages)
+                try:
+                    self.process(messages)
+                except StopRequested:
+                    break  # nothing of this batch was stored: it is redelivered
             elif not self.consumer.assignment():
                 last_record = time.monotonic()  # idle only counts while partitions are ours
             elif idle_exit_seconds and time.monotonic() - last_record > idle_exit_seconds:
@@ -391,9 +425,7 @@ class SegmentPipeline:
         records_json, size_changes, changes = self._assign(touched_users, touched_states, features)
         stats.segment_changes = len(changes)
         for user, change in changes:
-            self.producer.produce(  # type: ignore[union-attr]
-                self.settings.kafka.segments_topic, key=user.encode(), value=change
-            )
+            self._produce(self.settings.kafka.segments_topic, user.encode(), change)
         return BatchWrite(
             user_ids=touched_users,
             user_keys=[user_keys[i] for i in touched],
@@ -557,9 +589,7 @@ class SegmentPipeline:
         if not len(changed):
             return
         for user, change in changes:
-            self.producer.produce(  # type: ignore[union-attr]
-                self.settings.kafka.segments_topic, key=user.encode(), value=change
-            )
+            self._produce(self.settings.kafka.segments_topic, user.encode(), change)
         self._deliver()
         self.store.write(
             BatchWrite(
@@ -580,46 +610,97 @@ class SegmentPipeline:
         topic = self.settings.kafka.dead_letter_topic
         for rejection in rejections:
             m = records[rejection.index]
-            self.producer.produce(
-                topic,
-                key=m.key(),
-                value=m.value(),
-                headers=dead_letter_headers(m, rejection.reason, rejection.detail),
-            )
+            headers = dead_letter_headers(m, rejection.reason, rejection.detail)
+            value = m.value()
+            if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
+                # Larger than a Kafka message may be: keep the head, say how long it was.
+                headers.append(("streamseg.truncated_from_bytes", str(len(value)).encode()))
+                value = value[:DEAD_LETTER_MAX_BYTES]
+            self._produce(topic, m.key(), value, headers)
             stats.reasons[rejection.reason] += 1
         stats.dead_lettered = len(rejections)
         if rejections:
             log.debug("dead-lettered %d records: %s", len(rejections), dict(stats.reasons))
 
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """Queue one message; a full local queue waits for room instead of failing."""
+        assert self.producer is not None
+        while True:
+            try:
+                self.producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=self._delivered
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _delivered(self, err: KafkaError | None, message: Message) -> None:
+        if err is not None:
+            self._undelivered.append(f"{message.topic()}: {err.str()}")
+
     def _deliver(self) -> None:
-        """Wait until dead letters and change events are acknowledged by the broker."""
+        """Wait until dead letters and change events are acknowledged by the broker.
+
+        A message the broker finally refused stops the process before the Redis write and
+        before any offset is stored: the batch is redelivered after a restart, never lost.
+        """
         assert self.producer is not None
         while self.producer.flush(5.0) > 0:
             log.warning("waiting for the broker to acknowledge %d messages", len(self.producer))
+        if self._undelivered:
+            failed, self._undelivered = self._undelivered, []
+            raise ServerUnavailableError(
+                f"{len(failed)} message(s) were not delivered, first: {failed[0]}"
+            )
 
     def _until_redis_answers(self, work: Callable[[], None]) -> None:
-        """Run ``work``; while Redis fails, pause consumption and retry it with back-off."""
+        """Run ``work``; while Redis fails, pause consumption and retry it with back-off.
+
+        Raises `StopRequested` when asked to stop meanwhile: nothing of the batch was stored,
+        so it is simply redelivered.
+        """
         assert self.consumer is not None
         delay = 0.1
-        paused: list[TopicPartition] = []
+        paused = False
         while True:
             try:
                 work()
                 break
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            except redis.RedisError as exc:
+                if not _redis_is_unavailable(exc):
+                    raise
                 self.metrics.redis_errors.inc()
                 if not paused:
-                    paused = self.consumer.assignment()
-                    self.consumer.pause(paused)
+                    paused = True
                     self.metrics.paused.set(1)
                     log.warning("Redis unavailable (%s); consumption paused", exc)
-                self.consumer.poll(0)  # serve rebalance callbacks while waiting
+                self._serve_callbacks_paused()
+                if self._stopping:
+                    raise StopRequested from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if paused:
             self.consumer.resume(self.consumer.assignment())
             self.metrics.paused.set(0)
             log.info("Redis is back; consumption resumed")
+
+    def _serve_callbacks_paused(self) -> None:
+        """Serve rebalance callbacks without consuming: partitions assigned meanwhile are
+        paused too, and a message poll returns anyway is sought back, not dropped."""
+        assert self.consumer is not None
+        self.consumer.pause(self.consumer.assignment())
+        message = self.consumer.poll(0)
+        if message is not None and message.error() is None:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is not None and partition is not None and offset is not None:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.consumer.pause(self.consumer.assignment())
 
     def _store_offsets(self, records: Sequence[Message]) -> None:
         assert self.consumer is not None

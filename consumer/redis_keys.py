@@ -24,8 +24,11 @@ Keys outside every namespace (`PointerKeys`, root ``streamseg``) say which names
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from consumer.exceptions import ConfigError
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -35,11 +38,23 @@ def escape_user_id(user_id: str) -> str:
     return user_id.translate(_ESCAPES)
 
 
+#: A namespace is 1-64 letters, digits, '_', '.', '-': no glob or hash-tag characters, so it
+#: is safe inside SCAN patterns (``drop``) and never reaches into another namespace's keys.
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class KeyLayout:
-    """Key names of one namespace."""
+    """Key names of one namespace; raises `ConfigError` for an invalid namespace name."""
 
     namespace: str
+
+    def __post_init__(self) -> None:
+        if not NAMESPACE_PATTERN.match(self.namespace):
+            raise ConfigError(
+                f"invalid namespace {self.namespace!r}: "
+                "must be 1-64 characters of letters, digits, '_', '.', '-'"
+            )
 
     def state(self, user_id: str) -> str:
         return f"{self.namespace}:{{{escape_user_id(user_id)}}}:state"

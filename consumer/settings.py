@@ -10,7 +10,6 @@ environment wins over the file. A wrong setting stops start-up with a message na
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -20,10 +19,9 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.exceptions import ConfigError
+from consumer.redis_keys import NAMESPACE_PATTERN
 from model.events import DEFAULT_ALIASES, resolve_type_map
 from model.features import DEDUPE_SLOTS, FeatureConfig
-
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class KafkaSettings(BaseModel):
@@ -88,7 +86,7 @@ class RedisSettings(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _valid_namespace(cls, value: str) -> str:
-        if not _NAMESPACE.match(value):
+        if not NAMESPACE_PATTERN.match(value):
             raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
         return value
 

@@ -33,6 +33,7 @@ from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import Settings, TrainerSettings
+from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
 from model.labels import label_segments
 from model.model_format import SegmentModel
@@ -249,7 +250,14 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                 trainer = None
                 continue
             if time.monotonic() >= next_step:
-                model = trainer.step()
+                try:
+                    model = trainer.step()
+                except (redis.RedisError, StreamsegError) as exc:
+                    # A Redis blip or an unusable batch of rows must not end the trainer:
+                    # the published model stays in use and the next step tries again.
+                    log.error("training step failed: %s", exc)
+                    next_step = time.monotonic() + config.update_interval_seconds
+                    continue
                 if model is not None:
                     log.info(
                         "published model v%d: %s",

@@ -13,7 +13,7 @@ Schema of one event (a JSON object; unknown fields are ignored):
                like, share, or an alias configured in the alias map
 ``ts``         event time: ISO-8601 string **with a zone**, or epoch milliseconds
                (integer or float). Must lie in [``min_ts_ms``, ``max_ts_ms``)
-``amount``     number >= 0, finite, in currency units; required for purchase and refund
+``amount``     number in [0, 1e12], in currency units; required for purchase and refund
 ``currency``   optional string, 1-8 characters (recorded, not converted)
 ``category``   optional string, 1-128 characters
 ``item_id``    optional string or integer
@@ -75,6 +75,9 @@ DEFAULT_ALIASES: dict[str, str] = {
 #: Events of these types carry money and must have ``amount``.
 MONEY_TYPES = frozenset({"purchase", "refund"})
 
+#: Largest accepted ``amount`` (currency units).
+MAX_AMOUNT = 1e12
+
 
 def _epoch_ms(value: int | float | datetime) -> float:
     if isinstance(value, datetime):
@@ -106,7 +109,10 @@ class Event(TypedDict):
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     ts: Annotated[StrictInt | StrictFloat | AwareDatetime, AfterValidator(_epoch_ms)]
     # strict: a JSON true or "12.5" is not an amount (lax mode would read 1.0 and 12.5).
-    amount: NotRequired[Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | None]
+    # The upper bound keeps decayed sums and model profiles far from float overflow.
+    amount: NotRequired[
+        Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)] | None
+    ]
     currency: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=8)] | None]
     category: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=128)] | None]
     item_id: NotRequired[Identifier | None]
