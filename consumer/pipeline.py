@@ -371,6 +371,8 @@ class SegmentPipeline:
         }
         self._deliver()
         self.store.write(write)
+        # Only once written: a failed attempt registers its new category names on the retry.
+        self._known_categories.update(write.new_categories)
 
     def _apply(
         self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
@@ -415,7 +417,6 @@ class SegmentPipeline:
             for name, code in self._category_cache.items()
             if code not in self._known_categories
         }
-        self._known_categories.update(new_categories)
 
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]
