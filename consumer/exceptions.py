@@ -11,4 +11,8 @@ class ServerUnavailableError(StreamsegError):
     """Kafka or Redis cannot be reached within the allowed time."""
 
 
-__all__ = ["ConfigError", "ServerUnavailableError", "StreamsegError"]
+class LeaseLostError(StreamsegError):
+    """A trainer tried to publish without holding the namespace's trainer lease."""
+
+
+__all__ = ["ConfigError", "LeaseLostError", "ServerUnavailableError", "StreamsegError"]

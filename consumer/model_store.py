@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import cast
 
 import redis
 
-from consumer.exceptions import ConfigError
+from consumer.exceptions import ConfigError, LeaseLostError
 from consumer.redis_keys import KeyLayout
 from consumer.settings import Settings
 from model.exceptions import ModelFormatError
@@ -71,6 +72,39 @@ class ModelStore:
         pipe.set(self.keys.model_version, version)
         pipe.execute()
         log.info("published model version %d (%d segments)", version, len(model.ids))
+
+    def publish_next(
+        self, model: SegmentModel, *, lease_key: str | None = None, token: str | None = None
+    ) -> SegmentModel:
+        """Publish ``model`` as the next version, atomically with the version choice.
+
+        With ``lease_key``, only while that key still holds ``token`` (the caller's trainer
+        lease): a trainer that lost its lease during a long fit cannot publish, and two
+        trainers can never publish the same version number. Raises `LeaseLostError`.
+        """
+        watched = [self.keys.model_versions, *([lease_key] if lease_key else [])]
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(*watched)
+                    if lease_key is not None and pipe.get(lease_key) != (token or "").encode():
+                        raise LeaseLostError(f"trainer lease {lease_key!r} is held by another")
+                    # After WATCH the pipeline runs commands at once (the stubs don't know).
+                    newest = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, 0))
+                    version = int(newest[0]) + 1 if newest else 1
+                    model = model.model_copy(update={"model_version": version})
+                    data = model.to_json()
+                    _compatible(SegmentModel.from_json(data))
+                    pipe.multi()
+                    pipe.set(self.keys.model_history(version), data)
+                    pipe.zadd(self.keys.model_versions, {str(version): version})
+                    pipe.set(self.keys.model_current, data)
+                    pipe.set(self.keys.model_version, version)
+                    pipe.execute()
+                    log.info("published model version %d (%d segments)", version, len(model.ids))
+                    return model
+                except redis.WatchError:
+                    continue  # another publish or a lease change came first: decide again
 
     def rollback(self, version: int) -> SegmentModel:
         """Make an earlier published version current again (atomically)."""

@@ -81,8 +81,11 @@ class Trainer:
         keys: KeyLayout,
         config: TrainerSettings,
         metrics: TrainerMetrics | None = None,
+        lease: TrainerLease | None = None,
     ) -> None:
         self.client = client
+        #: When given, every publish checks that this lease is still ours.
+        self.lease = lease
         self.keys = keys
         self.config = config
         self.metrics = metrics or TrainerMetrics()
@@ -199,10 +202,13 @@ class Trainer:
         centers = self.preprocessor.inverse_transform(self.segmenter.cluster_centers_)
         labels = label_segments(centers, X, positions, FEATURE_NAMES)
         model = SegmentModel.from_fitted(self.segmenter, self.preprocessor, labels, n_rows=len(X))
-        version = self.models.next_version()
-        model = model.model_copy(update={"model_version": version})
-        self.segmenter.version_ = version
-        self.models.publish(model)
+        lease = self.lease
+        model = self.models.publish_next(
+            model,
+            lease_key=lease.key if lease else None,
+            token=lease.token if lease else None,
+        )
+        self.segmenter.version_ = model.model_version
         self.metrics.observe_publish(self.published, model, X)
         self.published = model
         if len(self.segmenter.dying_clusters_):
@@ -242,7 +248,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                     continue
                 log.info("trainer lease acquired for namespace %s", keys.namespace)
                 metrics.leader.set(1)
-                trainer = Trainer(client, keys, config, metrics)
+                trainer = Trainer(client, keys, config, metrics, lease)
                 trainer.resume()
             elif not lease.renew():
                 log.warning("trainer lease lost; waiting to take over again")

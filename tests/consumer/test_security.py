@@ -49,7 +49,7 @@ def redis_acl_rule(user: str, password: str, namespace: str) -> str:
         "resetchannels -@all "
         "+ping +get +mget +set +mset +multi +exec +hget +hmget +hgetall +hset +hdel "
         "+hincrby +lpush +ltrim +lrange +zadd +zscore +zrevrange +exists +scan "
-        "+evalsha +script|load +pexpire +del"
+        "+evalsha +script|load +pexpire +del +watch +unwatch"
     )
 
 

@@ -153,3 +153,38 @@ def test_lookup_client_reads_what_redis_cli_reads(
     ).stdout
     assert orjson.loads(out)["user_id"] == hostile
     assert lookup.get(hostile) == records[users.index(hostile)]
+
+
+def test_a_trainer_that_lost_its_lease_cannot_publish(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    import time
+
+    from consumer.exceptions import LeaseLostError
+
+    topic = new_topic()
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    settings.trainer.bootstrap_rows = 200
+    events = make_events(1500, users=300, seed=8)
+    produce(kafka_bootstrap, topic, as_records(events))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+    keys = KeyLayout(namespace)
+    slow = TrainerLease(redis_client, keys.trainer_lease, seconds=2)
+    assert slow.acquire()
+    time.sleep(2.2)  # a fit longer than the lease: the standby takes over
+    standby = TrainerLease(redis_client, keys.trainer_lease, seconds=30)
+    assert standby.acquire()
+    with pytest.raises(LeaseLostError):
+        Trainer(redis_client, keys, settings.trainer, lease=slow).step()
+    assert ModelStore(redis_client, keys).versions() == []
+    published = Trainer(redis_client, keys, settings.trainer, lease=standby).step()
+    assert published is not None and published.model_version == 1
