@@ -11,6 +11,7 @@ import orjson
 import redis
 from confluent_kafka import Producer
 
+from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import Settings, load_settings
 from consumer.state_store import StateStore
@@ -37,6 +38,17 @@ def settings_for(
         **extra,
     }
     return load_settings(None, **overrides)
+
+
+def drain(settings: Settings, expected_records: int) -> SegmentPipeline:
+    """Run a pipeline until it has seen ``expected_records`` (or 20 s idle), then close it."""
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=expected_records, idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+    return pipeline
 
 
 def make_events(n: int, users: int, seed: int) -> list[dict[str, Any]]:

@@ -15,13 +15,13 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Message
 
-from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
     T0,
     assert_state_matches,
     canonical,
+    drain,
     read_state,
     settings_for,
 )
@@ -109,12 +109,7 @@ def test_kcat_bytes_are_counted_dead_lettered_and_never_crash_the_pipeline(
     settings = settings_for(
         kafka_bootstrap, redis_url, topic, namespace, **{"pipeline.batch_size": 4}
     )
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(cases), idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    drain(settings, len(cases))
 
     outcomes = [outcome for *_, outcome in cases]
     bad = [(k, v, o) for _, k, v, o in cases if o not in ("applied", "ignored")]

@@ -20,6 +20,7 @@ from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
     canonical,
+    drain,
     make_events,
     produce,
     read_state,
@@ -56,12 +57,7 @@ def run_pipeline(
         namespace,
         **{"pipeline.batch_size": batch_size, "kafka.group_id": f"g-{namespace}"},
     )
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=n, idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    pipeline = drain(settings, n)
     return pipeline
 
 
@@ -124,12 +120,7 @@ def test_dedupe_window_zero_applies_every_copy(
     settings = settings_for(
         kafka_bootstrap, redis_url, topic, namespace, **{"pipeline.dedupe_window_events": 0}
     )
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(stream), idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    pipeline = drain(settings, len(stream))
     assert pipeline.totals.applied == len(stream)
     expected = recompute(canonical(stream), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)

@@ -9,13 +9,13 @@ import pytest
 import redis
 from confluent_kafka import Consumer
 
-from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
     canonical,
+    drain,
     make_events,
     produce,
     read_state,
@@ -24,14 +24,6 @@ from tests.consumer.pipeline_support import (
 from tests.reference_features import recompute
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
-
-
-def run_until_drained(pipeline: SegmentPipeline, expected_records: int) -> None:
-    pipeline.start()
-    try:
-        pipeline.run(max_records=expected_records, idle_exit_seconds=20)
-    finally:
-        pipeline.close()
 
 
 def test_features_in_redis_equal_an_independent_recomputation(
@@ -45,8 +37,7 @@ def test_features_in_redis_equal_an_independent_recomputation(
     events = make_events(4000, users=150, seed=5)
     produce(kafka_bootstrap, topic, as_records(events))
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
-    pipeline = SegmentPipeline(settings)
-    run_until_drained(pipeline, len(events))
+    pipeline = drain(settings, len(events))
 
     assert pipeline.totals.records == len(events)
     assert pipeline.totals.applied == len(events)
@@ -111,9 +102,8 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
     ]
     produce(kafka_bootstrap, topic, as_records(good) + bad + unmapped)
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
-    pipeline = SegmentPipeline(settings)
     total = len(good) + len(bad) + len(unmapped)
-    run_until_drained(pipeline, total)
+    pipeline = drain(settings, total)
 
     t = pipeline.totals
     assert (t.records, t.applied, t.dead_lettered, t.ignored) == (total, len(good), len(bad), 1)

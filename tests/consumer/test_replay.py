@@ -13,7 +13,6 @@ from consumer.cli import main
 from consumer.exceptions import ConfigError
 from consumer.lookup import SegmentLookup
 from consumer.namespaces import drop_namespace, list_namespaces, promote, rollback
-from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.replay import compare_namespaces, replay
 from consumer.segment_record import encode_record
@@ -24,6 +23,7 @@ from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
     canonical,
+    drain,
     make_events,
     produce,
     read_state,
@@ -60,12 +60,7 @@ def test_replay_from_earliest_rebuilds_the_live_features(
     redis_client: redis.Redis,
 ) -> None:
     settings, events, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace)
-    live = SegmentPipeline(settings)
-    live.start()
-    try:
-        live.run(max_records=len(events), idle_exit_seconds=20)
-    finally:
-        live.close()
+    drain(settings, len(events))
 
     shadow = f"{namespace}-shadow"
     result = replay(settings, shadow, seed=3, pointer=pointer)

@@ -17,7 +17,7 @@ from consumer.redis_keys import KeyLayout
 from consumer.snapshot import read_snapshot
 from consumer.trainer import Trainer
 from model.features import FEATURE_NAMES
-from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
+from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -110,12 +110,7 @@ def test_report_without_a_model_shows_counters_and_distributions(
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
     events = make_events(600, users=100, seed=12)
     produce(kafka_bootstrap, topic, as_records(events))
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(events), idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    drain(settings, len(events))
     _point_cli_at(monkeypatch, kafka_bootstrap, redis_url)
     out = tmp_path / "cold"
     assert main(["--namespace", namespace, "report", "--out", str(out)]) == 0

@@ -12,7 +12,7 @@ from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.trainer import Trainer, TrainerLease
-from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
+from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -134,12 +134,7 @@ def test_lookup_client_reads_what_redis_cli_reads(
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
     events = make_events(800, users=50, seed=4)
     produce(kafka_bootstrap, topic, as_records(events))
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(events), idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    drain(settings, len(events))
     lookup = SegmentLookup(redis_client, namespace)
     users = sorted({e["user_id"] for e in events})
     records = lookup.get_many([*users, "nobody"])
@@ -171,12 +166,7 @@ def test_a_trainer_that_lost_its_lease_cannot_publish(
     settings.trainer.bootstrap_rows = 200
     events = make_events(1500, users=300, seed=8)
     produce(kafka_bootstrap, topic, as_records(events))
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(events), idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    drain(settings, len(events))
     keys = KeyLayout(namespace)
     slow = TrainerLease(redis_client, keys.trainer_lease, seconds=2)
     assert slow.acquire()
