@@ -45,7 +45,13 @@ from consumer.kafka_clients import (
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.segment_record import encode_record, iso_ms, iso_ms_array
+from consumer.segment_record import (
+    COLD_START_FIELDS,
+    encode_records,
+    iso_ms,
+    iso_ms_array,
+    segment_fields,
+)
 from consumer.settings import Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
@@ -131,6 +137,7 @@ class SegmentPipeline:
         self._model_checked = 0.0
         self._category_cache: dict[str, float] = {}
         self._known_categories: set[float] = set()
+        self._fields_of: tuple[SegmentModel | None, list[bytes]] = (None, [])
         self._names_by_code: dict[float, str] = {}
         self._undelivered: list[str] = []
         self._watermark = -np.inf
@@ -384,7 +391,7 @@ class SegmentPipeline:
             count=len(batch),
         )
         users = list(rows)
-        user_keys = list(self.keys.state_and_segment(users))  # built once, read and write
+        user_keys = self.keys.state_and_segment(users)  # built once, read and write
         states = self.store.read_states(users, state_keys=[k for k, _ in user_keys])
         codes = category_codes(batch.category, self._category_cache)
         source = [records[i] for i in batch.index]
@@ -440,7 +447,7 @@ class SegmentPipeline:
 
     def _assign(
         self, users: list[str], states: np.ndarray, features: np.ndarray
-    ) -> tuple[list[bytes | None], dict[int, int], list[tuple[str, bytes]]]:
+    ) -> tuple[list[bytes], dict[int, int], list[tuple[str, bytes]]]:
         """Segment records, segment-size deltas and change events; updates ``states``."""
         computed_at = iso_ms(time.time() * 1000.0)
         event_times = iso_ms_array(states[:, COL["last_ts_ms"]])
@@ -450,25 +457,16 @@ class SegmentPipeline:
         view_names = [names.get(c) if c == c else None for c in by_views.tolist()]
         model = self.model
         if model is None:
-            return (
-                [
-                    encode_record(
-                        u,
-                        segment_id=None,
-                        segment=None,
-                        tier=None,
-                        model_version=None,
-                        distance=None,
-                        top_category_spend=s,
-                        top_category_views=v,
-                        event_time=t,
-                        computed_at=computed_at,
-                    )
-                    for u, s, v, t in zip(users, spend_names, view_names, event_times, strict=True)
-                ],
-                {},
-                [],
+            records = encode_records(
+                users,
+                fields=[COLD_START_FIELDS] * len(users),
+                distances=None,
+                top_category_spend=spend_names,
+                top_category_views=view_names,
+                event_times=event_times,
+                computed_at=computed_at,
             )
+            return records, {}, []
         previous = states[:, COL["segment_id"]].astype(np.int64)
         ids, positions, distances = model.assign(
             features, previous_ids=previous, margin=self.settings.pipeline.hysteresis_margin
@@ -478,22 +476,16 @@ class SegmentPipeline:
         seg_names = model.names_array[positions].tolist()
         tiers = model.tiers_array[positions].tolist()
         id_list = ids.tolist()
-        dist_list = np.round(distances, 6).tolist()
-        records = [
-            encode_record(
-                users[i],
-                segment_id=id_list[i],
-                segment=seg_names[i],
-                tier=tiers[i],
-                model_version=model.model_version,
-                distance=dist_list[i],
-                top_category_spend=spend_names[i],
-                top_category_views=view_names[i],
-                event_time=event_times[i],
-                computed_at=computed_at,
-            )
-            for i in range(len(users))
-        ]
+        per_segment = self._segment_fields(model)
+        records = encode_records(
+            users,
+            fields=[per_segment[p] for p in positions.tolist()],
+            distances=np.round(distances, 6).tolist(),
+            top_category_spend=spend_names,
+            top_category_views=view_names,
+            event_times=event_times,
+            computed_at=computed_at,
+        )
         changed = np.flatnonzero(ids != previous)
         size_changes: Counter[int] = Counter()
         changes = []
@@ -519,7 +511,19 @@ class SegmentPipeline:
                     ),
                 )
             )
-        return list(records), dict(size_changes), changes
+        return records, dict(size_changes), changes
+
+    def _segment_fields(self, model: SegmentModel) -> list[bytes]:
+        """`segment_fields` of each centre position of ``model`` (computed once per model)."""
+        if self._fields_of[0] is not model:
+            fields = [
+                segment_fields(int(i), name, int(tier), model.model_version)
+                for i, name, tier in zip(
+                    model.ids, model.names_array.tolist(), model.tiers_array.tolist(), strict=True
+                )
+            ]
+            self._fields_of = (model, fields)
+        return self._fields_of[1]
 
     def _category_names(self, states: np.ndarray) -> dict[float, str]:
         """Code -> name for every category code in ``states``, asking Redis for unknown ones."""

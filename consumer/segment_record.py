@@ -15,6 +15,7 @@ the wall-clock time the record was written. Times are ISO-8601 UTC with millisec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -81,3 +82,60 @@ def encode_record(
             "computed_at": computed_at,
         }
     )
+
+
+#: The segment fields of a record before any model exists (``status`` ``cold_start``).
+COLD_START_FIELDS = (
+    b'"status":"cold_start","segment_id":null,"segment":null,"tier":null,"model_version":null'
+)
+
+
+def segment_fields(segment_id: int, segment: str, tier: int, model_version: int) -> bytes:
+    """The JSON fields of a record that depend only on its segment (shared by its users)."""
+    return b'"status":"assigned","segment_id":%b,"segment":%b,"tier":%b,"model_version":%b' % (
+        orjson.dumps(segment_id),
+        orjson.dumps(segment),
+        orjson.dumps(tier),
+        orjson.dumps(model_version),
+    )
+
+
+def encode_records(
+    user_ids: Sequence[str],
+    *,
+    fields: Sequence[bytes],
+    distances: Sequence[float] | None,
+    top_category_spend: Sequence[str | None],
+    top_category_views: Sequence[str | None],
+    event_times: Sequence[str],
+    computed_at: str,
+) -> list[bytes]:
+    """`encode_record` of many users at once, byte for byte the same output.
+
+    ``fields`` holds each user's `segment_fields` (or `COLD_START_FIELDS`), ``distances``
+    None means null for everyone. The hot path: one template fill per user, no dict.
+    """
+    dumps = orjson.dumps
+    n = len(user_ids)
+    if distances is None:
+        distance_json = [b"null"] * n
+    elif n:
+        # One call for the whole column: plain floats hold no comma.
+        distance_json = dumps(list(distances))[1:-1].split(b",")
+    else:
+        distance_json = []
+    computed = computed_at.encode()
+    return [
+        b'{"user_id":%b,%b,"distance":%b,"top_category_spend":%b,"top_category_views":%b,'
+        b'"event_time":"%b","computed_at":"%b"}'
+        % (dumps(u), f, d, dumps(s), dumps(v), t.encode(), computed)
+        for u, f, d, s, v, t in zip(
+            user_ids,
+            fields,
+            distance_json,
+            top_category_spend,
+            top_category_views,
+            event_times,
+            strict=True,
+        )
+    ]

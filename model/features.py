@@ -174,11 +174,6 @@ def category_code(name: str) -> float:
     return _hash52(name)
 
 
-def _event_hash52(text: str) -> float:
-    data = text.encode()
-    return float((zlib.crc32(data) << 20) | (zlib.adler32(data) & 0xFFFFF))
-
-
 def event_id_hashes(event_ids: Sequence[str]) -> np.ndarray:
     """52-bit hashes of event ids, exact in float64, for deduplication.
 
@@ -186,8 +181,12 @@ def event_id_hashes(event_ids: Sequence[str]) -> np.ndarray:
     which matters once per event; only ids of one user's last few events are ever compared,
     so a chance collision (about 1 in 2^40) is what a wrongly skipped event would need.
     """
+    crc32, adler32 = zlib.crc32, zlib.adler32
+    encoded = [e.encode() for e in event_ids]
     return np.fromiter(
-        (_event_hash52(e) for e in event_ids), dtype=np.float64, count=len(event_ids)
+        [(crc32(d) << 20) | (adler32(d) & 0xFFFFF) for d in encoded],
+        dtype=np.float64,
+        count=len(encoded),
     )
 
 

@@ -278,3 +278,62 @@ def test_all_constructed_cases_in_one_batch_keep_their_reasons() -> None:
     got.update({i: "row" for i in batch.index.tolist()})
     got.update({i: "ignored" for i in batch.ignored})
     assert [got[i] for i in range(len(CASES))] == [c[3] for c in CASES]
+
+
+def _decoded(batch: EventBatch, rejections: list[Rejection]) -> tuple[Any, ...]:
+    return (
+        batch.index.tolist(),
+        batch.user_id,
+        batch.event_id,
+        batch.type_code.tolist(),
+        batch.ts_ms.tolist(),
+        batch.amount.tolist(),
+        batch.category,
+        batch.ignored,
+        [(r.index, r.reason, r.detail) for r in rejections],
+    )
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(fields, json_values | timestamps | hostile_ids), max_size=3),
+            st.sampled_from(["purchase", "view", "unknown_type", "add_to_cart"]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_fast_decoder_agrees_with_the_schema(
+    cases: list[tuple[list[tuple[str, Any]], str, bool]],
+) -> None:
+    """msgspec reads the common case first; the outcome must be the schema's, value for value."""
+    values: list[bytes | None] = []
+    for replacements, kind, truncate in cases:
+        raw = dumps(event(**{"type": kind, "amount": 3.5, **dict(replacements)}))
+        values.append(raw[: len(raw) // 2] if truncate else raw)
+    keys: list[bytes | None] = [b"u1"] * len(values)
+    fast = decode_events(values, keys, type_map=TYPE_MAP, limits=LIMITS)
+    schema_only = decode_events(values, keys, type_map=TYPE_MAP, limits=LIMITS, accelerated=False)
+    assert _decoded(*fast) == _decoded(*schema_only)
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2026-01-01T00:00:00.1234567891Z",  # more digits than microseconds: truncated
+        "2026-01-01t00:00:00z",
+        "2026-01-01 00:00:00+05:30",
+        "2026-01-01T00:00:00+0530",
+        "2026-01-01T23:59:60Z",
+        "2026-01-01T00:00:00+24:00",
+        "1767225600000",
+    ],
+)
+def test_the_fast_decoder_reads_iso_timestamps_as_the_schema_does(ts: str) -> None:
+    values: list[bytes | None] = [dumps(event(ts=ts))]
+    fast = decode_events(values, type_map=TYPE_MAP, limits=LIMITS)
+    schema_only = decode_events(values, type_map=TYPE_MAP, limits=LIMITS, accelerated=False)
+    assert _decoded(*fast) == _decoded(*schema_only)
