@@ -3,9 +3,10 @@
 The live namespace is named by the pointer key ``streamseg:live-namespace`` (see
 `consumer.redis_keys.PointerKeys`); readers that follow it (``SegmentLookup(client)``) switch
 with one write. A promote sets the pointer and remembers the previous value in
-``streamseg:previous-namespace`` in the same MULTI, so a rollback is one more switch. The
-pipeline keeps writing its configured ``redis.namespace``: promote a shadow namespace to serve
-reads from it; its features stay as of its replay.
+``streamseg:previous-namespace`` in the same MULTI, so a rollback is one more switch. A
+pipeline with ``pipeline.follow_live_namespace`` moves with the pointer and catches the
+namespace up from its ``applied-offsets``; otherwise it keeps writing its configured
+``redis.namespace`` and a promoted shadow's features stay as of its replay.
 """
 
 from __future__ import annotations

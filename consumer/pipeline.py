@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.exceptions import ServerUnavailableError
 from consumer.health import metrics_port, start_metrics_server
@@ -44,7 +44,8 @@ from consumer.kafka_clients import (
 )
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
-from consumer.redis_keys import KeyLayout
+from consumer.namespaces import live_namespace
+from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import (
     COLD_START_FIELDS,
     encode_records,
@@ -120,17 +121,17 @@ class BatchStats:
 class SegmentPipeline:
     """One consumer process: owns its Kafka clients and a Redis connection."""
 
-    def __init__(self, settings: Settings, *, client: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        pointer: PointerKeys | None = None,
+    ) -> None:
         self.settings = settings
-        self.keys = KeyLayout(settings.redis.namespace)
         self.redis = client or settings.redis.connect()
-        self.store = StateStore(
-            self.redis,
-            self.keys,
-            user_ttl_seconds=settings.redis.user_ttl_seconds,
-            training_buffer_rows=settings.pipeline.training_buffer_rows,
-        )
-        self.models = ModelStore(self.redis, self.keys)
+        self.pointer = pointer or PointerKeys()
+        self._bind_namespace(settings.redis.namespace)
         self.type_map = resolve_type_map(settings.pipeline.type_aliases)
         self.limits = DecodeLimits(max_payload_bytes=settings.pipeline.max_payload_bytes)
         self.model: SegmentModel | None = None
@@ -153,6 +154,18 @@ class SegmentPipeline:
         self.heartbeat = ConsumerHeartbeat(
             self.redis, self.keys, self.metrics, settings.observability.heartbeat_seconds
         )
+        self._unpositioned: set[tuple[str, int]] = set()  # paused until a seek succeeds
+
+    def _bind_namespace(self, name: str) -> None:
+        """Point every Redis adapter of this process at namespace ``name``."""
+        self.keys = KeyLayout(name)
+        self.store = StateStore(
+            self.redis,
+            self.keys,
+            user_ttl_seconds=self.settings.redis.user_ttl_seconds,
+            training_buffer_rows=self.settings.pipeline.training_buffer_rows,
+        )
+        self.models = ModelStore(self.redis, self.keys)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -180,13 +193,15 @@ class SegmentPipeline:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+        if self.settings.pipeline.follow_live_namespace:
+            self._follow_live_namespace()
         self.refresh_model(force=True)
         self._watermark = self.store.read_watermark() or -np.inf
         log.info(
             "started: topic=%s group=%s namespace=%s model=%s",
             kafka.events_topic,
             kafka.group_id,
-            self.settings.redis.namespace,
+            self.keys.namespace,
             self.model.model_version if self.model else "none (cold start)",
         )
 
@@ -221,6 +236,24 @@ class SegmentPipeline:
         self.metrics.set_assignment(
             self.metrics.assignment | {(p.topic, p.partition) for p in partitions}
         )
+        if not self.settings.pipeline.follow_live_namespace:
+            return
+        # Start where the namespace's state ends, not where the group committed: the two
+        # differ after a promote (see `_follow_live_namespace`).
+        try:
+            applied = self._applied_offsets(partitions)
+        except redis.RedisError as exc:
+            log.warning(
+                "cannot read applied offsets (%s): partitions paused until Redis answers", exc
+            )
+            applied = None
+        for p in partitions:
+            if applied and (p.topic, p.partition) in applied:
+                p.offset = applied[(p.topic, p.partition)]
+        consumer.incremental_assign(partitions)
+        if applied is None:
+            consumer.pause(partitions)
+            self._unpositioned |= {(p.topic, p.partition) for p in partitions}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The batch in flight finished before poll ran this callback: its offsets are stored.
@@ -272,12 +305,15 @@ class SegmentPipeline:
     # -- model -----------------------------------------------------------------------------
 
     def refresh_model(self, *, force: bool = False) -> None:
-        """Load a newly published model, at most every ``model_poll_seconds``."""
+        """Load a newly published model, at most every ``model_poll_seconds``; when following
+        the live pointer, switch namespace first if a promote moved it."""
         now = time.monotonic()
         if not force and now - self._model_checked < self.settings.pipeline.model_poll_seconds:
             return
         self._model_checked = now
         try:
+            if self.settings.pipeline.follow_live_namespace:
+                self._follow_live_namespace()
             version = self.models.current_version()
             if version is None or (self.model is not None and version == self.model.model_version):
                 return
@@ -294,6 +330,67 @@ class SegmentPipeline:
             self.model = loaded
             self.metrics.model_version.set(loaded.model_version)
 
+    # -- the live pointer ------------------------------------------------------------------
+
+    def _follow_live_namespace(self) -> None:
+        """Switch to the namespace the live pointer names, if it changed (between batches).
+
+        The namespace's ``applied-offsets`` hash says up to where each partition is in its
+        state: owned partitions are sought there, so a promoted replay shadow first catches up
+        on the events that arrived after its replay (a rollback likewise catches the old
+        namespace up). Events already in a user's state are skipped as redelivered, so the
+        catch-up applies each event once. Without the hash, consumption just continues.
+        """
+        target = live_namespace(self.redis, self.settings.redis.namespace, self.pointer)
+        if target == self.keys.namespace:
+            self._position_unpositioned()
+            return
+        previous = self.keys.namespace
+        self.heartbeat.forget()
+        self._bind_namespace(target)
+        self.heartbeat.keys = self.keys
+        self._known_categories = set()  # the categories hash is per namespace
+        self._rescore_cursor = None
+        self._watermark = max(self._watermark, self.store.read_watermark() or -np.inf)
+        self._model_checked = 0.0
+        self.model = None
+        if self.consumer is not None:
+            self._unpositioned |= {(p.topic, p.partition) for p in self.consumer.assignment()}
+            self._position_unpositioned()
+        log.info("live namespace moved: now writing %s (was %s)", target, previous)
+
+    def _position_unpositioned(self) -> None:
+        """Seek partitions waiting for a position to the namespace's applied offsets."""
+        if not self._unpositioned or self.consumer is None:
+            return
+        owned = {(p.topic, p.partition) for p in self.consumer.assignment()}
+        waiting = [TopicPartition(t, p) for t, p in self._unpositioned & owned]
+        applied = self._applied_offsets(waiting)
+        for tp in waiting:
+            offset = applied.get((tp.topic, tp.partition))
+            if offset is not None:
+                try:
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                except KafkaException as exc:  # not fetching yet: try again next poll
+                    log.info("seek %s[%d] deferred: %s", tp.topic, tp.partition, exc)
+                    self.consumer.pause([tp])
+                    continue
+            self.consumer.resume([tp])
+            self._unpositioned.discard((tp.topic, tp.partition))
+        self._unpositioned &= owned
+
+    def _applied_offsets(self, partitions: Sequence[TopicPartition]) -> dict[tuple[str, int], int]:
+        """Next offset to apply per partition, from this namespace's ``applied-offsets``."""
+        if not partitions:
+            return {}
+        fields = [f"{p.topic}:{p.partition}" for p in partitions]
+        values = self.redis.hmget(self.keys.applied_offsets, fields)
+        return {
+            (p.topic, p.partition): int(v)
+            for p, v in zip(partitions, values, strict=True)
+            if v is not None
+        }
+
     # -- one batch -------------------------------------------------------------------------
 
     def process(self, messages: Sequence[Message]) -> BatchStats:
@@ -302,6 +399,8 @@ class SegmentPipeline:
         started = time.perf_counter()
         stats = BatchStats(records=len(messages))
         records = [m for m in messages if m.error() is None]
+        if self._unpositioned:  # fetched before their seek: read again from the right place
+            records = [m for m in records if (m.topic(), m.partition()) not in self._unpositioned]
         for m in messages:
             err = m.error()
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
@@ -380,6 +479,14 @@ class SegmentPipeline:
         self.store.write(write)
         # Only once written: a failed attempt registers its new category names on the retry.
         self._known_categories.update(write.new_categories)
+        next_offsets = _next_offsets(records)
+        if next_offsets:
+            # After the state: a crash in between leaves it behind, and replaying from it
+            # only meets events the states already hold.
+            self.redis.hset(
+                self.keys.applied_offsets,
+                mapping={f"{t}:{p}": o for (t, p), o in next_offsets.items()},
+            )
 
     def _apply(
         self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
@@ -709,13 +816,9 @@ class SegmentPipeline:
 
     def _store_offsets(self, records: Sequence[Message]) -> None:
         assert self.consumer is not None
-        last: dict[tuple[str, int], int] = {}
-        for m in records:
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            if topic is not None and partition is not None and offset is not None:
-                last[(topic, partition)] = offset
+        last = _next_offsets(records)
         if last:
-            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+            offsets = [TopicPartition(t, p, o) for (t, p), o in last.items()]
             try:
                 self.consumer.store_offsets(offsets=offsets)
             except Exception as exc:  # partition revoked meanwhile: the new owner redoes it
@@ -732,6 +835,16 @@ class SegmentPipeline:
         t.users += stats.users
         t.segment_changes += stats.segment_changes
         t.reasons.update(stats.reasons)
+
+
+def _next_offsets(records: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset after the last of ``records`` there."""
+    last: dict[tuple[str, int], int] = {}
+    for m in records:
+        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        if topic is not None and partition is not None and offset is not None:
+            last[(topic, partition)] = offset + 1
+    return last
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:

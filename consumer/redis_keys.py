@@ -19,7 +19,8 @@ Keys outside every namespace (`PointerKeys`, root ``streamseg``) say which names
 
 ``streamseg promote NAME`` changes the first two in one MULTI; ``SegmentLookup(client)``
 (``namespace=None``) reads the pointer and the records in one Lua call. The pipeline
-(``streamseg run``) keeps writing its configured ``redis.namespace`` whatever the pointer says.
+(``streamseg run``) writes its configured ``redis.namespace``, or with
+``pipeline.follow_live_namespace`` the one the pointer names (see `consumer.pipeline`).
 
 On a Redis Cluster (``redis.cluster = true``) the names are the same. What must be atomic
 shares a slot: a user's ``state`` and ``seg`` (the user's tag), and the model keys with the
@@ -146,6 +147,12 @@ class KeyLayout:
     def watermark(self) -> str:
         """Largest event time seen (epoch ms), kept by the consumers."""
         return f"{self.namespace}:watermark"
+
+    @property
+    def applied_offsets(self) -> str:
+        """Hash: ``<topic>:<partition>`` -> next offset to apply; every event before it is
+        in this namespace's state. Where a pipeline following the live pointer starts."""
+        return f"{self.namespace}:applied-offsets"
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,8 @@ def shadow_settings(settings: Settings, name: str) -> Settings:
     return settings.model_copy(
         update={
             "redis": redis_settings,
+            # A replay writes its own namespace, whatever the live pointer says.
+            "pipeline": settings.pipeline.model_copy(update={"follow_live_namespace": False}),
             "kafka": kafka.model_copy(
                 update={
                     "group_id": replay_group(settings, name),

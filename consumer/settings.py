@@ -114,6 +114,9 @@ class PipelineSettings(BaseModel):
     #: Skip an event whose event_id is among its user's last N applied events (0 = off; the
     #: state keeps at most `model.features.DEDUPE_SLOTS` ids per user).
     dedupe_window_events: int = Field(default=DEDUPE_SLOTS, ge=0, le=DEDUPE_SLOTS)
+    #: Write into the namespace the live pointer names (``streamseg promote``), switching
+    #: between batches when it changes; off = always write ``redis.namespace``.
+    follow_live_namespace: bool = False
 
     @field_validator("type_aliases")
     @classmethod

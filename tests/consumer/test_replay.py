@@ -13,6 +13,7 @@ from consumer.cli import main
 from consumer.exceptions import ConfigError
 from consumer.lookup import SegmentLookup
 from consumer.namespaces import drop_namespace, list_namespaces, promote, rollback
+from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.replay import compare_namespaces, replay
 from consumer.segment_record import encode_record
@@ -202,6 +203,61 @@ def test_promote_and_rollback_switch_readers_atomically(
     assert all(versions == wanted[ns] for ns, versions in seen if ns is not None)
     assert {ns for ns, _ in seen} == {blue, green}  # the switches were seen by the reader
     assert redis_client.get(pointer.live) == blue.encode()  # the 50th switch was a rollback
+
+
+def test_a_following_pipeline_moves_with_the_pointer_and_catches_up(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """promote and rollback move a running pipeline too: each namespace it enters is first
+    caught up from its own applied offsets, so it ends holding every event exactly once."""
+    topic = new_topic(partitions=3)
+    events = make_events(3000, users=200, seed=5)
+    a, b, c, d = events[:1200], events[1200:2000], events[2000:2600], events[2600:]
+    settings = settings_for(
+        kafka_bootstrap, redis_url, topic, namespace, **{"pipeline.follow_live_namespace": True}
+    )
+    settings.trainer.n_clusters = 4
+    pointer = PointerKeys(root=namespace)
+    shadow = f"{namespace}-shadow"
+    produce(kafka_bootstrap, topic, as_records(a))
+    redis_client.set(pointer.live, namespace)  # named live, so that a rollback can return
+    live = SegmentPipeline(settings, pointer=pointer)
+    live.start()
+    try:
+        live.run(max_records=len(a), idle_exit_seconds=20)
+        result = replay(settings, shadow, seed=3, pointer=pointer)  # holds a only
+        assert result.complete and result.model is not None
+        produce(kafka_bootstrap, topic, as_records(b))
+        live.run(max_records=len(a) + len(b), idle_exit_seconds=20)
+        assert live.keys.namespace == namespace
+
+        promote(redis_client, shadow, pointer)
+        produce(kafka_bootstrap, topic, as_records(c))
+        live.run(idle_exit_seconds=4)  # switches, reads b again (for the shadow), then c
+        assert live.keys.namespace == shadow
+        expected = recompute(canonical(a + b + c), FeatureConfig())
+        assert_state_matches(read_state(redis_client, shadow, list(expected)), expected)
+        left_behind = recompute(canonical(a + b), FeatureConfig())
+        assert_state_matches(read_state(redis_client, namespace, list(left_behind)), left_behind)
+        shadow_records = [SegmentLookup(redis_client, shadow).get(u) for u in expected]
+        assert all(r and r.model_version == result.model.model_version for r in shadow_records)
+
+        rollback(redis_client, pointer)
+        produce(kafka_bootstrap, topic, as_records(d))
+        live.run(idle_exit_seconds=4)  # back: reads c again (for the old namespace), then d
+        assert live.keys.namespace == namespace
+    finally:
+        live.close()
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+    counters = {
+        k.decode(): int(v) for k, v in redis_client.hgetall(KeyLayout(namespace).counters).items()
+    }
+    assert counters["applied"] == len(events)  # c was read twice, applied once per namespace
 
 
 def test_drop_refuses_the_live_namespace_and_deletes_another(
