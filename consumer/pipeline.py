@@ -406,6 +406,7 @@ class SegmentPipeline:
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
         stats.records = len(records)
+        kafka = _KafkaPositions.of(records)
 
         batch, rejections = decode_events(
             [m.value() for m in records],
@@ -418,9 +419,9 @@ class SegmentPipeline:
 
         # Retried from the read on a Redis failure: if a write went through but its reply
         # was lost, the re-read state carries the offsets and nothing is applied twice.
-        self._until_redis_answers(lambda: self._apply_and_write(records, batch, stats))
+        self._until_redis_answers(lambda: self._apply_and_write(kafka, batch, stats))
         written_at_ms = time.time() * 1000.0
-        self._store_offsets(records)
+        self._store_offsets(kafka.next_offsets)
         self._add_totals(stats)
         self._observe(stats, records, time.perf_counter() - started, written_at_ms)
         return stats
@@ -459,11 +460,11 @@ class SegmentPipeline:
         )
 
     def _apply_and_write(
-        self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
+        self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
     ) -> None:
         write = BatchWrite(user_ids=[], states=np.empty((0, 0)))
         if len(batch):
-            write = self._apply(records, batch, stats)
+            write = self._apply(kafka, batch, stats)
         write.counters = {
             "records": stats.records,
             "applied": stats.applied,
@@ -479,18 +480,16 @@ class SegmentPipeline:
         self.store.write(write)
         # Only once written: a failed attempt registers its new category names on the retry.
         self._known_categories.update(write.new_categories)
-        next_offsets = _next_offsets(records)
-        if next_offsets:
+        if kafka.next_offsets:
             # After the state: a crash in between leaves it behind, and replaying from it
             # only meets events the states already hold.
+            topic = self.settings.kafka.events_topic
             self.redis.hset(
                 self.keys.applied_offsets,
-                mapping={f"{t}:{p}": o for (t, p), o in next_offsets.items()},
+                mapping={f"{topic}:{p}": o for p, o in kafka.next_offsets.items()},
             )
 
-    def _apply(
-        self, records: Sequence[Message], batch: EventBatch, stats: BatchStats
-    ) -> BatchWrite:
+    def _apply(self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats) -> BatchWrite:
         rows: dict[str, int] = {}
         user_rows = np.fromiter(
             (rows.setdefault(u, len(rows)) for u in batch.user_id),
@@ -501,15 +500,14 @@ class SegmentPipeline:
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
         states = self.store.read_states(users, state_keys=[k for k, _ in user_keys])
         codes = category_codes(batch.category, self._category_cache)
-        source = [records[i] for i in batch.index]
         cols = EventColumns(
             user=user_rows,
             ts_ms=batch.ts_ms,
             type_code=batch.type_code,
             amount=batch.amount,
             category_code=codes,
-            partition=np.fromiter((m.partition() for m in source), np.int64, len(source)),
-            offset=np.fromiter((m.offset() for m in source), np.int64, len(source)),
+            partition=kafka.partition[batch.index],
+            offset=kafka.offset[batch.index],
             event_id_hash=event_id_hashes(batch.event_id),
         )
         redelivered = int(already_applied(states, cols).sum())
@@ -814,11 +812,11 @@ class SegmentPipeline:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
         self.consumer.pause(self.consumer.assignment())
 
-    def _store_offsets(self, records: Sequence[Message]) -> None:
+    def _store_offsets(self, next_offsets: dict[int, int]) -> None:
         assert self.consumer is not None
-        last = _next_offsets(records)
-        if last:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in last.items()]
+        if next_offsets:
+            topic = self.settings.kafka.events_topic
+            offsets = [TopicPartition(topic, p, o) for p, o in next_offsets.items()]
             try:
                 self.consumer.store_offsets(offsets=offsets)
             except Exception as exc:  # partition revoked meanwhile: the new owner redoes it
@@ -837,14 +835,23 @@ class SegmentPipeline:
         t.reasons.update(stats.reasons)
 
 
-def _next_offsets(records: Sequence[Message]) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the offset after the last of ``records`` there."""
-    last: dict[tuple[str, int], int] = {}
-    for m in records:
-        topic, partition, offset = m.topic(), m.partition(), m.offset()
-        if topic is not None and partition is not None and offset is not None:
-            last[(topic, partition)] = offset + 1
-    return last
+@dataclass(frozen=True, slots=True)
+class _KafkaPositions:
+    """Partition and offset of each record of a batch (all from ``kafka.events_topic``),
+    read once per batch, and the offset after the last record of each partition."""
+
+    partition: np.ndarray  # int64
+    offset: np.ndarray  # int64
+    next_offsets: dict[int, int]
+
+    @classmethod
+    def of(cls, records: Sequence[Message]) -> _KafkaPositions:
+        n = len(records)
+        partition = np.fromiter((m.partition() for m in records), np.int64, n)
+        offset = np.fromiter((m.offset() for m in records), np.int64, n)
+        # Records of a partition arrive in offset order: the last one per partition wins.
+        next_offsets = dict(zip(partition.tolist(), (offset + 1).tolist(), strict=True))
+        return cls(partition, offset, next_offsets)
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
