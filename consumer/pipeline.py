@@ -133,7 +133,10 @@ class SegmentPipeline:
         self.pointer = pointer or PointerKeys()
         self._bind_namespace(settings.redis.namespace)
         self.type_map = resolve_type_map(settings.pipeline.type_aliases)
-        self.limits = DecodeLimits(max_payload_bytes=settings.pipeline.max_payload_bytes)
+        self.limits = DecodeLimits(
+            max_payload_bytes=settings.pipeline.max_payload_bytes,
+            max_ahead_of_record_ms=settings.pipeline.max_event_ahead_seconds * 1000.0,
+        )
         self.model: SegmentModel | None = None
         self._model_checked = 0.0
         self._category_cache: dict[str, float] = {}
@@ -413,6 +416,7 @@ class SegmentPipeline:
             [m.key() for m in records],
             type_map=self.type_map,
             limits=self.limits,
+            record_ts_ms=kafka.timestamp_ms,
         )
         stats.ignored = len(batch.ignored)
         self._dead_letter(records, rejections, stats)
@@ -423,18 +427,18 @@ class SegmentPipeline:
         written_at_ms = time.time() * 1000.0
         self._store_offsets(kafka.next_offsets)
         self._add_totals(stats)
-        self._observe(stats, records, time.perf_counter() - started, written_at_ms)
+        self._observe(stats, kafka, time.perf_counter() - started, written_at_ms)
         return stats
 
     def _observe(
         self,
         stats: BatchStats,
-        records: Sequence[Message],
+        kafka: _KafkaPositions,
         seconds: float,
         written_at_ms: float,
     ) -> None:
         """Batch metrics: a few counter increments and a sample of latencies, never per record."""
-        step = max(1, len(records) // LATENCY_SAMPLES_PER_BATCH)
+        step = max(1, len(kafka.offset) // LATENCY_SAMPLES_PER_BATCH)
         self.metrics.observe_batch(
             records=stats.records,
             applied=stats.applied,
@@ -443,7 +447,7 @@ class SegmentPipeline:
             segment_changes=stats.segment_changes,
             reasons=stats.reasons,
             seconds=seconds,
-            timestamps_ms=[m.timestamp()[1] for m in records[::step]],
+            timestamps_ms=kafka.timestamp_ms[::step].tolist(),
             written_at_ms=written_at_ms,
         )
         self.heartbeat.last_batch_at = written_at_ms / 1000.0
@@ -837,11 +841,13 @@ class SegmentPipeline:
 
 @dataclass(frozen=True, slots=True)
 class _KafkaPositions:
-    """Partition and offset of each record of a batch (all from ``kafka.events_topic``),
-    read once per batch, and the offset after the last record of each partition."""
+    """Partition, offset and timestamp of each record of a batch (all from
+    ``kafka.events_topic``), read once per batch, and the offset after the last record of
+    each partition."""
 
     partition: np.ndarray  # int64
     offset: np.ndarray  # int64
+    timestamp_ms: np.ndarray  # int64, Kafka record timestamp; <= 0 = not available
     next_offsets: dict[int, int]
 
     @classmethod
@@ -849,9 +855,10 @@ class _KafkaPositions:
         n = len(records)
         partition = np.fromiter((m.partition() for m in records), np.int64, n)
         offset = np.fromiter((m.offset() for m in records), np.int64, n)
+        timestamp = np.fromiter((m.timestamp()[1] for m in records), np.int64, n)
         # Records of a partition arrive in offset order: the last one per partition wins.
         next_offsets = dict(zip(partition.tolist(), (offset + 1).tolist(), strict=True))
-        return cls(partition, offset, next_offsets)
+        return cls(partition, offset, timestamp, next_offsets)
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:

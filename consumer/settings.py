@@ -99,6 +99,9 @@ class PipelineSettings(BaseModel):
     max_payload_bytes: int = Field(default=64 * 1024, ge=64)
     #: Events older than the watermark by more than this still apply; "now" lags by it.
     allowed_lateness_seconds: float = Field(default=3600.0, ge=0)
+    #: Dead-letter an event stamped more than this ahead of its Kafka record's timestamp
+    #: (``ts_out_of_range``): a clock years ahead would move the watermark for good (0 = off).
+    max_event_ahead_seconds: float = Field(default=86_400.0, ge=0)
     #: Re-score idle users against the watermark this often (event-time seconds; 0 = off).
     rescore_interval_seconds: float = Field(default=86_400.0, ge=0)
     #: ... and at most once per this many wall-clock seconds (replays move event time fast).

@@ -12,7 +12,8 @@ Schema of one event (a JSON object; unknown fields are ignored):
 ``type``       string, 1-64 characters; one of view, cart, purchase, refund, review,
                like, share, or an alias configured in the alias map
 ``ts``         event time: ISO-8601 string **with a zone**, or epoch milliseconds
-               (integer or float). Must lie in [``min_ts_ms``, ``max_ts_ms``)
+               (integer or float). Must lie in [``min_ts_ms``, ``max_ts_ms``) and at most
+               ``max_ahead_of_record_ms`` after the Kafka record's timestamp
 ``amount``     number in [0, 1e12], in currency units; required for purchase and refund
 ``currency``   optional string, 1-8 characters (recorded, not converted)
 ``category``   optional string, 1-128 characters
@@ -178,6 +179,10 @@ class DecodeLimits:
     max_payload_bytes: int = 64 * 1024
     min_ts_ms: float = 946_684_800_000.0  # 2000-01-01T00:00:00Z
     max_ts_ms: float = 4_102_444_800_000.0  # 2100-01-01T00:00:00Z
+    #: An event may be at most this far ahead of its Kafka record's timestamp (when known):
+    #: one event stamped years ahead would otherwise move the watermark, and with it every
+    #: user's recency, for good. 0 = no check.
+    max_ahead_of_record_ms: float = 86_400_000.0  # one day
 
 
 def resolve_type_map(aliases: Mapping[str, str]) -> dict[str, EventType]:
@@ -201,6 +206,7 @@ def decode_events(
     *,
     type_map: Mapping[str, EventType],
     limits: DecodeLimits = DecodeLimits(),
+    record_ts_ms: np.ndarray | None = None,
     accelerated: bool = True,
 ) -> tuple[EventBatch, list[Rejection]]:
     """Decode and validate a batch of raw JSON values.
@@ -208,6 +214,9 @@ def decode_events(
     Every input index ends in exactly one place: a row of the batch, ``batch.ignored`` (valid
     event of a type absent from ``type_map``) or the returned rejections. When ``keys`` is
     given, a non-empty key that differs from the UTF-8 ``user_id`` is rejected (``key_mismatch``).
+    When ``record_ts_ms`` (the Kafka record timestamps, epoch ms, <= 0 = unknown) is given, an
+    event more than ``limits.max_ahead_of_record_ms`` ahead of its record is
+    ``ts_out_of_range``.
 
     The `Event` schema decides. With ``accelerated`` (the default), a stricter msgspec decoder
     (`_FastEvent`) reads the common case first; it accepts a subset of what `Event` accepts,
@@ -231,7 +240,7 @@ def decode_events(
     if rest:
         columns.add_validated(values, rest, rejections)
         columns.sort_by_index()
-    return _check_columns(columns, keys, type_map, limits, rejections)
+    return _check_columns(columns, keys, type_map, limits, record_ts_ms, rejections)
 
 
 class _FastEvent(msgspec.Struct, gc=False):
@@ -367,6 +376,7 @@ def _check_columns(
     keys: Sequence[bytes | None] | None,
     type_map: Mapping[str, EventType],
     limits: DecodeLimits,
+    record_ts_ms: np.ndarray | None,
     rejections: list[Rejection],
 ) -> tuple[EventBatch, list[Rejection]]:
     """Batch-wide checks as numpy masks (time range, key, type, amount), then the batch."""
@@ -380,6 +390,9 @@ def _check_columns(
 
     # Each check as a mask over all rows; a row fails at its first failing check.
     bad_ts = (ts < limits.min_ts_ms) | (ts >= limits.max_ts_ms)
+    if record_ts_ms is not None and limits.max_ahead_of_record_ms > 0 and n:
+        record_ts = np.asarray(record_ts_ms, dtype=np.float64)[index]
+        bad_ts |= (record_ts > 0) & (ts > record_ts + limits.max_ahead_of_record_ms)
     if keys is None:
         bad_key = np.zeros(n, dtype=bool)
     else:
@@ -393,7 +406,10 @@ def _check_columns(
     money = (codes == int(EventType.PURCHASE)) | (codes == int(EventType.REFUND))
     bad_amount = no_amount & money & ~bad_ts & ~bad_key
     for row in np.flatnonzero(bad_ts).tolist():
-        rejections.append(Rejection(int(index[row]), "ts_out_of_range", f"ts={ts[row]:.0f} ms"))
+        detail = f"ts={ts[row]:.0f} ms"
+        if limits.min_ts_ms <= ts[row] < limits.max_ts_ms:
+            detail += f", more than {limits.max_ahead_of_record_ms:.0f} ms after the record"
+        rejections.append(Rejection(int(index[row]), "ts_out_of_range", detail))
     for row in np.flatnonzero(bad_key).tolist():
         rejections.append(
             Rejection(int(index[row]), "key_mismatch", "Kafka key differs from user_id")

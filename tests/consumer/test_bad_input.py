@@ -30,6 +30,7 @@ from tests.reference_features import recompute
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 VIEW_U1 = {"event_id": "k1", "user_id": "u1", "type": "view", "ts": int(T0), "category": "shoes"}
+FAR_AHEAD = 3_786_912_000_000  # 2090-01-01T00:00:00Z
 BUY_U3 = {"event_id": "k2", "user_id": "u:3 {x}", "type": "purchase", "ts": int(T0), "amount": 9.5}
 
 # (kcat input line, key and value as read back, outcome). kcat splits the key at the first ':'.
@@ -46,6 +47,9 @@ PLAIN: list[tuple[bytes, bytes | None, bytes | None, str]] = [
      orjson.dumps({**VIEW_U1, "event_id": "k5", "type": "search"}), "ignored"),
     (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k6", "ts": True}), b"u1",
      orjson.dumps({**VIEW_U1, "event_id": "k6", "ts": True}), "invalid_field"),
+    # 2090: inside the fixed range, but decades after kcat stamped the record.
+    (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k7", "ts": FAR_AHEAD}), b"u1",
+     orjson.dumps({**VIEW_U1, "event_id": "k7", "ts": FAR_AHEAD}), "ts_out_of_range"),
 ]  # fmt: skip
 NULLS: list[tuple[bytes, bytes | None, bytes | None, str]] = [
     (b"u1:", b"u1", None, "empty"),

@@ -337,3 +337,24 @@ def test_the_fast_decoder_reads_iso_timestamps_as_the_schema_does(ts: str) -> No
     fast = decode_events(values, type_map=TYPE_MAP, limits=LIMITS)
     schema_only = decode_events(values, type_map=TYPE_MAP, limits=LIMITS, accelerated=False)
     assert _decoded(*fast) == _decoded(*schema_only)
+
+
+def test_an_event_far_ahead_of_its_kafka_record_is_out_of_range() -> None:
+    """One clock years ahead must not move the watermark: ts is checked against the record."""
+    day = 86_400_000
+    values: list[bytes | None] = [
+        dumps(event(ts=TS)),
+        dumps(event(ts=TS + 2 * day)),  # two days ahead of its record
+        dumps(event(ts=TS + 2 * day)),  # record timestamp unknown: only the fixed range applies
+        dumps(event(ts=TS - 300 * day)),  # late is fine
+    ]
+    record_ts = np.array([TS, TS, -1, TS], dtype=np.int64)
+    batch, rejections = decode_events(
+        values, type_map=TYPE_MAP, limits=LIMITS, record_ts_ms=record_ts
+    )
+    assert batch.index.tolist() == [0, 2, 3]
+    assert [(r.index, r.reason) for r in rejections] == [(1, "ts_out_of_range")]
+    assert "after the record" in rejections[0].detail
+    off = DecodeLimits(max_payload_bytes=4096, max_ahead_of_record_ms=0)
+    batch, _ = decode_events(values, type_map=TYPE_MAP, limits=off, record_ts_ms=record_ts)
+    assert batch.index.tolist() == [0, 1, 2, 3]
