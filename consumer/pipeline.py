@@ -503,6 +503,8 @@ class SegmentPipeline:
         users = list(rows)
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
         states = self.store.read_states(users, state_keys=[k for k, _ in user_keys])
+        if len(self._category_cache) > _CATEGORY_CACHE_LIMIT:
+            self._category_cache.clear()  # a cache of hashes: rebuilt as names come back
         codes = category_codes(batch.category, self._category_cache)
         cols = EventColumns(
             user=user_rows,
@@ -528,14 +530,9 @@ class SegmentPipeline:
         stats.users = len(touched)
         self._watermark = max(self._watermark, float(batch.ts_ms.max()))
 
-        new_categories = {
-            code: name
-            for name, code in self._category_cache.items()
-            if code not in self._known_categories
-        }
-
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]
+        new_categories = self._categories_to_register(batch.category, touched_states)
         features = derive_features(
             touched_states, touched_states[:, COL["last_ts_ms"]], self.settings.features
         )
@@ -634,11 +631,29 @@ class SegmentPipeline:
             self._fields_of = (model, fields)
         return self._fields_of[1]
 
+    def _categories_to_register(
+        self, batch_categories: list[str | None], states: np.ndarray
+    ) -> dict[float, str]:
+        """Code -> name of this batch's categories that ``states`` hold and Redis may not know.
+
+        Only names a user's category slots still hold are registered: a producer inventing a
+        category per event adds at most `model.features` slot-count names per user and batch
+        to ``<ns>:categories``, not one per event.
+        """
+        in_batch = {self._category_cache[n]: n for n in set(batch_categories) if n is not None}
+        if len(self._names_by_code) > _CATEGORY_CACHE_LIMIT:
+            self._names_by_code.clear()
+        self._names_by_code.update(in_batch)
+        held = states[:, CATEGORY_CODES]
+        held_codes = set(np.unique(held[~np.isnan(held)]).tolist())
+        if len(self._known_categories) > _CATEGORY_CACHE_LIMIT:
+            self._known_categories.clear()  # re-registering a name is harmless
+        known = self._known_categories
+        return {c: n for c, n in in_batch.items() if c in held_codes and c not in known}
+
     def _category_names(self, states: np.ndarray) -> dict[float, str]:
         """Code -> name for every category code in ``states``, asking Redis for unknown ones."""
         names = self._names_by_code
-        if len(names) != len(self._category_cache):
-            names.update({code: name for name, code in self._category_cache.items()})
         codes = np.unique(states[:, CATEGORY_CODES])
         unknown = [c for c in codes.tolist() if c == c and c not in names]
         if unknown:
@@ -837,6 +852,11 @@ class SegmentPipeline:
         t.users += stats.users
         t.segment_changes += stats.segment_changes
         t.reasons.update(stats.reasons)
+
+
+#: Entries kept in each in-process category cache before it is emptied (bounded memory
+#: under a producer that invents category names).
+_CATEGORY_CACHE_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,3 +140,35 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
     first = dict(got[0].headers())
     assert first["streamseg.source.topic"].decode() == topic
     assert int(first["streamseg.source.offset"]) == len(good)
+
+
+def test_a_flood_of_invented_categories_registers_only_the_names_users_hold(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """One producer inventing a category per event must not grow `<ns>:categories` per event."""
+    topic = new_topic(partitions=1)
+    flood = [
+        {"event_id": f"f{i}", "user_id": "flooder", "type": "view", "ts": 1_767_225_600_000 + i,
+         "category": f"cat-{i:05d}"}
+        for i in range(3000)
+    ]  # fmt: skip
+    normal = [
+        {"event_id": f"n{i}", "user_id": f"u{i}", "type": "purchase", "amount": 5.0,
+         "ts": 1_767_225_600_000, "category": "shoes" if i % 2 else "books"}
+        for i in range(40)
+    ]  # fmt: skip
+    events = flood + normal
+    produce(kafka_bootstrap, topic, as_records(events))
+    drain(settings_for(kafka_bootstrap, redis_url, topic, namespace), len(events))
+
+    names = {v.decode() for v in redis_client.hgetall(KeyLayout(namespace).categories).values()}
+    # The flooder's first 6 categories fill its slots; nothing else of the flood is kept.
+    assert names == {f"cat-{i:05d}" for i in range(6)} | {"shoes", "books"}
+    keys = KeyLayout(namespace)
+    record = orjson.loads(redis_client.get(keys.segment("flooder")))
+    assert record["top_category_views"] in {f"cat-{i:05d}" for i in range(6)}  # named
+    assert orjson.loads(redis_client.get(keys.segment("u1")))["top_category_spend"] == "shoes"
