@@ -200,6 +200,7 @@ class SegmentPipeline:
             self._follow_live_namespace()
         self.refresh_model(force=True)
         self._watermark = self.store.read_watermark() or -np.inf
+        self._load_rescore_marker()
         log.info(
             "started: topic=%s group=%s namespace=%s model=%s",
             kafka.events_topic,
@@ -355,6 +356,7 @@ class SegmentPipeline:
         self._known_categories = set()  # the categories hash is per namespace
         self._rescore_cursor = None
         self._watermark = max(self._watermark, self.store.read_watermark() or -np.inf)
+        self._load_rescore_marker()
         self._model_checked = 0.0
         self.model = None
         if self.consumer is not None:
@@ -663,6 +665,12 @@ class SegmentPipeline:
 
     # -- idle users ------------------------------------------------------------------------
 
+    def _load_rescore_marker(self) -> None:
+        """Where the last finished re-score pass of this namespace scored (kept in Redis, so
+        that a restart does not begin with a whole pass); none on record = one is due."""
+        marker = self.redis.zscore(self.keys.watermark, "rescored")
+        self._rescored_at = -np.inf if marker is None else float(marker)
+
     def _rescore_step(self) -> None:
         self._until_redis_answers(self._rescore_chunk)
 
@@ -695,6 +703,8 @@ class SegmentPipeline:
         self._rescore_cursor = int(cursor)
         if self._rescore_cursor == 0:
             self._rescore_cursor, self._rescored_at = None, self._rescore_at
+            # Remembered, so that a restart does not start with a whole pass again.
+            self.redis.zadd(self.keys.watermark, {"rescored": self._rescore_at}, gt=True)
         owned = {p.partition for p in self.consumer.assignment()}
         users = [self.keys.user_from_state_key(k.decode()) for k in found]
         if not users or not owned:

@@ -90,6 +90,12 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     assert busy["segment_id"] == recent
     # the idle user was recent when last seen; only the re-score could move them
     assert idle_before["event_time"] == idle_after["event_time"]
+    # The finished pass is on record: a restarted consumer does not begin with another one.
+    marker = redis_client.zscore(keys.watermark, "rescored")
+    assert marker == T0 + 297 * MS_PER_DAY
+    restarted = SegmentPipeline(settings)
+    restarted._load_rescore_marker()
+    assert restarted._rescored_at == marker
 
 
 def test_a_new_model_reaches_every_record_in_one_re_score_pass(
