@@ -30,7 +30,6 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -48,6 +47,8 @@ from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import (
     COLD_START_FIELDS,
+    change_fields,
+    encode_changes,
     encode_records,
     iso_ms,
     iso_ms_array,
@@ -141,7 +142,11 @@ class SegmentPipeline:
         self._model_checked = 0.0
         self._category_cache: dict[str, float] = {}
         self._known_categories: set[float] = set()
-        self._fields_of: tuple[SegmentModel | None, list[bytes]] = (None, [])
+        self._fields_of: tuple[SegmentModel | None, list[bytes], list[tuple[bytes, bytes]]] = (
+            None,
+            [],
+            [],
+        )
         self._names_by_code: dict[float, str] = {}
         self._undelivered: list[str] = []
         self._watermark = -np.inf
@@ -180,7 +185,9 @@ class SegmentPipeline:
         """
         kafka = self.settings.kafka
         ensure_topics(kafka)
-        self.producer = create_producer(kafka)
+        # Reports for failures only: a Python callback per delivered change event cost more
+        # than producing it; a failure still reaches `_delivered` and stops the write.
+        self.producer = create_producer(kafka, **{"delivery.report.only.error": True})
         self.consumer = create_consumer(
             kafka,
             stats_cb=self.metrics.observe_kafka_stats,
@@ -581,10 +588,7 @@ class SegmentPipeline:
         )
         states[:, COL["segment_id"]] = ids
         states[:, COL["model_version"]] = model.model_version
-        seg_names = model.names_array[positions].tolist()
-        tiers = model.tiers_array[positions].tolist()
-        id_list = ids.tolist()
-        per_segment = self._segment_fields(model)
+        per_segment, per_segment_change = self._segment_fields(model)
         records = encode_records(
             users,
             fields=[per_segment[p] for p in positions.tolist()],
@@ -596,42 +600,34 @@ class SegmentPipeline:
         )
         changed = np.flatnonzero(ids != previous)
         size_changes: Counter[int] = Counter()
-        changes = []
-        prev_list = previous.tolist()
-        for i in changed.tolist():
-            size_changes[id_list[i]] += 1
-            if prev_list[i] >= 0:
-                size_changes[prev_list[i]] -= 1
-            changes.append(
-                (
-                    users[i],
-                    orjson.dumps(
-                        {
-                            "user_id": users[i],
-                            "segment_id": id_list[i],
-                            "previous_segment_id": prev_list[i] if prev_list[i] >= 0 else None,
-                            "segment": seg_names[i],
-                            "tier": tiers[i],
-                            "model_version": model.model_version,
-                            "event_time": event_times[i],
-                            "computed_at": computed_at,
-                        }
-                    ),
-                )
-            )
-        return records, dict(size_changes), changes
+        joined, counts = np.unique(ids[changed], return_counts=True)
+        size_changes.update(dict(zip(joined.tolist(), counts.tolist(), strict=True)))
+        left = previous[changed]
+        gone, counts = np.unique(left[left >= 0], return_counts=True)
+        size_changes.subtract(dict(zip(gone.tolist(), counts.tolist(), strict=True)))
+        changes = encode_changes(
+            [users[i] for i in changed.tolist()],
+            fields=[per_segment_change[p] for p in positions[changed].tolist()],
+            previous_ids=left.tolist(),
+            event_times=[event_times[i] for i in changed.tolist()],
+            computed_at=computed_at,
+        )
+        return records, {k: v for k, v in size_changes.items() if v}, changes
 
-    def _segment_fields(self, model: SegmentModel) -> list[bytes]:
-        """`segment_fields` of each centre position of ``model`` (computed once per model)."""
+    def _segment_fields(self, model: SegmentModel) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+        """`segment_fields` and `change_fields` of each centre position of ``model``
+        (computed once per model)."""
         if self._fields_of[0] is not model:
-            fields = [
-                segment_fields(int(i), name, int(tier), model.model_version)
-                for i, name, tier in zip(
-                    model.ids, model.names_array.tolist(), model.tiers_array.tolist(), strict=True
-                )
-            ]
-            self._fields_of = (model, fields)
-        return self._fields_of[1]
+            segments = list(
+                zip(model.ids, model.names_array.tolist(), model.tiers_array.tolist(), strict=True)
+            )
+            version = model.model_version
+            self._fields_of = (
+                model,
+                [segment_fields(int(i), name, int(tier), version) for i, name, tier in segments],
+                [change_fields(int(i), name, int(tier), version) for i, name, tier in segments],
+            )
+        return self._fields_of[1], self._fields_of[2]
 
     def _categories_to_register(
         self, batch_categories: list[str | None], states: np.ndarray

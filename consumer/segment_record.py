@@ -139,3 +139,45 @@ def encode_records(
             strict=True,
         )
     ]
+
+
+def change_fields(
+    segment_id: int, segment: str, tier: int, model_version: int
+) -> tuple[bytes, bytes]:
+    """The JSON of a segment-change event's new segment: (``segment_id`` value, the
+    ``segment``, ``tier`` and ``model_version`` fields), shared by its users."""
+    return orjson.dumps(segment_id), b'"segment":%b,"tier":%b,"model_version":%b' % (
+        orjson.dumps(segment),
+        orjson.dumps(tier),
+        orjson.dumps(model_version),
+    )
+
+
+def encode_changes(
+    user_ids: Sequence[str],
+    *,
+    fields: Sequence[tuple[bytes, bytes]],
+    previous_ids: Sequence[int],
+    event_times: Sequence[str],
+    computed_at: str,
+) -> list[tuple[str, bytes]]:
+    """(user id, JSON) of segment-change events, for the ``segments`` topic::
+
+        {"user_id":"u-42","segment_id":3,"previous_segment_id":1,"segment":"champions",
+         "tier":1,"model_version":7,"event_time":"2026-11-27T10:15:02.113Z",
+         "computed_at":"2026-11-27T10:15:02.345Z"}
+
+    ``previous_segment_id`` is null for a user's first segment (``previous_ids`` < 0);
+    ``fields`` holds each user's `change_fields`.
+    """
+    dumps = orjson.dumps
+    computed = computed_at.encode()
+    return [
+        (
+            u,
+            b'{"user_id":%b,"segment_id":%b,"previous_segment_id":%b,%b,'
+            b'"event_time":"%b","computed_at":"%b"}'
+            % (dumps(u), f[0], b"%d" % p if p >= 0 else b"null", f[1], t.encode(), computed),
+        )
+        for u, f, p, t in zip(user_ids, fields, previous_ids, event_times, strict=True)
+    ]

@@ -7,6 +7,8 @@ import orjson
 from consumer.segment_record import (
     COLD_START_FIELDS,
     SegmentRecord,
+    change_fields,
+    encode_changes,
     encode_record,
     encode_records,
     segment_fields,
@@ -87,3 +89,29 @@ def test_no_users_no_records() -> None:
         computed_at="2026-11-27T10:15:02.345Z",
     )
     assert empty == []
+
+
+def test_change_events_are_the_documented_json() -> None:
+    previous = [1, -1, 0, 17, 3]
+    changes = encode_changes(
+        USERS,
+        fields=[change_fields(*SEGMENTS[i % 3], 7) for i in range(len(USERS))],
+        previous_ids=previous,
+        event_times=TIMES,
+        computed_at="2026-11-27T10:15:02.345Z",
+    )
+    for i, (user, raw) in enumerate(changes):
+        segment_id, name, tier = SEGMENTS[i % 3]
+        assert user == USERS[i]
+        assert raw == orjson.dumps(
+            {
+                "user_id": user,
+                "segment_id": segment_id,
+                "previous_segment_id": previous[i] if previous[i] >= 0 else None,
+                "segment": name,
+                "tier": tier,
+                "model_version": 7,
+                "event_time": TIMES[i],
+                "computed_at": "2026-11-27T10:15:02.345Z",
+            }
+        )
