@@ -372,6 +372,14 @@ def _add_replay_commands(commands: Any) -> None:
         "--max-events", type=int, default=0, help="stop after this many records (resume later)"
     )
     replay.add_argument(
+        "--max-rate",
+        type=float,
+        default=0.0,
+        metavar="EVENTS_PER_S",
+        help="cap the replay's reading rate, leaving CPU to a live pipeline on the same "
+        "machine (0 = as fast as it goes)",
+    )
+    replay.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="progress bar on stderr (default: when stderr is a terminal)",

@@ -503,13 +503,9 @@ class SegmentPipeline:
             )
 
     def _apply(self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats) -> BatchWrite:
-        rows: dict[str, int] = {}
-        user_rows = np.fromiter(
-            (rows.setdefault(u, len(rows)) for u in batch.user_id),
-            dtype=np.int64,
-            count=len(batch),
-        )
-        users = list(rows)
+        users = list(dict.fromkeys(batch.user_id))  # distinct, in first-seen order
+        row_of = {u: i for i, u in enumerate(users)}
+        user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
         states = self.store.read_states(users, state_keys=[k for k, _ in user_keys])
         if len(self._category_cache) > _CATEGORY_CACHE_LIMIT:

@@ -92,6 +92,8 @@ class ReplayResult:
     rescored_users: int = 0
     skipped: dict[int, int] = field(default_factory=dict)
     """Offsets already done before this call (committed by an earlier run), per partition."""
+    read_seconds: float = 0.0
+    """Wall-clock time spent reading and applying the ranges (training excluded)."""
 
 
 def parse_time(text: str, *, option: str) -> int:
@@ -233,6 +235,7 @@ def replay(
     n_clusters: int | None = None,
     seed: int | None = None,
     max_records: int = 0,
+    max_rate: float = 0.0,
     idle_timeout_seconds: float = 60.0,
     progress: bool = False,
     client: redis.Redis | None = None,
@@ -242,7 +245,9 @@ def replay(
 
     ``from_ms`` / ``to_ms``: Kafka record timestamps (epoch ms), None = earliest / latest.
     ``max_records`` > 0 stops after that many records (an interrupted replay: call again to
-    resume; no model is trained until the ranges are done). Raises `ConfigError` when ``name``
+    resume; no model is trained until the ranges are done). ``max_rate`` > 0 caps the reading
+    at that many records per second, leaving CPU to the live pipeline on a shared machine.
+    Raises `ConfigError` when ``name``
     is the configured or the live namespace, or when no record arrives for
     ``idle_timeout_seconds`` while offsets remain.
     """
@@ -298,9 +303,19 @@ def replay(
             pipeline.start(
                 assignment=[TopicPartition(topic, t.partition, t.start) for t in remaining.values()]
             )
+            began = time.perf_counter()
             _read_ranges(
-                pipeline, topic, remaining, result, max_records, idle_timeout_seconds, bar, task
+                pipeline,
+                topic,
+                remaining,
+                result,
+                max_records,
+                max_rate,
+                idle_timeout_seconds,
+                bar,
+                task,
             )
+            result.read_seconds = time.perf_counter() - began
     finally:
         pipeline.close()
         if bar:
@@ -327,6 +342,7 @@ def _read_ranges(
     remaining: dict[int, PartitionRange],
     result: ReplayResult,
     max_records: int,
+    max_rate: float,
     idle_timeout_seconds: float,
     bar: Progress | None,
     task: TaskID | None,
@@ -336,8 +352,12 @@ def _read_ranges(
     assert consumer is not None
     batch_size = pipeline.settings.pipeline.batch_size
     timeout = pipeline.settings.pipeline.batch_timeout_ms / 1000.0
-    last_progress = time.monotonic()
+    last_progress = started = time.monotonic()
     while remaining:
+        if max_rate > 0:  # ahead of the allowed pace: wait until the pace catches up
+            ahead = result.records / max_rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
         messages = consumer.consume(batch_size, timeout)
         keep = []
         for m in messages:
@@ -597,6 +617,7 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
         n_clusters=args.n_clusters,
         seed=args.seed,
         max_records=args.max_events,
+        max_rate=args.max_rate,
         progress=show,
     )
     if not result.complete:
@@ -607,8 +628,10 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     model = result.model
     assert model is not None
+    rate = result.records / result.read_seconds if result.read_seconds else 0.0
     print(
-        f"replayed {result.records} records into {args.namespace_out}; model v"
+        f"replayed {result.records} records into {args.namespace_out} "
+        f"({result.read_seconds:.1f} s, {rate:,.0f} records/s); model v"
         f"{model.model_version} ({len(model.ids)} segments) scored {result.rescored_users} users"
     )
     print(f"next: streamseg compare {args.namespace_out}; streamseg promote {args.namespace_out}")

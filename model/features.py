@@ -577,13 +577,8 @@ def state_as_dict(state_row: np.ndarray, category_names: Mapping[float, str]) ->
 
 def category_codes(names: Sequence[str | None], cache: dict[str, float]) -> np.ndarray:
     """Codes of a column of category names (NaN for None), memoised in ``cache``."""
-    out = np.empty(len(names), dtype=np.float64)
-    for i, name in enumerate(names):
-        if name is None:
-            out[i] = np.nan
-        else:
-            code = cache.get(name)
-            if code is None:
-                code = cache[name] = category_code(name)
-            out[i] = code
-    return out
+    for name in set(names) - cache.keys():  # each new name hashed once
+        if name is not None:
+            cache[name] = category_code(name)
+    nan = float("nan")
+    return np.array([nan if name is None else cache[name] for name in names], dtype=np.float64)
