@@ -86,6 +86,53 @@ def adjusted_rand(labels_true: npt.ArrayLike, labels_pred: npt.ArrayLike) -> flo
     return float(adjusted_rand_score(np.asarray(labels_true), np.asarray(labels_pred)))
 
 
+def partition_inertia(X: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Inertia of a given partition: squared distances of rows to the mean of their label.
+
+    With planted labels, ``partition_inertia / offline_inertia`` says whether the planted groups
+    are k-means clusters at all: near 1 they are, well above 1 k-means prefers another split of
+    the same rows (and no k-means, streaming or not, can be expected to recover them).
+    """
+    A = np.asarray(X, dtype=np.float64)
+    y = np.asarray(labels)
+    if A.ndim != 2 or len(y) != len(A):
+        raise InvalidInputError(f"X {A.shape} and labels ({len(y)},) do not match")
+    _, codes = np.unique(y, return_inverse=True)
+    counts = np.bincount(codes)
+    means = np.zeros((len(counts), A.shape[1]))
+    np.add.at(means, codes, A)
+    means /= counts[:, None]
+    return float(((A - means[codes]) ** 2).sum())
+
+
+def separability_ari(
+    X: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    folds: int = 3,
+    random_state: int | None = 0,
+    n_threads: int | None = 1,
+) -> float:
+    """Adjusted Rand index of cross-validated *supervised* predictions of ``labels`` from ``X``.
+
+    A gradient-boosted classifier is trained on the labels of ``folds - 1`` folds and predicts
+    the held-out fold. It is told the answer during training, so the result is a practical
+    ceiling for any unsupervised segmentation of the same features: when it is low, the labels
+    are not recoverable from ``X`` (too little history, behaviours the features cannot see),
+    whatever the clustering. ``n_threads`` as in :func:`model.segmenter.limit_threads`.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    A = np.asarray(X, dtype=np.float64)
+    y = np.asarray(labels)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    classifier = HistGradientBoostingClassifier(max_iter=100, random_state=random_state)
+    with limit_threads(n_threads):
+        predicted = cross_val_predict(classifier, A, y, cv=splitter)
+    return adjusted_rand(y, predicted)
+
+
 def segment_change_share(
     before: npt.ArrayLike,
     after: npt.ArrayLike,

@@ -21,9 +21,28 @@ def test_formula_matches_the_docstring() -> None:
     t = X.copy()
     t[:, 0] = np.sign(X[:, 0]) * np.log1p(np.abs(X[:, 0]))
     q25, med, q75 = np.percentile(t, [25, 50, 75], axis=0)
+    spread = np.maximum(q75 - q25, 1.349 * t.std(axis=0))
     np.testing.assert_allclose(p.center_, med)
-    np.testing.assert_allclose(p.scale_, q75 - q25)
-    np.testing.assert_allclose(p.transform(X), (t - med) / (q75 - q25), rtol=1e-12)
+    np.testing.assert_allclose(p.scale_, spread)
+    np.testing.assert_allclose(p.transform(X), (t - med) / spread, rtol=1e-12)
+
+
+def test_a_column_with_a_far_minority_does_not_dominate_the_distance() -> None:
+    # Recency of the last purchase: most users bought within ~2 weeks (tight IQR), a third
+    # never did and sit at the 365-day cap. Scaled by the IQR alone that third would land
+    # ~30 units away and the recency column alone would decide every clustering.
+    rng = np.random.default_rng(3)
+    n = 3000
+    never = rng.random(n) < 0.3
+    recency = np.where(never, 365.0, rng.exponential(5.0, n))
+    spend = rng.lognormal(4.0, 1.0, n)
+    days = rng.uniform(0.0, 90.0, n)
+    X = np.column_stack([spend, recency, days])
+    Z = Preprocessor(["spend", "recency", "days"], log_columns=["spend"]).fit_transform(X)
+    assert np.all(Z.std(axis=0) <= 1 / 1.349 + 1e-9)
+    # The well-behaved columns keep their IQR scaling.
+    q25, q75 = np.percentile(days, [25, 75])
+    assert Z[:, 2].std() == pytest.approx(days.std() / (q75 - q25))
 
 
 def test_degenerate_columns_neither_divide_by_zero_nor_dominate() -> None:

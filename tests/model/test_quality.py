@@ -12,8 +12,10 @@ from model.quality import (
     inertia,
     inertia_ratio,
     model_inertia,
+    partition_inertia,
     recommend_k,
     segment_change_share,
+    separability_ari,
     tune_k,
 )
 from model.segmenter import StreamingSegmenter, limit_threads
@@ -99,3 +101,21 @@ def test_tune_k_finds_the_planted_number_of_segments(k: int) -> None:
     assert result.rule == "silhouette"
     assert recommend_k(result.scores, "calinski_harabasz") == k
     assert recommend_k(result.scores, "elbow") == k
+
+
+def test_partition_inertia_tells_whether_labels_are_k_means_clusters() -> None:
+    X, truth = blobs(5, 4)
+    with limit_threads(1):
+        km = KMeans(4, n_init=3, random_state=0).fit(X)
+    # Blobs are k-means clusters: their own partition is as good as k-means finds.
+    assert partition_inertia(X, truth) == pytest.approx(km.inertia_, rel=1e-3)
+    # Labels that cut across the blobs are not: far more inertia than k-means.
+    across = (X[:, 0] + X[:, 1] > 0).astype(int) + 2 * (np.arange(len(X)) % 2)
+    assert partition_inertia(X, across) > 3 * km.inertia_
+
+
+def test_separability_ari_is_high_for_visible_labels_and_zero_for_invisible_ones() -> None:
+    X, truth = blobs(6, 4, n=1200)
+    assert separability_ari(X, truth) > 0.95
+    invisible = np.random.default_rng(0).integers(0, 4, len(X))
+    assert abs(separability_ari(X, invisible)) < 0.05
