@@ -177,7 +177,25 @@ def render_table(R: dict[str, Any]) -> str:
                 "Inertia / offline KMeans(n_init=10): streaming / River",
                 f"{mod['streaming_inertia_ratio']:.3f} / {mod['river_inertia_ratio']:.3f}",
             ),
+            (
+                "Planted types as a partition: inertia / offline KMeans's (1 = the types are "
+                "k-means clusters)",
+                _num(mod.get("planted_partition_inertia_ratio"), "{:.2f}"),
+            ),
+            (
+                "ARI ceiling: a classifier trained on the planted types (cross-validated), all "
+                "users / users with >= "
+                f"{mod.get('rich_history_min_events', '?')} events "
+                f"({_num(mod.get('rich_history_share'), '{:.0%}')} of users)",
+                f"{_num(mod.get('planted_ceiling_ari'), '{:.3f}')} / "
+                f"{_num(mod.get('planted_ceiling_ari_rich_history'), '{:.3f}')}",
+            ),
+            (
+                "Streaming ARI on the users with that much history",
+                _num(mod.get("streaming_ari_rich_history"), "{:.3f}"),
+            ),
         ]
+    rows += _replay_rows(R.get("replay"))
     for g in R.get("goals", []):
         verdict = "not measured" if g["met"] is None else ("MET" if g["met"] else "NOT MET")
         v = g["value"]
@@ -193,6 +211,30 @@ def render_table(R: dict[str, Any]) -> str:
         )
     lines += [f"| {a} | {b} |" for a, b in rows]
     return "\n".join(lines)
+
+
+def _replay_rows(rep: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not rep:
+        return []
+    rows = [
+        (
+            "**8. Replay** from earliest into a shadow namespace (in-process; reading and "
+            "applying, training excluded), records/s",
+            _rate(rep.get("replay_records_per_s")),
+        )
+    ]
+    for key, text in (("unthrottled", "unthrottled"), ("max_rate_tenth", "--max-rate")):
+        r = rep.get(key)
+        if r:
+            cap = f" {r['max_rate']:,.0f}" if r["max_rate"] else ""
+            rows.append(
+                (
+                    f"Live pipeline while a replay runs ({text}{cap}), records/s "
+                    "(share of its rate alone)",
+                    f"{r['live_records_per_s']:,.0f} ({_num(r['live_share_of_alone'], '{:.0%}')})",
+                )
+            )
+    return rows
 
 
 def render_markdown(R: dict[str, Any]) -> str:
@@ -238,6 +280,23 @@ def render_readme_summary(R: dict[str, Any]) -> str:
         *[
             (f"{n} consumer process(es), 4 partitions", _rate(res.get("records_per_s")) + " /s")
             for n, res in sorted((R.get("scale") or {}).items())
+        ],
+        (
+            "replay into a shadow namespace",
+            _rate(_get(R, "replay", "replay_records_per_s")) + " /s",
+        ),
+        *[
+            (
+                f"live pipeline while a replay runs ({label})",
+                _num(share, "{:.0%} of its rate alone"),
+            )
+            for label, share in (
+                ("unthrottled", _get(R, "replay", "unthrottled", "live_share_of_alone")),
+                (
+                    "replay capped at 1/10 of the live rate",
+                    _get(R, "replay", "max_rate_tenth", "live_share_of_alone"),
+                ),
+            )
         ],
         ("consumer peak RSS", _num(lat.get("consumer_peak_rss_mb"), "{:,.0f} MB")),
         (

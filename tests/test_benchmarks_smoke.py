@@ -57,6 +57,10 @@ def test_quick_benchmark_writes_every_section(
         assert lat["probes"] > 0
         assert _positive(lat["latency_ms"]["p50"]) and _positive(lat["latency_ms"]["p99"])
     assert _positive(R["lookup_get_ms"]["p99"])
+    assert _positive(R["replay"]["replay_records_per_s"]["median"])
+    for run in ("unthrottled", "max_rate_tenth"):
+        assert _positive(R["replay"][run]["live_records_per_s"]), run
+        assert R["replay"][run]["replayed_records_by_then"] > 0, run
     assert _positive(R["memory"]["consumer_peak_rss_mb"])
     assert _positive(R["memory"]["bytes_per_user_state_plus_record"])
     for name in ("partial_fit_rows_per_s", "assign_rows_per_s", "river_rows_per_s"):
