@@ -72,7 +72,8 @@ Examples:
 """
 
 _TUNE_K_EPILOG = """\
-Fits a fresh preprocessing (signed log1p on counts and money, median/IQR scaling) to a
+Fits a fresh preprocessing (signed log1p on counts and money, median centring,
+max(IQR, 1.349 std) scaling) to a
 snapshot of users' features, runs k-means for every K in --k-min..--k-max and prints
 inertia (always falls with K: look for the elbow), mean silhouette (-1..1, higher is
 better) and the Calinski-Harabasz score (higher is better). The recommended K has the

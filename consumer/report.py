@@ -105,7 +105,8 @@ def _fmt(value: float) -> str:
 
 
 def plot_centres(model: SegmentModel, out_dir: Path) -> str:
-    """Heatmap of centres: colour in scaled units (IQRs from the median), text in business units."""
+    """Heatmap of centres: colour in scaled units (spreads from the median), text in business
+    units."""
     centres = np.asarray(model.centers, dtype=np.float64)
     business = model.to_preprocessor().inverse_transform(centres)
     k, d = centres.shape
@@ -141,7 +142,7 @@ def plot_centres(model: SegmentModel, out_dir: Path) -> str:
         "text = business value"
     )
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    bar.set_label("scaled units (IQRs from the median; log1p on counts and money)")
+    bar.set_label("scaled units (max(IQR, 1.349 std) from the median; log1p on counts and money)")
     return _save(fig, out_dir, "centres.png")
 
 
@@ -618,9 +619,9 @@ def _write_report(
             (
                 "Segment centres",
                 plot_centres(model, out_dir),
-                "Each row is a segment's centre. Colour: scaled units (IQRs above or below the "
-                "median user, after log1p on counts and money). Text: the same centre in business "
-                "units.",
+                "Each row is a segment's centre. Colour: scaled units (spread units, "
+                "max(IQR, 1.349 std), above or below the median user, after log1p on counts and "
+                "money). Text: the same centre in business units.",
             ),
             (
                 "Value tiers",
