@@ -12,16 +12,21 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import redis
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from redis.cluster import RedisCluster
 
 from consumer.exceptions import ConfigError
 from consumer.redis_keys import NAMESPACE_PATTERN
 from model.events import DEFAULT_ALIASES, resolve_type_map
 from model.features import DEDUPE_SLOTS, FeatureConfig
+
+#: What `RedisSettings.connect` returns: one server, or a cluster client when
+#: ``redis.cluster`` is set. Both speak the same single-key commands.
+RedisClient: TypeAlias = redis.Redis | RedisCluster
 
 
 class KafkaSettings(BaseModel):
@@ -66,6 +71,7 @@ class KafkaSettings(BaseModel):
 class RedisSettings(BaseModel):
     """Where per-user state, segment records and models live."""
 
+    #: ``redis://[user:password@]host:port/db``, or ``rediss://...`` for TLS.
     url: SecretStr = SecretStr("redis://localhost:6379/0")
     #: Key prefix of every key; a replay writes into another namespace (letters, digits, _.-).
     namespace: str = "streamseg"
@@ -74,13 +80,31 @@ class RedisSettings(BaseModel):
     #: A command without an answer for this long fails (and is retried): a hung server
     #: pauses the pipeline instead of blocking it forever (seconds).
     socket_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: TLS (``rediss://`` URLs only): PEM file of the CA certificate(s) to verify the server
+    #: with; None = the system's trust store. The server's certificate must name the URL's host.
+    tls_ca_file: str | None = None
+    #: Mutual TLS: PEM client certificate and its (unencrypted) key, for a server with
+    #: ``tls-auth-clients yes``. Both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: The URL names one node of a Redis Cluster (any node: the client discovers the others
+    #: and follows slot moves). Per-user keys share a hash slot; see `consumer.state_store`.
+    cluster: bool = False
 
-    def connect(self) -> redis.Redis:
+    def connect(self) -> RedisClient:
         """A client for this Redis; the URL (with any password) never reaches a log."""
-        return redis.Redis.from_url(
+        tls: dict[str, Any] = {}  # Any: redis-py's stubs type each option differently
+        if self.tls_ca_file:
+            tls["ssl_ca_certs"] = self.tls_ca_file
+        if self.tls_cert_file and self.tls_key_file:
+            tls["ssl_certfile"] = self.tls_cert_file
+            tls["ssl_keyfile"] = self.tls_key_file
+        factory = RedisCluster.from_url if self.cluster else redis.Redis.from_url
+        return factory(
             self.url.get_secret_value(),
             socket_timeout=self.socket_timeout_seconds,
             socket_connect_timeout=self.socket_timeout_seconds,
+            **tls,
         )
 
     @field_validator("namespace")
@@ -89,6 +113,25 @@ class RedisSettings(BaseModel):
         if not NAMESPACE_PATTERN.match(value):
             raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
         return value
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisSettings:
+        # Checked here, not at the first command: redis-py would pass TLS options to a plain
+        # connection and fail with a TypeError far from the setting that caused it.
+        names = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+        given = [name for name in names if getattr(self, name)]
+        if given and not self.url.get_secret_value().startswith("rediss://"):
+            raise ValueError(f"{' and '.join(given)} set, but url is not rediss:// (TLS)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (mutual TLS)")
+        return self
 
 
 class PipelineSettings(BaseModel):
@@ -136,7 +179,7 @@ class TrainerSettings(BaseModel):
     update_rows: int = Field(default=5000, ge=100)
     update_interval_seconds: float = Field(default=10.0, gt=0)
     half_life_batches: float = Field(default=20.0, gt=0)
-    #: Refit the scaling when fresh rows' medians move this far (in IQRs) or spreads change
+    #: Refit the scaling when fresh rows' medians move this far (in spread units) or spreads change
     #: by this factor (1 + x).
     rescale_tolerance: float = Field(default=0.5, gt=0)
     #: A centre further than this (scaled units) from every previous one gets a new id.

@@ -33,6 +33,7 @@ from devstack.server_process import (
     require_program,
     sweep_stale_run_dirs,
 )
+from devstack.tls import TlsCertificates, make_certificates
 from devstack.versions import (
     KAFKA_ARTIFACTS,
     KAFKA_SCALA_VERSION,
@@ -225,7 +226,10 @@ class KafkaBroker:
     ``-Xmx`` value; ``startup_timeout`` is in seconds. ``scram_users`` (name -> password) adds a
     ``SASL_PLAINTEXT`` listener (`sasl_bootstrap_servers`) accepting SCRAM-SHA-256 for those
     users, created when the storage is formatted; the PLAINTEXT listener stays for the broker's
-    own traffic.
+    own traffic. ``ssl=True`` adds an ``SSL`` listener (`ssl_bootstrap_servers`; server
+    certificate for localhost/127.0.0.1 from ``certificates``, or a throwaway CA generated in
+    its temp dir when None; no client certificate asked) and, with ``scram_users``, a
+    ``SASL_SSL`` listener too (`sasl_ssl_bootstrap_servers`).
     """
 
     def __init__(
@@ -235,13 +239,21 @@ class KafkaBroker:
         heap: str = "512m",
         startup_timeout: float = 60.0,
         scram_users: Mapping[str, str] | None = None,
+        ssl: bool = False,
+        certificates: TlsCertificates | None = None,
     ) -> None:
         self.num_partitions = num_partitions
         self.heap = heap
         self.startup_timeout = startup_timeout
         self.scram_users = dict(scram_users or {})
+        self.ssl = ssl
+        #: The PKI of the SSL listeners (``ssl`` only); generated at `start` when not given.
+        self.certificates = certificates
+        self._own_certificates = certificates is None
         self.port: int | None = None
         self.sasl_port: int | None = None
+        self.ssl_port: int | None = None
+        self.sasl_ssl_port: int | None = None
         self.controller_port: int | None = None
         self._libs: Path | None = None
         self._config: Path | None = None
@@ -267,6 +279,24 @@ class KafkaBroker:
         return f"127.0.0.1:{self.sasl_port}"
 
     @property
+    def ssl_bootstrap_servers(self) -> str:
+        """``host:port`` of the SSL listener (trust `certificates`.ca_cert); needs ``ssl``."""
+        if self.ssl_port is None:
+            raise ServerStartError("the Kafka broker has no SSL listener (no ssl) or is stopped")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """``host:port`` of the SASL_SSL (SCRAM-SHA-256 over TLS) listener; needs ``ssl`` and
+        ``scram_users``."""
+        if self.sasl_ssl_port is None:
+            raise ServerStartError(
+                "the Kafka broker has no SASL_SSL listener (needs ssl and scram_users) or is "
+                "stopped"
+            )
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
     def pid(self) -> int | None:
         """Process id of the broker JVM, None before `start`."""
         return self._process.pid if self._process is not None else None
@@ -288,16 +318,35 @@ class KafkaBroker:
         listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
         advertised = listeners
         protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-        sasl: dict[str, str] = {}
+        security: dict[str, str] = {}
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         if self.sasl_port is not None:
             listeners += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
             advertised += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
             protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
-            sasl = {
+            security = {
                 "sasl.enabled.mechanisms": "SCRAM-SHA-256",
-                "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-                ),
+                "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": scram_login,
+            }
+        if self.ssl_port is not None:
+            assert self.certificates is not None
+            listeners += f",SSL://127.0.0.1:{self.ssl_port}"
+            advertised += f",SSL://127.0.0.1:{self.ssl_port}"
+            protocols += ",SSL:SSL"
+            # A PEM keystore (Kafka >= 2.7): the unencrypted PKCS#8 key and the certificate in
+            # one file, no JKS and no keytool. Clients are not asked for a certificate.
+            security |= {
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self.certificates.server_keystore),
+                "ssl.client.auth": "none",
+            }
+        if self.sasl_ssl_port is not None:
+            listeners += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
+            advertised += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
+            protocols += ",SASL_SSL:SASL_SSL"
+            security |= {
+                "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+                "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram_login,
             }
         config = {
             "process.roles": "broker,controller",
@@ -308,7 +357,7 @@ class KafkaBroker:
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": protocols,
-            **sasl,
+            **security,
             "log.dirs": str(run_dir / "data"),
             "num.partitions": str(self.num_partitions),
             "auto.create.topics.enable": "true",
@@ -371,6 +420,12 @@ class KafkaBroker:
             self.controller_port = _distinct_free_port(taken)
             if self.scram_users:
                 self.sasl_port = _distinct_free_port(taken)
+            if self.ssl:
+                self.ssl_port = _distinct_free_port(taken)
+                if self.scram_users:
+                    self.sasl_ssl_port = _distinct_free_port(taken)
+                if self._own_certificates:
+                    self.certificates = make_certificates(run_dir / "tls")
             (run_dir / "log4j2.properties").write_text(
                 _LOG4J2_PROPERTIES.format(log_file=run_dir / "server.log")
             )
@@ -482,7 +537,11 @@ class KafkaBroker:
             self.run_dir = None
         self.port = None
         self.sasl_port = None
+        self.ssl_port = None
+        self.sasl_ssl_port = None
         self.controller_port = None
+        if self._own_certificates:
+            self.certificates = None
 
 
 def _distinct_free_port(taken: set[int]) -> int:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import redis
@@ -20,15 +20,31 @@ from devstack.server_process import (
     require_program,
     sweep_stale_run_dirs,
 )
+from devstack.tls import TlsCertificates, make_certificates
 
 _INSTALL_HINT = (
     "Run `make setup`, or install it yourself: `apt-get update && apt-get install -y redis-server`."
 )
 
 
-def redis_is_ready(url: str, timeout: float = 0.5) -> bool:
-    """True when the Redis at ``url`` answers PING within ``timeout`` seconds."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def redis_is_ready(
+    url: str, timeout: float = 0.5, *, certificates: TlsCertificates | None = None
+) -> bool:
+    """True when the Redis at ``url`` answers PING within ``timeout`` seconds.
+
+    For a ``rediss://`` URL, ``certificates`` gives the CA to trust and the client certificate
+    to present (needed when the server requires one).
+    """
+    tls: dict[str, Any] = {}
+    if certificates is not None and url.startswith("rediss://"):
+        tls = {
+            "ssl_ca_certs": str(certificates.ca_cert),
+            "ssl_certfile": str(certificates.client_cert),
+            "ssl_keyfile": str(certificates.client_key),
+        }
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, **tls
+    )
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -43,6 +59,11 @@ class RedisServer:
     ``password`` protects the ``default`` user (then `url` carries it); ``acl_users`` are ACL
     rule lines as in ``redis.conf`` after ``user``, e.g.
     ``"app on >secret ~app:* -@all +get"``, defined at start-up.
+
+    ``tls=True`` makes it TLS-only (``--port 0 --tls-port <port>``, `url` is ``rediss://``),
+    with ``certificates`` (`devstack.tls`), or a fresh throwaway CA and server certificate in
+    its temp dir when None. ``tls_auth_clients`` is Redis' ``tls-auth-clients``: ``"no"`` (any
+    client), ``"optional"`` or ``"yes"`` (mutual TLS: a client certificate signed by the CA).
     """
 
     def __init__(
@@ -51,10 +72,18 @@ class RedisServer:
         startup_timeout: float = 30.0,
         password: str | None = None,
         acl_users: Sequence[str] = (),
+        tls: bool = False,
+        certificates: TlsCertificates | None = None,
+        tls_auth_clients: Literal["no", "optional", "yes"] = "no",
     ) -> None:
         self.startup_timeout = startup_timeout
         self.password = password
         self.acl_users = list(acl_users)
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
+        #: The PKI the server presents (TLS only); generated at `start` when not given.
+        self.certificates = certificates
+        self._own_certificates = certificates is None
         self.port: int | None = None
         self.run_dir: Path | None = None
         #: Seconds from `start` until the server answered PING.
@@ -63,18 +92,36 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0`` (with the default user's password, if any); only valid
-        after `start`."""
+        """``redis://127.0.0.1:<port>/0`` (``rediss://`` with TLS; with the default user's
+        password, if any); only valid after `start`."""
         if self.port is None:
             raise ServerStartError("the Redis server has not been started")
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"{self._scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def user_url(self, user: str, password: str) -> str:
         """URL logging in as ACL user ``user`` with ``password``; only valid after `start`."""
         if self.port is None:
             raise ServerStartError("the Redis server has not been started")
-        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/0"
+        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        return f"{self._scheme}://{credentials}@127.0.0.1:{self.port}/0"
+
+    @property
+    def _scheme(self) -> str:
+        return "rediss" if self.tls else "redis"
+
+    def client(self) -> redis.Redis:
+        """A client of this server as the ``default`` user; with TLS it trusts the server's CA
+        and presents the client certificate. Only valid after `start`."""
+        tls: dict[str, Any] = {}
+        if self.tls:
+            assert self.certificates is not None
+            tls = {
+                "ssl_ca_certs": str(self.certificates.ca_cert),
+                "ssl_certfile": str(self.certificates.client_cert),
+                "ssl_keyfile": str(self.certificates.client_key),
+            }
+        return redis.Redis.from_url(self.url, **tls)
 
     @property
     def pid(self) -> int | None:
@@ -102,51 +149,114 @@ class RedisServer:
         if self._process is not None:
             return
         began = time.monotonic()
-        program = require_program("redis-server", _INSTALL_HINT)
+        require_program("redis-server", _INSTALL_HINT)
         sweep_stale_run_dirs()
         self.run_dir = run_dir = make_run_dir("redis")
         try:
             self.port = free_loopback_port()
-            # No RDB snapshots, no AOF: nothing to fork or write, a clean slate each run.
-            args = [
-                program,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(run_dir),
-                "--daemonize",
-                "no",
-            ]
-            if self.password:
-                args += ["--requirepass", self.password]
-            for rule in self.acl_users:
-                args += ["--user", *rule.split()]
-            self._process = ServerProcess("redis", args, run_dir / "redis.log", cwd=run_dir)
-            self._process.start()
-            deadline = began + self.startup_timeout
-            while not redis_is_ready(self.url):
-                if self._process.returncode is not None:
-                    raise ServerStartError(
-                        f"redis-server exited with code {self._process.returncode} during "
-                        f"start-up; last lines of its log:\n{self._process.log_tail()}"
-                    )
-                if time.monotonic() > deadline:
-                    raise ServerStartError(
-                        f"redis-server on port {self.port} did not answer PING within "
-                        f"{self.startup_timeout:.0f} s; last lines of its log:\n"
-                        f"{self._process.log_tail()}"
-                    )
-                time.sleep(0.05)
+            if self.tls and self._own_certificates:
+                self.certificates = make_certificates(run_dir / "tls")
+            self._launch()
+            self._wait_ready(began)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
+
+    def _arguments(self, run_dir: Path) -> list[str]:
+        assert self.port is not None
+        # No RDB snapshots, no AOF: nothing to fork or write, a clean slate each run (and after
+        # each restart: `restart` is Redis coming back with an empty dataset).
+        args = [
+            require_program("redis-server", _INSTALL_HINT),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(run_dir),
+            "--daemonize",
+            "no",
+        ]
+        if self.tls:
+            assert self.certificates is not None
+            args += [
+                "--port",
+                "0",  # TLS only: no plaintext listener at all
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.certificates.server_cert),
+                "--tls-key-file",
+                str(self.certificates.server_key),
+                "--tls-ca-cert-file",
+                str(self.certificates.ca_cert),
+                "--tls-auth-clients",
+                self.tls_auth_clients,
+            ]
+        else:
+            args += ["--port", str(self.port)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        for rule in self.acl_users:
+            args += ["--user", *rule.split()]
+        return args
+
+    def _launch(self) -> None:
+        assert self.run_dir is not None
+        self._process = ServerProcess(
+            "redis", self._arguments(self.run_dir), self.run_dir / "redis.log", cwd=self.run_dir
+        )
+        self._process.start()
+
+    def _wait_ready(self, began: float) -> None:
+        assert self._process is not None
+        deadline = began + self.startup_timeout
+        certificates = self.certificates if self.tls else None
+        while not redis_is_ready(self.url, certificates=certificates):
+            if self._process.returncode is not None:
+                raise ServerStartError(
+                    f"redis-server exited with code {self._process.returncode} during "
+                    f"start-up; last lines of its log:\n{self._process.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"redis-server on port {self.port} did not answer PING within "
+                    f"{self.startup_timeout:.0f} s; last lines of its log:\n"
+                    f"{self._process.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def halt(self, timeout: float = 5.0) -> None:
+        """Stop the server process (SIGTERM; SIGKILL after ``timeout`` seconds) but keep its
+        port, temp dir and certificates, so `resume` brings it back at the same URL. Nothing is
+        persisted: the dataset is gone."""
+        if self._process is None or self.run_dir is None:
+            raise ServerStartError("the Redis server is not running")
+        self._process.stop(timeout=timeout)
+        self._process = None
+
+    def resume(self) -> None:
+        """Start a `halt`-ed server again on the same port, with an empty dataset; return once it
+        answers PING (`ServerStartError` after ``startup_timeout`` seconds)."""
+        if self._process is not None:
+            return
+        if self.run_dir is None:
+            raise ServerStartError("the Redis server was never started (or was stopped): use start")
+        began = time.monotonic()
+        try:
+            self._launch()
+            self._wait_ready(began)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, timeout: float = 5.0) -> None:
+        """`halt` then `resume`: Redis restarted with an empty dataset at the same URL."""
+        self.halt(timeout=timeout)
+        self.resume()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout`` seconds) and delete its temp dir."""
@@ -156,4 +266,6 @@ class RedisServer:
         if self.run_dir is not None:
             remove_run_dir(self.run_dir)
             self.run_dir = None
+        if self._own_certificates:
+            self.certificates = None
         self.port = None

@@ -1,5 +1,6 @@
 """Faults a deployment meets: the broker restarts, the group rebalances again and again, the
-trainer dies while publishing, Redis turns slow. Each stream test ends by comparing every
+trainer dies while publishing, Redis turns slow, Redis comes back empty (and the documented
+replay-and-promote recovery rebuilds it). Each stream test ends by comparing every
 user's state in Redis with an independent recomputation from all events (1e-9 relative): no
 event lost, none applied twice."""
 
@@ -23,7 +24,9 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumer.lookup import SegmentLookup
 from consumer.model_store import ModelStore
+from consumer.namespaces import live_namespace
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from devstack.kafka import KafkaBroker
@@ -37,6 +40,7 @@ from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
     canonical,
+    drain,
     make_events,
     produce,
     read_state,
@@ -391,6 +395,74 @@ def test_a_slow_redis_applies_back_pressure_and_loses_nothing(
         time.sleep(1.6)  # let the last pause end before reading
         assert_nothing_lost_or_doubled(client, namespace, events)
         assert pipeline.totals.records == len(events)
+
+
+# -- Redis restarts with an empty dataset: replay rebuilds it ----------------------------------
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m consumer.cli ARGS`` with ``env``, as an operator would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "consumer.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_redis_restarted_empty_is_rebuilt_by_replay_and_promote(
+    kafka_bootstrap: str, new_topic: Callable[..., str], namespace: str
+) -> None:
+    topic = new_topic(partitions=2)
+    events = make_events(12_000, users=800, seed=37)
+    # before the restart | consumed into the emptied Redis | while consumers are stopped | after
+    before, during, gap, after = (events[i : i + 3_000] for i in range(0, len(events), 3_000))
+    rebuilt = f"{namespace}-rebuilt"
+    with RedisServer() as server:  # private: the restart must not empty the session's Redis
+        client = server.client()
+        live = settings_for(kafka_bootstrap, server.url, topic, namespace)
+        produce(kafka_bootstrap, topic, as_records(before))
+        drain(live, len(before))
+        assert_nothing_lost_or_doubled(client, namespace, before)
+
+        server.restart()  # no persistence: it comes back at the same URL with nothing in it
+        assert client.dbsize() == 0
+        # The consumers carry on from their committed offsets: the state they now write holds
+        # only what arrived since the restart. This is the loss the recovery repairs.
+        produce(kafka_bootstrap, topic, as_records(during))
+        drain(live, len(during))
+        assert counter(client, namespace, "applied") == len(during)
+
+        # The recovery in the README (Operating it > Recovery): consumers stopped (events keep
+        # arriving meanwhile), replay the whole topic into a new namespace, promote it, restart
+        # the consumers writing that namespace in their own group.
+        produce(kafka_bootstrap, topic, as_records(gap))
+        env = consumer_env(kafka_bootstrap, server.url, topic, namespace)
+        done = run_cli(env, "replay", "--from", "earliest", "--namespace-out", rebuilt)
+        assert done.returncode == 0, done.stderr
+        assert f"replayed {len(before) + len(during) + len(gap)} records into {rebuilt}" in (
+            done.stdout
+        )
+        done = run_cli(env, "promote", rebuilt)
+        assert done.returncode == 0, done.stderr
+        assert live_namespace(client, namespace) == rebuilt
+
+        produce(kafka_bootstrap, topic, as_records(after))
+        resumed = settings_for(kafka_bootstrap, server.url, topic, rebuilt)
+        assert resumed.kafka.group_id == live.kafka.group_id  # same group, same offsets
+        drain(resumed, len(gap) + len(after))
+
+        # Every event's effect is in the rebuilt namespace exactly once: the replay applied
+        # `gap` too, and the resumed consumers skipped it by (partition, offset).
+        assert_nothing_lost_or_doubled(client, rebuilt, events)
+        assert counter(client, rebuilt, "duplicates") == len(gap)
+        lookup = SegmentLookup(client, namespace=None, fallback_namespace=namespace)
+        record = lookup.get(after[-1]["user_id"])
+        assert lookup.last_namespace == rebuilt
+        assert record is not None and record.model_version == 1  # the replay's model
 
 
 # -- soak -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Message, Producer
 
+from devstack.redis_server import RedisServer
 from devstack.server_process import sweep_stale_run_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +96,39 @@ def test_namespace_keys_are_isolated(redis_client: redis.Redis, namespace: str) 
     redis_client.set(f"{namespace}:k", b"mine")
     assert redis_client.get(f"{other}:k") is None
     assert namespace.startswith("t-") and len(namespace) == 10
+
+
+def test_redis_restart_comes_back_empty_at_the_same_url() -> None:
+    with RedisServer() as server:
+        url, pid = server.url, server.pid
+        client = server.client()
+        client.set("k", b"v")
+        server.restart()
+        assert server.url == url and server.pid != pid
+        assert client.dbsize() == 0  # the same client reconnects: same port, empty dataset
+        server.halt()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        server.resume()
+        assert client.ping()
+    assert server.run_dir is None  # stop removed its temp dir
+
+
+def test_tls_redis_serves_only_tls_with_a_certificate_for_every_loopback_name() -> None:
+    with RedisServer(tls=True) as server:
+        certs = server.certificates
+        assert certs is not None and server.url.startswith("rediss://127.0.0.1:")
+        assert certs.directory.is_relative_to(server.run_dir or Path("/nonexistent"))
+        # The host name is verified (redis-py's default): by address and by name.
+        for host in ("127.0.0.1", "localhost"):
+            url = server.url.replace("127.0.0.1", host)
+            assert redis.Redis.from_url(url, ssl_ca_certs=str(certs.ca_cert)).ping()
+        assert server.client().config_get("port") == {"port": "0"}  # no plaintext listener
+        server.restart()  # same certificate files, same URL
+        assert redis.Redis.from_url(server.url, ssl_ca_certs=str(certs.ca_cert)).ping()
+        run_dir = server.run_dir
+    assert run_dir is not None and not run_dir.exists()  # throwaway keys deleted with it
+    assert server.certificates is None
 
 
 @pytest.mark.kafka
