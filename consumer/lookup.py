@@ -5,6 +5,7 @@
     segments.get("u-42")            # SegmentRecord or None
     segments.get_many(["u-1", "u-2"])  # one round trip
     live = SegmentLookup.from_url(url, namespace=None)  # follows streamseg:live-namespace
+    clustered = SegmentLookup.from_url(url, cluster=True)  # a node of a Redis Cluster
 
 The same read from any language is a plain GET of ``<ns>:{<user>}:seg`` (JSON), e.g.
 ``redis-cli GET 'streamseg:{u-42}:seg'``.
@@ -17,10 +18,12 @@ import json
 from collections.abc import Sequence
 
 import redis
+from redis.cluster import RedisCluster
 
 from consumer.redis_keys import KeyLayout, PointerKeys, escape_user_id
 from consumer.segment_record import SegmentRecord
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
+from consumer.state_store import read_values
 
 # Pointer and records in one server-side step, so an answer is never half from one namespace
 # and half from another. The keys are built here from KeyLayout's format: <ns>:{<id>}:seg.
@@ -46,12 +49,15 @@ class SegmentLookup:
     Following the pointer (`consumer.redis_keys.PointerKeys`), every `get` / `get_many` reads
     the pointer and the records in one Lua call: each answer is wholly from one namespace even
     while ``streamseg promote`` switches it. With the pointer unset, ``fallback_namespace``
-    is read. (The Lua call names keys it does not declare: single Redis server only.)
+    is read. On a Redis Cluster (``client`` a `RedisCluster`) the pointer and the records
+    live in different slots, so no script can read both: the pointer is read first, then
+    that namespace's records (grouped per master). The answer is still wholly from one
+    namespace, the one the pointer named when the read began.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         namespace: str | None = "streamseg",
         *,
         fallback_namespace: str = "streamseg",
@@ -62,13 +68,20 @@ class SegmentLookup:
         self.keys = KeyLayout(namespace or fallback_namespace)
         self.fallback_namespace = fallback_namespace
         self.pointer = pointer or PointerKeys()
-        self._follow = client.register_script(_FOLLOW_POINTER)
+        # No script on a cluster: it would read keys of several slots.
+        self._follow = (
+            None if isinstance(client, RedisCluster) else client.register_script(_FOLLOW_POINTER)
+        )
         self.last_namespace: str | None = namespace
         """Namespace the last answer came from."""
 
     @classmethod
-    def from_url(cls, url: str, namespace: str | None = "streamseg") -> SegmentLookup:
-        return cls(redis.Redis.from_url(url), namespace)
+    def from_url(
+        cls, url: str, namespace: str | None = "streamseg", *, cluster: bool = False
+    ) -> SegmentLookup:
+        """A lookup on the Redis at ``url``; ``cluster=True`` when it is a Redis Cluster node."""
+        client: RedisClient = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+        return cls(client, namespace)
 
     def get(self, user_id: str) -> SegmentRecord | None:
         """The user's record, or None if the user has never been seen."""
@@ -78,14 +91,20 @@ class SegmentLookup:
         """Records of many users in one round trip (MGET or one Lua call), in the order asked."""
         if not user_ids:
             return []
-        if self.namespace is None:
+        if self.namespace is None and self._follow is not None:
             ns, raws = self._follow(
                 keys=[self.pointer.live],
                 args=[self.fallback_namespace, *(escape_user_id(u) for u in user_ids)],
             )
             self.last_namespace = ns.decode() if isinstance(ns, bytes) else str(ns)
+        elif self.namespace is None:  # a cluster: the pointer, then that namespace's records
+            live = self.client.get(self.pointer.live)
+            ns = live.decode() if isinstance(live, bytes) else self.fallback_namespace
+            keys = KeyLayout(ns)
+            raws = read_values(self.client, [keys.segment(u) for u in user_ids])
+            self.last_namespace = ns
         else:
-            raws = self.client.mget([self.keys.segment(u) for u in user_ids])
+            raws = read_values(self.client, [self.keys.segment(u) for u in user_ids])
         return [None if r is None else SegmentRecord.model_validate_json(r) for r in raws]
 
 

@@ -3,7 +3,8 @@
 Keys (tag ``{<ns>:model}``, see `consumer.redis_keys`): ``current`` (JSON), ``version``
 (integer, what consumers poll), ``v:<n>`` (JSON of every published version) and ``versions``
 (sorted set). A publish is one MULTI/EXEC transaction, so a reader never sees a half-written
-model: it reads the old JSON or the new one.
+model: it reads the old JSON or the new one. The shared hash tag puts every model key (and
+the trainer lease) in one slot, so the same transactions run on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import redis
 
 from consumer.exceptions import ConfigError, LeaseLostError
 from consumer.redis_keys import KeyLayout
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
 from model.model_format import SegmentModel
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class ModelStore:
     """Publishes, loads and rolls back `SegmentModel`s under one namespace."""
 
-    def __init__(self, client: redis.Redis, keys: KeyLayout) -> None:
+    def __init__(self, client: RedisClient, keys: KeyLayout) -> None:
         self.client = client
         self.keys = keys
 

@@ -7,6 +7,12 @@ with one write. A promote sets the pointer and remembers the previous value in
 pipeline with ``pipeline.follow_live_namespace`` moves with the pointer and catches the
 namespace up from its ``applied-offsets``; otherwise it keeps writing its configured
 ``redis.namespace`` and a promoted shadow's features stay as of its replay.
+
+On a Redis Cluster the two pointer keys sit in different slots, so no MULTI spans them: the
+live pointer switches in a WATCHed transaction of its own, and ``previous`` is written
+beside it in an order that a crash between the two can only turn into a no-op rollback
+(``previous`` equal to ``live``), never into a jump to a namespace nobody chose. Listing and
+dropping scan every master.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from consumer.exceptions import ConfigError
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout, PointerKeys
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +57,17 @@ def _watched_get(pipe: Any, key: str) -> str | None:
     return _text(value)
 
 
-def live_namespace(client: redis.Redis, default: str, pointer: PointerKeys | None = None) -> str:
+def live_namespace(client: RedisClient, default: str, pointer: PointerKeys | None = None) -> str:
     """The namespace the pointer names, or ``default`` when it is unset."""
     return _text(client.get((pointer or PointerKeys()).live)) or default
 
 
-def register_namespace(client: redis.Redis, name: str, pointer: PointerKeys | None = None) -> None:
+def register_namespace(client: RedisClient, name: str, pointer: PointerKeys | None = None) -> None:
     """Add ``name`` to the registry that `list_namespaces` reads."""
     client.sadd((pointer or PointerKeys()).registry, name)
 
 
-def promote(client: redis.Redis, name: str, pointer: PointerKeys | None = None) -> str | None:
+def promote(client: RedisClient, name: str, pointer: PointerKeys | None = None) -> str | None:
     """Make ``name`` live in one MULTI; returns the namespace that was live (None = unset).
 
     Refuses (`ConfigError`) a namespace without a published model: readers would get records
@@ -69,13 +76,18 @@ def promote(client: redis.Redis, name: str, pointer: PointerKeys | None = None) 
     keys = pointer or PointerKeys()
     if ModelStore(client, KeyLayout(name)).current_version() is None:
         raise ConfigError(f"namespace {name!r} has no published model; replay into it first")
+    cluster = isinstance(client, RedisCluster)
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
                 pipe.watch(keys.live)
                 previous = _watched_get(pipe, keys.live)
+                if cluster and previous is not None:
+                    # Another slot: written first, so a crash before the switch leaves
+                    # previous == live (a rollback is a no-op), never a wrong target.
+                    client.set(keys.previous, previous)
                 pipe.multi()
-                if previous is not None:
+                if previous is not None and not cluster:
                     pipe.set(keys.previous, previous)
                 pipe.set(keys.live, name)
                 pipe.execute()
@@ -86,35 +98,49 @@ def promote(client: redis.Redis, name: str, pointer: PointerKeys | None = None) 
     return previous
 
 
-def rollback(client: redis.Redis, pointer: PointerKeys | None = None) -> str:
-    """Swap the live and the previous namespace in one MULTI; returns the new live one."""
+def rollback(client: RedisClient, pointer: PointerKeys | None = None) -> str:
+    """Swap the live and the previous namespace in one MULTI; returns the new live one.
+
+    On a cluster the live pointer switches first and ``previous`` follows (another slot).
+    """
     keys = pointer or PointerKeys()
+    cluster = isinstance(client, RedisCluster)
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.live, keys.previous)
-                live = _watched_get(pipe, keys.live)
-                previous = _watched_get(pipe, keys.previous)
+                if cluster:  # previous is in another slot: read, not watched
+                    pipe.watch(keys.live)
+                    live = _watched_get(pipe, keys.live)
+                    previous = _text(client.get(keys.previous))
+                else:
+                    pipe.watch(keys.live, keys.previous)
+                    live = _watched_get(pipe, keys.live)
+                    previous = _watched_get(pipe, keys.previous)
                 if previous is None or live is None:
                     raise ConfigError("no previous namespace to roll back to (never promoted)")
                 pipe.multi()
                 pipe.set(keys.live, previous)
-                pipe.set(keys.previous, live)
+                if not cluster:
+                    pipe.set(keys.previous, live)
                 pipe.execute()
                 break
             except redis.WatchError:
                 continue
+    if cluster:
+        # After the switch: a crash before this line leaves previous == live, a no-op.
+        client.set(keys.previous, live)
     log.info("live namespace rolled back: %s -> %s", live, previous)
     return previous
 
 
-def count_users(client: redis.Redis, name: str) -> int:
-    """Users with a state key in namespace ``name`` (one SCAN over the keyspace)."""
+def count_users(client: RedisClient, name: str) -> int:
+    """Users with a state key in namespace ``name`` (one SCAN over the keyspace; on a
+    cluster, over every master)."""
     return sum(1 for _ in client.scan_iter(match=KeyLayout(name).state_pattern, count=1000))
 
 
 def list_namespaces(
-    client: redis.Redis, configured: str, pointer: PointerKeys | None = None
+    client: RedisClient, configured: str, pointer: PointerKeys | None = None
 ) -> list[NamespaceInfo]:
     """The configured namespace, the live and previous ones and every registered one."""
     keys = pointer or PointerKeys()
@@ -136,9 +162,11 @@ def list_namespaces(
 
 
 def drop_namespace(
-    client: redis.Redis, name: str, configured: str, pointer: PointerKeys | None = None
+    client: RedisClient, name: str, configured: str, pointer: PointerKeys | None = None
 ) -> int:
     """Delete every key of namespace ``name`` (SCAN + UNLINK); returns the number deleted.
+
+    On a cluster the SCAN covers every master and the UNLINKs are split per slot.
 
     Refuses (`ConfigError`) the live namespace and the configured one, which the pipeline
     writes. The pointer keys themselves are never deleted.

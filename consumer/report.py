@@ -29,7 +29,6 @@ matplotlib.use("Agg")  # files only, never a window: this runs on servers and in
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
-import redis
 from matplotlib.colors import Colormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -40,7 +39,7 @@ from sklearn.decomposition import PCA
 from consumer.exceptions import ConfigError
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
 from consumer.snapshot import Snapshot, read_snapshot
 from consumer.state_store import StateStore
 from model.exceptions import InsufficientDataError
@@ -555,7 +554,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }
 
 
 def write_report(
-    client: redis.Redis, keys: KeyLayout, out_dir: Path, *, sample: int, settings: Settings
+    client: RedisClient, keys: KeyLayout, out_dir: Path, *, sample: int, settings: Settings
 ) -> Path:
     """Write ``out_dir/index.html`` and its PNGs from the namespace's state; return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -564,7 +563,7 @@ def write_report(
 
 
 def _write_report(
-    client: redis.Redis, keys: KeyLayout, out_dir: Path, *, sample: int, settings: Settings
+    client: RedisClient, keys: KeyLayout, out_dir: Path, *, sample: int, settings: Settings
 ) -> Path:
     snapshot = read_snapshot(client, keys, max_users=sample, config=settings.features)
     state = StateStore(client, keys)

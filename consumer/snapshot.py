@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import redis
 
 from consumer.redis_keys import KeyLayout
-from consumer.state_store import StateStore
+from consumer.settings import RedisClient
+from consumer.state_store import StateStore, read_values
 from model.features import COL, STATE_WIDTH, FeatureConfig, derive_features, empty_state
 
 _STATE_BYTES = STATE_WIDTH * 8
@@ -42,7 +42,7 @@ class Snapshot:
 
 
 def read_snapshot(
-    client: redis.Redis,
+    client: RedisClient,
     keys: KeyLayout,
     max_users: int = 20000,
     config: FeatureConfig | None = None,
@@ -68,7 +68,7 @@ def read_snapshot(
     blobs: list[bytes] = []
     for start in range(0, len(chosen), _MGET_CHUNK):
         part = chosen[start : start + _MGET_CHUNK]
-        values = client.mget([k for _, k in part])
+        values = read_values(client, [k for _, k in part])
         for (user, _), value in zip(part, values, strict=True):
             # A key can expire between SCAN and MGET; a foreign value has the wrong size.
             if isinstance(value, bytes) and len(value) == _STATE_BYTES:

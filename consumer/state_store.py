@@ -1,23 +1,66 @@
-"""Per-user state and segment records in Redis: one MGET in, one transaction out, per batch."""
+"""Per-user state and segment records in Redis: one MGET in, one transaction out, per batch.
+
+On one Redis server (the default) a batch is one MGET and one MULTI/EXEC holding every
+user's keys and the namespace-wide keys together.
+
+On a Redis Cluster (``redis.cluster = true``) no command may span hash slots, so a batch is:
+
+- read: the users' state keys grouped by the master that owns their slot, one pipelined
+  round of GETs per master, all masters sent before any reply is read;
+- write: one command per user, grouped per master the same way: ``MSET state record`` (both
+  keys carry the user's hash tag, so they share a slot and are written atomically), or
+  ``MULTI; SET .. EX; SET .. EX; EXEC`` when ``redis.user_ttl_seconds`` is set;
+- then the namespace-wide keys (counters, segment sizes, categories, watermark, training
+  samples), each a single-key command, in one more pipelined round.
+
+Exactly-once holds on a cluster as on one server: a user's state carries the (partition,
+offset) and recent event ids it has applied, and it is written atomically with the user's
+record; a redelivered batch skips what is already applied. What a cluster gives up is the
+batch-wide transaction: after a crash between the user writes and the namespace-wide round,
+the counters and segment sizes miss that one batch (they never count one twice: the retry
+sees the events as applied). Statistics, never state.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
 from consumer.redis_keys import KeyLayout
+from consumer.settings import RedisClient
 from model.features import STATE_WIDTH, empty_state
 
 _STATE_BYTES = STATE_WIDTH * 8
 _EMPTY = empty_state(1).tobytes()
 
+# Replies that mean "ask another node, or again": the slot moved or is moving.
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+# The cluster path packs its per-user commands itself (RESP): redis-py's generic packing
+# costs more than the rest of the batch.
+_GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
+_SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_MSET2 = b"*5\r\n$4\r\nMSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def _pack(args: Sequence[bytes]) -> bytes:
+    """One command in RESP, e.g. ``_pack((b"GET", b"k"))``."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
 
 @dataclass
 class BatchWrite:
-    """Everything one batch writes, applied atomically (MULTI/EXEC) on one Redis server."""
+    """Everything one batch writes: atomically (MULTI/EXEC) on one Redis server; per user
+    on a cluster (see the module docstring)."""
 
     user_ids: Sequence[str]
     states: np.ndarray  # (n, STATE_WIDTH) float64
@@ -31,11 +74,15 @@ class BatchWrite:
 
 
 class StateStore:
-    """Reads and writes users' feature state and segment records under one namespace."""
+    """Reads and writes users' feature state and segment records under one namespace.
+
+    ``client`` is a `redis.Redis` or a `redis.cluster.RedisCluster`; the cluster path is
+    chosen from its type (see the module docstring).
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         keys: KeyLayout,
         *,
         user_ttl_seconds: int = 0,
@@ -45,6 +92,7 @@ class StateStore:
         self.keys = keys
         self.user_ttl_seconds = user_ttl_seconds
         self.training_buffer_rows = training_buffer_rows
+        self._cluster = client if isinstance(client, RedisCluster) else None
 
     def read_states(
         self, user_ids: Sequence[str], *, state_keys: Sequence[str] | None = None
@@ -57,12 +105,21 @@ class StateStore:
             return empty_state(0)
         if state_keys is None:
             state_keys = [self.keys.state(u) for u in user_ids]
-        raw = self.client.mget(state_keys)
+        # The hot path on one server: a single MGET.
+        raw = (
+            self.client.mget(state_keys)
+            if self._cluster is None
+            else read_values(self.client, state_keys)
+        )
         blob = b"".join(v if v is not None and len(v) == _STATE_BYTES else _EMPTY for v in raw)
         return np.frombuffer(blob, dtype=np.float64).reshape(len(user_ids), STATE_WIDTH).copy()
 
     def write(self, batch: BatchWrite) -> None:
-        """Write states, records, samples and counters in one MULTI/EXEC round trip."""
+        """Write states, records, samples and counters: one MULTI/EXEC round trip on one
+        server; on a cluster each user's state and record atomically, then the rest."""
+        if self._cluster is not None:
+            self._write_cluster(self._cluster, batch)
+            return
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
         states = np.ascontiguousarray(batch.states, dtype=np.float64)
@@ -80,6 +137,12 @@ class StateStore:
                     pipe.set(key, value, ex=self.user_ttl_seconds)
             else:
                 pipe.mset(mapping)
+        self._queue_namespace_writes(pipe, batch)
+        pipe.execute()
+
+    def _queue_namespace_writes(self, pipe: Any, batch: BatchWrite) -> None:
+        """Queue the batch's writes to namespace-wide keys (all single-key commands)."""
+        keys = self.keys
         rows = batch.training_rows
         if self.training_buffer_rows and rows is not None and len(rows):
             pipe.lpush(keys.training_samples, np.ascontiguousarray(rows, np.float64).tobytes())
@@ -99,7 +162,90 @@ class StateStore:
         if batch.watermark_ms is not None:
             # Lua-free max: the watermark only moves forward, whichever consumer writes.
             pipe.zadd(keys.watermark, {"max": batch.watermark_ms}, gt=True)
-        pipe.execute()
+
+    # -- Redis Cluster ---------------------------------------------------------------------
+
+    def _write_cluster(self, cluster: RedisCluster, batch: BatchWrite) -> None:
+        states = np.ascontiguousarray(batch.states, dtype=np.float64)
+        records = batch.segment_records
+        pairs = list(batch.user_keys or self.keys.state_and_segment(batch.user_ids))
+        ttl = str(self.user_ttl_seconds).encode() if self.user_ttl_seconds else b""
+        packed: list[bytes] = []
+        replies_per_user: list[int] = []
+        blob, width = states.tobytes(), states.shape[1] * 8  # slicing beats a tobytes per row
+        for i, (state_key, segment_key) in enumerate(pairs):
+            sk, state = state_key.encode(), blob[i * width : (i + 1) * width]
+            record = records[i] if i < len(records) else None
+            if ttl:  # SET .. EX per key, in MULTI/EXEC: still one atomic step per user
+                sets = [_pack((b"SET", sk, state, b"EX", ttl))]
+                if record is not None:
+                    sets.append(_pack((b"SET", segment_key.encode(), record, b"EX", ttl)))
+                packed.append(_MULTI + b"".join(sets) + _EXEC)
+                replies_per_user.append(len(sets) + 2)
+            elif record is not None:
+                gk = segment_key.encode()
+                packed.append(
+                    _MSET2 % (len(sk), sk, len(state), state, len(gk), gk, len(record), record)
+                )
+                replies_per_user.append(1)
+            else:
+                packed.append(_SET % (len(sk), sk, len(state), state))
+                replies_per_user.append(1)
+        if packed:
+            replies = _per_master(cluster, [sk for sk, _ in pairs], packed, replies_per_user)
+            for i, user_replies in enumerate(replies):
+                failed = [r for r in user_replies if isinstance(r, Exception)]
+                if failed:
+                    record = records[i] if i < len(records) else None
+                    self._retry_user_write(cluster, pairs[i], states[i].tobytes(), record, failed)
+        pipe = cluster.pipeline(transaction=False)
+        self._queue_namespace_writes(pipe, batch)
+        if len(pipe):
+            pipe.execute()
+
+    def _retry_user_write(
+        self,
+        cluster: RedisCluster,
+        keys: tuple[str, str],
+        state: bytes,
+        record: bytes | None,
+        failed: list[Exception],
+    ) -> None:
+        """Redo one user's write through the cluster client, which follows MOVED / ASK.
+
+        The write sets absolute values, so doing it again is harmless.
+        """
+        retriable = (*_REDIRECTS, redis.exceptions.ExecAbortError)
+        if not all(isinstance(exc, retriable) for exc in failed):
+            raise failed[0]
+        ex = self.user_ttl_seconds or None
+        with cluster.pipeline(transaction=record is not None) as pipe:
+            pipe.set(keys[0], state, ex=ex)
+            if record is not None:
+                pipe.set(keys[1], record, ex=ex)
+            pipe.execute()
+
+    def scan_state_keys(self, cursor: int = 0, count: int = 1000) -> tuple[int, list[bytes]]:
+        """One SCAN step over this namespace's state keys: (next cursor, keys found).
+
+        Start with cursor 0; a returned 0 ends the pass. On a cluster the cursor walks every
+        master in turn (master index in the low digits, that master's cursor above), so one
+        pass covers the whole keyspace; a reshard during a pass may skip or repeat keys.
+        """
+        match = self.keys.state_pattern
+        if self._cluster is None:
+            next_cursor, found = self.client.scan(cursor, match=match, count=count)
+            return int(next_cursor), list(found)
+        masters = sorted(self._cluster.get_primaries(), key=lambda node: node.name)
+        index, node_cursor = cursor % len(masters), cursor // len(masters)
+        client = self._cluster.get_redis_connection(masters[index])
+        next_node_cursor, found = client.scan(node_cursor, match=match, count=count)
+        if int(next_node_cursor):
+            return int(next_node_cursor) * len(masters) + index, list(found)
+        index += 1
+        return (index if index < len(masters) else 0), list(found)
+
+    # -- namespace-wide reads --------------------------------------------------------------
 
     def read_counters(self) -> dict[str, int]:
         raw = self.client.hgetall(self.keys.counters)
@@ -116,3 +262,75 @@ class StateStore:
     def read_watermark(self) -> float | None:
         score = self.client.zscore(self.keys.watermark, "max")
         return None if score is None else float(score)
+
+
+def read_values(client: RedisClient, keys: Sequence[str]) -> list[bytes | None]:
+    """Values of string ``keys`` in order (None = missing), whatever their slots.
+
+    One MGET on one server; on a cluster, GETs grouped per master in one pipelined round
+    (not atomic across masters).
+    """
+    if not isinstance(client, RedisCluster):
+        return list(client.mget(keys))
+    packed = [_GET % (len(k), k) for k in (key.encode() for key in keys)]
+    values: list[bytes | None] = []
+    for key, (reply,) in zip(keys, _per_master(client, keys, packed), strict=True):
+        if isinstance(reply, _REDIRECTS):
+            reply = client.get(key)  # follows MOVED / ASK itself
+        elif isinstance(reply, redis.RedisError):
+            raise reply
+        values.append(reply)
+    return values
+
+
+def _per_master(
+    cluster: RedisCluster,
+    keys: Sequence[str],
+    packed: Sequence[bytes],
+    replies_per_item: Sequence[int] | None = None,
+) -> list[list[Any]]:
+    """Send ``packed[i]`` (RESP) to the master owning ``keys[i]``'s slot; returns each
+    item's ``replies_per_item[i]`` replies (default 1), in order.
+
+    One pipelined round: every master's commands are sent before any reply is read, so
+    the masters work in parallel. An error reply is returned in its place, not raised.
+    """
+    slots: dict[int, list[ClusterNode]] = cluster.nodes_manager.slots_cache  # type: ignore[assignment]
+    by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+    for i, key in enumerate(keys):
+        slot = key_slot(key.encode())
+        owners = slots.get(slot)
+        if not owners:
+            # A ConnectionError is what callers retry (the pipeline pauses and waits).
+            cluster.nodes_manager.initialize()
+            raise redis.ConnectionError(f"no master serves slot {slot} (cluster down?)")
+        node = owners[0]
+        entry = by_node.get(node.name)
+        if entry is None:
+            entry = by_node[node.name] = (node, [])
+        entry[1].append(i)
+    replies: list[list[Any]] = [[] for _ in keys]
+    sent: list[tuple[Any, Any, list[int]]] = []
+    try:
+        for node, rows in by_node.values():
+            pool = cluster.get_redis_connection(node).connection_pool
+            conn = pool.get_connection()
+            sent.append((pool, conn, rows))
+            conn.send_packed_command([b"".join([packed[i] for i in rows])])
+        for _, conn, rows in sent:
+            for i in rows:
+                out = replies[i]
+                for _ in range(replies_per_item[i] if replies_per_item else 1):
+                    try:
+                        out.append(conn.read_response())
+                    except redis.ResponseError as exc:  # one command's error reply
+                        out.append(exc)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        for _, conn, _ in sent:
+            conn.disconnect()  # replies may be half read: never reuse the connection
+        cluster.nodes_manager.initialize()  # a master may have failed over: ask again
+        raise
+    finally:
+        for pool, conn, _ in sent:
+            pool.release(conn)
+    return replies

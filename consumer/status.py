@@ -26,7 +26,7 @@ from consumer.kafka_clients import consumer_config
 from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
 
 if TYPE_CHECKING:
     from model.model_format import SegmentModel
@@ -43,7 +43,7 @@ class ConsumerHeartbeat:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         keys: KeyLayout,
         metrics: PipelineMetrics,
         interval_seconds: float,
@@ -118,7 +118,7 @@ class ConsumerHeartbeat:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def deployment_status(settings: Settings, *, client: redis.Redis | None = None) -> dict[str, Any]:
+def deployment_status(settings: Settings, *, client: RedisClient | None = None) -> dict[str, Any]:
     """Everything `status` prints, as a JSON-able dict (times in epoch seconds)."""
     client = client or settings.redis.connect()
     keys = KeyLayout(settings.redis.namespace)

@@ -32,7 +32,7 @@ from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.settings import Settings, TrainerSettings
+from consumer.settings import RedisClient, Settings, TrainerSettings
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
 from model.labels import label_segments
@@ -54,12 +54,14 @@ return 0
 class TrainerLease:
     """A Redis lease (SET NX PX) naming the one active trainer of a namespace."""
 
-    def __init__(self, client: redis.Redis, key: str, seconds: float) -> None:
+    def __init__(self, client: RedisClient, key: str, seconds: float) -> None:
         self.client = client
         self.key = key
         self.ms = int(seconds * 1000)
         self.token = uuid.uuid4().hex
-        self._renew = client.register_script(_RENEW)
+        # The key is the lease's own, so the script runs on a cluster too (types-redis does
+        # not know RedisCluster.register_script; redis-py has it).
+        self._renew = client.register_script(_RENEW)  # type: ignore[union-attr]
 
     def acquire(self) -> bool:
         return bool(self.client.set(self.key, self.token, nx=True, px=self.ms))
@@ -77,7 +79,7 @@ class Trainer:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         keys: KeyLayout,
         config: TrainerSettings,
         metrics: TrainerMetrics | None = None,

@@ -13,7 +13,8 @@ from types import FrameType
 
 from devstack.exceptions import DevStackError
 from devstack.kafka import cache_root, fetch_kafka_jars, kafka_jars_cached, kafka_libs_dir
-from devstack.stack import LocalStack
+from devstack.redis_cluster import RedisClusterServer
+from devstack.stack import REDIS_ENV, LocalStack
 from devstack.versions import KAFKA_VERSION
 
 _DESCRIPTION = """\
@@ -29,6 +30,7 @@ examples:
   python -m devstack fetch                   # download the broker jars once (make setup does it)
   python -m devstack up                      # start both, print exports, Ctrl-C to stop
   python -m devstack up --env-file .devstack.env &
+  python -m devstack up --redis-cluster      # a 3-master Redis Cluster instead of one Redis
   source .devstack.env && .venv/bin/python -m pytest   # tests reuse the running servers
 
 The printed variables are the service's own settings (STREAMSEG_ prefix, `__` nesting), so
@@ -77,15 +79,23 @@ def _command_up(args: argparse.Namespace) -> int:
     env_file: Path | None = args.env_file
     stack = LocalStack(
         kafka=not args.no_kafka,
-        redis=not args.no_redis,
+        redis=not args.no_redis and not args.redis_cluster,
         use_env=False,  # `up` is the thing that provides the servers, never a consumer of them
         kafka_num_partitions=args.partitions,
     )
+    cluster = RedisClusterServer() if args.redis_cluster and not args.no_redis else None
     try:
         with stack:
+            if cluster is not None:
+                cluster.start()
             for service, seconds in stack.startup_seconds.items():
                 print(f"{service} ready in {seconds:.1f} s", file=sys.stderr)
-            lines = [f"export {key}={shlex.quote(value)}" for key, value in stack.env().items()]
+            variables = stack.env()
+            if cluster is not None:
+                print(f"redis cluster ready in {cluster.startup_seconds:.1f} s", file=sys.stderr)
+                variables[REDIS_ENV] = cluster.url
+                variables["STREAMSEG_REDIS__CLUSTER"] = "true"
+            lines = [f"export {key}={shlex.quote(value)}" for key, value in variables.items()]
             if env_file is not None:
                 tmp = env_file.with_name(env_file.name + ".tmp")
                 tmp.write_text("".join(line + "\n" for line in lines))
@@ -94,13 +104,17 @@ def _command_up(args: argparse.Namespace) -> int:
             print("servers running; Ctrl-C or SIGTERM stops them", file=sys.stderr, flush=True)
             while True:
                 time.sleep(1.0)
-                for service, pid in stack.pids.items():
+                pids = list(stack.pids.items())
+                pids += [("redis cluster node", pid) for pid in (cluster.pids if cluster else [])]
+                for service, pid in pids:
                     if not _process_alive(pid):
                         print(f"{service} (pid {pid}) died; stopping", file=sys.stderr)
                         return 1
     except _Stop as stop:
         print(f"{stop}: stopping servers", file=sys.stderr)
     finally:
+        if cluster is not None:
+            cluster.stop()
         if env_file is not None:
             env_file.unlink(missing_ok=True)
     print("stopped", file=sys.stderr, flush=True)
@@ -156,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-kafka", action="store_true", help="start Redis only")
     up.add_argument("--no-redis", action="store_true", help="start Kafka only")
+    up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="start a 3-master Redis Cluster instead of one Redis (sets STREAMSEG_REDIS__CLUSTER)",
+    )
     up.set_defaults(handler=_command_up)
     return parser
 

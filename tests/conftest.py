@@ -10,6 +10,7 @@ Fixtures (server ones start their server on first use; ``pytest tests/model`` st
 - ``redis_url``     session  ``"redis://127.0.0.1:<port>/0"``
 - ``redis_client``  function ``redis.Redis`` (bytes in, bytes out)
 - ``namespace``     function unique key prefix ``"t-<8 hex>"``; its keys are deleted afterwards
+- ``redis_cluster_url`` session  one node of a 3-master Redis Cluster (its own servers)
 
 Set ``STREAMSEG_KAFKA__BOOTSTRAP_SERVERS`` / ``STREAMSEG_REDIS__URL`` to run against servers you
 started yourself (``python -m devstack up``). A server that cannot start fails the tests that need
@@ -30,6 +31,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from devstack.exceptions import DevStackError
+from devstack.redis_cluster import RedisClusterServer
 from devstack.stack import LocalStack
 
 _KAFKA_FIXTURES = frozenset({"local_stack", "kafka_bootstrap", "kafka_admin", "new_topic"})
@@ -90,6 +92,24 @@ def redis_url(_devstack: LocalStack) -> str:
     except DevStackError as exc:
         reason = str(exc)  # fail outside the except: no chained traceback around the message
     pytest.fail(f"the Redis server for the tests could not start: {reason}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """URL of one node of a 3-master Redis Cluster (`devstack.redis_cluster`), started on
+    first use and stopped at the end of the session. Mark tests using it ``redis``."""
+    cluster = RedisClusterServer(masters=3)
+    try:
+        cluster.start()
+    except DevStackError as exc:
+        reason = str(exc)  # fail outside the except: no chained traceback around the message
+    else:
+        try:
+            yield cluster.url
+        finally:
+            cluster.stop()
+        return
+    pytest.fail(f"the Redis cluster for the tests could not start: {reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
