@@ -461,7 +461,7 @@ class Bench:
             shadow = self.namespace(f"replay-{uuid.uuid4().hex[:4]}")
             settings = self.settings(topic, live_ns, f"g-{live_ns}")
             result = replay(settings, shadow, seed=0, client=self.client)
-            rates.append(result.records / result.read_seconds)
+            rates.append(result.records / max(result.read_seconds, 1e-9))
             delete_namespace(self.client, shadow)
         out: dict[str, Any] = {"replay_records_per_s": summary(rates), "live_alone": live_alone}
         double = self.topic("replay-double")

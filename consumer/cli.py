@@ -374,7 +374,7 @@ def _add_replay_commands(commands: Any) -> None:
     )
     replay.add_argument(
         "--max-rate",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="EVENTS_PER_S",
         help="cap the replay's reading rate, leaving CPU to a live pipeline on the same "
@@ -424,6 +424,17 @@ def _add_replay_commands(commands: Any) -> None:
         "delete every key of a namespace (refuses the live and the configured one)",
     )
     drop.add_argument("name", metavar="NAME")
+
+
+def _non_negative(text: str) -> float:
+    """An argparse type: a number >= 0 (the error names the bad value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
 
 
 def _command(commands: Any, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:

@@ -54,7 +54,7 @@ from consumer.segment_record import (
     iso_ms_array,
     segment_fields,
 )
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
 from model.events import DecodeLimits, EventBatch, Rejection, decode_events, resolve_type_map
@@ -98,6 +98,9 @@ def _redis_is_unavailable(exc: redis.RedisError) -> bool:
         redis.exceptions.ReadOnlyError,
         redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # stubs lag redis-py
         redis.exceptions.ExecAbortError,
+        # Redis Cluster: a failover or a slot migration in progress.
+        redis.exceptions.ClusterError,
+        redis.exceptions.TryAgainError,
     )
     if isinstance(exc, transient):
         return True
@@ -126,7 +129,7 @@ class SegmentPipeline:
         self,
         settings: Settings,
         *,
-        client: redis.Redis | None = None,
+        client: RedisClient | None = None,
         pointer: PointerKeys | None = None,
     ) -> None:
         self.settings = settings
@@ -155,6 +158,7 @@ class SegmentPipeline:
         self._rescore_at = -np.inf  # watermark (ms) the pass in progress scores at
         self._rescored_at = -np.inf  # watermark of the last finished pass
         self._rescore_wall = -np.inf  # monotonic time the last pass started
+        self._rescore_partitions: frozenset[int] = frozenset()  # whose markers were read
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.totals = BatchStats()
@@ -162,7 +166,6 @@ class SegmentPipeline:
         self.heartbeat = ConsumerHeartbeat(
             self.redis, self.keys, self.metrics, settings.observability.heartbeat_seconds
         )
-        self._unpositioned: set[tuple[str, int]] = set()  # paused until a seek succeeds
 
     def _bind_namespace(self, name: str) -> None:
         """Point every Redis adapter of this process at namespace ``name``."""
@@ -207,7 +210,6 @@ class SegmentPipeline:
             self._follow_live_namespace()
         self.refresh_model(force=True)
         self._watermark = self.store.read_watermark() or -np.inf
-        self._load_rescore_marker()
         log.info(
             "started: topic=%s group=%s namespace=%s model=%s",
             kafka.events_topic,
@@ -250,21 +252,14 @@ class SegmentPipeline:
         if not self.settings.pipeline.follow_live_namespace:
             return
         # Start where the namespace's state ends, not where the group committed: the two
-        # differ after a promote (see `_follow_live_namespace`).
-        try:
-            applied = self._applied_offsets(partitions)
-        except redis.RedisError as exc:
-            log.warning(
-                "cannot read applied offsets (%s): partitions paused until Redis answers", exc
-            )
-            applied = None
+        # differ after a promote (see `_follow_live_namespace`). Without an answer from Redis
+        # there is no safe start: wait for it, and give up (exit, nothing stored) after a
+        # minute rather than consume from a position the namespace may not have reached.
+        applied = self._applied_offsets_waiting(partitions, seconds=60.0)
         for p in partitions:
-            if applied and (p.topic, p.partition) in applied:
+            if (p.topic, p.partition) in applied:
                 p.offset = applied[(p.topic, p.partition)]
         consumer.incremental_assign(partitions)
-        if applied is None:
-            consumer.pause(partitions)
-            self._unpositioned |= {(p.topic, p.partition) for p in partitions}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The batch in flight finished before poll ran this callback: its offsets are stored.
@@ -322,9 +317,13 @@ class SegmentPipeline:
         if not force and now - self._model_checked < self.settings.pipeline.model_poll_seconds:
             return
         self._model_checked = now
-        try:
-            if self.settings.pipeline.follow_live_namespace:
+        if self.settings.pipeline.follow_live_namespace:
+            try:
                 self._follow_live_namespace()
+            except redis.RedisError as exc:  # nothing changed: try again at the next poll
+                log.warning("cannot check the live pointer: %s", exc)
+                return
+        try:
             version = self.models.current_version()
             if version is None or (self.model is not None and version == self.model.model_version):
                 return
@@ -350,58 +349,93 @@ class SegmentPipeline:
         state: owned partitions are sought there, so a promoted replay shadow first catches up
         on the events that arrived after its replay (a rollback likewise catches the old
         namespace up). Events already in a user's state are skipped as redelivered, so the
-        catch-up applies each event once. Without the hash, consumption just continues.
+        catch-up applies each event once. A partition without a field continues from where it
+        is (logged). Everything about the target is read before anything changes: a Redis
+        error leaves the pipeline on its old namespace, to try again at the next poll. A seek
+        that fails stops the process (nothing is stored): its restart starts every partition
+        at the namespace's applied offsets.
         """
         target = live_namespace(self.redis, self.settings.redis.namespace, self.pointer)
         if target == self.keys.namespace:
-            self._position_unpositioned()
             return
+        keys = KeyLayout(target)
+        owned = self.consumer.assignment() if self.consumer is not None else []
+        applied = self._applied_offsets(owned, keys)
+        target_store = StateStore(self.redis, keys)
+        watermark = target_store.read_watermark()
+        owned_ids = frozenset(tp.partition for tp in owned)
+        markers = self._rescore_markers(owned_ids, keys)
+
         previous = self.keys.namespace
+        for tp in owned:
+            offset = applied.get((tp.topic, tp.partition))
+            if offset is None:
+                log.warning(
+                    "namespace %s has no applied offset for %s[%d]: continuing from here",
+                    target,
+                    tp.topic,
+                    tp.partition,
+                )
+                continue
+            assert self.consumer is not None
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                raise ServerUnavailableError(
+                    f"cannot seek {tp.topic}[{tp.partition}] to {offset} for namespace "
+                    f"{target}: {exc}; restart to resume from its applied offsets"
+                ) from exc
         self.heartbeat.forget()
         self._bind_namespace(target)
         self.heartbeat.keys = self.keys
         self._known_categories = set()  # the categories hash is per namespace
         self._rescore_cursor = None
-        self._watermark = max(self._watermark, self.store.read_watermark() or -np.inf)
-        self._load_rescore_marker()
+        # The target's own time: its users were scored at its watermark (a replay re-scores
+        # everyone there), and a catch-up must not re-score them at a later one first.
+        self._watermark = watermark if watermark is not None else -np.inf
+        lateness_ms = self.settings.pipeline.allowed_lateness_seconds * 1000.0
+        self._rescored_at = markers if markers is not None else self._watermark - lateness_ms
+        self._rescore_partitions = owned_ids
         self._model_checked = 0.0
         self.model = None
-        if self.consumer is not None:
-            self._unpositioned |= {(p.topic, p.partition) for p in self.consumer.assignment()}
-            self._position_unpositioned()
         log.info("live namespace moved: now writing %s (was %s)", target, previous)
 
-    def _position_unpositioned(self) -> None:
-        """Seek partitions waiting for a position to the namespace's applied offsets."""
-        if not self._unpositioned or self.consumer is None:
-            return
-        owned = {(p.topic, p.partition) for p in self.consumer.assignment()}
-        waiting = [TopicPartition(t, p) for t, p in self._unpositioned & owned]
-        applied = self._applied_offsets(waiting)
-        for tp in waiting:
-            offset = applied.get((tp.topic, tp.partition))
-            if offset is not None:
-                try:
-                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-                except KafkaException as exc:  # not fetching yet: try again next poll
-                    log.info("seek %s[%d] deferred: %s", tp.topic, tp.partition, exc)
-                    self.consumer.pause([tp])
-                    continue
-            self.consumer.resume([tp])
-            self._unpositioned.discard((tp.topic, tp.partition))
-        self._unpositioned &= owned
-
-    def _applied_offsets(self, partitions: Sequence[TopicPartition]) -> dict[tuple[str, int], int]:
-        """Next offset to apply per partition, from this namespace's ``applied-offsets``."""
+    def _applied_offsets(
+        self, partitions: Sequence[TopicPartition], keys: KeyLayout | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Next offset to apply per partition, from a namespace's ``applied-offsets``."""
         if not partitions:
             return {}
         fields = [f"{p.topic}:{p.partition}" for p in partitions]
-        values = self.redis.hmget(self.keys.applied_offsets, fields)
-        return {
-            (p.topic, p.partition): int(v)
-            for p, v in zip(partitions, values, strict=True)
-            if v is not None
-        }
+        values = self.redis.hmget((keys or self.keys).applied_offsets, fields)
+        found: dict[tuple[str, int], int] = {}
+        for p, v in zip(partitions, values, strict=True):
+            if v is None:
+                continue
+            try:
+                found[(p.topic, p.partition)] = int(v)
+            except ValueError:
+                log.warning("ignoring a malformed applied offset %r of %s", v, p.partition)
+        return found
+
+    def _applied_offsets_waiting(
+        self, partitions: Sequence[TopicPartition], *, seconds: float
+    ) -> dict[tuple[str, int], int]:
+        """`_applied_offsets`, retrying while Redis is unavailable for up to ``seconds``."""
+        deadline = time.monotonic() + seconds
+        delay = 0.1
+        while True:
+            try:
+                return self._applied_offsets(partitions)
+            except redis.RedisError as exc:
+                if not _redis_is_unavailable(exc) or time.monotonic() > deadline:
+                    raise ServerUnavailableError(
+                        f"cannot read where namespace {self.keys.namespace} stands "
+                        f"(applied offsets) for newly assigned partitions: {exc}"
+                    ) from exc
+                log.warning("Redis unavailable (%s) while positioning partitions", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -411,8 +445,6 @@ class SegmentPipeline:
         started = time.perf_counter()
         stats = BatchStats(records=len(messages))
         records = [m for m in messages if m.error() is None]
-        if self._unpositioned:  # fetched before their seek: read again from the right place
-            records = [m for m in records if (m.topic(), m.partition()) not in self._unpositioned]
         for m in messages:
             err = m.error()
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
@@ -537,7 +569,9 @@ class SegmentPipeline:
 
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]
-        new_categories = self._categories_to_register(batch.category, touched_states)
+        # All users read, not only those this batch changed: after a partial write on a
+        # cluster, a retried batch changes no one, and its names must still be registered.
+        new_categories = self._categories_to_register(batch.category, states)
         features = derive_features(
             touched_states, touched_states[:, COL["last_ts_ms"]], self.settings.features
         )
@@ -657,11 +691,18 @@ class SegmentPipeline:
 
     # -- idle users ------------------------------------------------------------------------
 
-    def _load_rescore_marker(self) -> None:
-        """Where the last finished re-score pass of this namespace scored (kept in Redis, so
-        that a restart does not begin with a whole pass); none on record = one is due."""
-        marker = self.redis.zscore(self.keys.watermark, "rescored")
-        self._rescored_at = -np.inf if marker is None else float(marker)
+    def _rescore_markers(self, partitions: frozenset[int], keys: KeyLayout) -> float | None:
+        """Watermark up to which every user of ``partitions`` was last re-scored: the oldest
+        of the partitions' markers (members ``rescored:<partition>`` of ``<ns>:watermark``,
+        written when a pass ends, so a restart does not begin with a whole pass); None when
+        a partition has none."""
+        if not partitions:
+            return None
+        members = [f"rescored:{p}" for p in sorted(partitions)]
+        scores = self.redis.zmscore(keys.watermark, members)
+        if any(score is None for score in scores):
+            return None
+        return float(min(score for score in scores if score is not None))
 
     def _rescore_step(self) -> None:
         self._until_redis_answers(self._rescore_chunk)
@@ -681,7 +722,12 @@ class SegmentPipeline:
         watermark = self._watermark - self.settings.pipeline.allowed_lateness_seconds * 1000.0
         if not np.isfinite(watermark):
             return
+        owned = frozenset(p.partition for p in self.consumer.assignment())
         if self._rescore_cursor is None:
+            if owned != self._rescore_partitions:  # other partitions now: read their markers
+                marker = self._rescore_markers(owned, self.keys)
+                self._rescored_at = -np.inf if marker is None else marker
+                self._rescore_partitions = owned
             if watermark - self._rescored_at < interval_ms:
                 return
             # A replay moves event time by days per second: bound passes by the wall clock too.
@@ -689,15 +735,22 @@ class SegmentPipeline:
             if wall - self._rescore_wall < self.settings.pipeline.rescore_min_wall_seconds:
                 return
             self._rescore_cursor, self._rescore_at, self._rescore_wall = 0, watermark, wall
-        cursor, found = self.redis.scan(
-            self._rescore_cursor, match=self.keys.state_pattern, count=2000
-        )
-        self._rescore_cursor = int(cursor)
-        if self._rescore_cursor == 0:
+        cursor, found = self.store.scan_state_keys(self._rescore_cursor, count=2000)
+        self._rescore_users(found, owned)
+        self._rescore_cursor = cursor  # only now: a failed chunk is scanned again
+        if cursor == 0:
             self._rescore_cursor, self._rescored_at = None, self._rescore_at
-            # Remembered, so that a restart does not start with a whole pass again.
-            self.redis.zadd(self.keys.watermark, {"rescored": self._rescore_at}, gt=True)
-        owned = {p.partition for p in self.consumer.assignment()}
+            if owned:
+                self.redis.zadd(
+                    self.keys.watermark,
+                    {f"rescored:{p}": self._rescore_at for p in owned},
+                    gt=True,
+                )
+
+    def _rescore_users(self, found: list[bytes], owned: frozenset[int]) -> None:
+        """Score the users of state keys ``found`` that belong to ``owned`` partitions at the
+        pass's watermark; write those whose segment or model version changed."""
+        assert self.model is not None
         users = [self.keys.user_from_state_key(k.decode()) for k in found]
         if not users or not owned:
             return
@@ -803,8 +856,9 @@ class SegmentPipeline:
             try:
                 work()
                 break
-            except redis.RedisError as exc:
-                if not _redis_is_unavailable(exc):
+            except (redis.RedisError, redis.exceptions.SlotNotCoveredError) as exc:
+                # SlotNotCoveredError (a cluster mid-failover) is not a RedisError.
+                if isinstance(exc, redis.RedisError) and not _redis_is_unavailable(exc):
                     raise
                 self.metrics.redis_errors.inc()
                 if not paused:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-import redis
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 from rich.console import Console
 from rich.progress import (
@@ -49,7 +48,7 @@ from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace, register_namespace
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
-from consumer.settings import RedisSettings, Settings, TrainerSettings
+from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
 from consumer.snapshot import Snapshot, read_snapshot
 from consumer.state_store import BatchWrite, StateStore
 from model.features import FEATURE_NAMES, LOG_FEATURES, FeatureConfig
@@ -238,7 +237,7 @@ def replay(
     max_rate: float = 0.0,
     idle_timeout_seconds: float = 60.0,
     progress: bool = False,
-    client: redis.Redis | None = None,
+    client: RedisClient | None = None,
     pointer: PointerKeys | None = None,
 ) -> ReplayResult:
     """Rebuild namespace ``name`` from the events topic, then train and re-score it.
@@ -333,7 +332,37 @@ def replay(
     snapshot = read_snapshot(client, pipeline.keys, max_users=_ALL_USERS, config=shadow.features)
     result.model = train_on_snapshot(ModelStore(client, pipeline.keys), snapshot, trainer_config)
     result.rescored_users = rescore(pipeline, snapshot, result.model)
+    _mark_replayed(client, pipeline.keys, topic, ranges, snapshot.watermark_ms)
     return result
+
+
+def _mark_replayed(
+    client: RedisClient,
+    keys: KeyLayout,
+    topic: str,
+    ranges: list[PartitionRange],
+    scored_at_ms: float | None,
+) -> None:
+    """Record a finished replay in its namespace, for a pipeline that follows the pointer.
+
+    Every planned partition is complete up to its range's stop, also one that had no record
+    to read: ``applied-offsets`` says so (never lowered). Every user was just scored at
+    ``scored_at_ms``: the partitions' re-score markers say so, so a pipeline switching here
+    does not re-score them at once.
+    """
+    fields = [f"{topic}:{r.partition}" for r in ranges]
+    current = client.hmget(keys.applied_offsets, fields)
+    behind: dict[str | bytes, bytes | float | int | str] = {
+        field: r.stop
+        for field, r, value in zip(fields, ranges, current, strict=True)
+        if value is None or int(value) < r.stop
+    }
+    if behind:
+        client.hset(keys.applied_offsets, mapping=behind)
+    if scored_at_ms is not None and ranges:
+        client.zadd(
+            keys.watermark, {f"rescored:{r.partition}": scored_at_ms for r in ranges}, gt=True
+        )
 
 
 def _read_ranges(
@@ -354,11 +383,14 @@ def _read_ranges(
     timeout = pipeline.settings.pipeline.batch_timeout_ms / 1000.0
     last_progress = started = time.monotonic()
     while remaining:
+        count = batch_size
         if max_rate > 0:  # ahead of the allowed pace: wait until the pace catches up
             ahead = result.records / max_rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
-        messages = consumer.consume(batch_size, timeout)
+                last_progress = time.monotonic()  # waiting on purpose is not idleness
+            count = max(1, min(batch_size, int(max_rate / 10)))  # ~0.1 s of records at a time
+        messages = consumer.consume(count, timeout)
         keep = []
         for m in messages:
             if m.error() is not None:
@@ -485,7 +517,7 @@ class Comparison:
 
 
 def compare_namespaces(
-    client: redis.Redis, shadow: str, other: str, config: FeatureConfig | None = None
+    client: RedisClient, shadow: str, other: str, config: FeatureConfig | None = None
 ) -> Comparison:
     """Compare the segmentations of ``shadow`` and ``other`` on the users present in both."""
     models = {}

@@ -214,7 +214,8 @@ def decode_events(
     Every input index ends in exactly one place: a row of the batch, ``batch.ignored`` (valid
     event of a type absent from ``type_map``) or the returned rejections. When ``keys`` is
     given, a non-empty key that differs from the UTF-8 ``user_id`` is rejected (``key_mismatch``).
-    When ``record_ts_ms`` (the Kafka record timestamps, epoch ms, <= 0 = unknown) is given, an
+    When ``record_ts_ms`` (the Kafka record timestamps, epoch ms; values before
+    ``limits.min_ts_ms`` count as unknown) is given, an
     event more than ``limits.max_ahead_of_record_ms`` ahead of its record is
     ``ts_out_of_range``.
 
@@ -249,8 +250,8 @@ class _FastEvent(msgspec.Struct, gc=False):
     Integers are bounded to int64 (orjson, the schema path's parser, reads no further) and
     ``ts`` strings are parsed by the schema's own validator, so a record accepted here is
     accepted by `Event` with the same values. One exception, on purpose: unknown fields are
-    skipped unread here, so a number beyond float range in an unknown field passes, where
-    orjson calls the whole record ``not_json``.
+    skipped unread here, so a number beyond float range or invalid UTF-8 in an unknown field
+    passes, where orjson calls the whole record ``not_json``.
     """
 
     event_id: _FastInt | Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -392,7 +393,8 @@ def _check_columns(
     bad_ts = (ts < limits.min_ts_ms) | (ts >= limits.max_ts_ms)
     if record_ts_ms is not None and limits.max_ahead_of_record_ms > 0 and n:
         record_ts = np.asarray(record_ts_ms, dtype=np.float64)[index]
-        bad_ts |= (record_ts > 0) & (ts > record_ts + limits.max_ahead_of_record_ms)
+        # A record timestamp before min_ts_ms is no clock reading (unset, or a producer's 0/1).
+        bad_ts |= (record_ts >= limits.min_ts_ms) & (ts > record_ts + limits.max_ahead_of_record_ms)
     if keys is None:
         bad_key = np.zeros(n, dtype=bool)
     else:

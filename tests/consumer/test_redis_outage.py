@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -68,3 +69,47 @@ def test_a_hung_redis_pauses_the_pipeline_and_loses_nothing(
             pipeline.close()
         expected = recompute(canonical(events), FeatureConfig())
         assert_state_matches(read_state(client, namespace, list(expected)), expected)
+
+
+def test_redis_stopped_for_ten_seconds_and_restarted_loses_nothing(
+    kafka_bootstrap: str, new_topic: Callable[..., str], namespace: str
+) -> None:
+    """A Redis restart with persistence (SHUTDOWN SAVE, down 10 s, started again from its
+    dump): the pipeline pauses, reconnects and ends with every event applied once."""
+    topic = new_topic()
+    events = make_events(12_000, users=500, seed=22)
+    with RedisServer() as server:
+        settings = settings_for(
+            kafka_bootstrap, server.url, topic, namespace, **{"pipeline.batch_size": 200}
+        )
+        settings.redis.socket_timeout_seconds = 1.0
+        client = redis.Redis.from_url(server.url)
+        pipeline = SegmentPipeline(settings)
+        pipeline.start()
+        worker = threading.Thread(
+            target=pipeline.run, kwargs={"max_records": len(events), "idle_exit_seconds": 30}
+        )
+        worker.start()
+        try:
+            produce(kafka_bootstrap, topic, as_records(events[:6000]))
+            deadline = time.monotonic() + 60
+            while int(client.hget(f"{namespace}:counters", "records") or 0) < 2000:
+                assert time.monotonic() < deadline, "no progress before the outage"
+                time.sleep(0.05)
+            with contextlib.suppress(redis.ConnectionError):
+                client.shutdown(save=True)  # what a restart with persistence does
+            server.halt()
+            produce(kafka_bootstrap, topic, as_records(events[6000:]))
+            time.sleep(10)
+            server.resume()  # loads the dump from its directory
+            worker.join(timeout=120)
+            assert not worker.is_alive(), "pipeline did not finish after Redis came back"
+        finally:
+            pipeline.stop()
+            worker.join(timeout=30)
+            pipeline.close()
+        seen = pipeline.metrics.registry.get_sample_value("streamseg_redis_errors_total")
+        assert seen and seen > 0  # the outage was seen
+        expected = recompute(canonical(events), FeatureConfig())
+        assert_state_matches(read_state(client, namespace, list(expected)), expected)
+        assert int(client.hget(f"{namespace}:counters", "applied") or 0) == len(events)

@@ -231,6 +231,15 @@ def test_a_following_pipeline_moves_with_the_pointer_and_catches_up(
         live.run(max_records=len(a), idle_exit_seconds=20)
         result = replay(settings, shadow, seed=3, pointer=pointer)  # holds a only
         assert result.complete and result.model is not None
+        # The replay says where its namespace stands, for every partition it planned.
+        shadow_keys = KeyLayout(shadow)
+        applied = redis_client.hgetall(shadow_keys.applied_offsets)
+        assert {k.decode(): int(v) for k, v in applied.items()} == {
+            f"{topic}:{r.partition}": r.stop for r in result.ranges
+        }
+        assert sum(r.stop for r in result.ranges) == len(a)
+        for r in result.ranges:
+            assert redis_client.zscore(shadow_keys.watermark, f"rescored:{r.partition}")
         produce(kafka_bootstrap, topic, as_records(b))
         live.run(max_records=len(a) + len(b), idle_exit_seconds=20)
         assert live.keys.namespace == namespace
