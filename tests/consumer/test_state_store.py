@@ -1,0 +1,72 @@
+"""The single-server store writes one batch as one transaction, against the real Redis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+
+from consumer.redis_keys import KeyLayout
+from consumer.state_store import BatchWrite, StateStore
+from model.features import STATE_WIDTH
+
+pytestmark = [pytest.mark.redis]
+
+USERS = ["u-1", "{odd}", "a b%", "ü 😀"]
+
+
+def batch(records: list[bytes | None]) -> BatchWrite:
+    return BatchWrite(
+        user_ids=USERS,
+        states=np.arange(len(USERS) * STATE_WIDTH, dtype=np.float64).reshape(len(USERS), -1),
+        segment_records=records,
+        training_rows=np.ones((len(USERS), 3)),
+        counters={"records": 7, "applied": 4, "ignored": 0},
+        size_changes={3: 2, 1: -1},
+        new_categories={1234.0: "shoes", 99.0: "ü"},
+        watermark_ms=1_767_225_600_000.5,
+    )
+
+
+def test_one_batch_lands_whole(redis_client: redis.Redis, namespace: str) -> None:
+    keys = KeyLayout(namespace)
+    store = StateStore(redis_client, keys, training_buffer_rows=100)
+    records: list[bytes | None] = [b'{"r":1}', None, b'{"r":3}', b'{"r":4}']
+    store.write(batch(records))
+
+    states = store.read_states(USERS)
+    np.testing.assert_array_equal(states, batch(records).states)
+    assert [redis_client.get(keys.segment(u)) for u in USERS] == records
+    assert store.read_counters() == {"records": 7, "applied": 4}  # zero deltas are not sent
+    assert store.read_segment_sizes() == {3: 2, 1: -1}
+    assert store.read_category_names() == {1234.0: "shoes", 99.0: "ü"}
+    assert store.read_watermark() == 1_767_225_600_000.5
+    blob = redis_client.lindex(keys.training_samples, 0)
+    assert blob == np.ones((len(USERS), 3)).tobytes()
+    assert redis_client.ttl(keys.state(USERS[0])) == -1  # no TTL unless configured
+
+    store.write(BatchWrite(user_ids=[], states=np.empty((0, 0)), watermark_ms=5.0))
+    assert store.read_watermark() == 1_767_225_600_000.5  # only moves forward
+
+
+def test_a_ttl_applies_to_every_user_key(redis_client: redis.Redis, namespace: str) -> None:
+    keys = KeyLayout(namespace)
+    store = StateStore(redis_client, keys, user_ttl_seconds=300)
+    store.write(batch([b"{}"] * len(USERS)))
+    for user in USERS:
+        assert 0 < redis_client.ttl(keys.state(user)) <= 300
+        assert 0 < redis_client.ttl(keys.segment(user)) <= 300
+
+
+def test_a_refused_command_raises_and_the_client_stays_usable(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = KeyLayout(namespace)
+    redis_client.set(keys.counters, "not a hash")  # HINCRBY on it fails inside EXEC
+    store = StateStore(redis_client, keys)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.write(batch([None] * len(USERS)))
+    assert redis_client.ping()
+    redis_client.delete(keys.counters)
+    store.write(batch([None] * len(USERS)))
+    assert store.read_counters()["records"] == 7
