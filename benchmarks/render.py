@@ -195,6 +195,14 @@ def render_table(R: dict[str, Any]) -> str:
                 _num(mod.get("streaming_ari_rich_history"), "{:.3f}"),
             ),
         ]
+    if R.get("e2e_cluster"):
+        rows.append(
+            (
+                "**9. End to end on a 3-master Redis Cluster** (same topic and process as 1; "
+                f"all nodes on the same {m.get('cores', '?')} cores), records/s",
+                _rate(R["e2e_cluster"].get("records_per_s")),
+            )
+        )
     rows += _replay_rows(R.get("replay"))
     for g in R.get("goals", []):
         verdict = "not measured" if g["met"] is None else ("MET" if g["met"] else "NOT MET")
@@ -281,6 +289,10 @@ def render_readme_summary(R: dict[str, Any]) -> str:
             (f"{n} consumer process(es), 4 partitions", _rate(res.get("records_per_s")) + " /s")
             for n, res in sorted((R.get("scale") or {}).items())
         ],
+        (
+            "same, state on a 3-master Redis Cluster (same cores)",
+            _rate(_get(R, "e2e_cluster", "records_per_s")) + " events/s",
+        ),
         (
             "replay into a shadow namespace",
             _rate(_get(R, "replay", "replay_records_per_s")) + " /s",

@@ -161,11 +161,19 @@ class Bench:
 
     # -- 1. end-to-end throughput ---------------------------------------------------------
 
-    def pipeline_pass(self, topic: str, n_records: int, label: str) -> dict[str, float]:
+    def pipeline_pass(
+        self, topic: str, n_records: int, label: str, cluster_url: str | None = None
+    ) -> dict[str, float]:
+        """One end-to-end pass over ``topic`` in this process (on a Redis Cluster when
+        ``cluster_url`` names one of its nodes)."""
         ns = self.namespace(f"{label}-{uuid.uuid4().hex[:4]}")
         assert self.model is not None
-        publish(self.client, ns, self.model)
-        settings = self.settings(topic, ns, f"g-{ns}")
+        extra: dict[str, Any] = {}
+        if cluster_url is not None:
+            extra = {"redis.url": cluster_url, "redis.cluster": True}
+        settings = self.settings(topic, ns, f"g-{ns}", **extra)
+        client = settings.redis.connect()
+        publish(client, ns, self.model)
         pipe = SegmentPipeline(settings)
         first: list[float] = []
         last = [0.0]
@@ -181,7 +189,7 @@ class Bench:
             return out
 
         pipe.process = timed  # type: ignore[method-assign]
-        used_before = int(self.client.info("memory")["used_memory"])
+        used_before = _used_memory(client)
         cpu_before = time.process_time()
         pipe.start()
         try:
@@ -206,9 +214,26 @@ class Bench:
             "cpu_seconds": cpu_seconds,
             "records_per_cpu_s": totals.records / cpu_seconds,
             "namespace": ns,
-            "used_memory_delta": int(self.client.info("memory")["used_memory"]) - used_before,
+            "used_memory_delta": _used_memory(client) - used_before,
         }
         return out
+
+    def cluster_e2e(self, topic: str, n_records: int, repeats: int) -> dict[str, Any]:
+        """End-to-end passes like section 1, with the state on a local 3-master Redis Cluster
+        (`devstack.redis_cluster`; every node on this machine's cores)."""
+        from devstack.redis_cluster import RedisClusterServer
+
+        with RedisClusterServer(masters=3) as cluster:
+            runs = []
+            for r in range(repeats):
+                res = self.pipeline_pass(topic, n_records, "e2e-cluster", cluster_url=cluster.url)
+                say(f"  cluster run {r + 1}/{repeats}: {res['records_per_s']:,.0f} records/s")
+                runs.append(res)
+        return {
+            "records_per_s": summary([r["records_per_s"] for r in runs]),
+            "records_per_cpu_s": summary([r["records_per_cpu_s"] for r in runs]),
+            "masters": 3,
+        }
 
     def e2e(self, topic: str, n_records: int, label: str, repeats: int) -> dict[str, Any]:
         runs = []
@@ -889,7 +914,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma list of sections to skip: e2e,large,ceilings,naive,latency,model,scale,replay",
+        help="comma list of sections to skip: "
+        "e2e,large,ceilings,naive,latency,model,scale,replay,cluster",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -1006,6 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
                 str(n): bench.scale(topic_scale, len(records), n, args.repeats) for n in (1, 2)
             }
 
+        if "cluster" not in skip:
+            say("9. end to end on a 3-master Redis Cluster (same topic as section 1)")
+            R["e2e_cluster"] = bench.cluster_e2e(topic, len(records), args.repeats)
+
         if "replay" not in skip:
             say("8. replay: read rate, and the live pipeline beside a replay")
             alone = R.get("e2e", {}).get("records_per_s", {}).get("median")
@@ -1047,6 +1077,14 @@ def main(argv: list[str] | None = None) -> int:
         if update_readme(R):
             say("updated the performance section of README.md")
     return 0
+
+
+def _used_memory(client: Any) -> int:
+    """Redis ``used_memory`` in bytes, summed over the nodes of a cluster."""
+    info = client.info("memory")
+    if "used_memory" in info:
+        return int(info["used_memory"])
+    return sum(int(node["used_memory"]) for node in info.values())
 
 
 def _vm_hwm_mb(pid: int) -> float | None:

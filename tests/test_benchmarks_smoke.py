@@ -57,6 +57,7 @@ def test_quick_benchmark_writes_every_section(
         assert lat["probes"] > 0
         assert _positive(lat["latency_ms"]["p50"]) and _positive(lat["latency_ms"]["p99"])
     assert _positive(R["lookup_get_ms"]["p99"])
+    assert _positive(R["e2e_cluster"]["records_per_s"]["median"])
     assert _positive(R["replay"]["replay_records_per_s"]["median"])
     for run in ("unthrottled", "max_rate_tenth"):
         assert _positive(R["replay"][run]["live_records_per_s"]), run
