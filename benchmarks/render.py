@@ -290,7 +290,7 @@ def render_readme_summary(R: dict[str, Any]) -> str:
             for n, res in sorted((R.get("scale") or {}).items())
         ],
         (
-            "same, state on a 3-master Redis Cluster (same cores)",
+            "end to end, state on a 3-master Redis Cluster (same cores)",
             _rate(_get(R, "e2e_cluster", "records_per_s")) + " events/s",
         ),
         (
