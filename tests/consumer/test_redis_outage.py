@@ -29,46 +29,69 @@ from tests.reference_features import recompute
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
 
+def run_through_an_outage(
+    kafka_bootstrap: str,
+    topic: str,
+    namespace: str,
+    server: RedisServer,
+    seed: int,
+    stop: Callable[[redis.Redis], None],
+    resume: Callable[[], None],
+    down_seconds: float,
+) -> tuple[SegmentPipeline, redis.Redis]:
+    """Run a pipeline over 12,000 events; after 2,000 records ``stop`` Redis, produce the
+    second half, wait ``down_seconds``, ``resume`` it, and check the final state."""
+    events = make_events(12_000, users=500, seed=seed)
+    settings = settings_for(
+        kafka_bootstrap, server.url, topic, namespace, **{"pipeline.batch_size": 200}
+    )
+    settings.redis.socket_timeout_seconds = 1.0
+    client = redis.Redis.from_url(server.url)
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    worker = threading.Thread(
+        target=pipeline.run, kwargs={"max_records": len(events), "idle_exit_seconds": 30}
+    )
+    worker.start()
+    try:
+        produce(kafka_bootstrap, topic, as_records(events[:6000]))
+        deadline = time.monotonic() + 60
+        while int(client.hget(f"{namespace}:counters", "records") or 0) < 2000:
+            assert time.monotonic() < deadline, "no progress before the outage"
+            time.sleep(0.05)
+        stop(client)
+        produce(kafka_bootstrap, topic, as_records(events[6000:]))
+        time.sleep(down_seconds)
+        resume()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "pipeline did not finish after Redis came back"
+    finally:
+        pipeline.stop()
+        worker.join(timeout=30)
+        pipeline.close()
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(client, namespace, list(expected)), expected)
+    assert int(client.hget(f"{namespace}:counters", "applied") or 0) == len(events)
+    return pipeline, client
+
+
 def test_a_hung_redis_pauses_the_pipeline_and_loses_nothing(
     kafka_bootstrap: str, new_topic: Callable[..., str], namespace: str
 ) -> None:
-    topic = new_topic()
-    events = make_events(12_000, users=500, seed=21)
+    """SIGSTOP for 4 s: connections stay open and nothing answers."""
     with RedisServer() as server:
-        assert server.pid is not None
-        settings = settings_for(
+        pid = server.pid
+        assert pid is not None
+        run_through_an_outage(
             kafka_bootstrap,
-            server.url,
-            topic,
+            new_topic(),
             namespace,
-            **{"pipeline.batch_size": 200},
+            server,
+            seed=21,
+            stop=lambda _: os.kill(pid, signal.SIGSTOP),
+            resume=lambda: os.kill(pid, signal.SIGCONT),
+            down_seconds=4,
         )
-        settings.redis.socket_timeout_seconds = 1.0
-        client = redis.Redis.from_url(server.url)
-        pipeline = SegmentPipeline(settings)
-        pipeline.start()
-        worker = threading.Thread(
-            target=pipeline.run, kwargs={"max_records": len(events), "idle_exit_seconds": 30}
-        )
-        worker.start()
-        try:
-            produce(kafka_bootstrap, topic, as_records(events[:6000]))
-            deadline = time.monotonic() + 60
-            while int(client.hget(f"{namespace}:counters", "records") or 0) < 2000:
-                assert time.monotonic() < deadline, "no progress before the outage"
-                time.sleep(0.05)
-            os.kill(server.pid, signal.SIGSTOP)  # hung: connections open, no answers
-            produce(kafka_bootstrap, topic, as_records(events[6000:]))
-            time.sleep(4)
-            os.kill(server.pid, signal.SIGCONT)
-            worker.join(timeout=120)
-            assert not worker.is_alive(), "pipeline did not finish after Redis came back"
-        finally:
-            pipeline.stop()
-            worker.join(timeout=30)
-            pipeline.close()
-        expected = recompute(canonical(events), FeatureConfig())
-        assert_state_matches(read_state(client, namespace, list(expected)), expected)
 
 
 def test_redis_stopped_for_ten_seconds_and_restarted_loses_nothing(
@@ -76,40 +99,22 @@ def test_redis_stopped_for_ten_seconds_and_restarted_loses_nothing(
 ) -> None:
     """A Redis restart with persistence (SHUTDOWN SAVE, down 10 s, started again from its
     dump): the pipeline pauses, reconnects and ends with every event applied once."""
-    topic = new_topic()
-    events = make_events(12_000, users=500, seed=22)
+
+    def shut_down(client: redis.Redis) -> None:
+        with contextlib.suppress(redis.ConnectionError):
+            client.shutdown(save=True)  # what a restart with persistence does
+        server.halt()
+
     with RedisServer() as server:
-        settings = settings_for(
-            kafka_bootstrap, server.url, topic, namespace, **{"pipeline.batch_size": 200}
+        pipeline, _ = run_through_an_outage(
+            kafka_bootstrap,
+            new_topic(),
+            namespace,
+            server,
+            seed=22,
+            stop=shut_down,
+            resume=server.resume,  # loads the dump from its directory
+            down_seconds=10,
         )
-        settings.redis.socket_timeout_seconds = 1.0
-        client = redis.Redis.from_url(server.url)
-        pipeline = SegmentPipeline(settings)
-        pipeline.start()
-        worker = threading.Thread(
-            target=pipeline.run, kwargs={"max_records": len(events), "idle_exit_seconds": 30}
-        )
-        worker.start()
-        try:
-            produce(kafka_bootstrap, topic, as_records(events[:6000]))
-            deadline = time.monotonic() + 60
-            while int(client.hget(f"{namespace}:counters", "records") or 0) < 2000:
-                assert time.monotonic() < deadline, "no progress before the outage"
-                time.sleep(0.05)
-            with contextlib.suppress(redis.ConnectionError):
-                client.shutdown(save=True)  # what a restart with persistence does
-            server.halt()
-            produce(kafka_bootstrap, topic, as_records(events[6000:]))
-            time.sleep(10)
-            server.resume()  # loads the dump from its directory
-            worker.join(timeout=120)
-            assert not worker.is_alive(), "pipeline did not finish after Redis came back"
-        finally:
-            pipeline.stop()
-            worker.join(timeout=30)
-            pipeline.close()
-        seen = pipeline.metrics.registry.get_sample_value("streamseg_redis_errors_total")
-        assert seen and seen > 0  # the outage was seen
-        expected = recompute(canonical(events), FeatureConfig())
-        assert_state_matches(read_state(client, namespace, list(expected)), expected)
-        assert int(client.hget(f"{namespace}:counters", "applied") or 0) == len(events)
+    seen = pipeline.metrics.registry.get_sample_value("streamseg_redis_errors_total")
+    assert seen and seen > 0  # the outage was seen
