@@ -18,14 +18,13 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from devstack.exceptions import FetchError, ServerStartError
 from devstack.server_process import (
+    RestartableServer,
     ServerProcess,
     free_loopback_port,
     make_run_dir,
@@ -219,7 +218,7 @@ logger.state.level = WARN
 """
 
 
-class KafkaBroker:
+class KafkaBroker(RestartableServer):
     """A single-node KRaft broker on free loopback ports, for tests and local runs.
 
     ``num_partitions`` is the default partition count of auto-created topics; ``heap`` is the JVM
@@ -230,7 +229,13 @@ class KafkaBroker:
     certificate for localhost/127.0.0.1 from ``certificates``, or a throwaway CA generated in
     its temp dir when None; no client certificate asked) and, with ``scram_users``, a
     ``SASL_SSL`` listener too (`sasl_ssl_bootstrap_servers`).
+
+    `halt` shuts the broker down cleanly (30 s before SIGKILL) and `resume` brings the same
+    broker back on the same ports and log dir, with every topic and offset.
     """
+
+    _what = "the Kafka broker"
+    _halt_timeout = 30.0
 
     def __init__(
         self,
@@ -295,23 +300,6 @@ class KafkaBroker:
                 "stopped"
             )
         return f"127.0.0.1:{self.sasl_ssl_port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the broker JVM, None before `start`."""
-        return self._process.pid if self._process is not None else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _write_config(self, run_dir: Path) -> Path:
         assert self.port is not None and self.controller_port is not None
@@ -447,34 +435,6 @@ class KafkaBroker:
             cwd=self.run_dir,
         )
         self._process.start()
-
-    def halt(self, timeout: float = 30.0) -> None:
-        """Shut the broker down cleanly (SIGTERM; SIGKILL after ``timeout`` seconds) but keep
-        its ports, configuration and data, so `resume` brings the same broker back."""
-        if self._process is None or self.run_dir is None:
-            raise ServerStartError("the Kafka broker is not running")
-        self._process.stop(timeout=timeout)
-        self._process = None
-
-    def resume(self) -> None:
-        """Start a `halt`-ed broker again on the same ports and log dir; return when it answers
-        metadata requests (`ServerStartError` after ``startup_timeout`` seconds)."""
-        if self._process is not None:
-            return
-        if self.run_dir is None:
-            raise ServerStartError("the Kafka broker was never started (or was stopped): use start")
-        began = time.monotonic()
-        try:
-            self._launch()
-            self._wait_ready(began)
-        except BaseException:
-            self.stop()
-            raise
-
-    def restart(self, timeout: float = 30.0) -> None:
-        """`halt` then `resume`: a clean broker restart keeping every topic and offset."""
-        self.halt(timeout=timeout)
-        self.resume()
 
     def _format_storage(self, libs: Path, run_dir: Path, config: Path) -> None:
         cmd = [

@@ -16,13 +16,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 
 from devstack.exceptions import ServerStartError
 from devstack.server_process import (
+    ManagedServer,
     ServerProcess,
     free_loopback_port,
     make_run_dir,
@@ -55,7 +54,7 @@ def cluster_state(url: str, timeout: float = 0.5) -> str | None:
     return None
 
 
-class RedisClusterServer:
+class RedisClusterServer(ManagedServer):
     """``masters`` cluster-enabled ``redis-server`` nodes joined into one cluster, no replicas.
 
     No persistence (no RDB, no AOF); ``startup_timeout`` in seconds covers starting the nodes,
@@ -89,18 +88,6 @@ class RedisClusterServer:
     def pids(self) -> list[int]:
         """Process ids of the running nodes."""
         return [p.pid for p in self._processes if p.pid is not None]
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the nodes, create the cluster and return once every node says it is ok.

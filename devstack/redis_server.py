@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 import redis
 
 from devstack.exceptions import ServerStartError
 from devstack.server_process import (
+    RestartableServer,
     ServerProcess,
     free_loopback_port,
     make_run_dir,
@@ -53,7 +53,7 @@ def redis_is_ready(
         client.close()
 
 
-class RedisServer:
+class RedisServer(RestartableServer):
     """``redis-server`` without persistence in its own temp dir; ``startup_timeout`` in seconds.
 
     ``password`` protects the ``default`` user (then `url` carries it); ``acl_users`` are ACL
@@ -64,7 +64,13 @@ class RedisServer:
     with ``certificates`` (`devstack.tls`), or a fresh throwaway CA and server certificate in
     its temp dir when None. ``tls_auth_clients`` is Redis' ``tls-auth-clients``: ``"no"`` (any
     client), ``"optional"`` or ``"yes"`` (mutual TLS: a client certificate signed by the CA).
+
+    `halt` / `resume` / `restart` keep the port, temp dir and certificates, so the server comes
+    back at the same URL. With no persistence configured its dataset is gone, unless a dump
+    was saved before (``SHUTDOWN SAVE``): `resume` loads it from the temp dir.
     """
+
+    _what = "the Redis server"
 
     def __init__(
         self,
@@ -122,23 +128,6 @@ class RedisServer:
                 "ssl_keyfile": str(self.certificates.client_key),
             }
         return redis.Redis.from_url(self.url, **tls)
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of redis-server, None before `start`."""
-        return self._process.pid if self._process is not None else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the server and return once it answers PING.
@@ -228,35 +217,6 @@ class RedisServer:
                     f"{self._process.log_tail()}"
                 )
             time.sleep(0.05)
-
-    def halt(self, timeout: float = 5.0) -> None:
-        """Stop the server process (SIGTERM; SIGKILL after ``timeout`` seconds) but keep its
-        port, temp dir and certificates, so `resume` brings it back at the same URL. Nothing is
-        persisted: the dataset is gone."""
-        if self._process is None or self.run_dir is None:
-            raise ServerStartError("the Redis server is not running")
-        self._process.stop(timeout=timeout)
-        self._process = None
-
-    def resume(self) -> None:
-        """Start a `halt`-ed server again on the same port, with an empty dataset; return once it
-        answers PING (`ServerStartError` after ``startup_timeout`` seconds)."""
-        if self._process is not None:
-            return
-        if self.run_dir is None:
-            raise ServerStartError("the Redis server was never started (or was stopped): use start")
-        began = time.monotonic()
-        try:
-            self._launch()
-            self._wait_ready(began)
-        except BaseException:
-            self.stop()
-            raise
-
-    def restart(self, timeout: float = 5.0) -> None:
-        """`halt` then `resume`: Redis restarted with an empty dataset at the same URL."""
-        self.halt(timeout=timeout)
-        self.resume()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout`` seconds) and delete its temp dir."""

@@ -23,10 +23,13 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
-from devstack.exceptions import MissingToolError
+from devstack.exceptions import MissingToolError, ServerStartError
 
 #: Prefix of every scratch directory the stack creates in the system temp dir.
 RUN_DIR_PREFIX = "streamseg-devstack-"
@@ -198,3 +201,80 @@ def stop_all(timeout: float = 5.0) -> None:
 
 
 atexit.register(stop_all)
+
+
+class ManagedServer:
+    """A devstack server as a context manager: ``with`` calls `start`, then `stop`."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RestartableServer(ManagedServer):
+    """A server of one process that can be stopped and started again in place.
+
+    `halt` stops the process but keeps its ports, configuration and run dir; `resume` starts
+    it again from them (what survives is the subclass's to say). Subclasses keep the process
+    in ``_process`` and the run dir in ``run_dir``, and implement `_launch` (start the
+    process) and `_wait_ready` (return once it answers, from monotonic time ``began``).
+    """
+
+    #: Name in error messages, e.g. "the Redis server".
+    _what = "the server"
+    #: Seconds `halt` waits after SIGTERM before SIGKILL.
+    _halt_timeout = 5.0
+    _process: ServerProcess | None
+    run_dir: Path | None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, None when it is not running."""
+        return self._process.pid if self._process is not None else None
+
+    def _launch(self) -> None:
+        raise NotImplementedError
+
+    def _wait_ready(self, began: float) -> None:
+        raise NotImplementedError
+
+    def halt(self, timeout: float | None = None) -> None:
+        """Stop the process (SIGTERM; SIGKILL after ``timeout`` seconds) and keep the rest."""
+        if self._process is None or self.run_dir is None:
+            raise ServerStartError(f"{self._what} is not running")
+        self._process.stop(timeout=self._halt_timeout if timeout is None else timeout)
+        self._process = None
+
+    def resume(self) -> None:
+        """Start a `halt`-ed server again in place; return once it answers
+        (`ServerStartError` when it does not in time; the server is then stopped)."""
+        if self._process is not None:
+            return
+        if self.run_dir is None:
+            raise ServerStartError(f"{self._what} was never started (or was stopped): use start")
+        began = time.monotonic()
+        try:
+            self._launch()
+            self._wait_ready(began)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, timeout: float | None = None) -> None:
+        """`halt` then `resume`."""
+        self.halt(timeout=timeout)
+        self.resume()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -27,6 +28,38 @@ KAFKA_ENV = "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS"
 #: Settings variable of the service naming the Redis URL.
 REDIS_ENV = "STREAMSEG_REDIS__URL"
 _EXTERNAL_TIMEOUT = 10.0  # seconds an external server gets to answer before we call it down
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def service_env(
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    namespace: str,
+    settings: Mapping[str, object] | None = None,
+) -> dict[str, str]:
+    """``os.environ`` plus what a ``streamseg`` subprocess needs to read ``topic`` and write
+    ``namespace``: servers, topics (``<topic>.segments``, ``<topic>.dlq``), group
+    ``g-<topic>``, and the repository on ``PYTHONPATH``. ``settings`` adds or overrides
+    settings by dotted name, as in `consumer.settings.load_settings`, e.g.
+    ``{"pipeline.batch_size": 300}`` becomes ``STREAMSEG_PIPELINE__BATCH_SIZE=300``.
+    """
+    pythonpath = [str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, pythonpath)),
+        KAFKA_ENV: bootstrap,
+        REDIS_ENV: redis_url,
+        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
+        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "STREAMSEG_KAFKA__GROUP_ID": f"g-{topic}",
+        "STREAMSEG_REDIS__NAMESPACE": namespace,
+    }
+    for dotted, value in (settings or {}).items():
+        section, _, name = dotted.partition(".")
+        env[f"STREAMSEG_{section.upper()}__{name.upper()}"] = str(value)
+    return env
 
 
 class LocalStack:
