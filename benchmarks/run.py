@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import resource
 import signal
 import subprocess
@@ -56,6 +55,7 @@ from consumer.replay import replay  # noqa: E402
 from consumer.segment_record import encode_record, iso_ms  # noqa: E402
 from consumer.settings import Settings, load_settings  # noqa: E402
 from consumer.state_store import BatchWrite, StateStore  # noqa: E402
+from devstack.stack import service_env  # noqa: E402
 from model.events import DecodeLimits, decode_events  # noqa: E402
 from model.features import (  # noqa: E402
     COL,
@@ -409,17 +409,9 @@ class Bench:
         for _ in range(repeats):
             ns = self.namespace(f"scale{processes}-{uuid.uuid4().hex[:4]}")
             publish(self.client, ns, self.model)
-            env = {
-                **os.environ,
-                "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
-                "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-                "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-                "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-                "STREAMSEG_KAFKA__GROUP_ID": f"g-{ns}",
-                "STREAMSEG_REDIS__URL": self.redis_url,
-                "STREAMSEG_REDIS__NAMESPACE": ns,
-                "PYTHONPATH": str(ROOT),
-            }
+            env = service_env(
+                self.bootstrap, self.redis_url, topic, ns, {"kafka.group_id": f"g-{ns}"}
+            )
             procs = [
                 subprocess.Popen(
                     [
@@ -497,15 +489,7 @@ class Bench:
         for label, cap in caps.items():
             live_ns = self.namespace(f"replay-live-{uuid.uuid4().hex[:4]}")
             shadow = self.namespace(f"replay-bg-{uuid.uuid4().hex[:4]}")
-            env = {
-                **os.environ,
-                "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
-                "STREAMSEG_KAFKA__EVENTS_TOPIC": double,
-                "STREAMSEG_KAFKA__GROUP_ID": f"g-{shadow}",
-                "STREAMSEG_REDIS__URL": self.redis_url,
-                "STREAMSEG_REDIS__NAMESPACE": live_ns,
-                "PYTHONPATH": str(ROOT),
-            }
+            env = service_env(self.bootstrap, self.redis_url, double, live_ns)
             argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
             argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
             argv += ["--max-rate", str(cap)]
@@ -549,17 +533,7 @@ class Bench:
         topic = self.topic("latency")
         ns = self.namespace("latency")
         publish(self.client, ns, self.model)
-        env = {
-            **os.environ,
-            "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
-            "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-            "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-            "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-            "STREAMSEG_KAFKA__GROUP_ID": f"g-{ns}",
-            "STREAMSEG_REDIS__URL": self.redis_url,
-            "STREAMSEG_REDIS__NAMESPACE": ns,
-            "PYTHONPATH": str(ROOT),
-        }
+        env = service_env(self.bootstrap, self.redis_url, topic, ns, {"kafka.group_id": f"g-{ns}"})
         proc = subprocess.Popen(
             [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "run"],
             cwd=ROOT,

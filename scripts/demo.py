@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from consumer.lookup import SegmentLookup  # noqa: E402
 from consumer.model_store import ModelStore  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
 from consumer.settings import load_settings  # noqa: E402
-from devstack.stack import LocalStack  # noqa: E402
+from devstack.stack import LocalStack, service_env  # noqa: E402
 from model.features import COL  # noqa: E402
 
 console = Console()
@@ -65,21 +64,20 @@ def main() -> int:
 
 def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
     topic = f"demo-events-{int(time.time())}"
-    env = {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAMSEG_KAFKA__GROUP_ID": f"demo-{topic}",
-        "STREAMSEG_REDIS__URL": redis_url,
-        "STREAMSEG_REDIS__NAMESPACE": NAMESPACE,
-        "STREAMSEG_TRAINER__BOOTSTRAP_ROWS": "3000",
-        # 90 days pass in about a minute: re-score idle users every few seconds.
-        "STREAMSEG_PIPELINE__RESCORE_MIN_WALL_SECONDS": "3",
-        "STREAMSEG_TRAINER__UPDATE_ROWS": "4000",
-        "STREAMSEG_TRAINER__UPDATE_INTERVAL_SECONDS": "4",
-    }
+    env = service_env(
+        bootstrap,
+        redis_url,
+        topic,
+        NAMESPACE,
+        {
+            "kafka.group_id": f"demo-{topic}",
+            "trainer.bootstrap_rows": 3000,
+            # 90 days pass in about a minute: re-score idle users every few seconds.
+            "pipeline.rescore_min_wall_seconds": 3,
+            "trainer.update_rows": 4000,
+            "trainer.update_interval_seconds": 4,
+        },
+    )
     settings = load_settings(
         None,
         **{

@@ -19,7 +19,6 @@ both at the end. Exit status 0 when no error was seen and nothing was lost, else
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import statistics
@@ -41,7 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from devstack.stack import LocalStack  # noqa: E402
+from devstack.stack import LocalStack, service_env  # noqa: E402
 
 _T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: event time starts here
 _TYPES = ["view", "view", "view", "view", "cart", "purchase", "refund", "like", "share"]
@@ -201,18 +200,7 @@ def soak(
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=30)
     client = redis.Redis.from_url(redis_url)
     counters = f"{namespace}:counters"
-    env = {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAMSEG_KAFKA__GROUP_ID": f"g-{topic}",
-        "STREAMSEG_REDIS__URL": redis_url,
-        "STREAMSEG_REDIS__NAMESPACE": namespace,
-        "STREAMSEG_OBSERVABILITY__METRICS_PORT": "0",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    env = service_env(bootstrap, redis_url, topic, namespace, {"observability.metrics_port": 0})
     stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     consumer = subprocess.Popen(
         [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "run"],

@@ -3,7 +3,6 @@ recomputation from all events."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from devstack.stack import service_env
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
     as_records,
@@ -31,19 +31,17 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 def consumer_env(
     kafka_bootstrap: str, redis_url: str, topic: str, namespace: str
 ) -> dict[str, str]:
-    return {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAMSEG_KAFKA__GROUP_ID": f"g-{topic}",
-        "STREAMSEG_REDIS__URL": redis_url,
-        "STREAMSEG_REDIS__NAMESPACE": namespace,
-        "STREAMSEG_PIPELINE__BATCH_SIZE": "300",
-        # static membership: a restarted consumer gets its partitions back at once
-        "STREAMSEG_KAFKA__GROUP_INSTANCE_ID": f"member-{topic}",
-    }
+    return service_env(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        {
+            "pipeline.batch_size": 300,
+            # static membership: a restarted consumer gets its partitions back at once
+            "kafka.group_instance_id": f"member-{topic}",
+        },
+    )
 
 
 def start_consumer(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:

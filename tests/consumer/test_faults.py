@@ -31,6 +31,7 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from devstack.kafka import KafkaBroker
 from devstack.redis_server import RedisServer
+from devstack.stack import service_env
 from model.features import FEATURE_NAMES, LOG_FEATURES, FeatureConfig
 from model.labels import label_segments
 from model.model_format import SegmentModel
@@ -58,17 +59,9 @@ def consumer_env(
 ) -> dict[str, str]:
     """Environment of a ``streamseg run`` subprocess on ``topic`` writing ``namespace``;
     ``settings`` adds ``STREAMSEG_<NAME>`` variables (e.g. ``KAFKA__SESSION_TIMEOUT_MS``)."""
+    defaults = {"pipeline.batch_size": 300, "observability.metrics_port": 0}
     return {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAMSEG_KAFKA__GROUP_ID": f"g-{topic}",
-        "STREAMSEG_REDIS__URL": redis_url,
-        "STREAMSEG_REDIS__NAMESPACE": namespace,
-        "STREAMSEG_PIPELINE__BATCH_SIZE": "300",
-        "STREAMSEG_OBSERVABILITY__METRICS_PORT": "0",
+        **service_env(bootstrap, redis_url, topic, namespace, defaults),
         **{f"STREAMSEG_{name}": value for name, value in settings.items()},
     }
 

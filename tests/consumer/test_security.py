@@ -10,7 +10,6 @@ log line.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisSettings, load_settings
 from devstack.kafka import KafkaBroker
 from devstack.redis_server import RedisServer
+from devstack.stack import service_env
 from devstack.tls import TlsCertificates, make_certificates
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
@@ -76,19 +76,14 @@ def run_cli(
     )
 
 
-def service_env(bootstrap: str, redis_url: str, topic: str, namespace: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAMSEG_KAFKA__GROUP_ID": f"g-{topic}",
-        "STREAMSEG_REDIS__URL": redis_url,
-        "STREAMSEG_REDIS__NAMESPACE": namespace,
-        "STREAMSEG_PIPELINE__BATCH_SIZE": "500",
-        "STREAMSEG_OBSERVABILITY__METRICS_PORT": "0",
-    }
+def cli_env(bootstrap: str, redis_url: str, topic: str, namespace: str) -> dict[str, str]:
+    return service_env(
+        bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        {"pipeline.batch_size": 500, "observability.metrics_port": 0},
+    )
 
 
 # -- Kafka SASL/SCRAM -------------------------------------------------------------------------
@@ -115,7 +110,7 @@ def scram_env(
     broker: KafkaBroker, redis_url: str, topic: str, namespace: str, password: str
 ) -> dict[str, str]:
     return {
-        **service_env(broker.sasl_bootstrap_servers, redis_url, topic, namespace),
+        **cli_env(broker.sasl_bootstrap_servers, redis_url, topic, namespace),
         "STREAMSEG_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "STREAMSEG_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256",
         "STREAMSEG_KAFKA__SASL_USERNAME": SCRAM_USER,
@@ -173,7 +168,7 @@ def test_pipeline_and_trainer_work_with_a_least_privilege_redis_acl_user(
     with RedisServer(password=admin_password, acl_users=[rule]) as server:
         admin = redis.Redis.from_url(server.url)
         env = {
-            **service_env(
+            **cli_env(
                 kafka_bootstrap, server.user_url("streamseg", user_password), topic, namespace
             ),
             "STREAMSEG_TRAINER__BOOTSTRAP_ROWS": "500",
@@ -235,7 +230,7 @@ def tls_env(
         broker.ssl_bootstrap_servers if protocol == "SSL" else broker.sasl_ssl_bootstrap_servers
     )
     env = {
-        **service_env(bootstrap, server.url, topic, namespace),
+        **cli_env(bootstrap, server.url, topic, namespace),
         "STREAMSEG_KAFKA__SECURITY_PROTOCOL": protocol,
         "STREAMSEG_KAFKA__SSL_CA_LOCATION": str(certs.ca_cert),
         "STREAMSEG_REDIS__TLS_CA_FILE": str(certs.ca_cert),
@@ -285,7 +280,7 @@ def test_a_kafka_client_without_the_ca_is_refused_with_a_clear_bounded_error(
 ) -> None:
     topic = f"tls-no-ca-{namespace}"
     env = {
-        **service_env(scram_broker.ssl_bootstrap_servers, redis_url, topic, namespace),
+        **cli_env(scram_broker.ssl_bootstrap_servers, redis_url, topic, namespace),
         "STREAMSEG_KAFKA__SECURITY_PROTOCOL": "SSL",  # no ssl_ca_location: system CAs only
     }
     began = time.monotonic()
