@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -67,12 +67,16 @@ class ModelStore:
         _compatible(SegmentModel.from_json(data))
         version = model.model_version
         pipe = self.client.pipeline(transaction=True)
+        self._queue_publish(pipe, version, data)
+        pipe.execute()
+        log.info("published model version %d (%d segments)", version, len(model.ids))
+
+    def _queue_publish(self, pipe: Any, version: int, data: bytes) -> None:
+        """Queue what publishing version ``version`` (JSON ``data``) writes, in a MULTI."""
         pipe.set(self.keys.model_history(version), data)
         pipe.zadd(self.keys.model_versions, {str(version): version})
         pipe.set(self.keys.model_current, data)
         pipe.set(self.keys.model_version, version)
-        pipe.execute()
-        log.info("published model version %d (%d segments)", version, len(model.ids))
 
     def publish_next(
         self, model: SegmentModel, *, lease_key: str | None = None, token: str | None = None
@@ -97,10 +101,7 @@ class ModelStore:
                     data = model.to_json()
                     _compatible(SegmentModel.from_json(data))
                     pipe.multi()
-                    pipe.set(self.keys.model_history(version), data)
-                    pipe.zadd(self.keys.model_versions, {str(version): version})
-                    pipe.set(self.keys.model_current, data)
-                    pipe.set(self.keys.model_version, version)
+                    self._queue_publish(pipe, version, data)
                     pipe.execute()
                     log.info("published model version %d (%d segments)", version, len(model.ids))
                     return model

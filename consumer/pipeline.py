@@ -521,18 +521,12 @@ class SegmentPipeline:
             "training_rows": len(write.training_rows) if write.training_rows is not None else 0,
             **{f"dead_letter.{r}": n for r, n in stats.reasons.items()},
         }
+        topic = self.settings.kafka.events_topic
+        write.applied_offsets = {f"{topic}:{p}": o for p, o in kafka.next_offsets.items()}
         self._deliver()
         self.store.write(write)
         # Only once written: a failed attempt registers its new category names on the retry.
         self._known_categories.update(write.new_categories)
-        if kafka.next_offsets:
-            # After the state: a crash in between leaves it behind, and replaying from it
-            # only meets events the states already hold.
-            topic = self.settings.kafka.events_topic
-            self.redis.hset(
-                self.keys.applied_offsets,
-                mapping={f"{topic}:{p}": o for p, o in kafka.next_offsets.items()},
-            )
 
     def _apply(self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats) -> BatchWrite:
         users = list(dict.fromkeys(batch.user_id))  # distinct, in first-seen order

@@ -80,6 +80,9 @@ class BatchWrite:
     size_changes: Mapping[int, int] = field(default_factory=dict)  # segment id -> +/- users
     new_categories: Mapping[float, str] = field(default_factory=dict)
     watermark_ms: float | None = None
+    #: ``<topic>:<partition>`` -> next offset to apply, for ``<ns>:applied-offsets``: with the
+    #: states on one server; after them on a cluster (behind after a crash, never ahead).
+    applied_offsets: Mapping[str, int] = field(default_factory=dict)
 
 
 class StateStore:
@@ -215,6 +218,9 @@ class StateStore:
         if batch.watermark_ms is not None:
             # Lua-free max: the watermark only moves forward, whichever consumer writes.
             commands.append(("ZADD", keys.watermark, "GT", batch.watermark_ms, "max"))
+        if batch.applied_offsets:
+            offsets = [x for pair in batch.applied_offsets.items() for x in pair]
+            commands.append(("HSET", keys.applied_offsets, *offsets))
         return commands
 
     # -- Redis Cluster ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ def batch(records: list[bytes | None]) -> BatchWrite:
         size_changes={3: 2, 1: -1},
         new_categories={1234.0: "shoes", 99.0: "ü"},
         watermark_ms=1_767_225_600_000.5,
+        applied_offsets={"events:0": 10, "events:1": 5},
     )
 
 
@@ -41,6 +42,7 @@ def test_one_batch_lands_whole(redis_client: redis.Redis, namespace: str) -> Non
     assert store.read_segment_sizes() == {3: 2, 1: -1}
     assert store.read_category_names() == {1234.0: "shoes", 99.0: "ü"}
     assert store.read_watermark() == 1_767_225_600_000.5
+    assert redis_client.hgetall(keys.applied_offsets) == {b"events:0": b"10", b"events:1": b"5"}
     blob = redis_client.lindex(keys.training_samples, 0)
     assert blob == np.ones((len(USERS), 3)).tobytes()
     assert redis_client.ttl(keys.state(USERS[0])) == -1  # no TTL unless configured
