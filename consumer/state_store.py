@@ -200,10 +200,13 @@ class StateStore:
         commands: list[tuple[str | bytes | int | float, ...]] = []
         rows = batch.training_rows
         if self.training_buffer_rows and rows is not None and len(rows):
-            blob = np.ascontiguousarray(rows, np.float64).tobytes()
-            keep_blobs = max(1, self.training_buffer_rows // max(1, len(rows)))
-            commands.append(("LPUSH", keys.training_samples, blob))
-            commands.append(("LTRIM", keys.training_samples, 0, keep_blobs - 1))
+            # One list element per row, so the trim keeps exactly the newest rows whatever
+            # the batch sizes (trimming blobs of varying sizes by count bounded nothing).
+            rows = np.ascontiguousarray(rows[-self.training_buffer_rows :], np.float64)
+            blob, width = rows.tobytes(), rows.shape[1] * 8
+            elements = [blob[i * width : (i + 1) * width] for i in range(len(rows))]
+            commands.append(("LPUSH", keys.training_samples, *elements))
+            commands.append(("LTRIM", keys.training_samples, 0, self.training_buffer_rows - 1))
         for name, delta in batch.counters.items():
             if delta:
                 commands.append(("HINCRBY", keys.counters, name, delta))

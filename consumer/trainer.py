@@ -113,24 +113,19 @@ class Trainer:
         return int(raw or 0)
 
     def buffered_rows(self, max_rows: int | None = None) -> np.ndarray:
-        """The newest buffered feature rows (newest blobs first), at most ``max_rows``."""
-        blobs = self.client.lrange(self.keys.training_samples, 0, -1)
-        parts: list[np.ndarray] = []
-        total = 0
+        """The newest buffered feature rows (newest first), at most ``max_rows``."""
         width = len(FEATURE_NAMES)
-        for blob in blobs:
-            if len(blob) % (8 * width):
-                continue  # not written by this version of the pipeline
-            rows = np.frombuffer(blob, dtype=np.float64).reshape(-1, width)
-            parts.append(rows)
-            total += len(rows)
-            if max_rows is not None and total >= max_rows:
-                break
-        if not parts:
+        if max_rows is not None and max_rows <= 0:
             return np.empty((0, width))
-        X = np.concatenate(parts)
-        X = X[np.isfinite(X).all(axis=1)]
-        return X[:max_rows] if max_rows is not None else X
+        end = -1 if max_rows is None else max_rows - 1
+        # One element per row; anything else was not written by this version of the pipeline.
+        rows = [
+            r for r in self.client.lrange(self.keys.training_samples, 0, end) if len(r) == 8 * width
+        ]
+        if not rows:
+            return np.empty((0, width))
+        X = np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, width)
+        return X[np.isfinite(X).all(axis=1)]
 
     def step(self) -> SegmentModel | None:
         """Bootstrap or update once if there is enough data; returns the published model."""

@@ -159,7 +159,7 @@ def test_trainer_metrics_follow_published_versions(
 
     def push(rows: int, shift: float) -> None:
         X = rng.lognormal(mean=1.0 + shift, sigma=1.0, size=(rows, len(FEATURE_NAMES)))
-        redis_client.lpush(keys.training_samples, X.astype(np.float64).tobytes())
+        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X.astype(np.float64)))
         redis_client.hincrby(keys.counters, "training_rows", rows)
 
     config = TrainerSettings(

@@ -43,12 +43,28 @@ def test_one_batch_lands_whole(redis_client: redis.Redis, namespace: str) -> Non
     assert store.read_category_names() == {1234.0: "shoes", 99.0: "ü"}
     assert store.read_watermark() == 1_767_225_600_000.5
     assert redis_client.hgetall(keys.applied_offsets) == {b"events:0": b"10", b"events:1": b"5"}
-    blob = redis_client.lindex(keys.training_samples, 0)
-    assert blob == np.ones((len(USERS), 3)).tobytes()
+    rows = redis_client.lrange(keys.training_samples, 0, -1)
+    assert rows == [np.ones(3).tobytes()] * len(USERS)  # one element per row
     assert redis_client.ttl(keys.state(USERS[0])) == -1  # no TTL unless configured
 
     store.write(BatchWrite(user_ids=[], states=np.empty((0, 0)), watermark_ms=5.0))
     assert store.read_watermark() == 1_767_225_600_000.5  # only moves forward
+
+
+def test_the_training_buffer_keeps_exactly_the_newest_rows(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """Batches of any size: the buffer never holds more than ``training_buffer_rows`` rows,
+    and they are the newest (a 1-row batch must not let 5,000-row blobs pile up)."""
+    keys = KeyLayout(namespace)
+    store = StateStore(redis_client, keys, training_buffer_rows=50)
+    written = 0
+    for size in (40, 1, 30, 1, 1, 60, 2):
+        rows = np.arange(written, written + size, dtype=np.float64).reshape(-1, 1)
+        store.write(BatchWrite(user_ids=[], states=np.empty((0, 0)), training_rows=rows))
+        written += size
+    kept = [np.frombuffer(r)[0] for r in redis_client.lrange(keys.training_samples, 0, -1)]
+    assert kept == list(np.arange(written - 1, written - 51, -1.0))  # newest first
 
 
 def test_a_ttl_applies_to_every_user_key(redis_client: redis.Redis, namespace: str) -> None:
