@@ -462,9 +462,19 @@ class SegmentPipeline:
         stats.ignored = len(batch.ignored)
         self._dead_letter(records, rejections, stats)
 
-        # Retried from the read on a Redis failure: if a write went through but its reply
-        # was lost, the re-read state carries the offsets and nothing is applied twice.
-        self._until_redis_answers(lambda: self._apply_and_write(kafka, batch, stats))
+        # Retried from the read on a Redis failure. A write that went through with its reply
+        # lost is found by its applied offsets and not redone, so counters count it once.
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and self._batch_landed(kafka):
+                log.info("a batch's write landed though its reply was lost; not redone")
+                return
+            self._apply_and_write(kafka, batch, stats)
+
+        self._until_redis_answers(attempt)
         written_at_ms = time.time() * 1000.0
         self._store_offsets(kafka.next_offsets)
         self._add_totals(stats)
@@ -502,6 +512,16 @@ class SegmentPipeline:
             member = ""
         self.heartbeat.beat(
             member, self.metrics.assignment, self.model, self.totals.records, self.totals.reasons
+        )
+
+    def _batch_landed(self, kafka: _KafkaPositions) -> bool:
+        """Whether this namespace's applied offsets already cover the whole batch."""
+        topic = self.settings.kafka.events_topic
+        partitions = [TopicPartition(topic, p) for p in kafka.next_offsets]
+        applied = self._applied_offsets(partitions)
+        return all(
+            applied.get((topic, p), -1) >= next_offset
+            for p, next_offset in kafka.next_offsets.items()
         )
 
     def _apply_and_write(

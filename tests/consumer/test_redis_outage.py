@@ -118,3 +118,48 @@ def test_redis_stopped_for_ten_seconds_and_restarted_loses_nothing(
         )
     seen = pipeline.metrics.registry.get_sample_value("streamseg_redis_errors_total")
     assert seen and seen > 0  # the outage was seen
+
+
+def test_a_write_whose_reply_is_lost_is_not_counted_twice(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """Every third transaction runs on the real server, then its connection drops before
+    the reply is read: the retry finds the batch's applied offsets and does not redo it, so
+    the counters equal the records (they were doubled by the retry before)."""
+    topic = new_topic()
+    events = make_events(3000, users=200, seed=11)
+    produce(kafka_bootstrap, topic, as_records(events))
+    settings = settings_for(
+        kafka_bootstrap, redis_url, topic, namespace, **{"pipeline.batch_size": 250}
+    )
+    pipeline = SegmentPipeline(settings)
+    real_transaction = pipeline.store._transaction
+    calls = 0
+
+    def transaction_then_lost_reply(commands: list[bytes]) -> None:
+        nonlocal calls
+        calls += 1
+        real_transaction(commands)
+        if calls % 3 == 1:
+            raise redis.ConnectionError("reply lost (injected after the write)")
+
+    pipeline.store._transaction = transaction_then_lost_reply  # type: ignore[method-assign]
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+
+    assert calls > 3  # several lost replies were retried
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+    counters = {
+        k.decode(): int(v) for k, v in redis_client.hgetall(f"{namespace}:counters").items()
+    }
+    assert counters["records"] == len(events)
+    assert counters["applied"] == len(events)
+    assert counters.get("duplicates", 0) == 0
