@@ -755,7 +755,10 @@ class Bench:
         planted = gen.planted_types()
         ids, X = offline_features(records)
         truth = [planted[u] for u in ids]
-        model = build_model(X[: max(2000, len(X) // 5)])
+        # Preprocessing fitted on a uniform sample: the first users in stream order leave out
+        # the types that join late, and that bias alone cost 0.10 ARI (seed 7).
+        sample = np.random.default_rng(1).permutation(len(X))[: max(2000, len(X) // 5)]
+        model = build_model(X[sample])
         Z = model.transform(X)
         k = len(set(truth))
         out: dict[str, Any] = {
