@@ -221,6 +221,23 @@ def render_table(R: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_REPLAY_VARIANTS = (
+    ("unthrottled", "default options"),
+    ("unthrottled_nice0", "--nice 0, control"),
+    ("max_rate_tenth", "--max-rate"),
+)
+
+
+def _replay_options(r: dict[str, Any], text: str) -> str:
+    """How the background replay ran, e.g. ``default options: --nice 10``."""
+    options = [f"--nice {r['nice']}"] if r.get("nice") else []
+    if r.get("max_rate"):
+        options.append(f"--max-rate {r['max_rate']:,.0f}")
+    if text.startswith("--"):  # the name is already an option
+        return " ".join(options) or text
+    return f"{text}: {' '.join(options)}" if options else text
+
+
 def _replay_rows(rep: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not rep:
         return []
@@ -231,15 +248,40 @@ def _replay_rows(rep: dict[str, Any] | None) -> list[tuple[str, str]]:
             _rate(rep.get("replay_records_per_s")),
         )
     ]
-    for key, text in (("unthrottled", "unthrottled"), ("max_rate_tenth", "--max-rate")):
+    alone = rep.get("live_alone_records_per_s")
+    if alone:
+        rows.append(
+            (
+                "Live pipeline alone, records/s (passes interleaved with the ones below, "
+                "one per round)",
+                _rate(alone),
+            )
+        )
+    for key, text in _REPLAY_VARIANTS:
         r = rep.get(key)
-        if r:
-            cap = f" {r['max_rate']:,.0f}" if r["max_rate"] else ""
+        if not r:
+            continue
+        share = _num(r.get("live_share_of_alone"), "{:.0%}")
+        per_round = r.get("live_share_per_round")
+        if per_round:  # shares of the same round's alone pass
+            share += " median; rounds " + ", ".join(f"{v:.0%}" for v in per_round)
+        rows.append(
+            (
+                f"Live pipeline while a replay runs ({_replay_options(r, text)}), records/s "
+                "(share of its rate alone)",
+                f"{r['live_records_per_s']:,.0f} ({share})",
+            )
+        )
+        own_alone, beside = (
+            r.get("replay_records_per_s_alone"),
+            r.get("replay_records_per_s_beside"),
+        )
+        if own_alone and beside:
             rows.append(
                 (
-                    f"Live pipeline while a replay runs ({text}{cap}), records/s "
-                    "(share of its rate alone)",
-                    f"{r['live_records_per_s']:,.0f} ({_num(r['live_share_of_alone'], '{:.0%}')})",
+                    f"The replay's own rate ({_replay_options(r, text)}), records/s: in the 2 s "
+                    "before the live pass / during it",
+                    f"{_rate(own_alone)} / {_rate(beside)}",
                 )
             )
     return rows
@@ -299,16 +341,11 @@ def render_readme_summary(R: dict[str, Any]) -> str:
         ),
         *[
             (
-                f"live pipeline while a replay runs ({label})",
-                _num(share, "{:.0%} of its rate alone"),
+                f"live pipeline while a replay runs ({_replay_options(r, text)})",
+                _num(r.get("live_share_of_alone"), "{:.0%} of its rate alone"),
             )
-            for label, share in (
-                ("unthrottled", _get(R, "replay", "unthrottled", "live_share_of_alone")),
-                (
-                    "replay capped at 1/10 of the live rate",
-                    _get(R, "replay", "max_rate_tenth", "live_share_of_alone"),
-                ),
-            )
+            for key, text in _REPLAY_VARIANTS
+            if (r := _get(R, "replay", key))
         ],
         ("consumer peak RSS", _num(lat.get("consumer_peak_rss_mb"), "{:,.0f} MB")),
         (

@@ -463,63 +463,126 @@ class Bench:
     def replay_bench(
         self, topic: str, n_records: int, live_alone: float | None, repeats: int
     ) -> dict[str, Any]:
-        """Replay read rate, and the live pipeline's rate while a replay runs beside it.
+        """Replay read rate, and the live pipeline's rate beside a replay against its rate alone.
 
         Method: (a) `consumer.replay.replay` from earliest over ``topic`` in this process,
-        rate = records / time reading and applying (training excluded), median of
-        ``repeats``; (b) a `streamseg replay` subprocess over a topic holding ``topic``'s
-        records twice (so it outlasts the pass), started first, then one live pipeline pass
-        on ``topic`` in this process: unthrottled, then with ``--max-rate`` = 1/10 of the
-        live rate alone.
+        rate = records / time reading and applying, median of ``repeats`` (stopped at the last
+        record by ``max_records``, so it does not train: training is not part of the rate).
+        (b) ``repeats`` rounds; each round is one live pipeline pass over the first half of
+        ``topic`` in this process alone, and one beside each kind of `streamseg replay` subprocess:
+        default options (``--nice 10``), ``--nice 0`` (control: the replay as it was before
+        niceness) and ``--max-rate`` = 1/10 of the first alone rate. The subprocess reads a
+        topic holding ``topic``'s records twice (so it outlasts the pass); it starts first and
+        is terminated after the pass. The order of the passes rotates from round to round;
+        a share = beside / alone of the same round, median over rounds. ``live_alone`` (the
+        rate section 1 measured minutes earlier) is kept for reference only.
+        ``replay_records_per_s_alone``: the subprocess's rate in the 2 s before the live pass;
+        ``replay_records_per_s_beside``: its records during the pass / the pass's wall time
+        (the live pipeline's start-up included, so a little above its rate beside).
         """
         rates = []
         for _ in range(repeats):
             live_ns = self.namespace(f"replay-src-{uuid.uuid4().hex[:4]}")
             shadow = self.namespace(f"replay-{uuid.uuid4().hex[:4]}")
             settings = self.settings(topic, live_ns, f"g-{live_ns}")
-            result = replay(settings, shadow, seed=0, client=self.client)
+            result = replay(settings, shadow, seed=0, max_records=n_records, client=self.client)
             rates.append(result.records / max(result.read_seconds, 1e-9))
             delete_namespace(self.client, shadow)
-        out: dict[str, Any] = {"replay_records_per_s": summary(rates), "live_alone": live_alone}
+        out: dict[str, Any] = {
+            "replay_records_per_s": summary(rates),
+            "live_alone_section1": live_alone,
+            "loadavg_start": _loadavg(),
+        }
         double = self.topic("replay-double")
         produce_all(self.bootstrap, double, self.records * 2)
-        caps = {"unthrottled": 0.0}
-        if live_alone:
-            caps["max_rate_tenth"] = round(live_alone / 10)
-        for label, cap in caps.items():
-            live_ns = self.namespace(f"replay-live-{uuid.uuid4().hex[:4]}")
+
+        def live_pass() -> float:
+            res = self.pipeline_pass(topic, n_records // 2, "replay-live")
+            delete_namespace(self.client, str(res["namespace"]))
+            return float(res["records_per_s"])
+
+        def beside(nice: int, max_rate: float) -> dict[str, Any]:
             shadow = self.namespace(f"replay-bg-{uuid.uuid4().hex[:4]}")
-            env = service_env(self.bootstrap, self.redis_url, double, live_ns)
+            # The configured namespace must differ from --namespace-out (replay refuses it).
+            env = service_env(self.bootstrap, self.redis_url, double, f"{shadow}-cfg")
             argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
             argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
-            argv += ["--max-rate", str(cap)]
+            argv += ["--max-rate", str(max_rate), "--nice", str(nice)]
             proc = subprocess.Popen(
                 argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
+            counters = f"{shadow}:counters"
             try:
                 deadline = time.monotonic() + 120
-                while not self.client.hget(f"{shadow}:counters", "records"):
+                while not self.client.hget(counters, "records"):
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("the background replay did not start")
                     time.sleep(0.05)
-                res = self.pipeline_pass(topic, n_records, "live-beside-replay")
+                # Its rate on its own first (with its niceness, before the live pass starts).
+                first, t_first = int(self.client.hget(counters, "records") or 0), time.monotonic()
+                time.sleep(2.0)
+                before, began = int(self.client.hget(counters, "records") or 0), time.monotonic()
+                live = live_pass()
                 still_running = proc.poll() is None
-                replayed = int(self.client.hget(f"{shadow}:counters", "records") or 0)
+                replayed = int(self.client.hget(counters, "records") or 0)
+                took = time.monotonic() - began
             finally:
                 proc.terminate()
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-            out[label] = {
-                "max_rate": cap,
-                "live_records_per_s": res["records_per_s"],
-                "live_share_of_alone": res["records_per_s"] / live_alone if live_alone else None,
-                "replay_still_running_at_end": still_running,
-                "replayed_records_by_then": replayed,
+                    proc.wait()
+                delete_namespace(self.client, shadow)
+            return {
+                "live": live,
+                "still_running": still_running,
+                "replayed": replayed,
+                "replay_rate": (replayed - before) / took,
+                "replay_rate_alone": (before - first) / (began - t_first),
             }
-            delete_namespace(self.client, res["namespace"])
-            delete_namespace(self.client, shadow)
+
+        variants: dict[str, tuple[int, float]] = {
+            "unthrottled": (10, 0.0),  # the defaults of `streamseg replay`
+            "unthrottled_nice0": (0, 0.0),
+            "max_rate_tenth": (10, 0.0),  # the cap is set from the first alone pass
+        }
+        order = ["alone", *variants]
+        alone: list[float] = []
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in variants}
+        for round_no in range(repeats):
+            shift = round_no % len(order)
+            for label in order[shift:] + order[:shift]:
+                if label == "alone":
+                    alone.append(live_pass())
+                    if round_no == 0:
+                        variants["max_rate_tenth"] = (10, float(round(alone[0] / 10)))
+                else:
+                    runs[label].append(beside(*variants[label]))
+        median_alone = float(np.median(alone))
+        out["live_alone"] = median_alone
+        out["live_alone_records_per_s"] = summary(alone)
+        for label, (nice, cap) in variants.items():
+            live = [r["live"] for r in runs[label]]
+            shares = [b / a for b, a in zip(live, alone, strict=True)]
+            share = float(np.median(shares))
+            out[label] = {
+                "nice": nice,
+                "max_rate": cap,
+                "live_records_per_s": float(np.median(live)),
+                "live_records_per_s_summary": summary(live),
+                "live_share_of_alone": share,
+                "live_share_per_round": shares,
+                "live_share_of_median_alone": float(np.median(live)) / median_alone,
+                "within_20_percent_of_alone": share >= 0.8,
+                "replay_records_per_s_alone": summary(
+                    [r["replay_rate_alone"] for r in runs[label]]
+                ),
+                "replay_records_per_s_beside": summary([r["replay_rate"] for r in runs[label]]),
+                "replay_still_running_at_end": all(r["still_running"] for r in runs[label]),
+                "replayed_records_by_then": min(r["replayed"] for r in runs[label]),
+            }
+        out["loadavg_end"] = _loadavg()
         return out
 
     def latency(self, rates: list[int], seconds: float, users: int) -> dict[str, Any]:

@@ -381,6 +381,16 @@ def _add_replay_commands(commands: Any) -> None:
         "machine (0 = as fast as it goes)",
     )
     replay.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        choices=range(20),
+        metavar="N",
+        help="raise the replay's niceness by N (0-19; default 10; 0 = unchanged): a replay is "
+        "background work, so on cores it shares with a live pipeline it gets the CPU the live "
+        "one leaves, and alone it runs at full speed",
+    )
+    replay.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="progress bar on stderr (default: when stderr is a terminal)",

@@ -14,13 +14,18 @@
    preprocessing and k-means++ (``n_init`` 5, ``--seed``), label, publish in NAME.
 4. Re-score every user of NAME with that model, so its records and segment sizes agree.
 
+The command runs at a raised niceness (``--nice``, default +10): a replay is background
+work and should take only the CPU a live pipeline on the same cores leaves.
+
 ``streamseg compare NAME [--with live]`` then sets the shadow beside another namespace.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -636,8 +641,34 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
 # -- commands --------------------------------------------------------------------------------
 
 
+def lower_own_priority(increment: int) -> int:
+    """Raise this process's niceness by ``increment`` (capped at 19), every thread of it.
+
+    A replay is background work: at a higher niceness it takes only the CPU that the live
+    pipeline, Kafka and Redis leave, and on otherwise idle cores it runs as fast as before.
+    On Linux niceness belongs to each thread, so threads started before (BLAS pools) are
+    reniced too; threads started later (librdkafka's) inherit it. Returns the niceness now.
+    """
+    if not hasattr(os, "setpriority"):  # not a Unix: leave the priority alone
+        return 0
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if increment <= 0:
+        return current
+    target = min(19, current + increment)
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs (not Linux): what PRIO_PROCESS 0 covers there
+        threads = [0]
+    for tid in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+    return target
+
+
 def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg replay``: rebuild a shadow namespace from the topic, train, re-score."""
+    niceness = lower_own_priority(args.nice)
+    log.info("replay runs at niceness %d", niceness)
     from_ms = None if args.from_ == "earliest" else parse_time(args.from_, option="--from")
     to_ms = None if args.to == "latest" else parse_time(args.to, option="--to")
     show = args.progress if args.progress is not None else sys.stderr.isatty()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +25,7 @@ from consumer.replay import compare_namespaces, replay
 from consumer.segment_record import encode_record
 from consumer.settings import Settings
 from consumer.snapshot import read_snapshot
+from devstack.stack import service_env
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
     as_records,
@@ -35,6 +42,7 @@ from tests.reference_features import recompute
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 ALL = 1 << 30
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def replay_setup(
@@ -320,6 +328,7 @@ def test_the_commands_replay_compare_promote_and_drop(
     try:
         for name in (first, second):
             argv = ["replay", "--from", "earliest", "--namespace-out", name, "--no-progress"]
+            argv += ["--nice", "0"]  # in-process: leave the test session's priority alone
             assert main([*argv, "--seed", "1"]) == 0
         assert main(["compare", first, "--with", second]) == 0
         assert main(["promote", first]) == 0
@@ -339,3 +348,54 @@ def test_the_commands_replay_compare_promote_and_drop(
     finally:
         redis_client.delete(pointer.live, pointer.previous)
         redis_client.srem(pointer.registry, first, second)
+
+
+def _thread_niceness(pid: int) -> list[int]:
+    """The niceness of every thread of process ``pid``, from Linux's /proc."""
+    values = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # thread ended
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            values.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19: nice
+    return values
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads niceness from /proc")
+@pytest.mark.parametrize(("options", "raised_by"), [([], 10), (["--nice", "0"], 0)])
+def test_a_replay_runs_at_a_raised_niceness_in_every_thread(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    options: list[str],
+    raised_by: int,
+) -> None:
+    """By default `streamseg replay` yields the CPU to the live pipeline (niceness +10);
+    ``--nice 0`` leaves it as it was."""
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, as_records(make_events(2000, users=150, seed=5)))
+    shadow = f"{namespace}-shadow"
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"trainer.n_clusters": 4})
+    argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
+    argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
+    argv += ["--max-rate", "1000", *options]  # reading lasts ~2 s: seen while it runs
+    proc = subprocess.Popen(
+        argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Reading: the Kafka client's threads exist by now.
+        while not redis_client.hget(KeyLayout(shadow).counters, "records"):
+            assert proc.poll() is None and time.monotonic() < deadline, "replay not reading"
+            time.sleep(0.02)
+        niceness = _thread_niceness(proc.pid)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "replayed 2000 records" in out
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + raised_by)
+    assert len(niceness) > 1 and set(niceness) == {expected}, niceness
