@@ -1,6 +1,7 @@
 """The main job: a batch loop from the events topic to Redis state and segment records.
 
-Per batch (``pipeline.batch_size`` records or ``pipeline.batch_timeout_ms``):
+Per batch (the records already fetched when the previous batch is done, at most
+``pipeline.batch_size``; an idle consumer waits ``pipeline.batch_timeout_ms`` for one):
 
 1. decode and validate (bad records -> dead-letter topic with the reason in headers);
 2. group by user, MGET their states, apply the events (event-time decay, skipping any event
@@ -293,7 +294,7 @@ class SegmentPipeline:
                 break
             if self.heartbeat.due():
                 self._beat()
-            messages = self.consumer.consume(batch_size, timeout)
+            messages = self._next_batch(batch_size, timeout)
             if messages:
                 last_record = time.monotonic()
                 try:
@@ -307,6 +308,19 @@ class SegmentPipeline:
             if max_records and self.totals.records >= max_records:
                 break
         return self.totals
+
+    def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` for one record, then take whatever else is already fetched,
+        up to ``batch_size``. A batch never waits to fill: at low rates a record is processed
+        as soon as it arrives, and under load batches grow by themselves while the previous
+        one is processed (consume(n, t) would hold every record for the full ``t``)."""
+        assert self.consumer is not None
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        if batch_size == 1:
+            return [first]
+        return [first, *self.consumer.consume(batch_size - 1, 0)]
 
     # -- model -----------------------------------------------------------------------------
 

@@ -137,7 +137,10 @@ class RedisSettings(BaseModel):
 class PipelineSettings(BaseModel):
     """How the batch loop consumes and writes."""
 
+    #: Most records in one batch. A batch is what was fetched while the previous one ran, so
+    #: batches stay small at low rates (low latency) and grow under load (high throughput).
     batch_size: int = Field(default=5000, ge=1, le=100_000)
+    #: How long an idle consumer waits for a record before it does its periodic work.
     batch_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     max_payload_bytes: int = Field(default=64 * 1024, ge=64)
     #: Events older than the watermark by more than this still apply; "now" lags by it.
