@@ -229,10 +229,17 @@ _CATEGORIES = list(CATEGORIES)  # the generator's catalogue, one definition
 
 
 def uniform_records(
-    n: int, users: int, seed: int, start_ms: int = 1_767_225_600_000, days: float = 60.0
+    n: int,
+    users: int,
+    seed: int,
+    start_ms: int = 1_767_225_600_000,
+    days: float = 60.0,
+    *,
+    distinct: bool = False,
 ) -> list[tuple[bytes | None, bytes]]:
     """``n`` valid events, each for a user drawn uniformly from ``users`` ids (like
     tests/consumer/pipeline_support.make_events): controls the distinct-user count exactly.
+    ``distinct`` gives every event its own user (``n <= users``, ids in random order).
 
     Types include aliases (``product_view``, ``add_to_cart``); timestamps are epoch ms spread
     over ``days`` in random order (out of order by up to ``days``); 70% have a category.
@@ -240,7 +247,9 @@ def uniform_records(
     import orjson
 
     rng = np.random.default_rng(seed)
-    user = rng.integers(0, users, size=n).tolist()
+    if distinct and n > users:
+        raise ValueError(f"distinct events need n <= users, got n={n}, users={users}")
+    user = (rng.permutation(users)[:n] if distinct else rng.integers(0, users, size=n)).tolist()
     types = rng.integers(0, len(_TYPES), size=n).tolist()
     ts = (start_ms + rng.uniform(0, days * 86_400_000, size=n)).astype(np.int64).tolist()
     amounts = np.round(rng.lognormal(3.5, 0.8, size=n), 2).tolist()

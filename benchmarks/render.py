@@ -140,6 +140,14 @@ def render_table(R: dict[str, Any]) -> str:
             _num(mem.get("used_memory_delta_per_distinct_user"), "{:,.0f} B"),
         ),
     ]
+    for rss in R.get("consumer_rss_by_users") or []:
+        rows.append(
+            (
+                f"Consumer peak RSS after writing {rss['users']:,} distinct users (separate "
+                "`consumer.cli run`, one event per user, VmHWM)",
+                _num(rss.get("consumer_peak_rss_mb"), "{:,.1f} MB"),
+            )
+        )
     if R.get("memory_large"):
         rows.append(
             (
@@ -348,6 +356,13 @@ def render_readme_summary(R: dict[str, Any]) -> str:
             if (r := _get(R, "replay", key))
         ],
         ("consumer peak RSS", _num(lat.get("consumer_peak_rss_mb"), "{:,.0f} MB")),
+        *[
+            (
+                f"consumer peak RSS after writing {rss['users']:,} users",
+                _num(rss.get("consumer_peak_rss_mb"), "{:,.0f} MB"),
+            )
+            for rss in R.get("consumer_rss_by_users") or []
+        ],
         (
             "Redis bytes per user (state + record)",
             _num(mem.get("bytes_per_user_state_plus_record"), "{:,.0f} B"),

@@ -618,8 +618,9 @@ class Bench:
             "method": (
                 "probe events for fresh user ids (>=100/s); a poller thread MGETs pending probe "
                 "segment keys every ~1 ms; latency = first poll seeing the record - time just "
-                "before produce() (producer linger.ms=5 included); pipeline in a separate process "
-                "(python -m consumer.cli run, batch_size 5000, batch_timeout_ms 50)"
+                "before produce() (producer linger.ms=5 included); records encoded before the "
+                "clock starts; pipeline in a separate process (python -m consumer.cli run, "
+                "default settings: a batch is what was fetched meanwhile, at most 5000)"
             )
         }
         try:
@@ -728,33 +729,35 @@ class Bench:
 
         stop_at = [float("inf")]
         thread = threading.Thread(target=poller, daemon=True)
-        thread.start()
+        # Every record is encoded before the clock starts: the load generator shares the two
+        # cores with the pipeline, and it should spend them on produce() only.
         rng = np.random.default_rng(rate)
-        user_pick = rng.integers(0, users, size=int(rate * seconds) + 10).tolist()
-        kinds = rng.random(size=len(user_pick)).tolist()
-        sent = 0
-        probes = 0
-        began = time.perf_counter()
         total = int(rate * seconds)
+        user_pick = rng.integers(0, users, size=total).tolist()
+        kinds = rng.random(size=total).tolist()
         tag = uuid.uuid4().hex[:4]
+        outgoing: list[tuple[bytes, bytes, str | None]] = []  # key, value, probe's segment key
+        for i in range(total):
+            if i % probe_every == 0:
+                user = f"probe-{tag}-{rate}-{i // probe_every}"
+                outgoing.append((user.encode(), self._event(user, i), keys.segment(user)))
+            else:
+                user = f"lat-u{user_pick[i]}"
+                k = kinds[i]
+                etype = "purchase" if k < 0.05 else ("cart" if k < 0.15 else "view")
+                outgoing.append((user.encode(), self._event(user, i, etype), None))
+        probes = sum(1 for _, _, probe in outgoing if probe is not None)
+        thread.start()
+        sent = 0
+        began = time.perf_counter()
         while sent < total:
             due = min(total, int((time.perf_counter() - began) * rate) + 1)
             while sent < due:
-                if sent % probe_every == 0:
-                    user = f"probe-{tag}-{rate}-{probes}"
-                    probes += 1
-                    value = self._event(user, sent)
+                key, value, probe = outgoing[sent]
+                if probe is not None:
                     with lock:
-                        pending[keys.segment(user)] = time.perf_counter()
-                    producer.produce(topic, key=user.encode(), value=value)
-                else:
-                    user = f"lat-u{user_pick[sent]}"
-                    etype = (
-                        "purchase"
-                        if kinds[sent] < 0.05
-                        else ("cart" if kinds[sent] < 0.15 else "view")
-                    )
-                    producer.produce(topic, key=user.encode(), value=self._event(user, sent, etype))
+                        pending[probe] = time.perf_counter()
+                producer.produce(topic, key=key, value=value)
                 sent += 1
             producer.poll(0)
             time.sleep(0.0005)
@@ -771,6 +774,54 @@ class Bench:
             "probes": probes,
             "probes_not_seen_within_5s": missing,
             "latency_ms": percentiles(latencies),
+        }
+
+    # -- 5b. consumer memory against the number of users -------------------------------
+
+    def consumer_rss(self, users: int) -> dict[str, Any]:
+        """Peak RSS of a separate ``streamseg run`` process after it wrote ``users`` users.
+
+        Method: one event per user (every id distinct, in random order) into a fresh topic,
+        read by ``python -m consumer.cli run`` until the namespace counts every record as
+        applied; VmHWM from /proc just before SIGTERM. State lives in Redis, so the figure
+        should not grow with the number of users.
+        """
+        assert self.model is not None
+        topic = self.topic(f"rss-{users}")
+        ns = self.namespace(f"rss-{users}")
+        publish(self.client, ns, self.model)
+        produce_all(self.bootstrap, topic, uniform_records(users, users, seed=4, distinct=True))
+        env = service_env(self.bootstrap, self.redis_url, topic, ns)
+        began = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while int(self.client.hget(f"{ns}:counters", "applied") or 0) < users:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"consumer for {users:,} users stopped or stalled")
+                time.sleep(0.2)
+            seconds = time.perf_counter() - began
+            hwm = _vm_hwm_mb(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        used = _used_memory(self.client)
+        delete_namespace(self.client, ns)
+        return {
+            "users": users,
+            "consumer_peak_rss_mb": hwm,
+            "seconds_incl_startup": seconds,
+            "redis_used_memory_after_mb": used / 2**20,
         }
 
     # -- 5. memory --------------------------------------------------------------------------
@@ -940,6 +991,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1_000_000,
         help="second end-to-end pass with this many users (0 = skip)",
     )
+    parser.add_argument(
+        "--users-rss",
+        type=int,
+        default=1_000_000,
+        help="distinct users a separate consumer process writes for the RSS measurement "
+        "(also measured at 100k)",
+    )
     parser.add_argument("--naive-events", type=int, default=20_000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--rates", default="5000,20000")
@@ -955,11 +1013,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         default="",
         help="comma list of sections to skip: "
-        "e2e,large,ceilings,naive,latency,model,scale,replay,cluster",
+        "e2e,large,ceilings,naive,latency,rss,model,scale,replay,cluster",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.users, args.users_large = 6000, 2000, 0
+        args.events, args.users, args.users_large, args.users_rss = 6000, 2000, 0, 3000
         args.naive_events, args.latency_seconds, args.rates = 500, 2.0, "1000,2000"
         args.model_users, args.repeats = 300, 1
     skip = {s for s in args.skip.split(",") if s}
@@ -1088,6 +1146,11 @@ def main(argv: list[str] | None = None) -> int:
             R["latency"] = bench.latency(rates, args.latency_seconds, args.users)
             R["memory"] = R.get("memory", {})
             R["memory"]["consumer_peak_rss_mb"] = R["latency"].get("consumer_peak_rss_mb")
+
+        if "rss" not in skip:
+            counts = sorted({min(100_000, args.users_rss), args.users_rss})
+            say(f"5b. consumer peak RSS after writing {counts} distinct users")
+            R["consumer_rss_by_users"] = [bench.consumer_rss(n) for n in counts]
 
         if "model" not in skip:
             say(f"6. model: {args.model_users:,} users")
