@@ -159,6 +159,7 @@ class SegmentPipeline:
         self._rescore_at = -np.inf  # watermark (ms) the pass in progress scores at
         self._rescored_at = -np.inf  # watermark of the last finished pass
         self._rescore_wall = -np.inf  # monotonic time the last pass started
+        self._rescore_next_chunk = 0.0  # monotonic time the next chunk of a pass may run
         self._rescore_partitions: frozenset[int] = frozenset()  # whose markers were read
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -733,7 +734,15 @@ class SegmentPipeline:
         return float(min(score for score in scores if score is not None))
 
     def _rescore_step(self) -> None:
+        """One chunk of a re-score pass, paced to at most a fifth of the loop's time: chunks
+        run back to back held the records behind them, and the backlog of one had no time to
+        drain before the next."""
+        started = time.monotonic()
+        if started < self._rescore_next_chunk:
+            return
         self._until_redis_answers(self._rescore_chunk)
+        took = time.monotonic() - started
+        self._rescore_next_chunk = started + _RESCORE_PACE * took
 
     def _rescore_chunk(self) -> None:
         """Advance the periodic re-score of idle users by one SCAN chunk.
@@ -941,6 +950,9 @@ class SegmentPipeline:
 #: Entries kept in each in-process category cache before it is emptied (bounded memory
 #: under a producer that invents category names).
 _CATEGORY_CACHE_LIMIT = 100_000
+#: A re-score chunk that took t seconds is followed by the next one no sooner than this * t
+#: after it started: a pass takes at most a fifth of the pipeline's time.
+_RESCORE_PACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
