@@ -21,6 +21,7 @@ exactly once. Segment-change events and dead letters are at least once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
@@ -995,6 +996,10 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
     pipeline.start()
+    # What start-up loaded (numpy, scikit-learn, pydantic, the model) lives as long as the
+    # process: out of the collector's sight, a full collection no longer walks it mid-batch.
+    gc.collect()
+    gc.freeze()
     started = time.monotonic()
     try:
         totals = pipeline.run(max_records=args.max_events, idle_exit_seconds=args.idle_exit_seconds)
