@@ -585,8 +585,11 @@ class Bench:
         out["loadavg_end"] = _loadavg()
         return out
 
-    def latency(self, rates: list[int], seconds: float, users: int) -> dict[str, Any]:
-        """Produce at fixed rates into a topic a separate `consumer.cli run` process consumes.
+    def latency(
+        self, rates: list[int], seconds: float, users: int, windows: int = 1
+    ) -> dict[str, Any]:
+        """Produce at fixed rates into a topic a separate `consumer.cli run` process consumes,
+        ``windows`` windows of ``seconds`` per rate; percentiles pool every window's probes.
 
         Method: every ~1/100th event (>= 100/s) is a probe for a fresh user id; a poller thread
         MGETs the pending probes' segment keys every ~1 ms and records the time from just before
@@ -643,11 +646,14 @@ class Bench:
             # Warm-up at the first rate (not measured): first-batch costs, connections.
             self._offered_load(producer, poll_client, keys, topic, rates[0], 2.0, users)
             for rate in rates:
-                say(f"  latency at {rate:,} events/s for {seconds:.0f} s")
-                out[str(rate)] = self._offered_load(
-                    producer, poll_client, keys, topic, rate, seconds, users
-                )
-                time.sleep(1.0)
+                runs = []
+                for w in range(windows):
+                    say(f"  latency at {rate:,}/s, window {w + 1}/{windows} of {seconds:.0f} s")
+                    runs.append(
+                        self._offered_load(producer, poll_client, keys, topic, rate, seconds, users)
+                    )
+                    time.sleep(1.0)
+                out[str(rate)] = _pooled_windows(rate, runs)
         finally:
             # Peak RSS of the consumer since its exec: VmHWM from /proc, read before it exits.
             # (wait4's ru_maxrss is not used: on Linux it includes the forked image of this
@@ -774,6 +780,7 @@ class Bench:
             "probes": probes,
             "probes_not_seen_within_5s": missing,
             "latency_ms": percentiles(latencies),
+            "latency_samples_ms": latencies,
         }
 
     # -- 5b. consumer memory against the number of users -------------------------------
@@ -1143,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" not in skip:
             say("4. latency at fixed offered loads (separate consumer process)")
             rates = [int(r) for r in args.rates.split(",") if r]
-            R["latency"] = bench.latency(rates, args.latency_seconds, args.users)
+            R["latency"] = bench.latency(rates, args.latency_seconds, args.users, args.repeats)
             R["memory"] = R.get("memory", {})
             R["memory"]["consumer_peak_rss_mb"] = R["latency"].get("consumer_peak_rss_mb")
 
@@ -1180,6 +1187,21 @@ def main(argv: list[str] | None = None) -> int:
         if update_readme(R):
             say("updated the performance section of README.md")
     return 0
+
+
+def _pooled_windows(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rate's latency windows as one result: percentiles of all probes, and each
+    window's p99 (the tail varies from window to window on shared cores)."""
+    samples = [x for run in runs for x in run.pop("latency_samples_ms")]
+    return {
+        "offered_events_per_s": rate,
+        "achieved_send_events_per_s": min(r["achieved_send_events_per_s"] for r in runs),
+        "probes": sum(r["probes"] for r in runs),
+        "probes_not_seen_within_5s": sum(r["probes_not_seen_within_5s"] for r in runs),
+        "windows": len(runs),
+        "p99_ms_per_window": [r["latency_ms"]["p99"] for r in runs],
+        "latency_ms": percentiles(samples),
+    }
 
 
 def _used_memory(client: Any) -> int:
