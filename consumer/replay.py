@@ -132,8 +132,12 @@ def shadow_settings(settings: Settings, name: str) -> Settings:
     return settings.model_copy(
         update={
             "redis": redis_settings,
-            # A replay writes its own namespace, whatever the live pointer says.
-            "pipeline": settings.pipeline.model_copy(update={"follow_live_namespace": False}),
+            # A replay writes its own namespace, whatever the live pointer says. It trains on
+            # a snapshot of every user, so it fills no training buffer (which would also hand
+            # a trainer of the promoted namespace months-old rows as "fresh").
+            "pipeline": settings.pipeline.model_copy(
+                update={"follow_live_namespace": False, "training_buffer_rows": 0}
+            ),
             "kafka": kafka.model_copy(
                 update={
                     "group_id": replay_group(settings, name),

@@ -93,6 +93,9 @@ def test_replay_from_earliest_rebuilds_the_live_features(
     assert sum(sizes.values()) == len(expected)
     assert redis_client.get(KeyLayout(namespace).model_version) is None
     assert (shadow_snap.segment_ids >= 0).all() and (live_snap.segment_ids == -1).all()
+    # The replay trained on its snapshot: it left no (months-old) rows for a trainer.
+    assert redis_client.llen(KeyLayout(shadow).training_samples) == 0
+    assert redis_client.llen(KeyLayout(namespace).training_samples) > 0
 
 
 def test_two_replays_with_one_seed_agree_exactly(
