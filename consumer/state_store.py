@@ -61,6 +61,13 @@ def _encode(value: str | bytes | int | float) -> bytes:
     return repr(value).encode()
 
 
+def _row_bytes(array: np.ndarray) -> list[bytes]:
+    """Each row's float64 bytes: one tobytes and slices beat a tobytes per row."""
+    rows = np.ascontiguousarray(array, dtype=np.float64)
+    blob, width = rows.tobytes(), rows.shape[1] * 8
+    return [blob[i * width : (i + 1) * width] for i in range(len(rows))]
+
+
 def _pack(args: Sequence[bytes]) -> bytes:
     """One command in RESP, e.g. ``_pack((b"GET", b"k"))``."""
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
@@ -140,13 +147,11 @@ class StateStore:
 
     def _user_commands(self, batch: BatchWrite) -> list[bytes]:
         """The users' states and records as packed commands: one MSET, or SET .. EX each."""
-        states = np.ascontiguousarray(batch.states, dtype=np.float64)
         records = batch.segment_records
         pairs = batch.user_keys or self.keys.state_and_segment(batch.user_ids)
         if not len(pairs):
             return []
-        blob, width = states.tobytes(), states.shape[1] * 8  # slicing beats a tobytes per row
-        values = [blob[i * width : (i + 1) * width] for i in range(len(pairs))]
+        values = _row_bytes(batch.states)
         items: list[tuple[bytes, bytes]] = [
             (state_key.encode(), value) for (state_key, _), value in zip(pairs, values, strict=True)
         ]
@@ -202,9 +207,7 @@ class StateStore:
         if self.training_buffer_rows and rows is not None and len(rows):
             # One list element per row, so the trim keeps exactly the newest rows whatever
             # the batch sizes (trimming blobs of varying sizes by count bounded nothing).
-            rows = np.ascontiguousarray(rows[-self.training_buffer_rows :], np.float64)
-            blob, width = rows.tobytes(), rows.shape[1] * 8
-            elements = [blob[i * width : (i + 1) * width] for i in range(len(rows))]
+            elements = _row_bytes(rows[-self.training_buffer_rows :])
             commands.append(("LPUSH", keys.training_samples, *elements))
             commands.append(("LTRIM", keys.training_samples, 0, self.training_buffer_rows - 1))
         for name, delta in batch.counters.items():
@@ -229,15 +232,14 @@ class StateStore:
     # -- Redis Cluster ---------------------------------------------------------------------
 
     def _write_cluster(self, cluster: RedisCluster, batch: BatchWrite) -> None:
-        states = np.ascontiguousarray(batch.states, dtype=np.float64)
         records = batch.segment_records
         pairs = list(batch.user_keys or self.keys.state_and_segment(batch.user_ids))
         ttl = str(self.user_ttl_seconds).encode() if self.user_ttl_seconds else b""
         packed: list[bytes] = []
         replies_per_user: list[int] = []
-        blob, width = states.tobytes(), states.shape[1] * 8  # slicing beats a tobytes per row
+        values = _row_bytes(batch.states)
         for i, (state_key, segment_key) in enumerate(pairs):
-            sk, state = state_key.encode(), blob[i * width : (i + 1) * width]
+            sk, state = state_key.encode(), values[i]
             record = records[i] if i < len(records) else None
             if ttl:  # SET .. EX per key, in MULTI/EXEC: still one atomic step per user
                 sets = [_pack((b"SET", sk, state, b"EX", ttl))]
@@ -260,7 +262,7 @@ class StateStore:
                 failed = [r for r in user_replies if isinstance(r, Exception)]
                 if failed:
                     record = records[i] if i < len(records) else None
-                    self._retry_user_write(cluster, pairs[i], states[i].tobytes(), record, failed)
+                    self._retry_user_write(cluster, pairs[i], values[i], record, failed)
         pipe = cluster.pipeline(transaction=False)
         for args in self._namespace_commands(batch):
             pipe.execute_command(*args)
