@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -412,25 +411,7 @@ class Bench:
             env = service_env(
                 self.bootstrap, self.redis_url, topic, ns, {"kafka.group_id": f"g-{ns}"}
             )
-            procs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "consumer.cli",
-                        "--log-level",
-                        "WARNING",
-                        "run",
-                        "--idle-exit-seconds",
-                        "5",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for _ in range(processes)
-            ]
+            procs = [_streamseg(env, "run", "--idle-exit-seconds", "5") for _ in range(processes)]
             counters = f"{ns}:counters"
             started: float | None = None
             deadline = time.monotonic() + 600
@@ -445,12 +426,9 @@ class Bench:
                 finished = time.perf_counter()
             finally:
                 for proc in procs:
-                    proc.terminate()
+                    proc.terminate()  # all at once, then wait for each
                 for proc in procs:
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                    _stop(proc)
             if started is not None and done >= n_records:
                 rates.append(n_records / (finished - started))
             delete_namespace(self.client, ns)
@@ -505,11 +483,10 @@ class Bench:
             shadow = self.namespace(f"replay-bg-{uuid.uuid4().hex[:4]}")
             # The configured namespace must differ from --namespace-out (replay refuses it).
             env = service_env(self.bootstrap, self.redis_url, double, f"{shadow}-cfg")
-            argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
-            argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
-            argv += ["--max-rate", str(max_rate), "--nice", str(nice)]
-            proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            proc = _streamseg(
+                env,
+                *("replay", "--from", "earliest", "--namespace-out", shadow, "--no-progress"),
+                *("--max-rate", str(max_rate), "--nice", str(nice)),
             )
             counters = f"{shadow}:counters"
             try:
@@ -527,12 +504,7 @@ class Bench:
                 replayed = int(self.client.hget(counters, "records") or 0)
                 took = time.monotonic() - began
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop(proc)
                 delete_namespace(self.client, shadow)
             return {
                 "live": live,
@@ -600,13 +572,7 @@ class Bench:
         ns = self.namespace("latency")
         publish(self.client, ns, self.model)
         env = service_env(self.bootstrap, self.redis_url, topic, ns, {"kafka.group_id": f"g-{ns}"})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "run"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        proc = _streamseg(env, "run", stderr=subprocess.PIPE)
         keys = KeyLayout(ns)
         producer = Producer(
             {
@@ -659,12 +625,7 @@ class Bench:
             # (wait4's ru_maxrss is not used: on Linux it includes the forked image of this
             # large benchmark process before exec, which overstated it as ~2.9 GB.)
             hwm = _vm_hwm_mb(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             out["consumer_peak_rss_mb"] = hwm
             out["consumer_peak_rss_method"] = "VmHWM of /proc/<pid>/status just before SIGTERM"
             producer.flush(5)
@@ -800,13 +761,7 @@ class Bench:
         produce_all(self.bootstrap, topic, uniform_records(users, users, seed=4, distinct=True))
         env = service_env(self.bootstrap, self.redis_url, topic, ns)
         began = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "run"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _streamseg(env, "run")
         try:
             deadline = time.monotonic() + 600
             while int(self.client.hget(f"{ns}:counters", "applied") or 0) < users:
@@ -816,12 +771,7 @@ class Bench:
             seconds = time.perf_counter() - began
             hwm = _vm_hwm_mb(proc.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
         used = _used_memory(self.client)
         delete_namespace(self.client, ns)
         return {
@@ -1187,6 +1137,25 @@ def main(argv: list[str] | None = None) -> int:
         if update_readme(R):
             say("updated the performance section of README.md")
     return 0
+
+
+def _streamseg(
+    env: dict[str, str], *args: str, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """``python -m consumer.cli --log-level WARNING ARGS`` from the repository, output dropped
+    (``stderr=subprocess.PIPE`` keeps the errors)."""
+    argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", *args]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the batch in flight finishes and commits), then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _pooled_windows(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
