@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stop when no record arrived for this long (0 = never); for batch jobs and demos",
     )
+    run.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N consumer processes in the group under this command (default: "
+        "pipeline.processes, else 1); SIGTERM stops all, a failed one stops the rest; "
+        "--max-events and --idle-exit-seconds apply per process; metrics ports PORT..PORT+N-1",
+    )
     _metrics_port_option(run, 9108)
 
     train = _command(
@@ -478,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level, args.log_format)
     try:
-        overrides = {"redis.namespace": args.namespace} if args.namespace else {}
+        overrides: dict[str, Any] = {"redis.namespace": args.namespace} if args.namespace else {}
+        if getattr(args, "processes", None) is not None:
+            overrides["pipeline.processes"] = args.processes  # validated like the setting
         settings = load_settings(args.config, **overrides)
         return _resolve(args.handler)(args, settings)
     except StreamsegError as exc:

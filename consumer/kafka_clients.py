@@ -79,6 +79,18 @@ def dead_letter_headers(
     ]
 
 
+def partition_count(kafka: KafkaSettings, topic: str, *, timeout: float = 10.0) -> int | None:
+    """How many partitions ``topic`` has; None when it does not exist or Kafka does not answer."""
+    try:
+        metadata = AdminClient(kafka.client_config()).list_topics(topic, timeout=timeout)
+    except KafkaException:
+        return None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return len(found.partitions)
+
+
 def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float = 30.0) -> None:
     """Create the events, segments (compacted) and dead-letter topics when missing."""
     admin = AdminClient(kafka.client_config())

@@ -46,6 +46,7 @@ from consumer.kafka_clients import (
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
+from consumer.processes import supervise
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import (
     COLD_START_FIELDS,
@@ -79,6 +80,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+#: Port of /metrics, /healthz and /readyz unless configured (children of --processes: +index).
+_METRICS_PORT = 9108
 
 #: Dead letters keep at most this much of a record (a Kafka message is at most ~1 MB).
 DEAD_LETTER_MAX_BYTES = 900_000
@@ -979,10 +983,19 @@ class _KafkaPositions:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg run``: the main job, until SIGTERM/SIGINT (or the given limits)."""
+    """``streamseg run``: the main job, until SIGTERM/SIGINT (or the given limits); with
+    ``--processes N`` (``pipeline.processes``) in N consumer processes of one group."""
+    processes = settings.pipeline.processes  # --processes is applied to the settings
+    if processes > 1:
+        return supervise(args, settings, _run_one, processes, default_port=_METRICS_PORT)
+    return _run_one(args, settings)
+
+
+def _run_one(args: argparse.Namespace, settings: Settings) -> int:
+    """One consumer process, until SIGTERM/SIGINT (or the given limits)."""
     pipeline = SegmentPipeline(settings)
     server = start_metrics_server(
-        metrics_port(args, settings, default=9108),
+        metrics_port(args, settings, default=_METRICS_PORT),
         pipeline.metrics.registry,
         pipeline.readiness_checks(),
     )

@@ -140,6 +140,10 @@ class PipelineSettings(BaseModel):
     #: Most records in one batch. A batch is what was fetched while the previous one ran, so
     #: batches stay small at low rates (low latency) and grow under load (high throughput).
     batch_size: int = Field(default=5000, ge=1, le=100_000)
+    #: Consumer processes ``streamseg run`` starts in the group (``--processes``). A process
+    #: applies one batch at a time and waits on Redis and Kafka part of it; more processes
+    #: fill those waits and the cores. More processes than partitions sit idle.
+    processes: int = Field(default=1, ge=1, le=64)
     #: How long an idle consumer waits for a record before it does its periodic work.
     batch_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     max_payload_bytes: int = Field(default=64 * 1024, ge=64)

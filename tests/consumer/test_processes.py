@@ -1,0 +1,178 @@
+"""``streamseg run --processes N``: N consumers of one group under one supervising command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.processes import child_setup
+from devstack.stack import service_env
+from model.features import FeatureConfig
+from tests.consumer.pipeline_support import (
+    as_records,
+    assert_state_matches,
+    canonical,
+    make_events,
+    produce,
+    read_state,
+    settings_for,
+)
+from tests.reference_features import recompute
+
+_STARTED = re.compile(r"started (\d+) consumer processes \(pids ([\d, ]+)\)")
+_STOPPED = re.compile(r"stopped after [\d.]+ s: records=(\d+)")
+
+
+def start_run(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "consumer.cli", "run", "--metrics-port", "0", *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def child_pids(proc: subprocess.Popen[str], lines: list[str]) -> list[int]:
+    """Read the supervisor's log until it names its children."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, "supervisor ended before starting its processes:\n" + "".join(lines)
+        lines.append(line)
+        if found := _STARTED.search(line):
+            return [int(pid) for pid in found.group(2).split(", ")]
+    raise AssertionError("no 'started N consumer processes' line:\n" + "".join(lines))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for_records(client: redis.Redis, namespace: str, at_least: int) -> None:
+    deadline = time.monotonic() + 60
+    while int(client.hget(f"{namespace}:counters", "records") or 0) < at_least:
+        assert time.monotonic() < deadline, "the processes made no progress"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_partitions_and_apply_every_event_once(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic(partitions=4)
+    events = make_events(20_000, users=1_500, seed=11)
+    produce(kafka_bootstrap, topic, as_records(events))
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 500})
+
+    proc = start_run(env, "--processes", "2", "--idle-exit-seconds", "4")
+    lines: list[str] = []
+    pids = child_pids(proc, lines)
+    _, rest = proc.communicate(timeout=180)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log
+
+    assert len(set(pids)) == 2 and proc.pid not in pids
+    per_process = [int(n) for n in _STOPPED.findall(log)]
+    assert len(per_process) == 2, log
+    assert all(n > 0 for n in per_process), f"one process got no partition: {per_process}"
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+    assert int(redis_client.hget(f"{namespace}:counters", "applied") or 0) == len(events)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_cleanly(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic(partitions=2)
+    events = make_events(60_000, users=5_000, seed=12)
+    produce(kafka_bootstrap, topic, as_records(events))
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 200})
+    proc = start_run(env, "--processes", "2")
+    lines: list[str] = []
+    pids = child_pids(proc, lines)
+    wait_for_records(redis_client, namespace, 2_000)
+
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log
+    assert not [pid for pid in pids if alive(pid)]
+    # Each child finished its batch and logged its totals: a graceful stop, not a kill.
+    assert len(_STOPPED.findall(log)) == 2, log
+    counted = int(redis_client.hget(f"{namespace}:counters", "records") or 0)
+    assert counted < len(events), "the stream ended before the signal: make it longer"
+
+
+@pytest.mark.slow
+def test_a_failed_process_stops_the_others_and_the_command_fails(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, as_records(make_events(60_000, users=5_000, seed=13)))
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 200})
+    proc = start_run(env, "--processes", "2")
+    lines: list[str] = []
+    victim, survivor = child_pids(proc, lines)
+    wait_for_records(redis_client, namespace, 2_000)
+
+    os.kill(victim, signal.SIGKILL)
+    _, rest = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGKILL, log
+    assert "exited with status 137: stopping the other processes" in log
+    assert not alive(survivor)
+
+
+def test_children_get_their_own_metrics_port_and_static_member_id() -> None:
+    settings = settings_for(
+        "127.0.0.1:9092",
+        "redis://127.0.0.1:6379/0",
+        "t",
+        "ns",
+        **{"kafka.group_instance_id": "host-a"},
+    )
+    args = argparse.Namespace(metrics_port=9200, processes=3)
+    children = [child_setup(args, settings, i, default_port=9108) for i in range(3)]
+    assert [a.metrics_port for a, _ in children] == [9200, 9201, 9202]
+    assert [s.kafka.group_instance_id for _, s in children] == ["host-a-0", "host-a-1", "host-a-2"]
+    assert settings.kafka.group_instance_id == "host-a"  # the parent's settings are unchanged
+
+    off = argparse.Namespace(metrics_port=0, processes=2)
+    assert [child_setup(off, settings, i, default_port=9108)[0].metrics_port for i in (0, 1)] == [
+        0,
+        0,
+    ]
+
+
+def test_a_bad_process_count_names_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--processes", "0"]) == 2
+    assert "pipeline.processes" in capsys.readouterr().err
