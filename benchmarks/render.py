@@ -106,11 +106,15 @@ def render_table(R: dict[str, Any]) -> str:
         ("Pipeline / naive", ratio(e2e, naive)),
     ]
     lat = R.get("latency", {})
-    for key, val in lat.items():
+    lat2 = R.get("latency_2_processes", {})
+    runs = [("4.", "", k, v) for k, v in lat.items()]
+    runs += [("4b.", ", `--processes 2`, 2 partitions", k, v) for k, v in lat2.items()]
+    for section, how, key, val in runs:
         if isinstance(val, dict) and "latency_ms" in val:
             rows.append(
                 (
-                    f"**4. Produce -> segment record latency** at {int(key):,} events/s offered "
+                    f"**{section} Produce -> segment record latency**{how} at {int(key):,} "
+                    "events/s offered "
                     f"(sent {val['achieved_send_events_per_s']:,.0f}/s; "
                     f"{val['probes_not_seen_within_5s']} of {val['probes']} probes unseen"
                     + _windows(val)
@@ -222,9 +226,13 @@ def render_table(R: dict[str, Any]) -> str:
     for n, res in sorted((R.get("scale") or {}).items()):
         rows.append(
             (
-                f"**7. Scale**: {n} consumer process(es), one group, 4-partition topic, "
-                f"records/s ({m.get('cores', '?')} cores shared with broker and Redis)",
-                _rate(res.get("records_per_s")),
+                f"**7. `streamseg run --processes {n}`**, one group, "
+                f"{res.get('partitions', '?')}-partition topic, records/s from the group "
+                f"settled to 95% of {res.get('records', 0):,} records ({m.get('cores', '?')} "
+                "cores shared with broker and Redis); first batch to last record",
+                _rate(res.get("records_per_s"))
+                + "; "
+                + _rate(res.get("first_to_last_records_per_s")),
             )
         )
     lines += [f"| {a} | {b} |" for a, b in rows]
@@ -324,12 +332,15 @@ def render_readme_summary(R: dict[str, Any]) -> str:
     model = R.get("model", {})
     goals = R.get("goals", [])
 
-    def pct(key: str) -> str:
-        p = (lat.get(key) or {}).get("latency_ms") or {}
+    def pct(key: str, section: str = "latency") -> str:
+        p = ((R.get(section) or {}).get(key) or {}).get("latency_ms") or {}
         return f"p50 {p['p50']:.0f} ms, p99 {p['p99']:.0f} ms" if p.get("n") else "not measured"
 
     rows = [
-        ("end to end, topic -> segment record (one process)", _rate(e2e) + " events/s"),
+        (
+            "end to end, topic -> segment record (one process, in the benchmark's own)",
+            _rate(e2e) + " events/s",
+        ),
         ("raw consume ceiling, same topic", _rate(raw) + " records/s"),
         (
             "pipeline / naive per-event baseline",
@@ -337,8 +348,15 @@ def render_readme_summary(R: dict[str, Any]) -> str:
         ),
         ("produce -> record latency at 5k events/s", pct("5000")),
         ("produce -> record latency at 20k events/s", pct("20000")),
+        (
+            "the same with `streamseg run --processes 2` (2 partitions)",
+            pct("20000", "latency_2_processes"),
+        ),
         *[
-            (f"{n} consumer process(es), 4 partitions", _rate(res.get("records_per_s")) + " /s")
+            (
+                f"end to end, `streamseg run --processes {n}`",
+                _rate(res.get("records_per_s")) + " events/s",
+            )
             for n, res in sorted((R.get("scale") or {}).items())
         ],
         (
