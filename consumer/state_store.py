@@ -68,6 +68,20 @@ def _row_bytes(array: np.ndarray) -> list[bytes]:
     return [blob[i * width : (i + 1) * width] for i in range(len(rows))]
 
 
+def _lpush_rows(key: bytes, rows: np.ndarray) -> bytes:
+    """``LPUSH key row...`` in RESP, one element per row's float64 bytes, framed in one numpy
+    step: the rows have one length, so every element's header is the same."""
+    data = np.ascontiguousarray(rows, dtype=np.float64)
+    n, width = len(data), data.shape[1] * 8
+    header = b"$%d\r\n" % width
+    framed = np.empty((n, len(header) + width + 2), np.uint8)
+    framed[:, : len(header)] = np.frombuffer(header, np.uint8)
+    framed[:, len(header) : -2] = data.view(np.uint8).reshape(n, width)
+    framed[:, -2:] = np.frombuffer(b"\r\n", np.uint8)
+    command = b"*%d\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n" % (n + 2, len(key), key)
+    return command + framed.tobytes()
+
+
 def _pack(args: Sequence[bytes]) -> bytes:
     """One command in RESP, e.g. ``_pack((b"GET", b"k"))``."""
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
@@ -139,9 +153,11 @@ class StateStore:
         if self._cluster is not None:
             self._write_cluster(self._cluster, batch)
             return
-        commands = self._user_commands(batch) + [
-            _pack([_encode(a) for a in args]) for args in self._namespace_commands(batch)
-        ]
+        commands = self._user_commands(batch)
+        rows = self._training_rows(batch)
+        if rows is not None:
+            commands.append(_lpush_rows(self.keys.training_samples.encode(), rows))
+        commands += [_pack([_encode(a) for a in args]) for args in self._namespace_commands(batch)]
         if commands:
             self._transaction(commands)
 
@@ -199,16 +215,23 @@ class StateStore:
             if isinstance(reply, Exception):
                 raise reply
 
+    def _training_rows(self, batch: BatchWrite) -> np.ndarray | None:
+        """The rows to push onto the training buffer (at most its size), or None.
+
+        One list element per row, so the trim keeps exactly the newest rows whatever the
+        batch sizes (trimming blobs of varying sizes by count bounded nothing).
+        """
+        rows = batch.training_rows
+        if not self.training_buffer_rows or rows is None or not len(rows):
+            return None
+        return rows[-self.training_buffer_rows :]
+
     def _namespace_commands(self, batch: BatchWrite) -> list[tuple[str | bytes | int | float, ...]]:
-        """The batch's writes to namespace-wide keys (single-key commands), as arguments."""
+        """The batch's writes to namespace-wide keys (single-key commands), as arguments; the
+        training rows' LPUSH (`_training_rows`) goes before them."""
         keys = self.keys
         commands: list[tuple[str | bytes | int | float, ...]] = []
-        rows = batch.training_rows
-        if self.training_buffer_rows and rows is not None and len(rows):
-            # One list element per row, so the trim keeps exactly the newest rows whatever
-            # the batch sizes (trimming blobs of varying sizes by count bounded nothing).
-            elements = _row_bytes(rows[-self.training_buffer_rows :])
-            commands.append(("LPUSH", keys.training_samples, *elements))
+        if self._training_rows(batch) is not None:
             commands.append(("LTRIM", keys.training_samples, 0, self.training_buffer_rows - 1))
         for name, delta in batch.counters.items():
             if delta:
@@ -264,6 +287,9 @@ class StateStore:
                     record = records[i] if i < len(records) else None
                     self._retry_user_write(cluster, pairs[i], values[i], record, failed)
         pipe = cluster.pipeline(transaction=False)
+        rows = self._training_rows(batch)
+        if rows is not None:
+            pipe.execute_command("LPUSH", self.keys.training_samples, *_row_bytes(rows))
         for args in self._namespace_commands(batch):
             pipe.execute_command(*args)
         if len(pipe):

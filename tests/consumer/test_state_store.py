@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from consumer.redis_keys import KeyLayout
-from consumer.state_store import BatchWrite, StateStore
+from consumer.state_store import BatchWrite, StateStore, _lpush_rows, _pack, _row_bytes
 from model.features import STATE_WIDTH
 
 pytestmark = [pytest.mark.redis]
@@ -88,3 +88,11 @@ def test_a_refused_command_raises_and_the_client_stays_usable(
     redis_client.delete(keys.counters)
     store.write(batch([None] * len(USERS)))
     assert store.read_counters()["records"] == 7
+
+
+def test_lpush_rows_frames_exactly_what_generic_packing_would() -> None:
+    rows = np.random.default_rng(3).normal(size=(7, 10))
+    key = b"t-ns:training-samples"
+    expected = _pack([b"LPUSH", key, *_row_bytes(rows)])
+    assert _lpush_rows(key, rows) == expected
+    assert _lpush_rows(key, rows[::2]) == _pack([b"LPUSH", key, *_row_bytes(rows[::2])])
