@@ -228,11 +228,14 @@ def render_table(R: dict[str, Any]) -> str:
             (
                 f"**7. `streamseg run --processes {n}`**, one group, "
                 f"{res.get('partitions', '?')}-partition topic, records/s from the group "
-                f"settled to 95% of {res.get('records', 0):,} records ({m.get('cores', '?')} "
-                "cores shared with broker and Redis); first batch to last record",
+                f"settled to 95% of {res.get('records', 0):,} records over "
+                f"{res.get('users', 0):,} users ({m.get('cores', '?')} cores shared with broker "
+                "and Redis); first batch to last record; slowest 10 s stretch",
                 _rate(res.get("records_per_s"))
                 + "; "
-                + _rate(res.get("first_to_last_records_per_s")),
+                + _rate(res.get("first_to_last_records_per_s"))
+                + "; "
+                + _num(_get(res, "ten_second_windows_records_per_s", "min"), "{:,.0f}"),
             )
         )
     lines += [f"| {a} | {b} |" for a, b in rows]

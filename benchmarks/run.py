@@ -412,6 +412,7 @@ class Bench:
         assert self.model is not None
         steady: list[float] = []
         first_to_last: list[float] = []
+        windows: list[float] = []
         for _ in range(repeats):
             ns = self.namespace(f"scale{processes}-{uuid.uuid4().hex[:4]}")
             publish(self.client, ns, self.model)
@@ -431,12 +432,15 @@ class Bench:
             first: float | None = None
             start: tuple[float, int] | None = None
             end: tuple[float, int] | None = None
-            deadline = time.monotonic() + 600
+            samples: list[tuple[float, int]] = []  # (time, records) in the steady window
+            deadline = time.monotonic() + 1800
             try:
                 while time.monotonic() < deadline:
                     now, done = time.perf_counter(), int(self.client.hget(counters, "records") or 0)
                     if done and first is None:
                         first = now
+                    if start is not None and end is None:
+                        samples.append((now, done))
                     if done and start is None and self._group_settled(group, processes):
                         start = (
                             time.perf_counter(),
@@ -455,6 +459,7 @@ class Bench:
             first_to_last.append(n_records / (finished - first))
             if start is not None and end is not None and end[1] > start[1]:
                 steady.append((end[1] - start[1]) / (end[0] - start[0]))
+                windows += _window_rates([start, *samples], seconds=10.0)
             delete_namespace(self.client, ns)
         return {
             "processes": processes,
@@ -462,6 +467,9 @@ class Bench:
             "records": n_records,
             "records_per_s": summary(steady) if steady else None,
             "first_to_last_records_per_s": summary(first_to_last),
+            # Rates over consecutive 10 s stretches of the steady windows (all repeats): the
+            # slowest shows whether the rate is sustained. Empty when the windows are shorter.
+            "ten_second_windows_records_per_s": summary(windows) if windows else None,
             "method": "streamseg run --processes N; from the group stable with N members "
             "holding partitions (and the counter moving) to 95% of the records",
         }
@@ -999,6 +1007,18 @@ def main(argv: list[str] | None = None) -> int:
         help="distinct users a separate consumer process writes for the RSS measurement "
         "(also measured at 100k)",
     )
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        default=0,
+        help="records section 7 (streamseg run --processes 1-3) drains (default 2 x --events)",
+    )
+    parser.add_argument(
+        "--scale-users",
+        type=int,
+        default=0,
+        help="users section 7's records are spread over (default --users)",
+    )
     parser.add_argument("--naive-events", type=int, default=20_000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--rates", default="5000,20000")
@@ -1126,15 +1146,21 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" not in skip:
             say("7. streamseg run --processes 1, 2, 3 on a 6-partition topic")
             topic_scale = bench.topic("scale", partitions=SCALE_PARTITIONS)
-            # Twice the records (same users, new events): the steady window must outlast the
-            # group's joins.
-            more = uniform_records(len(records), args.users, seed=5)
-            produce_all(bootstrap, topic_scale, records + more)
-            del more
+            # By default twice the records (same users, new events): the steady window must
+            # outlast the group's joins. Produced in chunks: a long run need not fit in memory.
+            n_scale = args.scale_events or 2 * len(records)
+            for offset in range(0, n_scale, len(records)):
+                size = min(len(records), n_scale - offset)
+                produce_all(
+                    bootstrap,
+                    topic_scale,
+                    uniform_records(size, args.scale_users or args.users, seed=5 + offset),
+                )
             R["scale"] = {
-                str(n): bench.scale(topic_scale, 2 * len(records), n, args.repeats)
-                for n in (1, 2, 3)
+                str(n): bench.scale(topic_scale, n_scale, n, args.repeats) for n in (1, 2, 3)
             }
+            for result in R["scale"].values():
+                result["users"] = args.scale_users or args.users
 
         if "cluster" not in skip:
             say("9. end to end on a 3-master Redis Cluster (same topic as section 1)")
@@ -1209,6 +1235,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _window_rates(samples: list[tuple[float, int]], seconds: float) -> list[float]:
+    """Rates over consecutive stretches of at least ``seconds`` of (time, count) samples."""
+    rates = []
+    begin = 0
+    for i, (t, done) in enumerate(samples):
+        if t - samples[begin][0] >= seconds:
+            rates.append((done - samples[begin][1]) / (t - samples[begin][0]))
+            begin = i
+    return rates
 
 
 def _pooled_windows(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
