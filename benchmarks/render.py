@@ -341,7 +341,7 @@ def render_readme_summary(R: dict[str, Any]) -> str:
 
     rows = [
         (
-            "end to end, topic -> segment record (one process, in the benchmark's own)",
+            "end to end, topic -> segment record (one pipeline inside the benchmark process)",
             _rate(e2e) + " events/s",
         ),
         ("raw consume ceiling, same topic", _rate(raw) + " records/s"),

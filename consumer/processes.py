@@ -2,7 +2,7 @@
 
 One process applies one batch at a time (one Python thread does the work), and part of each
 batch it only waits for Redis and Kafka. More processes in the consumer group fill those waits
-and the other cores: on the 2-core development machine 2-3 processes carried about 1.4x the
+and the other cores: on the 2-core development machine 2-3 processes carried 1.4-1.8x the
 events of one (README, "Performance"). Each child is a complete ``streamseg run`` with its own
 Kafka consumer, Redis connections, heartbeat and metrics port; the group spreads the topic's
 partitions over them, so the exactly-once effect is the same as with separate commands.
@@ -30,6 +30,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from consumer.exceptions import StreamsegError
 from consumer.health import metrics_port
 from consumer.kafka_clients import partition_count
 from consumer.settings import Settings
@@ -138,7 +139,12 @@ def _child_main(run_one: RunOne, args: argparse.Namespace, settings: Settings) -
     # until `run_one` installs its graceful ones.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    sys.exit(run_one(args, settings))
+    try:
+        code = run_one(args, settings)
+    except StreamsegError as exc:  # as `streamseg run` alone reports it (consumer.cli.main)
+        print(f"streamseg: error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
 
 
 def _exit_status(exitcode: int | None) -> int:

@@ -176,3 +176,17 @@ def test_children_get_their_own_metrics_port_and_static_member_id() -> None:
 def test_a_bad_process_count_names_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--processes", "0"]) == 2
     assert "pipeline.processes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_start_up_error_is_reported_as_streamseg_run_alone_reports_it() -> None:
+    env = {
+        **os.environ,
+        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",  # nothing listens there
+        "STREAMSEG_REDIS__URL": "redis://127.0.0.1:1/0",
+    }
+    proc = start_run(env, "--processes", "2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "streamseg: error: cannot reach Kafka at 127.0.0.1:1" in err
+    assert "Traceback" not in err
