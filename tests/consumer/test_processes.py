@@ -71,6 +71,23 @@ def wait_for_records(client: redis.Redis, namespace: str, at_least: int) -> None
         time.sleep(0.01)
 
 
+_BUSY_EVENTS = 60_000
+
+
+def two_busy_processes(
+    kafka_bootstrap: str, redis_url: str, topic: str, namespace: str, client: redis.Redis
+) -> tuple[subprocess.Popen[str], list[str], list[int]]:
+    """``run --processes 2`` in the middle of a stream longer than the test: (the command,
+    its log lines so far, the children's pids)."""
+    produce(kafka_bootstrap, topic, as_records(make_events(_BUSY_EVENTS, users=5_000, seed=12)))
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 200})
+    proc = start_run(env, "--processes", "2")
+    lines: list[str] = []
+    pids = child_pids(proc, lines)
+    wait_for_records(client, namespace, 2_000)
+    return proc, lines, pids
+
+
 @pytest.mark.slow
 def test_two_processes_share_the_partitions_and_apply_every_event_once(
     kafka_bootstrap: str,
@@ -108,14 +125,9 @@ def test_sigterm_stops_every_process_cleanly(
     namespace: str,
     redis_client: redis.Redis,
 ) -> None:
-    topic = new_topic(partitions=2)
-    events = make_events(60_000, users=5_000, seed=12)
-    produce(kafka_bootstrap, topic, as_records(events))
-    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 200})
-    proc = start_run(env, "--processes", "2")
-    lines: list[str] = []
-    pids = child_pids(proc, lines)
-    wait_for_records(redis_client, namespace, 2_000)
+    proc, lines, pids = two_busy_processes(
+        kafka_bootstrap, redis_url, new_topic(partitions=2), namespace, redis_client
+    )
 
     proc.send_signal(signal.SIGTERM)
     _, rest = proc.communicate(timeout=60)
@@ -125,7 +137,7 @@ def test_sigterm_stops_every_process_cleanly(
     # Each child finished its batch and logged its totals: a graceful stop, not a kill.
     assert len(_STOPPED.findall(log)) == 2, log
     counted = int(redis_client.hget(f"{namespace}:counters", "records") or 0)
-    assert counted < len(events), "the stream ended before the signal: make it longer"
+    assert counted < _BUSY_EVENTS, "the stream ended before the signal: make it longer"
 
 
 @pytest.mark.slow
@@ -136,13 +148,9 @@ def test_a_failed_process_stops_the_others_and_the_command_fails(
     namespace: str,
     redis_client: redis.Redis,
 ) -> None:
-    topic = new_topic(partitions=2)
-    produce(kafka_bootstrap, topic, as_records(make_events(60_000, users=5_000, seed=13)))
-    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 200})
-    proc = start_run(env, "--processes", "2")
-    lines: list[str] = []
-    victim, survivor = child_pids(proc, lines)
-    wait_for_records(redis_client, namespace, 2_000)
+    proc, lines, (victim, survivor) = two_busy_processes(
+        kafka_bootstrap, redis_url, new_topic(partitions=2), namespace, redis_client
+    )
 
     os.kill(victim, signal.SIGKILL)
     _, rest = proc.communicate(timeout=60)
