@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from consumer.cli import main
 from consumer.processes import child_setup
@@ -64,6 +66,25 @@ def alive(pid: int) -> bool:
     return True
 
 
+def wait_until_settled(admin: AdminClient, group: str, members: int) -> None:
+    """Until ``group`` is stable with ``members`` members that each hold a partition."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            found = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+        except KafkaException:
+            found = None  # not known to the coordinator yet
+        if (
+            found is not None
+            and found.state == ConsumerGroupState.STABLE
+            and len(found.members) == members
+            and all(m.assignment.topic_partitions for m in found.members)
+        ):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"group {group} did not settle with {members} members in 60 s")
+
+
 def wait_for_records(client: redis.Redis, namespace: str, at_least: int) -> None:
     deadline = time.monotonic() + 60
     while int(client.hget(f"{namespace}:counters", "records") or 0) < at_least:
@@ -91,6 +112,7 @@ def two_busy_processes(
 @pytest.mark.slow
 def test_two_processes_share_the_partitions_and_apply_every_event_once(
     kafka_bootstrap: str,
+    kafka_admin: AdminClient,
     redis_url: str,
     new_topic: Callable[..., str],
     namespace: str,
@@ -98,12 +120,15 @@ def test_two_processes_share_the_partitions_and_apply_every_event_once(
 ) -> None:
     topic = new_topic(partitions=4)
     events = make_events(20_000, users=1_500, seed=11)
-    produce(kafka_bootstrap, topic, as_records(events))
     env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"pipeline.batch_size": 500})
 
-    proc = start_run(env, "--processes", "2", "--idle-exit-seconds", "4")
+    proc = start_run(env, "--processes", "2", "--idle-exit-seconds", "8")
     lines: list[str] = []
     pids = child_pids(proc, lines)
+    # Events only once both hold partitions: otherwise the first to join may take them all
+    # (a proof of nothing), or the second may leave idle before the group has settled.
+    wait_until_settled(kafka_admin, f"g-{topic}", members=2)
+    produce(kafka_bootstrap, topic, as_records(events))
     _, rest = proc.communicate(timeout=180)
     log = "".join(lines) + rest
     assert proc.returncode == 0, log
