@@ -2,7 +2,7 @@
 
 One process applies one batch at a time (one Python thread does the work), and part of each
 batch it only waits for Redis and Kafka. More processes in the consumer group fill those waits
-and the other cores: on the 2-core development machine 2-3 processes carried 1.4-1.8x the
+and the other cores: on the 2-core development machine 2-3 processes carried 1.3-1.8x the
 events of one (README, "Performance"). Each child is a complete ``streamseg run`` with its own
 Kafka consumer, Redis connections, heartbeat and metrics port; the group spreads the topic's
 partitions over them, so the exactly-once effect is the same as with separate commands.
