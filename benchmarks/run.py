@@ -44,7 +44,7 @@ from common import (  # noqa: E402
     summary,
     uniform_records,
 )
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from consumer.kafka_clients import consumer_config  # noqa: E402
@@ -54,6 +54,7 @@ from consumer.replay import replay  # noqa: E402
 from consumer.segment_record import encode_record, iso_ms  # noqa: E402
 from consumer.settings import Settings, load_settings  # noqa: E402
 from consumer.state_store import BatchWrite, StateStore  # noqa: E402
+from devstack.kafka import group_settled  # noqa: E402
 from devstack.stack import service_env  # noqa: E402
 from model.events import DecodeLimits, decode_events  # noqa: E402
 from model.features import (  # noqa: E402
@@ -475,17 +476,7 @@ class Bench:
         }
 
     def _group_settled(self, group: str, members: int) -> bool:
-        """The group is stable with ``members`` members, each holding a partition."""
-        admin = self.admin
-        try:
-            found = admin.describe_consumer_groups([group], request_timeout=5)[group].result(5)
-        except (KafkaException, TimeoutError):  # a group not yet known is not settled
-            return False
-        return (
-            found.state == ConsumerGroupState.STABLE
-            and len(found.members) == members
-            and all(m.assignment.topic_partitions for m in found.members)
-        )
+        return group_settled(self.admin, group, members)
 
     def replay_bench(
         self, topic: str, n_records: int, live_alone: float | None, repeats: int

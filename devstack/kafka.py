@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from devstack.exceptions import FetchError, ServerStartError
@@ -181,6 +181,20 @@ def _random_cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not text.startswith("-"):  # Kafka avoids these too: they read as a CLI option
             return text
+
+
+def group_settled(admin: AdminClient, group: str, members: int) -> bool:
+    """Consumer group ``group`` is stable with ``members`` members, each holding a partition
+    (for tests and benchmarks that must not time or feed a group still joining)."""
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=5)[group].result(5)
+    except (KafkaException, TimeoutError):  # not known to the coordinator yet
+        return False
+    return (
+        found.state == ConsumerGroupState.STABLE
+        and len(found.members) == members
+        and all(m.assignment.topic_partitions for m in found.members)
+    )
 
 
 def kafka_is_ready(bootstrap_servers: str, timeout: float = 1.0) -> bool:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from consumer.cli import main
 from consumer.processes import child_setup
+from devstack.kafka import group_settled
 from devstack.stack import service_env
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
@@ -67,22 +67,10 @@ def alive(pid: int) -> bool:
 
 
 def wait_until_settled(admin: AdminClient, group: str, members: int) -> None:
-    """Until ``group`` is stable with ``members`` members that each hold a partition."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            found = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
-        except KafkaException:
-            found = None  # not known to the coordinator yet
-        if (
-            found is not None
-            and found.state == ConsumerGroupState.STABLE
-            and len(found.members) == members
-            and all(m.assignment.topic_partitions for m in found.members)
-        ):
-            return
+    while not group_settled(admin, group, members):
+        assert time.monotonic() < deadline, f"group {group} did not settle with {members} members"
         time.sleep(0.1)
-    raise AssertionError(f"group {group} did not settle with {members} members in 60 s")
 
 
 def wait_for_records(client: redis.Redis, namespace: str, at_least: int) -> None:
