@@ -157,6 +157,7 @@ class StateStore:
         rows = self._training_rows(batch)
         if rows is not None:
             commands.append(_lpush_rows(self.keys.training_samples.encode(), rows))
+            commands.append(_pack([_encode(a) for a in self._trim_training_buffer()]))
         commands += [_pack([_encode(a) for a in args]) for args in self._namespace_commands(batch)]
         if commands:
             self._transaction(commands)
@@ -226,13 +227,15 @@ class StateStore:
             return None
         return rows[-self.training_buffer_rows :]
 
+    def _trim_training_buffer(self) -> tuple[str, str, int, int]:
+        """LTRIM to the newest ``training_buffer_rows`` rows, right after each LPUSH of rows."""
+        return ("LTRIM", self.keys.training_samples, 0, self.training_buffer_rows - 1)
+
     def _namespace_commands(self, batch: BatchWrite) -> list[tuple[str | bytes | int | float, ...]]:
-        """The batch's writes to namespace-wide keys (single-key commands), as arguments; the
-        training rows' LPUSH (`_training_rows`) goes before them."""
+        """The batch's other writes to namespace-wide keys (single-key commands), as
+        arguments; the training buffer's are packed by each write path itself."""
         keys = self.keys
         commands: list[tuple[str | bytes | int | float, ...]] = []
-        if self._training_rows(batch) is not None:
-            commands.append(("LTRIM", keys.training_samples, 0, self.training_buffer_rows - 1))
         for name, delta in batch.counters.items():
             if delta:
                 commands.append(("HINCRBY", keys.counters, name, delta))
@@ -290,6 +293,7 @@ class StateStore:
         rows = self._training_rows(batch)
         if rows is not None:
             pipe.execute_command("LPUSH", self.keys.training_samples, *_row_bytes(rows))
+            pipe.execute_command(*self._trim_training_buffer())
         for args in self._namespace_commands(batch):
             pipe.execute_command(*args)
         if len(pipe):
