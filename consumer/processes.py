@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 RunOne = Callable[[argparse.Namespace, Settings], int]
 
+#: How long the supervisor looks for the events topic, to compare its partitions.
+_PARTITION_CHECK_SECONDS = 60.0
+
 
 def child_setup(
     args: argparse.Namespace, settings: Settings, index: int, *, default_port: int
@@ -46,14 +50,14 @@ def child_setup(
     """Arguments and settings of child ``index``: one process, its own metrics port (the
     configured port + index; 0 stays off) and its own static group member id."""
     child_args = copy.copy(args)
-    child_args.processes = 1
     base_port = metrics_port(args, settings, default=default_port)
     child_args.metrics_port = base_port + index if base_port else 0
     kafka = settings.kafka
     if kafka.group_instance_id:
         # Two members with one static id would fence each other out of the group.
         kafka = kafka.model_copy(update={"group_instance_id": f"{kafka.group_instance_id}-{index}"})
-    return child_args, settings.model_copy(update={"kafka": kafka})
+    pipeline = settings.pipeline.model_copy(update={"processes": 1})
+    return child_args, settings.model_copy(update={"kafka": kafka, "pipeline": pipeline})
 
 
 def supervise(
@@ -95,12 +99,18 @@ def supervise(
         ", ".join(str(c.pid) for c in children),
         settings.kafka.group_id,
     )
-    # Safe only now: a Kafka client's threads must not exist when a process forks.
-    _warn_when_partitions_are_short(settings, processes)
+    # Kafka is asked only now (a Kafka client's threads must not exist when a process forks),
+    # once a second until the topic exists: on a fresh deployment the children create it.
+    check_until: float | None = time.monotonic() + _PARTITION_CHECK_SECONDS
     status = 0
     running = list(children)
     while running:
-        for sentinel in wait([c.sentinel for c in running]):
+        ready = wait([c.sentinel for c in running], timeout=1.0 if check_until else None)
+        if check_until and (
+            stopping or time.monotonic() > check_until or _checked_partitions(settings, processes)
+        ):
+            check_until = None
+        for sentinel in ready:
             ended = next(c for c in running if c.sentinel == sentinel)
             ended.join()
             running.remove(ended)
@@ -120,10 +130,14 @@ def supervise(
     return status
 
 
-def _warn_when_partitions_are_short(settings: Settings, processes: int) -> None:
+def _checked_partitions(settings: Settings, processes: int) -> bool:
+    """Warn when the events topic has fewer partitions than ``processes``; False while the
+    topic cannot be seen yet."""
     topic = settings.kafka.events_topic
     partitions = partition_count(settings.kafka, topic)
-    if partitions is not None and partitions < processes:
+    if partitions is None:
+        return False
+    if partitions < processes:
         log.warning(
             "topic %s has %d partitions for %d processes (pipeline.processes): %d will sit "
             "idle; a group gives each partition to one member",
@@ -132,6 +146,7 @@ def _warn_when_partitions_are_short(settings: Settings, processes: int) -> None:
             processes,
             processes - partitions,
         )
+    return True
 
 
 def _child_main(run_one: RunOne, args: argparse.Namespace, settings: Settings) -> None:

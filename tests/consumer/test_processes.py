@@ -171,6 +171,24 @@ def test_a_failed_process_stops_the_others_and_the_command_fails(
     assert proc.returncode == 128 + signal.SIGKILL, log
     assert "exited with status 137: stopping the other processes" in log
     assert not alive(survivor)
+    # The survivor was stopped, not killed: it finished its batch and logged its totals.
+    assert len(_STOPPED.findall(log)) == 1, log
+
+
+@pytest.mark.slow
+def test_more_processes_than_partitions_is_named_even_when_the_children_create_the_topic(
+    kafka_bootstrap: str, kafka_admin: AdminClient, redis_url: str, namespace: str
+) -> None:
+    # A topic nobody created: the children create it (one partition) after the fork.
+    topic = f"fresh-{namespace}"
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace)
+    proc = start_run(env, "--processes", "2", "--idle-exit-seconds", "3")
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kafka_admin.delete_topics([topic, f"{topic}.segments", f"{topic}.dlq"])
+    assert proc.returncode == 0, err
+    assert f"topic {topic} has 1 partitions for 2 processes (pipeline.processes)" in err
 
 
 def test_children_get_their_own_metrics_port_and_static_member_id() -> None:
@@ -185,6 +203,7 @@ def test_children_get_their_own_metrics_port_and_static_member_id() -> None:
     children = [child_setup(args, settings, i, default_port=9108) for i in range(3)]
     assert [a.metrics_port for a, _ in children] == [9200, 9201, 9202]
     assert [s.kafka.group_instance_id for _, s in children] == ["host-a-0", "host-a-1", "host-a-2"]
+    assert [s.pipeline.processes for _, s in children] == [1, 1, 1]
     assert settings.kafka.group_instance_id == "host-a"  # the parent's settings are unchanged
 
     off = argparse.Namespace(metrics_port=0, processes=2)
