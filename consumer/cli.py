@@ -11,7 +11,7 @@ from typing import Any
 
 from consumer import __version__
 from consumer.exceptions import StreamsegError
-from consumer.settings import Settings, load_settings
+from consumer.settings import DEFAULT_METRICS_PORTS, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline.processes, else 1); SIGTERM stops all, a failed one stops the rest; "
         "--max-events and --idle-exit-seconds apply per process; metrics ports PORT..PORT+N-1",
     )
-    _metrics_port_option(run, 9108)
+    _metrics_port_option(run, DEFAULT_METRICS_PORTS["run"])
 
     train = _command(
         commands,
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="bootstrap or update once, publish, then exit"
     )
     train.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
-    _metrics_port_option(train, 9109)
+    _metrics_port_option(train, DEFAULT_METRICS_PORTS["train"])
 
     status = _command(
         commands,

@@ -57,7 +57,7 @@ from consumer.segment_record import (
     iso_ms_array,
     segment_fields,
 )
-from consumer.settings import RedisClient, Settings
+from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
 from model.events import DecodeLimits, EventBatch, Rejection, decode_events, resolve_type_map
@@ -80,9 +80,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-#: Port of /metrics, /healthz and /readyz unless configured (children of --processes: +index).
-_METRICS_PORT = 9108
 
 #: Dead letters keep at most this much of a record (a Kafka message is at most ~1 MB).
 DEAD_LETTER_MAX_BYTES = 900_000
@@ -987,7 +984,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     ``--processes N`` (``pipeline.processes``) in N consumer processes of one group."""
     processes = settings.pipeline.processes  # --processes is applied to the settings
     if processes > 1:
-        return supervise(args, settings, _run_one, processes, default_port=_METRICS_PORT)
+        return supervise(
+            args, settings, _run_one, processes, default_port=DEFAULT_METRICS_PORTS["run"]
+        )
     return _run_one(args, settings)
 
 
@@ -995,7 +994,7 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
     """One consumer process, until SIGTERM/SIGINT (or the given limits)."""
     pipeline = SegmentPipeline(settings)
     server = start_metrics_server(
-        metrics_port(args, settings, default=_METRICS_PORT),
+        metrics_port(args, settings, default=DEFAULT_METRICS_PORTS["run"]),
         pipeline.metrics.registry,
         pipeline.readiness_checks(),
     )

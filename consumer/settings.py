@@ -195,11 +195,15 @@ class TrainerSettings(BaseModel):
     lease_seconds: float = Field(default=10.0, gt=1)
 
 
+#: Default port of /metrics, /healthz and /readyz per command (``--processes N``: PORT..PORT+N-1).
+DEFAULT_METRICS_PORTS: dict[str, int] = {"run": 9108, "train": 9109}
+
+
 class ObservabilitySettings(BaseModel):
     """Metrics, health endpoints and the consumer heartbeat."""
 
-    #: Port of /metrics, /healthz and /readyz; None = the command's default (run 9108,
-    #: train 9109); 0 = no server.
+    #: Port of /metrics, /healthz and /readyz; None = the command's default
+    #: (`DEFAULT_METRICS_PORTS`: run 9108, train 9109); 0 = no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: librdkafka statistics (consumer lag) and the `<ns>:consumers` heartbeat this often
     #: (seconds).

@@ -32,7 +32,7 @@ from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.settings import RedisClient, Settings, TrainerSettings
+from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings, TrainerSettings
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
 from model.labels import label_segments
@@ -223,7 +223,9 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     metrics = TrainerMetrics()
     checks = {"redis": lambda: bool(client.ping())}
     server = start_metrics_server(
-        metrics_port(args, settings, default=9109), metrics.registry, checks
+        metrics_port(args, settings, default=DEFAULT_METRICS_PORTS["train"]),
+        metrics.registry,
+        checks,
     )
 
     def _stop(signum: int, frame: FrameType | None) -> None:
