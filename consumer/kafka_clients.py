@@ -79,10 +79,10 @@ def dead_letter_headers(
     ]
 
 
-def partition_count(kafka: KafkaSettings, topic: str, *, timeout: float = 10.0) -> int | None:
+def partition_count(admin: AdminClient, topic: str, *, timeout: float = 10.0) -> int | None:
     """How many partitions ``topic`` has; None when it does not exist or Kafka does not answer."""
     try:
-        metadata = AdminClient(kafka.client_config()).list_topics(topic, timeout=timeout)
+        metadata = admin.list_topics(topic, timeout=timeout)
     except KafkaException:
         return None
     found = metadata.topics.get(topic)

@@ -31,6 +31,8 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from confluent_kafka.admin import AdminClient
+
 from consumer.exceptions import StreamsegError
 from consumer.health import metrics_port
 from consumer.kafka_clients import partition_count
@@ -42,6 +44,8 @@ RunOne = Callable[[argparse.Namespace, Settings], int]
 
 #: How long the supervisor looks for the events topic, to compare its partitions.
 _PARTITION_CHECK_SECONDS = 60.0
+#: How long one look at the topic's metadata may wait for Kafka.
+_PARTITION_LOOK_SECONDS = 2.0
 
 
 def child_setup(
@@ -101,15 +105,18 @@ def supervise(
     )
     # Kafka is asked only now (a Kafka client's threads must not exist when a process forks),
     # once a second until the topic exists: on a fresh deployment the children create it.
-    check_until: float | None = time.monotonic() + _PARTITION_CHECK_SECONDS
+    check_until = time.monotonic() + _PARTITION_CHECK_SECONDS
+    admin: AdminClient | None = AdminClient(settings.kafka.client_config())
     status = 0
     running = list(children)
     while running:
-        ready = wait([c.sentinel for c in running], timeout=1.0 if check_until else None)
-        if check_until and (
-            stopping or time.monotonic() > check_until or _checked_partitions(settings, processes)
+        ready = wait([c.sentinel for c in running], timeout=1.0 if admin is not None else None)
+        if admin is not None and (
+            stopping
+            or time.monotonic() > check_until
+            or _checked_partitions(admin, settings, processes)
         ):
-            check_until = None
+            admin = None  # done: its threads and broker connections are not needed any more
         for sentinel in ready:
             ended = next(c for c in running if c.sentinel == sentinel)
             ended.join()
@@ -130,11 +137,12 @@ def supervise(
     return status
 
 
-def _checked_partitions(settings: Settings, processes: int) -> bool:
+def _checked_partitions(admin: AdminClient, settings: Settings, processes: int) -> bool:
     """Warn when the events topic has fewer partitions than ``processes``; False while the
     topic cannot be seen yet."""
     topic = settings.kafka.events_topic
-    partitions = partition_count(settings.kafka, topic)
+    # A short wait: a child's exit must not go unnoticed for long while Kafka is silent.
+    partitions = partition_count(admin, topic, timeout=_PARTITION_LOOK_SECONDS)
     if partitions is None:
         return False
     if partitions < processes:
