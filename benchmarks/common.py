@@ -9,7 +9,7 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 import redis
@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
+from consumer.settings import RedisClient
 from consumer.synthetic import CATEGORIES, EventGenerator, GeneratorConfig
 from model.events import DEFAULT_ALIASES, DecodeLimits, decode_events, resolve_type_map
 from model.features import (
@@ -191,7 +192,7 @@ def build_model(X: np.ndarray, n_clusters: int = 6, seed: int = 0) -> SegmentMod
     return model.model_copy(update={"model_version": 1})
 
 
-def publish(client: redis.Redis, namespace: str, model: SegmentModel) -> None:
+def publish(client: RedisClient, namespace: str, model: SegmentModel) -> None:
     ModelStore(client, KeyLayout(namespace)).publish(model)
 
 
@@ -206,7 +207,18 @@ def delete_namespace(client: redis.Redis, namespace: str) -> None:
         client.unlink(*batch)
 
 
-def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+class _Sliceable(Protocol):
+    """What `chunks` needs: a length and slicing that keeps the type (lists, numpy arrays)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> Self: ...
+
+
+_S = TypeVar("_S", bound=_Sliceable)
+
+
+def chunks(seq: _S, size: int) -> Iterator[_S]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
 

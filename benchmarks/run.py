@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,11 +45,11 @@ from common import (  # noqa: E402
     summary,
     uniform_records,
 )
-from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka import Consumer, Message, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from consumer.kafka_clients import consumer_config  # noqa: E402
-from consumer.pipeline import SegmentPipeline  # noqa: E402
+from consumer.pipeline import BatchStats, SegmentPipeline  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
 from consumer.replay import replay  # noqa: E402
 from consumer.segment_record import encode_record, iso_ms  # noqa: E402
@@ -81,6 +82,23 @@ GOALS = {
     "p99_ms_at_20k": 100.0,
 }
 log = logging.getLogger("bench")
+
+
+class PassResult(TypedDict):
+    """What `Bench.pipeline_pass` measured in one end-to-end pass."""
+
+    records: int
+    applied: int
+    dead_lettered: int
+    ignored: int
+    users_touched_sum_over_batches: int
+    batches: int
+    seconds: float
+    records_per_s: float
+    cpu_seconds: float
+    records_per_cpu_s: float
+    namespace: str
+    used_memory_delta: int
 
 
 def say(msg: str) -> None:
@@ -166,7 +184,7 @@ class Bench:
 
     def pipeline_pass(
         self, topic: str, n_records: int, label: str, cluster_url: str | None = None
-    ) -> dict[str, float]:
+    ) -> PassResult:
         """One end-to-end pass over ``topic`` in this process (on a Redis Cluster when
         ``cluster_url`` names one of its nodes)."""
         ns = self.namespace(f"{label}-{uuid.uuid4().hex[:4]}")
@@ -183,7 +201,7 @@ class Bench:
         batches = [0]
         inner = pipe.process
 
-        def timed(messages):  # type: ignore[no-untyped-def]
+        def timed(messages: Sequence[Message]) -> BatchStats:
             if not first:
                 first.append(time.perf_counter())
             out = inner(messages)
@@ -203,7 +221,7 @@ class Bench:
         if not first or totals.records < n_records:
             raise RuntimeError(f"pipeline saw {totals.records} of {n_records} records")
         elapsed = last[0] - first[0]
-        out = {
+        out: PassResult = {
             "records": totals.records,
             "applied": totals.applied,
             "dead_lettered": totals.dead_lettered,
@@ -510,7 +528,7 @@ class Bench:
 
         def live_pass() -> float:
             res = self.pipeline_pass(topic, n_records // 2, "replay-live")
-            delete_namespace(self.client, str(res["namespace"]))
+            delete_namespace(self.client, res["namespace"])
             return float(res["records_per_s"])
 
         def beside(nice: int, max_rate: float) -> dict[str, Any]:

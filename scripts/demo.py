@@ -211,7 +211,16 @@ def consumer_lag(reader: Consumer, topic: str) -> int:
         return -1
 
 
-def render(counters, lag, history, models, client, keys, procs, started):  # type: ignore[no-untyped-def]
+def render(
+    counters: dict[str, int],
+    lag: int,
+    history: list[tuple[float, int]],
+    models: ModelStore,
+    client: redis.Redis,
+    keys: KeyLayout,
+    procs: dict[str, subprocess.Popen[bytes]],
+    started: float,
+) -> Panel:
     now, total = history[-1]
     window = [h for h in history if now - h[0] <= 3.0]
     rate = (total - window[0][1]) / max(1e-9, now - window[0][0]) if len(window) > 1 else 0.0
@@ -237,6 +246,8 @@ def render(counters, lag, history, models, client, keys, procs, started):  # typ
     segments.add_column("users", justify="right")
     if version:
         model = models.load_current()
+        # A publish sets ``version`` and ``current`` in one transaction: never None here.
+        assert model is not None
         sizes = {int(k): int(v) for k, v in client.hgetall(keys.segment_sizes).items()}
         for pos in np.argsort(model.tiers):
             seg = model.ids[pos]
