@@ -221,6 +221,12 @@ class TrainerMetrics:
             "Share of the trainer's rows whose segment differs between the last two versions.",
             registry=r,
         )
+        self.refit_check_gain = Gauge(
+            "streamseg_trainer_refit_check_gain",
+            "Last refit check: share by which fresh k-means++ centres beat the current ones "
+            "on the newest rows (a refit above trainer.refit_min_gain).",
+            registry=r,
+        )
         self.leader = Gauge(
             "streamseg_trainer_lease_held", "1 while this trainer holds the lease.", registry=r
         )

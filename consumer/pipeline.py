@@ -163,6 +163,7 @@ class SegmentPipeline:
         self._rescore_wall = -np.inf  # monotonic time the last pass started
         self._rescore_next_chunk = 0.0  # monotonic time the next chunk of a pass may run
         self._rescore_partitions: frozenset[int] = frozenset()  # whose markers were read
+        self._rescore_samples = False  # the pass in progress pushes idle users' rows
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.totals = BatchStats()
@@ -585,6 +586,7 @@ class SegmentPipeline:
             event_id_hash=event_id_hashes(batch.event_id),
         )
         redelivered = int(already_applied(states, cols).sum())
+        last_before = states[:, COL["last_ts_ms"]].copy()
         applied = apply_events(
             states,
             cols,
@@ -610,12 +612,16 @@ class SegmentPipeline:
         stats.segment_changes = len(changes)
         for user, change in changes:
             self._produce(self.settings.kafka.segments_topic, user.encode(), change)
+        # A user's first event of a period (or ever: NaN compares False) adds their row.
+        first_in_period = ~(
+            self._period(last_before[touched]) >= self._period(touched_states[:, COL["last_ts_ms"]])
+        )
         return BatchWrite(
             user_ids=touched_users,
             user_keys=[user_keys[i] for i in touched],
             states=touched_states,
             segment_records=records_json,
-            training_rows=features if self.settings.pipeline.training_buffer_rows else None,
+            training_rows=features[first_in_period] if self._training_rows_wanted else None,
             size_changes=size_changes,
             new_categories=new_categories,
             watermark_ms=self._watermark,
@@ -720,6 +726,18 @@ class SegmentPipeline:
             names.update({c: v.decode() for c, v in zip(unknown, found, strict=True) if v})
         return names
 
+    # -- the trainer's sample ----------------------------------------------------------------
+
+    @property
+    def _training_rows_wanted(self) -> bool:
+        return bool(self.settings.pipeline.training_buffer_rows)
+
+    def _period(self, ts_ms: np.ndarray | float) -> np.ndarray:
+        """Training period of event times (epoch ms): one row per user and period goes to
+        the trainer, so the model fits the users, not the events (heavy users would
+        otherwise fill the buffer), at their current state."""
+        return np.floor(np.asarray(ts_ms) / (self.settings.pipeline.training_period_seconds * 1e3))
+
     # -- idle users ------------------------------------------------------------------------
 
     def _rescore_markers(self, partitions: frozenset[int], keys: KeyLayout) -> float | None:
@@ -773,6 +791,8 @@ class SegmentPipeline:
             wall = time.monotonic()
             if wall - self._rescore_wall < self.settings.pipeline.rescore_min_wall_seconds:
                 return
+            # The period's first pass also gives the trainer the rows of the users idle in it.
+            self._rescore_samples = bool(self._period(watermark) > self._period(self._rescored_at))
             self._rescore_cursor, self._rescore_at, self._rescore_wall = 0, watermark, wall
         cursor, found = self.store.scan_state_keys(self._rescore_cursor, count=2000)
         self._rescore_users(found, owned)
@@ -809,7 +829,12 @@ class SegmentPipeline:
         records, size_changes, changes = self._assign(users, states, features)
         moved = states[:, COL["segment_id"]] != before
         changed = np.flatnonzero(moved | outdated)
-        if not len(changed):
+        # The model assigns idle users at the watermark: the trainer must see them there too.
+        rows = None
+        if self._rescore_samples and self._training_rows_wanted:
+            idle = self._period(states[:, COL["last_ts_ms"]]) < self._period(self._rescore_at)
+            rows = features[idle]
+        if not len(changed) and (rows is None or not len(rows)):
             return
         for user, change in changes:
             self._produce(self.settings.kafka.segments_topic, user.encode(), change)
@@ -819,8 +844,12 @@ class SegmentPipeline:
                 user_ids=[users[i] for i in changed],
                 states=states[changed],
                 segment_records=[records[i] for i in changed],
+                training_rows=rows,
                 size_changes=size_changes,
-                counters={"rescored_changes": int(moved.sum())},
+                counters={
+                    "rescored_changes": int(moved.sum()),
+                    "training_rows": 0 if rows is None else len(rows),
+                },
             )
         )
 

@@ -160,6 +160,10 @@ class PipelineSettings(BaseModel):
     type_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
     #: Keep at most this many recent feature vectors (rows) for the trainer.
     training_buffer_rows: int = Field(default=200_000, ge=0)
+    #: The trainer gets about one row per user per period of event time (periods start at
+    #: multiples of this since the epoch; UTC days by default): at the user's first event of
+    #: a period, or from the period's first re-score pass when the user has none in it yet.
+    training_period_seconds: float = Field(default=86_400.0, gt=0)
     #: A user keeps their segment unless the new centre is closer by this relative margin.
     hysteresis_margin: float = Field(default=0.0, ge=0, lt=1)
     #: Check for a newly published model this often (seconds).
@@ -189,6 +193,14 @@ class TrainerSettings(BaseModel):
     #: Refit the scaling when fresh rows' medians move this far (in spread units) or spreads change
     #: by this factor (1 + x).
     rescale_tolerance: float = Field(default=0.5, gt=0)
+    #: Refits use the newest rows of about this many training periods (users x periods rows,
+    #: at least ``bootstrap_rows``): the users as they are now, not the buffer's whole past.
+    refit_periods: float = Field(default=2.0, gt=0)
+    #: Every this many updates (0 = never), fit k-means++ afresh on the refit rows (at most
+    #: 20,000 of them); when it beats the current centres' inertia there by more than
+    #: ``refit_min_gain`` (a share), refit.
+    refit_check_updates: int = Field(default=1, ge=0)
+    refit_min_gain: float = Field(default=0.05, gt=0, lt=1)
     #: A centre further than this (scaled units) from every previous one gets a new id.
     new_id_distance: float = Field(default=1.5, gt=0)
     seed: int = 0

@@ -172,3 +172,57 @@ def test_a_flood_of_invented_categories_registers_only_the_names_users_hold(
     record = orjson.loads(redis_client.get(keys.segment("flooder")))
     assert record["top_category_views"] in {f"cat-{i:05d}" for i in range(6)}  # named
     assert orjson.loads(redis_client.get(keys.segment("u1")))["top_category_spend"] == "shoes"
+
+
+def test_the_trainer_gets_one_row_per_user_and_period(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A user's first event of a period (a UTC day) adds their row; more events that day do
+    not, so a busy user does not outweigh a quiet one in the model's sample."""
+    import numpy as np
+
+    from consumer.pipeline import SegmentPipeline
+    from consumer.state_store import StateStore
+    from model.features import COL, MS_PER_DAY, derive_features
+    from tests.consumer.pipeline_support import T0
+
+    topic = new_topic()
+    settings = settings_for(
+        kafka_bootstrap, redis_url, topic, namespace, **{"pipeline.rescore_interval_seconds": 0}
+    )
+    keys = KeyLayout(namespace)
+
+    def view(user: str, day: int, hour: float, n: int) -> dict[str, object]:
+        ts = int(T0 + day * MS_PER_DAY + hour * 3_600_000)
+        return {"event_id": f"{user}-{day}-{hour}-{n}", "user_id": user, "type": "view", "ts": ts}
+
+    def rows() -> np.ndarray:
+        raw = redis_client.lrange(keys.training_samples, 0, -1)
+        return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
+
+    phases = [
+        [view("busy", 0, h, n) for h in (1, 5, 9) for n in range(4)] + [view("quiet", 0, 12, 0)],
+        [view("busy", 0, 20, n) for n in range(5)],  # the same day: no new row
+        [view("busy", 1, 2, 0), view("quiet", 0, 23, 1)],  # a row for busy's day 1 only
+    ]
+    expected = [2, 2, 3]
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        seen = 0
+        for events, total in zip(phases, expected, strict=True):
+            produce(kafka_bootstrap, topic, as_records(events))
+            seen += len(events)
+            pipeline.run(max_records=seen, idle_exit_seconds=20)
+            assert len(rows()) == total
+    finally:
+        pipeline.close()
+    assert int(redis_client.hget(keys.counters, "training_rows")) == 3
+    # The newest row is busy's features at their first (and last) event of day 1.
+    state = StateStore(redis_client, keys).read_states(["busy"])
+    newest = derive_features(state, state[:, COL["last_ts_ms"]], settings.features)
+    assert np.array_equal(rows()[0], newest[0])

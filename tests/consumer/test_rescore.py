@@ -13,7 +13,8 @@ import redis
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
-from model.features import FEATURE_NAMES, LOG_FEATURES, MS_PER_DAY
+from consumer.state_store import StateStore
+from model.features import FEATURE_NAMES, LOG_FEATURES, MS_PER_DAY, derive_features
 from model.labels import label_segments
 from model.model_format import SegmentModel
 from model.preprocessing import Preprocessor
@@ -94,6 +95,13 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     marker = redis_client.zscore(keys.watermark, "rescored:0")  # the topic's one partition
     assert marker == T0 + 297 * MS_PER_DAY
     assert SegmentPipeline(settings)._rescore_markers(frozenset({0}), keys) == marker
+    # The pass gave the trainer the idle user's row at its watermark, once: the model assigns
+    # idle users there, so it is trained on them there too.
+    state = StateStore(redis_client, keys).read_states(["idle"])
+    at_pass = derive_features(state, marker, settings.features)[0]
+    raw = redis_client.lrange(keys.training_samples, 0, -1)
+    rows = np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
+    assert int((rows == at_pass).all(axis=1).sum()) == 1
 
 
 def test_a_new_model_reaches_every_record_in_one_re_score_pass(

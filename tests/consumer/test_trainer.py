@@ -178,3 +178,81 @@ def test_a_trainer_that_lost_its_lease_cannot_publish(
     assert ModelStore(redis_client, keys).versions() == []
     published = Trainer(redis_client, keys, settings.trainer, lease=standby).step()
     assert published is not None and published.model_version == 1
+
+
+def test_a_refit_fits_the_newest_rows_of_refit_periods(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """The buffer holds the users' past too: a refit takes users x refit_periods newest rows
+    (users counted in the segment sizes), so its centres describe the users as they are."""
+    import numpy as np
+
+    from consumer.settings import TrainerSettings
+    from model.features import FEATURE_NAMES
+
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(0)
+
+    def push(rows: int, level: float) -> None:
+        X = rng.lognormal(mean=level, sigma=0.3, size=(rows, len(FEATURE_NAMES)))
+        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X))
+        redis_client.hincrby(keys.counters, "training_rows", rows)
+
+    config = TrainerSettings(n_clusters=2, bootstrap_rows=200, update_rows=100, refit_periods=2)
+    trainer = Trainer(redis_client, keys, config)
+    trainer.resume()
+    push(3000, 0.0)  # the past: small values
+    assert trainer.step() is not None  # bootstrap on all 3000 rows
+    redis_client.hset(keys.segment_sizes, mapping={"0": 150, "1": 100, "7": -5})  # 250 users
+    push(500, 3.0)  # the present: values ~20x larger, the scaling is stale
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 2 * 250
+    # Every centre lies among the present rows, none among the past ones.
+    centres = trainer.preprocessor.inverse_transform(trainer.segmenter.cluster_centers_)
+    assert (centres[:, 1] > 5.0).all()
+
+
+def test_the_refit_check_refits_centres_that_trail_the_users(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """Mini-batch steps never relocate a centre: centres stuck in a poor optimum stay there,
+    until the refit check finds fresh k-means++ centres fitting the newest rows much better.
+    With the centres already good, the check changes nothing."""
+    import numpy as np
+
+    from consumer.settings import TrainerSettings
+    from model.features import FEATURE_NAMES
+    from model.quality import inertia
+
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(1)
+    blobs = rng.normal(0.0, 5.0, size=(3, len(FEATURE_NAMES)))
+
+    def push(rows: int) -> None:
+        X = blobs[rng.integers(0, 3, rows)] + rng.normal(0.0, 0.3, (rows, len(FEATURE_NAMES)))
+        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X))
+        redis_client.hincrby(keys.counters, "training_rows", rows)
+
+    config = TrainerSettings(
+        n_clusters=3, bootstrap_rows=600, update_rows=300, rescale_tolerance=100.0
+    )
+    trainer = Trainer(redis_client, keys, config)
+    trainer.resume()
+    push(600)
+    assert trainer.step() is not None
+    assert trainer.segmenter is not None and trainer.preprocessor is not None
+    good = trainer.segmenter.cluster_centers_.copy()
+    push(300)
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 300  # an update, no refit
+    assert 0.0 <= trainer.metrics.refit_check_gain._value.get() <= config.refit_min_gain
+
+    # Two centres in one blob and one between the others: each step moves them only a bit.
+    stuck = np.stack([good[0], good[0] + 0.01, (good[1] + good[2]) / 2])
+    trainer.segmenter.replace_centers(stuck)
+    push(300)
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 600  # refitted on the newest rows
+    assert trainer.metrics.refit_check_gain._value.get() > 0.5
+    Z = trainer.preprocessor.transform(trainer.buffered_rows(max_rows=600))
+    assert inertia(Z, trainer.segmenter.cluster_centers_) <= 1.01 * inertia(Z, good)
