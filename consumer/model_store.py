@@ -5,6 +5,12 @@ Keys (tag ``{<ns>:model}``, see `consumer.redis_keys`): ``current`` (JSON), ``ve
 (sorted set). A publish is one MULTI/EXEC transaction, so a reader never sees a half-written
 model: it reads the old JSON or the new one. The shared hash tag puts every model key (and
 the trainer lease) in one slot, so the same transactions run on a Redis Cluster.
+
+With ``history_versions`` (the trainer's ``trainer.model_history_versions``), a publish keeps
+the version it publishes (the new current one) and the newest ``history_versions - 1`` others:
+it reads the history under WATCH and deletes the ``v:<n>`` keys and ``versions`` members of the
+versions that fall out in the same MULTI/EXEC, so the history never holds a version without its
+JSON or the reverse. There is no other pointer into the history (a rollback names its version).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis
@@ -25,13 +32,23 @@ from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
 
+#: History keys deleted per DEL command when a publish prunes (a first publish after the limit
+#: was set may drop a long backlog; smaller commands keep Redis responsive within the EXEC).
+_PRUNE_CHUNK = 1000
+
 
 class ModelStore:
     """Publishes, loads and rolls back `SegmentModel`s under one namespace."""
 
-    def __init__(self, client: RedisClient, keys: KeyLayout) -> None:
+    def __init__(
+        self, client: RedisClient, keys: KeyLayout, *, history_versions: int | None = None
+    ) -> None:
+        """``history_versions``: publishes keep only this many newest versions (None: all)."""
+        if history_versions is not None and history_versions < 1:
+            raise ConfigError(f"history_versions must be at least 1, got {history_versions}")
         self.client = client
         self.keys = keys
+        self.history_versions = history_versions
 
     def current_version(self) -> int | None:
         raw = self.client.get(self.keys.model_version)
@@ -45,8 +62,19 @@ class ModelStore:
     def load(self, version: int) -> SegmentModel:
         raw = self.client.get(self.keys.model_history(version))
         if raw is None:
-            raise ConfigError(f"no model version {version} in namespace {self.keys.namespace!r}")
+            raise self._missing(version)
         return SegmentModel.from_json(raw)
+
+    def _missing(self, version: int) -> ConfigError:
+        """The error for a version whose JSON is not in the history: pruned, or never there."""
+        oldest = self.client.zrange(self.keys.model_versions, 0, 0)
+        if oldest and version < int(oldest[0]):
+            return ConfigError(
+                f"model version {version} is no longer kept in namespace "
+                f"{self.keys.namespace!r}: the oldest kept version is {int(oldest[0])} "
+                "(publishes keep the newest trainer.model_history_versions versions)"
+            )
+        return ConfigError(f"no model version {version} in namespace {self.keys.namespace!r}")
 
     def versions(self) -> list[int]:
         """Published versions, newest first."""
@@ -66,17 +94,49 @@ class ModelStore:
         data = model.to_json()
         _compatible(SegmentModel.from_json(data))
         version = model.model_version
-        pipe = self.client.pipeline(transaction=True)
-        self._queue_publish(pipe, version, data)
-        pipe.execute()
+        if self.history_versions is None:
+            pipe = self.client.pipeline(transaction=True)
+            self._queue_publish(pipe, version, data, [])
+            pipe.execute()
+        else:
+            with self.client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(self.keys.model_versions)
+                        pruned = self._to_prune(pipe, version)
+                        pipe.multi()
+                        self._queue_publish(pipe, version, data, pruned)
+                        pipe.execute()
+                        break
+                    except redis.WatchError:
+                        continue  # another publish came first: read the history again
         log.info("published model version %d (%d segments)", version, len(model.ids))
 
-    def _queue_publish(self, pipe: Any, version: int, data: bytes) -> None:
-        """Queue what publishing version ``version`` (JSON ``data``) writes, in a MULTI."""
+    def _to_prune(self, pipe: Any, version: int) -> list[int]:
+        """Versions a publish of ``version`` drops: all but it and the newest others.
+
+        ``pipe`` watches ``versions``, so the answer holds until its EXEC (or the EXEC fails).
+        """
+        if self.history_versions is None:
+            return []
+        # After WATCH the pipeline runs commands at once (the stubs don't know).
+        newest_first = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, -1))
+        others = [v for v in map(int, newest_first) if v != version]
+        return others[self.history_versions - 1 :]
+
+    def _queue_publish(self, pipe: Any, version: int, data: bytes, pruned: Sequence[int]) -> None:
+        """Queue what publishing version ``version`` (JSON ``data``) writes, in a MULTI,
+        with the deletion of the ``pruned`` versions (never ``version`` itself)."""
         pipe.set(self.keys.model_history(version), data)
         pipe.zadd(self.keys.model_versions, {str(version): version})
         pipe.set(self.keys.model_current, data)
         pipe.set(self.keys.model_version, version)
+        for start in range(0, len(pruned), _PRUNE_CHUNK):
+            chunk = pruned[start : start + _PRUNE_CHUNK]
+            pipe.zrem(self.keys.model_versions, *(str(v) for v in chunk))
+            pipe.delete(*(self.keys.model_history(v) for v in chunk))
+        if pruned:
+            log.debug("pruning %d model versions, the newest of them v%d", len(pruned), pruned[0])
 
     def publish_next(
         self, model: SegmentModel, *, lease_key: str | None = None, token: str | None = None
@@ -100,8 +160,9 @@ class ModelStore:
                     model = model.model_copy(update={"model_version": version})
                     data = model.to_json()
                     _compatible(SegmentModel.from_json(data))
+                    pruned = self._to_prune(pipe, version)
                     pipe.multi()
-                    self._queue_publish(pipe, version, data)
+                    self._queue_publish(pipe, version, data, pruned)
                     pipe.execute()
                     log.info("published model version %d (%d segments)", version, len(model.ids))
                     return model
@@ -109,10 +170,14 @@ class ModelStore:
                     continue  # another publish or a lease change came first: decide again
 
     def rollback(self, version: int) -> SegmentModel:
-        """Make an earlier published version current again (atomically)."""
+        """Make an earlier published version current again (atomically).
+
+        Raises `ConfigError` for a version not in the history; for one pruned by
+        ``trainer.model_history_versions`` the message names the oldest kept version.
+        """
         data = self.client.get(self.keys.model_history(version))
         if data is None:
-            raise ConfigError(f"no model version {version} in namespace {self.keys.namespace!r}")
+            raise self._missing(version)
         model = SegmentModel.from_json(data)
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.model_current, data)
@@ -135,11 +200,18 @@ def _compatible(model: SegmentModel) -> SegmentModel:
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg model list|show|rollback|export|import``."""
     client = settings.redis.connect()
-    store = ModelStore(client, KeyLayout(settings.redis.namespace))
+    store = ModelStore(
+        client,
+        KeyLayout(settings.redis.namespace),
+        history_versions=settings.trainer.model_history_versions,
+    )
     current = store.current_version()
     if args.action == "list":
         for version in store.versions():
-            m = store.load(version)
+            try:
+                m = store.load(version)
+            except ConfigError:
+                continue  # pruned by a publish since the versions were read
             mark = "*" if version == current else " "
             print(
                 f"{mark} v{version:<5} {m.created_at.isoformat()}  K={len(m.ids)}  "

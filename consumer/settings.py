@@ -203,6 +203,9 @@ class TrainerSettings(BaseModel):
     refit_min_gain: float = Field(default=0.05, gt=0, lt=1)
     #: A centre further than this (scaled units) from every previous one gets a new id.
     new_id_distance: float = Field(default=1.5, gt=0)
+    #: Keep the newest this many published model versions in Redis (``model list``,
+    #: ``rollback``); each publish deletes the ones that fall out, in the same transaction.
+    model_history_versions: int = Field(default=1000, ge=2)
     seed: int = 0
     lease_seconds: float = Field(default=10.0, gt=1)
 

@@ -107,7 +107,7 @@ class Trainer:
         self.keys = keys
         self.config = config
         self.metrics = metrics or TrainerMetrics()
-        self.models = ModelStore(client, keys)
+        self.models = ModelStore(client, keys, history_versions=config.model_history_versions)
         self.published: SegmentModel | None = None  # the last version published or resumed
         self.preprocessor: Preprocessor | None = None
         self.segmenter: StreamingSegmenter | None = None

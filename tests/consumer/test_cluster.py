@@ -16,6 +16,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from consumer.exceptions import ConfigError
 from consumer.lookup import SegmentLookup
 from consumer.model_store import ModelStore
 from consumer.namespaces import count_users, drop_namespace, promote, rollback
@@ -262,6 +263,28 @@ def test_trainer_lease_and_versioned_publish_run_on_a_cluster(
     assert store.current_version() == 2 and store.versions() == [2, 1]
     lease.release()
     assert not lease.renew()
+
+
+def test_publishes_prune_the_model_history_on_a_cluster(
+    cluster: RedisCluster, cluster_namespace: str
+) -> None:
+    """The WATCH, the read of the history and the MULTI with its DELs run in the model slot."""
+    keys = KeyLayout(cluster_namespace)
+    lease = TrainerLease(cluster, keys.trainer_lease, seconds=5)
+    assert lease.acquire()
+    store = ModelStore(cluster, keys, history_versions=2)
+    for version in range(1, 5):
+        published = store.publish_next(
+            small_model(), lease_key=keys.trainer_lease, token=lease.token
+        )
+        assert published.model_version == version
+    store.publish(small_model().model_copy(update={"model_version": 5}))
+    assert store.versions() == [5, 4] and store.current_version() == 5
+    assert [v for v in range(1, 6) if cluster.exists(keys.model_history(v))] == [4, 5]
+    with pytest.raises(ConfigError, match="oldest kept version is 4"):
+        store.rollback(3)
+    assert store.rollback(4).model_version == 4
+    lease.release()
 
 
 # -- the same stream, one process on one Redis vs a consumer group on a cluster ----------------

@@ -1,0 +1,142 @@
+"""The model history: a publish keeps the newest ``trainer.model_history_versions`` versions,
+deleting the older ones in its own transaction; rollback to a pruned version says why not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.exceptions import ConfigError
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from consumer.settings import TrainerSettings
+from consumer.trainer import Trainer, TrainerLease
+from tests.consumer.test_faults import small_model
+
+pytestmark = [pytest.mark.redis]
+
+
+def history_in_redis(client: redis.Redis, keys: KeyLayout) -> set[int]:
+    """Versions with a ``v:<n>`` key, found by SCAN (not through the ``versions`` set)."""
+    prefix = keys.model_history(0)[:-1]
+    return {int(k[len(prefix) :]) for k in client.scan_iter(match=f"{prefix}*", count=1000)}
+
+
+@pytest.mark.parametrize("how", ["publish_next", "publish_next_with_lease", "publish"])
+def test_a_publish_keeps_only_the_newest_history_versions(
+    redis_client: redis.Redis, namespace: str, how: str
+) -> None:
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys, history_versions=3)
+    lease = TrainerLease(redis_client, keys.trainer_lease, seconds=30)
+    assert lease.acquire()
+    model = small_model()
+    for version in range(1, 6):
+        if how == "publish":
+            store.publish(model.model_copy(update={"model_version": version}))
+        elif how == "publish_next":
+            assert store.publish_next(model).model_version == version
+        else:
+            published = store.publish_next(model, lease_key=keys.trainer_lease, token=lease.token)
+            assert published.model_version == version
+        assert len(store.versions()) == min(version, 3)
+
+    assert store.versions() == [5, 4, 3]
+    assert history_in_redis(redis_client, keys) == {3, 4, 5}  # the JSON is gone, not only listed
+    assert store.current_version() == 5
+    current = store.load_current()
+    assert current is not None and current.model_version == 5
+
+    with pytest.raises(ConfigError) as pruned:
+        store.rollback(2)
+    message = str(pruned.value)
+    assert "version 2" in message and "oldest kept version is 3" in message
+    assert "trainer.model_history_versions" in message
+    assert store.current_version() == 5  # a refused rollback changes nothing
+
+    assert store.rollback(4).model_version == 4
+    assert store.current_version() == 4
+    current = store.load_current()
+    assert current is not None and current.model_version == 4
+
+    # The next publish makes itself current and drops the oldest (not the rolled-back one).
+    store.publish(model.model_copy(update={"model_version": 6}))
+    assert store.versions() == [6, 5, 4]
+    assert history_in_redis(redis_client, keys) == {4, 5, 6}
+    assert store.current_version() == 6
+
+
+def test_without_history_versions_nothing_is_pruned(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = KeyLayout(namespace)
+    unlimited = ModelStore(redis_client, keys)
+    model = small_model()
+    for version in range(1, 6):
+        assert unlimited.publish_next(model).model_version == version
+    unlimited.publish(model.model_copy(update={"model_version": 6}))
+    assert unlimited.versions() == [6, 5, 4, 3, 2, 1]
+    assert history_in_redis(redis_client, keys) == {1, 2, 3, 4, 5, 6}
+    assert unlimited.rollback(1).model_version == 1
+
+    # The same history, published to with the limit: the backlog goes in that one publish.
+    assert ModelStore(redis_client, keys, history_versions=2).publish_next(model).model_version == 7
+    assert unlimited.versions() == [7, 6]
+    assert history_in_redis(redis_client, keys) == {6, 7}
+    with pytest.raises(ConfigError, match="oldest kept version is 6"):
+        unlimited.rollback(1)
+
+
+def test_a_publish_never_drops_the_version_it_publishes(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """An explicit version older than the kept ones (a hand-made publish) stays, as current."""
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys, history_versions=2)
+    model = small_model()
+    for version in (10, 11, 12):
+        store.publish(model.model_copy(update={"model_version": version}))
+    assert store.versions() == [12, 11]
+    store.publish(model.model_copy(update={"model_version": 3}))
+    assert store.versions() == [12, 3]
+    assert history_in_redis(redis_client, keys) == {3, 12}
+    assert store.current_version() == 3
+    with pytest.raises(ConfigError, match="no model version 20"):  # never published: not pruned
+        store.rollback(20)
+
+
+def test_the_trainer_and_the_model_command_pass_the_setting(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    keys = KeyLayout(namespace)
+    trainer = Trainer(redis_client, keys, TrainerSettings(model_history_versions=2))
+    model = small_model()
+    for version in range(1, 4):
+        assert trainer.models.publish_next(model).model_version == version
+    assert trainer.models.versions() == [3, 2]
+
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_TRAINER__MODEL_HISTORY_VERSIONS", "2")
+    path = tmp_path / "model.json"
+    path.write_bytes(model.to_json())
+    base = ["--namespace", namespace, "model"]
+    assert main([*base, "import", str(path)]) == 0
+    assert main([*base, "import", str(path)]) == 0
+    assert history_in_redis(redis_client, keys) == {4, 5}
+    capsys.readouterr()
+    assert main([*base, "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and listed[0].startswith("* v5 ") and listed[1].startswith("  v4 ")
+    assert main([*base, "rollback", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "oldest kept version is 4" in err and "trainer.model_history_versions" in err
+    assert main([*base, "rollback", "4"]) == 0
+    assert ModelStore(redis_client, keys).current_version() == 4
