@@ -36,9 +36,8 @@ from sklearn.cluster import KMeans  # noqa: E402
 from consumer.kafka_clients import ensure_topics  # noqa: E402
 from consumer.model_store import ModelStore  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
-from consumer.settings import load_settings  # noqa: E402
 from consumer.snapshot import read_snapshot  # noqa: E402
-from devstack.stack import LocalStack, service_env  # noqa: E402
+from devstack.stack import LocalStack, service_env, service_settings  # noqa: E402
 from model.quality import adjusted_rand, model_inertia  # noqa: E402
 from model.segmenter import limit_threads  # noqa: E402
 
@@ -72,17 +71,7 @@ def one_run(
     tag = f"{name}-{seed}-{'drift' if drift else 'steady'}-{int(time.time())}"
     topic, namespace = f"live-{tag}", f"live-{tag}"
     env = service_env(bootstrap, redis_url, topic, namespace, SETTINGS)
-    settings = load_settings(
-        None,
-        **{
-            "kafka.bootstrap_servers": bootstrap,
-            "kafka.events_topic": topic,
-            "kafka.segments_topic": f"{topic}.segments",
-            "kafka.dead_letter_topic": f"{topic}.dlq",
-            "redis.url": redis_url,
-            "redis.namespace": namespace,
-        },
-    )
+    settings = service_settings(bootstrap, redis_url, topic, namespace)
     ensure_topics(settings.kafka, partitions=2)
     streamseg = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING"]
     with tempfile.TemporaryDirectory() as tmp:

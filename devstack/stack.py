@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from devstack.exceptions import DevStackError, ServerStartError
 from devstack.kafka import KafkaBroker, kafka_is_ready
@@ -29,6 +29,9 @@ KAFKA_ENV = "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS"
 REDIS_ENV = "STREAMSEG_REDIS__URL"
 _EXTERNAL_TIMEOUT = 10.0  # seconds an external server gets to answer before we call it down
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
 
 
 def service_env(
@@ -60,6 +63,25 @@ def service_env(
         section, _, name = dotted.partition(".")
         env[f"STREAMSEG_{section.upper()}__{name.upper()}"] = str(value)
     return env
+
+
+def service_settings(bootstrap: str, redis_url: str, topic: str, namespace: str) -> Settings:
+    """The settings a ``streamseg`` process started with `service_env` (no extra settings)
+    reads, for the caller's own use (creating the topics, reading the namespace)."""
+    from consumer.settings import load_settings  # the service, only when asked for
+
+    return load_settings(
+        None,
+        **{
+            "kafka.bootstrap_servers": bootstrap,
+            "kafka.events_topic": topic,
+            "kafka.segments_topic": f"{topic}.segments",
+            "kafka.dead_letter_topic": f"{topic}.dlq",
+            "kafka.group_id": f"g-{topic}",
+            "redis.url": redis_url,
+            "redis.namespace": namespace,
+        },
+    )
 
 
 class LocalStack:

@@ -34,9 +34,8 @@ from consumer.kafka_clients import ensure_topics  # noqa: E402
 from consumer.lookup import SegmentLookup  # noqa: E402
 from consumer.model_store import ModelStore  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
-from consumer.settings import load_settings  # noqa: E402
 from consumer.snapshot import read_snapshot  # noqa: E402
-from devstack.stack import LocalStack, service_env  # noqa: E402
+from devstack.stack import LocalStack, service_env, service_settings  # noqa: E402
 from model.features import COL  # noqa: E402
 from model.quality import model_inertia, offline_inertia  # noqa: E402
 
@@ -83,17 +82,7 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
             "trainer.update_interval_seconds": 1,
         },
     )
-    settings = load_settings(
-        None,
-        **{
-            "kafka.bootstrap_servers": bootstrap,
-            "kafka.events_topic": topic,
-            "kafka.segments_topic": f"{topic}.segments",
-            "kafka.dead_letter_topic": f"{topic}.dlq",
-            "redis.url": redis_url,
-            "redis.namespace": NAMESPACE,
-        },
-    )
+    settings = service_settings(bootstrap, redis_url, topic, NAMESPACE)
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(match=f"*{NAMESPACE}*", count=1000):
         client.unlink(key)
