@@ -34,6 +34,23 @@ if TYPE_CHECKING:
     from consumer.settings import Settings
 
 
+def service_overrides(
+    bootstrap: str, redis_url: str, topic: str, namespace: str
+) -> dict[str, object]:
+    """The settings, by dotted name, that point a ``streamseg`` process at ``topic`` and
+    ``namespace``: servers, topics (``<topic>.segments``, ``<topic>.dlq``), group ``g-<topic>``.
+    """
+    return {
+        "kafka.bootstrap_servers": bootstrap,
+        "kafka.events_topic": topic,
+        "kafka.segments_topic": f"{topic}.segments",
+        "kafka.dead_letter_topic": f"{topic}.dlq",
+        "kafka.group_id": f"g-{topic}",
+        "redis.url": redis_url,
+        "redis.namespace": namespace,
+    }
+
+
 def service_env(
     bootstrap: str,
     redis_url: str,
@@ -42,46 +59,29 @@ def service_env(
     settings: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
     """``os.environ`` plus what a ``streamseg`` subprocess needs to read ``topic`` and write
-    ``namespace``: servers, topics (``<topic>.segments``, ``<topic>.dlq``), group
-    ``g-<topic>``, and the repository on ``PYTHONPATH``. ``settings`` adds or overrides
-    settings by dotted name, as in `consumer.settings.load_settings`, e.g.
+    ``namespace`` (`service_overrides`), and the repository on ``PYTHONPATH``. ``settings``
+    adds or overrides settings by dotted name, as in `consumer.settings.load_settings`, e.g.
     ``{"pipeline.batch_size": 300}`` becomes ``STREAMSEG_PIPELINE__BATCH_SIZE=300``.
     """
     pythonpath = [str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, pythonpath)),
-        KAFKA_ENV: bootstrap,
-        REDIS_ENV: redis_url,
-        "STREAMSEG_KAFKA__EVENTS_TOPIC": topic,
-        "STREAMSEG_KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "STREAMSEG_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "STREAMSEG_KAFKA__GROUP_ID": f"g-{topic}",
-        "STREAMSEG_REDIS__NAMESPACE": namespace,
-    }
-    for dotted, value in (settings or {}).items():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, pythonpath))}
+    overrides = service_overrides(bootstrap, redis_url, topic, namespace) | dict(settings or {})
+    for dotted, value in overrides.items():
         section, _, name = dotted.partition(".")
         env[f"STREAMSEG_{section.upper()}__{name.upper()}"] = str(value)
     return env
 
 
-def service_settings(bootstrap: str, redis_url: str, topic: str, namespace: str) -> Settings:
-    """The settings a ``streamseg`` process started with `service_env` (no extra settings)
-    reads, for the caller's own use (creating the topics, reading the namespace)."""
+def service_settings(
+    bootstrap: str, redis_url: str, topic: str, namespace: str, **extra: object
+) -> Settings:
+    """The settings a ``streamseg`` process started with `service_env` reads, for the caller's
+    own use (creating the topics, reading the namespace, running a pipeline in process).
+    ``extra`` adds or overrides settings by dotted name, as ``service_env``'s ``settings``."""
     from consumer.settings import load_settings  # the service, only when asked for
 
-    return load_settings(
-        None,
-        **{
-            "kafka.bootstrap_servers": bootstrap,
-            "kafka.events_topic": topic,
-            "kafka.segments_topic": f"{topic}.segments",
-            "kafka.dead_letter_topic": f"{topic}.dlq",
-            "kafka.group_id": f"g-{topic}",
-            "redis.url": redis_url,
-            "redis.namespace": namespace,
-        },
-    )
+    overrides = service_overrides(bootstrap, redis_url, topic, namespace) | extra
+    return load_settings(None, **overrides)
 
 
 class LocalStack:

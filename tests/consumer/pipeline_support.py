@@ -13,8 +13,9 @@ from confluent_kafka import Producer
 
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
-from consumer.settings import Settings, load_settings
+from consumer.settings import Settings
 from consumer.state_store import StateStore
+from devstack.stack import service_settings
 from model.features import MS_PER_DAY, category_codes, state_as_dict
 
 T0 = 1_767_225_600_000.0  # 2026-01-01T00:00:00Z
@@ -26,18 +27,9 @@ HOSTILE_IDS = ["{u1}", "a:b", "ü ñ 😀", "%7Bx%7D", "}{", "a b"]
 def settings_for(
     kafka_bootstrap: str, redis_url: str, topic: str, namespace: str, **extra: Any
 ) -> Settings:
-    overrides = {
-        "kafka.bootstrap_servers": kafka_bootstrap,
-        "kafka.events_topic": topic,
-        "kafka.segments_topic": f"{topic}.segments",
-        "kafka.dead_letter_topic": f"{topic}.dlq",
-        "kafka.group_id": f"g-{topic}",
-        "redis.url": redis_url,
-        "redis.namespace": namespace,
-        "pipeline.batch_size": 500,
-        **extra,
-    }
-    return load_settings(None, **overrides)
+    """`devstack.stack.service_settings` with the tests' batch size of 500."""
+    extra = {"pipeline.batch_size": 500, **extra}
+    return service_settings(kafka_bootstrap, redis_url, topic, namespace, **extra)
 
 
 def drain(settings: Settings, expected_records: int) -> SegmentPipeline:
