@@ -159,19 +159,20 @@ class Trainer:
         if self._scaling_stale(Z):
             return self._refit()
         self.segmenter.partial_fit(Z)
-        if self._refit_pays_off():
-            return self._refit()
+        every = self.config.refit_check_updates
+        if every and self.segmenter.n_updates_ % every == 0:
+            window = self._refit_rows()
+            # The check's rows are the window's newest; read once when they are all of it.
+            checked = self.buffered_rows(max_rows=min(window, _REFIT_CHECK_ROWS))
+            if self._refit_pays_off(checked):
+                return self._refit(checked if window <= _REFIT_CHECK_ROWS else None)
         return self._publish(X, Z)
 
-    def _refit_pays_off(self) -> bool:
-        """Every ``refit_check_updates`` updates: would fresh k-means++ centres fit the newest
-        refit rows better than the current ones by more than ``refit_min_gain``?"""
+    def _refit_pays_off(self, X: np.ndarray) -> bool:
+        """Would fresh k-means++ centres fit the rows ``X`` (the newest of the refit window)
+        better than the current ones by more than ``refit_min_gain``?"""
         assert self.segmenter is not None and self.preprocessor is not None
-        every = self.config.refit_check_updates
-        if not every or self.segmenter.n_updates_ % every:
-            return False
-        rows = min(self._refit_rows(), _REFIT_CHECK_ROWS)
-        Z = self.preprocessor.transform(self.buffered_rows(max_rows=rows))
+        Z = self.preprocessor.transform(X)
         K = self.segmenter.n_clusters
         if len(Z) < 10 * K:
             return False
@@ -204,14 +205,16 @@ class Trainer:
         stretched = (spread > 0) & ((spread > 1 + tolerance) | (spread < 1 / (1 + tolerance)))
         return bool((moved | stretched).any())
 
-    def _refit(self) -> SegmentModel:
-        """Refit the scaling and the centres on the newest rows (`_refit_rows`), keeping ids.
+    def _refit(self, X: np.ndarray | None = None) -> SegmentModel:
+        """Refit the scaling and the centres on the newest rows (`_refit_rows`; read here
+        unless the caller has them in ``X``), keeping ids.
 
         The old centres are first re-expressed in the new scaled space, so the Hungarian
         matching of the refit compares like with like.
         """
         assert self.segmenter is not None and self.preprocessor is not None
-        X = self.buffered_rows(max_rows=self._refit_rows())
+        if X is None:
+            X = self.buffered_rows(max_rows=self._refit_rows())
         fresh = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
         moved = remap_centers(self.segmenter.cluster_centers_, self.preprocessor, fresh)
         self.segmenter.replace_centers(moved)
