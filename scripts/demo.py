@@ -163,6 +163,8 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
 
     elapsed = time.monotonic() - started
     counters = read_counters(client, keys)
+    if not console.is_terminal:
+        console.line()  # rich's Live leaves its last frame unterminated when output is a file
     console.rule("[bold]summary")
     console.print(
         f"{counters.get('records', 0):,} records in {elapsed:.0f} s: "
