@@ -11,7 +11,13 @@ features at the watermark, as the segments describe them) and prints, per config
 - the adjusted Rand index (ARI) of the segments stored in Redis against the planted types, and
   that of the offline k-means on the snapshot (what k-means can reach on these rows).
 
-Run: ``python benchmarks/live_model.py`` (writes ``benchmarks/results-live-model.json``).
+Run: ``python benchmarks/live_model.py`` (configurations demo and full, seeds 7 and 11, each
+with and without drift; writes ``benchmarks/results-live-model.json``). The smoke test runs
+``--configs tiny --seeds 7 --drift off --output <tmp>``: one run in about half a minute.
+
+Uses Kafka and Redis from ``STREAMSEG_KAFKA__BOOTSTRAP_SERVERS`` / ``STREAMSEG_REDIS__URL`` when
+set, otherwise starts its own (`devstack.stack.LocalStack`); the results name where they came
+from. Every run has its own topic and Redis namespace.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +44,20 @@ from sklearn.cluster import KMeans  # noqa: E402
 from consumer.kafka_clients import ensure_topics  # noqa: E402
 from consumer.model_store import ModelStore  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
+from consumer.settings import Settings  # noqa: E402
 from consumer.snapshot import read_snapshot  # noqa: E402
+from consumer.status import group_lag  # noqa: E402
 from devstack.stack import LocalStack, service_env, service_settings  # noqa: E402
 from model.quality import adjusted_rand, model_inertia  # noqa: E402
 from model.segmenter import limit_threads  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results-live-model.json"
-#: name -> generator options. "demo" is `make demo`'s stream; "full" the generator's natural
-#: activity (about 420 events per user over 90 days).
-CONFIGS: dict[str, list[str]] = {
-    "demo": ["--users", "4000", "--events-per-user", "40"],
-    "full": ["--users", "1500"],
-}
 #: 90 days of event time pass in about 30 s. The re-score runs once per day of event time as
 #: it would live (its wall-clock bound is for replays of large namespaces). The trainer updates
-#: every second on at least 1,000 fresh rows (a few thousand users here): a second is about 3
-#: days of event time at this speed, where live the default 10 s are nothing. With updates
-#: every 4 s the final model was up to 11 days behind the snapshot (ratios up to 1.13).
+#: every second on at least 1,000 fresh rows (demo and full have a few thousand users): a
+#: second is about 3 days of event time at this speed, where live the default 10 s are
+#: nothing. With updates every 4 s the final model was up to 11 days behind the snapshot
+#: (ratios up to 1.13).
 SETTINGS = {
     "trainer.bootstrap_rows": 3000,
     "trainer.update_rows": 1000,
@@ -61,16 +66,50 @@ SETTINGS = {
 }
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    """A 90-day stream: ``streamseg generate`` options, the records/s offered (``--rate``
+    overrides it) and settings by dotted name over `SETTINGS`."""
+
+    options: tuple[str, ...]
+    rate: float = 20_000
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+
+#: "demo" is `make demo`'s stream; "full" the generator's natural activity (about 420 events
+#: per user over 90 days). "tiny" is the smoke test's, about 7,600 records: until the first
+#: model, rows come only from users with an event that day (the re-score that adds the idle
+#: users' rows needs a model), some 700 over the 90 days here, so its trainer bootstraps on
+#: 300 rows instead of 3,000 (weeks in) and then updates on 100 (a day of event time adds
+#: about one per user). At 500 records/s the 90 days take about 15 s and the trainer updates
+#: while the stream flows; at 20,000 the stream would be over before the consumer has joined.
+CONFIGS = {
+    "demo": StreamConfig(("--users", "4000", "--events-per-user", "40")),
+    "full": StreamConfig(("--users", "1500")),
+    "tiny": StreamConfig(
+        ("--users", "400", "--events-per-user", "20"),
+        rate=500,
+        settings={"trainer.bootstrap_rows": 300, "trainer.update_rows": 100},
+    ),
+}
+#: --drift choice -> the drift variants run: without, with the loyal customers' drift, or both.
+DRIFT_VARIANTS = {"off": (False,), "on": (True,), "both": (False, True)}
+#: Seconds without a record applied (the consumer alive) before a run gives up.
+_STALL_SECONDS = 120
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def one_run(
-    bootstrap: str, redis_url: str, name: str, seed: int, drift: bool, rate: float
+    bootstrap: str, redis_url: str, name: str, seed: int, drift: bool, rate: float | None
 ) -> dict[str, Any]:
+    """Stream configuration ``name`` through the service; `_measure` its final model."""
+    config = CONFIGS[name]
     tag = f"{name}-{seed}-{'drift' if drift else 'steady'}-{int(time.time())}"
     topic, namespace = f"live-{tag}", f"live-{tag}"
-    env = service_env(bootstrap, redis_url, topic, namespace, SETTINGS)
+    env = service_env(bootstrap, redis_url, topic, namespace, {**SETTINGS, **config.settings})
     settings = service_settings(bootstrap, redis_url, topic, namespace)
     ensure_topics(settings.kafka, partitions=2)
     streamseg = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING"]
@@ -79,13 +118,13 @@ def one_run(
         generate = [
             *streamseg,
             "generate",
-            *CONFIGS[name],
+            *config.options,
             "--days",
             "90",
             "--seed",
             str(seed),
             "--rate",
-            str(rate),
+            str(config.rate if rate is None else rate),
             "--valid-only",
             "--planted",
             str(planted_path),
@@ -101,7 +140,7 @@ def one_run(
             subprocess.run(generate, env=env, check=True, stdout=subprocess.DEVNULL)
             client = redis.Redis.from_url(redis_url)
             keys = KeyLayout(namespace)
-            _wait_until_consumed(client, keys, procs)
+            _wait_until_consumed(client, keys, settings, procs)
             time.sleep(3 * SETTINGS["trainer.update_interval_seconds"])  # a last update
         finally:
             for proc in procs:
@@ -113,16 +152,32 @@ def one_run(
 
 
 def _wait_until_consumed(
-    client: redis.Redis, keys: KeyLayout, procs: list[subprocess.Popen[bytes]]
+    client: redis.Redis,
+    keys: KeyLayout,
+    settings: Settings,
+    procs: list[subprocess.Popen[bytes]],
 ) -> None:
-    """Until the records counter has not moved for 5 s (the generator has finished)."""
-    last, still_since = -1, time.monotonic()
-    while time.monotonic() - still_since < 5:
+    """Until the namespace has applied every record of the (finished) events topic; exits if
+    a process ends or nothing is applied for ``_STALL_SECONDS``.
+
+    Waiting for the records counter to stand still instead ended at once when the generator
+    was done before ``streamseg run`` had joined the group (a short stream).
+    """
+    ends = {
+        f"{row['topic']}:{row['partition']}": row["high_watermark"] for row in group_lag(settings)
+    }
+    last: list[int] = []
+    moved_at = time.monotonic()
+    while True:
         if any(p.poll() is not None for p in procs):
             raise SystemExit("streamseg run or train exited early")
-        seen = int(client.hget(keys.counters, "records") or 0)
-        if seen != last:
-            last, still_since = seen, time.monotonic()
+        applied = [int(a or 0) for a in client.hmget(keys.applied_offsets, list(ends))]
+        if all(a >= end for a, end in zip(applied, ends.values(), strict=True)):
+            return
+        if applied != last:
+            last, moved_at = applied, time.monotonic()
+        elif time.monotonic() - moved_at > _STALL_SECONDS:
+            raise SystemExit(f"streamseg run applied nothing for {_STALL_SECONDS} s: {applied}")
         time.sleep(0.5)
 
 
@@ -150,8 +205,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="demo,full", help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--seeds", default="7,11", help="generator seeds")
-    parser.add_argument("--rate", type=float, default=20_000, help="records/s offered")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="records/s offered (default: the configuration's, 20,000; tiny 500)",
+    )
+    parser.add_argument(
+        "--drift",
+        choices=list(DRIFT_VARIANTS),
+        default="both",
+        help="run each configuration and seed without (off) or with (on) loyal high spenders "
+        "turning window shoppers at 70%% of the span, or both (default)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON")
     args = parser.parse_args()
     configs = args.configs.split(",")
     unknown = set(configs) - set(CONFIGS)
@@ -161,13 +227,14 @@ def main() -> int:
     with LocalStack() as stack:
         for name in configs:
             for seed in (int(s) for s in args.seeds.split(",")):
-                for drift in (False, True):
+                for drift in DRIFT_VARIANTS[args.drift]:
                     say(f"{name}, seed {seed}, {'drift' if drift else 'steady'}")
                     run = one_run(
                         stack.bootstrap_servers, stack.redis_url, name, seed, drift, args.rate
                     )
                     say(json.dumps(run))
                     runs.append(run)
+        servers = dict(stack.origin)
     print(f"{'config':<6} {'seed':>4} {'drift':<6} {'users':>6} {'ratio':>6} {'ARI':>6} offline")
     for r in runs:
         print(
@@ -177,7 +244,7 @@ def main() -> int:
         )
     ratios = [r["inertia_ratio"] for r in runs]
     print(f"inertia ratio: median {np.median(ratios):.3f}, max {max(ratios):.3f} (goal <= 1.05)")
-    machine = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}
+    machine = {"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "servers": servers}
     result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine}
     args.output.write_text(json.dumps(result | {"runs": runs}, indent=2))
     say(f"wrote {args.output}")
