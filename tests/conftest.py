@@ -11,6 +11,7 @@ Fixtures (server ones start their server on first use; ``pytest tests/model`` st
 - ``redis_client``  function ``redis.Redis`` (bytes in, bytes out)
 - ``namespace``     function unique key prefix ``"t-<8 hex>"``; its keys are deleted afterwards
 - ``redis_cluster_url`` session  one node of a 3-master Redis Cluster (its own servers)
+- ``server_env``    session  ``os.environ`` naming both servers, for ``streamseg`` subprocesses
 
 Set ``STREAMSEG_KAFKA__BOOTSTRAP_SERVERS`` / ``STREAMSEG_REDIS__URL`` to run against servers you
 started yourself (``python -m devstack up``). A server that cannot start fails the tests that need
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +34,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from devstack.exceptions import DevStackError
 from devstack.redis_cluster import RedisClusterServer
-from devstack.stack import LocalStack
+from devstack.stack import KAFKA_ENV, REDIS_ENV, LocalStack
 
 _KAFKA_FIXTURES = frozenset({"local_stack", "kafka_bootstrap", "kafka_admin", "new_topic"})
 _REDIS_FIXTURES = frozenset({"local_stack", "redis_url", "redis_client", "namespace"})
@@ -116,6 +118,13 @@ def redis_cluster_url() -> Iterator[str]:
 def local_stack(_devstack: LocalStack, kafka_bootstrap: str, redis_url: str) -> LocalStack:
     """The session's `LocalStack` with both Kafka and Redis running."""
     return _devstack
+
+
+@pytest.fixture(scope="session")
+def server_env(kafka_bootstrap: str, redis_url: str) -> dict[str, str]:
+    """This process's environment plus the settings that point a subprocess (``streamseg``, a
+    benchmark or script) at the session's Kafka and Redis."""
+    return {**os.environ, KAFKA_ENV: kafka_bootstrap, REDIS_ENV: redis_url}
 
 
 @pytest.fixture(scope="session")

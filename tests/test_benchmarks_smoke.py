@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +16,12 @@ def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_quick_benchmark_writes_every_section(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
-) -> None:
+def test_quick_benchmark_writes_every_section(server_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    env = {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "STREAMSEG_REDIS__URL": redis_url,
-    }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(out)],
         cwd=ROOT,
-        env=env,
+        env=server_env,
         capture_output=True,
         text=True,
         timeout=240,
@@ -91,18 +83,13 @@ def test_quick_benchmark_writes_every_section(
 
 
 def test_live_model_benchmark_measures_the_published_model(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+    server_env: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "results-live-model.json"
-    env = {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "STREAMSEG_REDIS__URL": redis_url,
-    }
     command = [sys.executable, str(ROOT / "benchmarks" / "live_model.py")]
     options = ["--configs", "tiny", "--seeds", "7", "--drift", "off", "--output", str(out)]
     proc = subprocess.run(
-        [*command, *options], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        [*command, *options], cwd=ROOT, env=server_env, capture_output=True, text=True, timeout=240
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "inertia ratio: median" in proc.stdout

@@ -7,7 +7,6 @@ event lost, none applied twice."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -462,14 +461,9 @@ def test_redis_restarted_empty_is_rebuilt_by_replay_and_promote(
 
 
 def test_short_soak_has_no_errors_bounded_lag_and_flat_memory(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+    server_env: dict[str, str], tmp_path: Path
 ) -> None:
     soak_report = tmp_path / "soak.json"
-    env = {
-        **os.environ,
-        "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "STREAMSEG_REDIS__URL": redis_url,
-    }
     done = subprocess.run(
         [
             sys.executable,
@@ -482,7 +476,7 @@ def test_short_soak_has_no_errors_bounded_lag_and_flat_memory(
             str(soak_report),
         ],
         cwd=REPO_ROOT,
-        env=env,
+        env=server_env,
         capture_output=True,
         text=True,
         timeout=85,
