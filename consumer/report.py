@@ -3,7 +3,7 @@
 The report reads the namespace's current state from Redis (a `consumer.snapshot.Snapshot`,
 the published models and the counters) and writes ``index.html`` with one PNG per figure:
 
-- ``sizes.png``     segment sizes per model version (at training time) and now
+- ``sizes.png``     segment shares per model version (at training time) and now
 - ``centres.png``   heatmap of the current model's centres (scaled units, business annotations)
 - ``pca.png``       2-D PCA projection of sampled users coloured by segment, centres marked
 - ``tiers.png``     mean net revenue per segment coloured by value tier
@@ -61,6 +61,9 @@ _FONT: dict[RcKeyType, Any] = {
 #: Counters shown first, in this order; any other counter (dead_letter.<reason>) follows.
 _MAIN_COUNTERS = ("records", "applied", "duplicates", "ignored", "dead_lettered")
 _TIER_CMAP = "viridis"
+#: Versions drawn in sizes.png at most; the history keeps up to 1000 (hours at a 10 s update
+#: interval), and a bar per version would make a figure too wide for matplotlib to save.
+SIZE_CHART_VERSIONS = 24
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ def _save(fig: Figure, out_dir: Path, name: str) -> str:
 
 
 def _fmt(value: float) -> str:
-    """A business-unit value, short: 1234.5 -> "1.2k", 0.123 -> "0.12"."""
+    """A business-unit value, short: 1234.5 -> "1.2k", 0.123 -> "0.12", -0.001 -> "0.00"."""
     magnitude = abs(value)
+    if magnitude < 0.005:
+        return "0.00"  # not "-0.00": a centre a hair below zero is zero in business units
     if magnitude >= 1e6:
         return f"{value / 1e6:.1f}M"
     if magnitude >= 1e4:
@@ -145,29 +150,53 @@ def plot_centres(model: SegmentModel, out_dir: Path) -> str:
     return _save(fig, out_dir, "centres.png")
 
 
+def chart_versions(versions: Sequence[int], most: int = SIZE_CHART_VERSIONS) -> list[int]:
+    """The versions sizes.png draws: all of them up to ``most``, else ``most`` evenly spaced
+    from the oldest to the newest kept (both included), so long histories still show the
+    drift from the start."""
+    ordered = sorted(versions)
+    if len(ordered) <= most:
+        return ordered
+    picks = np.unique(np.linspace(0, len(ordered) - 1, most).round().astype(int))
+    return [ordered[i] for i in picks]
+
+
+def _versions_text(versions: Sequence[int]) -> str:
+    """``v1, v2, v3`` for a few versions, ``1000 kept, v41 to v1040`` for many."""
+    if len(versions) <= 8:
+        return ", ".join(f"v{v}" for v in versions) or "-"
+    return f"{len(versions):,} kept, v{min(versions)} to v{max(versions)}"
+
+
 def plot_sizes(
     history: Sequence[SegmentModel], current_sizes: dict[int, int], out_dir: Path
 ) -> str:
-    """Stacked bars of segment sizes: one bar per model version (training snapshot), one for now."""
+    """Stacked bars of segment shares: one bar per model version (its training snapshot), one
+    for now (stored records), each labelled with its number of users.
+
+    Shares, not counts: a training snapshot holds at most the trainer's window (20,000 rows by
+    default) while the stored records cover every user, so counts would flatten the versions."""
     names: dict[int, str] = {}
     for m in history:  # oldest first: the newest name of an id wins
         for pos, seg in enumerate(m.ids):
             names[seg] = m.names[pos]
     bars = [
         (
-            f"v{m.model_version}\n(at training)",
+            f"v{m.model_version}",
             {seg: m.profiles[pos].size for pos, seg in enumerate(m.ids)},
         )
         for m in history
     ]
     if current_sizes:
-        bars.append(("now\n(records)", {s: n for s, n in current_sizes.items() if n > 0}))
+        bars.append(("now", {s: n for s, n in current_sizes.items() if n > 0}))
     segment_ids = sorted({s for _, sizes in bars for s in sizes})
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(bars) + 4), 5.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(bars) + 4), 5.5))
     x = np.arange(len(bars))
+    totals = np.array([float(sum(sizes.values())) for _, sizes in bars])
     bottom = np.zeros(len(bars))
     for seg in segment_ids:
-        heights = np.array([float(sizes.get(seg, 0)) for _, sizes in bars])
+        counts = np.array([float(sizes.get(seg, 0)) for _, sizes in bars])
+        heights = 100.0 * counts / np.maximum(totals, 1.0)
         ax.bar(
             x,
             heights,
@@ -179,14 +208,14 @@ def plot_sizes(
             linewidth=0.5,
         )
         bottom += heights
-    for xi, total in zip(x, bottom, strict=True):
-        ax.text(float(xi), total, f"{int(total):,}", ha="center", va="bottom", fontsize=9)
+    for xi, top, total in zip(x, bottom, totals, strict=True):
+        ax.text(float(xi), top, f"{int(total):,}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
-    ax.set_xticklabels([label for label, _ in bars])
+    ax.set_xticklabels([label for label, _ in bars], rotation=45 if len(bars) > 12 else 0)
     ax.set_xlabel("model version (rows of its training snapshot) / now (stored records)")
-    ax.set_ylabel("users (training rows for a version)")
-    ax.set_ylim(0, max(1.0, float(bottom.max())) * 1.1)
-    ax.set_title("Segment sizes across model versions")
+    ax.set_ylabel("share of users (%)")
+    ax.set_ylim(0, 108)
+    ax.set_title("Segment shares across model versions (above each bar: its number of users)")
     ax.legend(title="segment id: name", bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, out_dir, "sizes.png")
 
@@ -606,11 +635,11 @@ def _write_report(
         rows = profile_rows(model, snapshot, positions, current_sizes, category_names)
         mean_revenue = np.array([r.means["net_revenue"] for r in rows])
         versions = sorted(store.versions())
-        history = [store.load(v) for v in versions]
+        history = [store.load(v) for v in chart_versions(versions)]
         sections.append(
             f"<h2>Segments of model v{model.model_version}</h2>"
             f"<p class='note'>Created {esc(model.created_at.isoformat())}, K={len(model.ids)}, "
-            f"published versions: {', '.join(f'v{v}' for v in versions) or '-'}. Means are over "
+            f"published versions: {_versions_text(versions)}. Means are over "
             "the sampled users the current model assigns to each segment; <i>users now</i> "
             "counts the stored segment records naming it.</p>" + _profile_table(rows)
         )
@@ -638,9 +667,11 @@ def _write_report(
             (
                 "Segment sizes across versions",
                 plot_sizes(history, current_sizes, out_dir),
-                "Rows assigned to each segment in the training snapshot of every published "
-                "version (its profiles), and the users whose stored record names the segment now. "
-                "Ids are stable across versions.",
+                "Share of the rows assigned to each segment in the training snapshot of every "
+                "published version (its profiles), and of the users whose stored record names the "
+                "segment now; above each bar, its number of rows or users. "
+                f"Ids are stable across versions. Beyond {SIZE_CHART_VERSIONS} versions, "
+                f"{SIZE_CHART_VERSIONS} evenly spaced from the oldest kept to the newest.",
             ),
         ):
             sections.append(

@@ -14,12 +14,25 @@ import redis
 from consumer.cli import main
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
+from consumer.report import chart_versions
 from consumer.snapshot import read_snapshot
 from consumer.trainer import Trainer
 from model.features import FEATURE_NAMES
 from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+def test_the_sizes_chart_draws_every_version_of_a_short_history() -> None:
+    assert chart_versions([3, 1, 2]) == [1, 2, 3]
+    assert chart_versions(list(range(1, 25)), most=24) == list(range(1, 25))
+
+
+def test_the_sizes_chart_spreads_a_long_history_from_oldest_to_newest() -> None:
+    kept = list(range(41, 1041))  # 1,000 kept after pruning
+    drawn = chart_versions(kept, most=24)
+    assert len(drawn) == 24 and drawn[0] == 41 and drawn[-1] == 1040
+    assert drawn == sorted(set(drawn))
+    gaps = np.diff(drawn)
+    assert gaps.max() - gaps.min() <= 1  # evenly spaced
 
 
 def _point_cli_at(monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str, redis_url: str) -> None:
