@@ -169,7 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
         "list, show, roll back, export or import models",
     )
     model_actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
-    model_actions.add_parser("list", help="published versions, newest first")
+    listing = model_actions.add_parser("list", help="published versions, newest first")
+    listing.add_argument(
+        "--last",
+        type=_non_negative_int,
+        default=20,
+        metavar="N",
+        help="list the newest N versions kept (default 20; 0 = all of them, up to "
+        "trainer.model_history_versions)",
+    )
     show = model_actions.add_parser("show", help="one version's segments and profiles")
     show.add_argument("version", nargs="?", type=int, help="default: the current one")
     rollback = model_actions.add_parser("rollback", help="make an earlier version current")
@@ -451,6 +459,17 @@ def _non_negative(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0 (the error names the bad value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
 

@@ -76,9 +76,13 @@ class ModelStore:
             )
         return ConfigError(f"no model version {version} in namespace {self.keys.namespace!r}")
 
-    def versions(self) -> list[int]:
-        """Published versions, newest first."""
-        return [int(v) for v in self.client.zrevrange(self.keys.model_versions, 0, -1)]
+    def versions(self, newest: int = 0) -> list[int]:
+        """Published versions kept, newest first; only the ``newest`` ones when above 0."""
+        return [int(v) for v in self.client.zrevrange(self.keys.model_versions, 0, newest - 1)]
+
+    def version_count(self) -> int:
+        """How many published versions the history keeps."""
+        return int(self.client.zcard(self.keys.model_versions))
 
     def next_version(self) -> int:
         """One more than every version published in this namespace."""
@@ -207,7 +211,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     current = store.current_version()
     if args.action == "list":
-        for version in store.versions():
+        for version in store.versions(newest=args.last):
             try:
                 m = store.load(version)
             except ConfigError:
@@ -217,6 +221,9 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
                 f"{mark} v{version:<5} {m.created_at.isoformat()}  K={len(m.ids)}  "
                 f"rows={m.metrics.n_rows}  inertia={m.metrics.inertia}"
             )
+        older = store.version_count() - args.last
+        if args.last > 0 and older > 0:
+            print(f"  ... and {older:,} older (--last 0 lists all)")
         return 0
     if args.action == "show":
         shown: int | None = args.version if args.version is not None else current

@@ -135,6 +135,14 @@ def test_the_trainer_and_the_model_command_pass_the_setting(
     assert main([*base, "list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 2 and listed[0].startswith("* v5 ") and listed[1].startswith("  v4 ")
+    assert main([*base, "list", "--last", "1"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("* v5 ") and listed[1:] == [
+        "  ... and 1 older (--last 0 lists all)"
+    ]
+    with pytest.raises(SystemExit):
+        main([*base, "list", "--last", "-1"])
+    assert "'-1' must be >= 0" in capsys.readouterr().err
     assert main([*base, "rollback", "3"]) == 2
     err = capsys.readouterr().err
     assert "oldest kept version is 4" in err and "trainer.model_history_versions" in err
