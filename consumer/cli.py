@@ -17,7 +17,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 _EPILOG = """\
 Settings come from --config FILE (TOML or JSON, sections kafka, redis, features, pipeline,
-trainer) and STREAMSEG_<SECTION>__<FIELD> environment variables, for example
+trainer, observability) and STREAMSEG_<SECTION>__<FIELD> environment variables, for example
 STREAMSEG_KAFKA__BOOTSTRAP_SERVERS=localhost:9092 or STREAMSEG_REDIS__NAMESPACE=shop1.
 Run `streamseg COMMAND --help` for the options of one command.
 """

@@ -48,7 +48,7 @@ class PipelineMetrics:
         )
         self.duplicates = Counter(
             "streamseg_records_duplicate",
-            "Redelivered events skipped by their stored (partition, offset).",
+            "Events skipped as redeliveries (stored partition, offset) or duplicate event ids.",
             registry=r,
         )
         self.ignored = Counter(
