@@ -26,6 +26,7 @@ import redis
 from consumer.exceptions import ConfigError, LeaseLostError
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
+from consumer.state_store import read_values
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
 from model.model_format import SegmentModel
@@ -64,6 +65,15 @@ class ModelStore:
         if raw is None:
             raise self._missing(version)
         return SegmentModel.from_json(raw)
+
+    def load_kept(self, versions: Sequence[int]) -> list[SegmentModel]:
+        """Those of ``versions`` the history still holds, in the given order, in one round trip.
+
+        A publish may prune the oldest version between reading the history and loading it:
+        such a version is left out rather than failing a listing or a report.
+        """
+        raws = read_values(self.client, [self.keys.model_history(v) for v in versions])
+        return [SegmentModel.from_json(raw) for raw in raws if raw is not None]
 
     def _missing(self, version: int) -> ConfigError:
         """The error for a version whose JSON is not in the history: pruned, or never there."""
@@ -211,14 +221,10 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     current = store.current_version()
     if args.action == "list":
-        for version in store.versions(newest=args.last):
-            try:
-                m = store.load(version)
-            except ConfigError:
-                continue  # pruned by a publish since the versions were read
-            mark = "*" if version == current else " "
+        for m in store.load_kept(store.versions(newest=args.last)):
+            mark = "*" if m.model_version == current else " "
             print(
-                f"{mark} v{version:<5} {m.created_at.isoformat()}  K={len(m.ids)}  "
+                f"{mark} v{m.model_version:<5} {m.created_at.isoformat()}  K={len(m.ids)}  "
                 f"rows={m.metrics.n_rows}  inertia={m.metrics.inertia}"
             )
         older = store.version_count() - args.last

@@ -635,7 +635,7 @@ def _write_report(
         rows = profile_rows(model, snapshot, positions, current_sizes, category_names)
         mean_revenue = np.array([r.means["net_revenue"] for r in rows])
         versions = sorted(store.versions())
-        history = [store.load(v) for v in chart_versions(versions)]
+        history = store.load_kept(chart_versions(versions))
         sections.append(
             f"<h2>Segments of model v{model.model_version}</h2>"
             f"<p class='note'>Created {esc(model.created_at.isoformat())}, K={len(model.ids)}, "

@@ -108,6 +108,22 @@ def test_a_publish_never_drops_the_version_it_publishes(
         store.rollback(20)
 
 
+def test_loading_a_listing_leaves_out_versions_pruned_since_it_was_read(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys, history_versions=3)
+    model = small_model()
+    for version in (1, 2, 3):
+        store.publish(model.model_copy(update={"model_version": version}))
+    listed = store.versions()
+    store.publish(model.model_copy(update={"model_version": 4}))  # prunes v1
+    assert listed == [3, 2, 1]
+    assert [m.model_version for m in store.load_kept(listed)] == [3, 2]
+    assert [m.model_version for m in store.load_kept([1, 4, 2])] == [4, 2]
+    assert store.versions(newest=2) == [4, 3] and store.version_count() == 3
+
+
 def test_the_trainer_and_the_model_command_pass_the_setting(
     redis_url: str,
     redis_client: redis.Redis,
