@@ -55,6 +55,12 @@ Examples:
   streamseg produce events.jsonl --topic events.replay --rate 2000
   kcat -C -b localhost:9092 -t events -e -q | streamseg produce - --topic events.copy
   streamseg produce orders.jsonl --key-field customer_id
+
+A CSV or TSV file, or any of --map, --default, --ts-format, --ts-unit, maps each row to an
+event of the contract instead (keyed by its user_id; --key-field does not apply):
+  streamseg produce 2019-Oct.csv --map ts=event_time --map type=event_type \\
+      --map amount=price --map category=category_code --map item_id=product_id \\
+      --ts-format '%Y-%m-%d %H:%M:%S %Z'
 """
 
 
@@ -283,11 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "produce",
         "consumer.produce:produce_command",
-        "send a JSON-lines file (or stdin) to a Kafka topic, one record per line",
+        "send a JSON-lines, CSV or TSV file (or stdin) to a Kafka topic, one record per line",
     )
     produce.formatter_class = argparse.RawDescriptionHelpFormatter
     produce.epilog = _PRODUCE_EPILOG
-    produce.add_argument("file", metavar="FILE", help="JSON-lines file, or - for stdin")
+    produce.add_argument("file", metavar="FILE", help="JSON-lines, CSV or TSV file, or - for stdin")
     produce.add_argument(
         "--topic", metavar="NAME", help="destination topic (default: kafka.events_topic)"
     )
@@ -308,6 +314,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    mapping = produce.add_argument_group(
+        "your own export (CSV, TSV or JSON lines with other field names)",
+        "Each row or object becomes one contract event: see 'Bringing your own data' in the "
+        "README for how values are typed and how a missing event_id is derived.",
+    )
+    mapping.add_argument(
+        "--format",
+        choices=["auto", "jsonl", "csv", "tsv"],
+        default="auto",
+        help="input format (default auto: .csv / .tsv, optionally .gz, by the file name; "
+        "JSON lines otherwise and for stdin)",
+    )
+    mapping.add_argument(
+        "--map",
+        action="append",
+        metavar="FIELD=SOURCE",
+        help="take contract field FIELD from source column or key SOURCE (repeatable), "
+        "e.g. --map ts=event_time --map type=event_type --map amount=price",
+    )
+    mapping.add_argument(
+        "--default",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="value of FIELD where the source has none (repeatable), e.g. --default currency=EUR",
+    )
+    mapping.add_argument(
+        "--ts-format",
+        metavar="FORMAT",
+        help="strptime format of text timestamps, e.g. '%%Y-%%m-%%d %%H:%%M:%%S %%Z'; "
+        "a time without a zone is UTC (default: ISO-8601 text passes, digits are epoch)",
+    )
+    mapping.add_argument(
+        "--ts-unit",
+        choices=["ms", "s"],
+        help="unit of numeric timestamps (default ms; s = epoch seconds)",
     )
 
     report = _command(

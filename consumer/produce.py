@@ -1,5 +1,7 @@
-"""Put records on a Kafka topic: the synthetic stream (``streamseg generate``) or a JSON-lines
-file (``streamseg produce``), with rate limiting, a progress bar and delivery accounting.
+"""Put records on a Kafka topic: the synthetic stream (``streamseg generate``) or a file
+(``streamseg produce``), with rate limiting, a progress bar and delivery accounting. A file is
+JSON lines sent as they are (below), or a shop's own CSV, TSV or JSON-lines export mapped to
+contract events by `consumer.event_mapping`.
 
 JSON-lines format
 -----------------
@@ -34,6 +36,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import gzip
 import logging
 import sys
 import time
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, cast
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -60,13 +63,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from consumer.event_mapping import EventMapping, read_csv_rows, read_json_rows
 from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
 from consumer.settings import KafkaSettings, Settings
 
 __all__ = [
     "JsonLinesFormatError",
     "ProduceStats",
+    "file_records",
     "generate_command",
+    "input_format",
     "produce_command",
     "produce_records",
     "producer_config",
@@ -583,9 +589,58 @@ def _drain(records: Iterable[tuple[bytes | None, bytes]], show: bool, total: int
     return 0
 
 
+#: --format choice -> CSV delimiter (None = JSON lines).
+_DELIMITERS: dict[str, str | None] = {"jsonl": None, "csv": ",", "tsv": "\t"}
+
+
+def input_format(choice: str, file: str) -> str:
+    """``choice``, or for ``auto`` the format the file name says (``.csv``, ``.tsv``, either
+    with ``.gz``); JSON lines otherwise and for stdin."""
+    if choice != "auto":
+        return choice
+    suffixes = [s.lower() for s in Path(file).suffixes]
+    if suffixes[-1:] == [".gz"]:
+        suffixes = suffixes[:-1]
+    return {".csv": "csv", ".tsv": "tsv"}.get(suffixes[-1] if suffixes else "", "jsonl")
+
+
+def _mapping(args: argparse.Namespace, fmt: str) -> EventMapping | None:
+    """The mapping the options ask for; None to send JSON lines as they are."""
+    options = (args.map, args.default, args.ts_format, args.ts_unit)
+    if fmt == "jsonl" and not any(options):
+        return None
+    return EventMapping.from_options(
+        args.map or (), args.default or (), args.ts_format, args.ts_unit or "ms"
+    )
+
+
+def file_records(
+    source: IO[bytes], fmt: str, mapping: EventMapping | None, key_field: str = "user_id"
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """The Kafka records of an input stream: JSON lines as they are without a mapping,
+    otherwise each CSV/TSV row or JSON object mapped to a contract event."""
+    if mapping is None:
+        yield from read_jsonl_records(source, key_field)
+        return
+    delimiter = _DELIMITERS[fmt]
+    if delimiter is not None:
+        yield from (mapping.record(row) for row in read_csv_rows(source, delimiter))
+        return
+    for item in read_json_rows(source):
+        yield (None, item) if isinstance(item, bytes) else mapping.record(item)
+
+
+def _open_input(path: Path) -> IO[bytes]:
+    if path.suffix.lower() == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return path.open("rb", buffering=1 << 20)
+
+
 def produce_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg produce``: send a JSON-lines file (or stdin) to a topic."""
+    """``streamseg produce``: send a JSON-lines, CSV or TSV file (or stdin) to a topic."""
     topic = args.topic or settings.kafka.events_topic
+    fmt = input_format(args.format, args.file)
+    mapping = _mapping(args, fmt)
     total: int | None = None
     if args.file == "-":
         source: IO[bytes] = sys.stdin.buffer
@@ -593,15 +648,16 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
     else:
         path = Path(args.file)
         try:
-            source = path.open("rb", buffering=1 << 20)
-            total = _count_lines(path) if path.is_file() else None
+            source = _open_input(path)
+            if path.is_file() and path.suffix.lower() != ".gz":
+                total = _count_lines(path) - (fmt != "jsonl")  # not the header line
         except OSError as exc:
             print(f"streamseg produce: cannot read {args.file}: {exc}", file=sys.stderr)
             return 2
         name = path.name
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
         stats = produce_records(
-            read_jsonl_records(source, args.key_field),
+            file_records(source, fmt, mapping, args.key_field),
             settings.kafka,
             topic,
             rate=args.rate or None,

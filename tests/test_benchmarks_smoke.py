@@ -108,3 +108,19 @@ def test_live_model_benchmark_measures_the_published_model(
     assert 0.9 <= run["inertia_ratio"] <= 1.5, run
     for name in ("stored_segments_ari", "offline_kmeans_ari"):
         assert math.isfinite(run[name]) and -1 <= run[name] <= 1, (name, run[name])
+
+
+def test_import_benchmark_prints_both_rates() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "import_csv.py"), "--rows", "3000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if "per second |" in line]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        median = float(row.split("|")[2].split("(")[0].replace(",", ""))
+        assert median > 0, row

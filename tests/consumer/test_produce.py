@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import time
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,8 +24,11 @@ from consumer.produce import (
     read_jsonl_records,
     record_to_line,
 )
+from consumer.redis_keys import KeyLayout
 from consumer.settings import KafkaSettings
+from consumer.state_store import StateStore
 from consumer.synthetic import EventGenerator, GeneratorConfig
+from tests.consumer.pipeline_support import drain, read_state, settings_for
 
 Record = tuple[bytes | None, bytes]
 
@@ -222,3 +227,47 @@ def test_rate_limit_spreads_records_over_time(
     assert stats.ok and stats.delivered == 600
     # 600 records at 1000/s, of which a burst of 100 goes at once: at least 0.5 s.
     assert 0.45 < elapsed < 10.0
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store's own CSV (gzipped, its own column names and time format) through `produce
+    --map` and the real pipeline: every row ends applied, duplicate, ignored or dead-lettered."""
+    header = "event_time,event_type,product_id,category_code,price,user_id,user_session"
+    rows = [
+        "2019-10-01 00:00:00 UTC,view,44600062,,35.79,541312140,s1",
+        "2019-10-01 00:01:00 UTC,cart,3900821,appliances.kettle,33.20,554748717,s2",
+        "2019-10-01 00:02:00 UTC,purchase,3900821,appliances.kettle,33.20,554748717,s2",
+        "2019-10-01 00:02:00 UTC,purchase,3900821,appliances.kettle,33.20,554748717,s2",  # twice
+        "2019-10-01 00:03:00 UTC,remove_from_cart,17200506,furniture.sofa,543.10,519107250,s3",
+        "2019-10-01 00:04:00 UTC,purchase,17200506,furniture.sofa,not-a-price,519107250,s3",
+        "01/10/2019,view,17200506,furniture.sofa,543.10,519107250,s3",  # another time format
+    ]
+    path = tmp_path / "2019-Oct.csv.gz"
+    path.write_bytes(gzip.compress("\n".join([header, *rows, ""]).encode()))
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    topic = new_topic()
+    mapping = [
+        "--map", "ts=event_time", "--map", "type=event_type", "--map", "amount=price",
+        "--map", "category=category_code", "--map", "item_id=product_id",
+        "--ts-format", "%Y-%m-%d %H:%M:%S %Z",
+    ]  # fmt: skip
+    assert main(["produce", str(path), "--topic", topic, "--no-progress", *mapping]) == 0
+
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    drain(settings, expected_records=len(rows))
+    counters = StateStore(redis_client, KeyLayout(namespace)).read_counters()
+    assert counters["records"] == 7
+    assert (counters["applied"], counters["duplicates"], counters["ignored"]) == (3, 1, 1)
+    assert counters["dead_lettered"] == counters["dead_letter.invalid_field"] == 2
+    state = read_state(redis_client, namespace, ["554748717"])["554748717"]
+    assert state["purchases"] == pytest.approx(1.0, rel=1e-3)  # the repeated row counted once

@@ -1,0 +1,232 @@
+"""Turn a shop's own export (CSV, TSV or JSON lines with its own field names) into events of
+the contract, for ``streamseg produce --map`` / ``--format csv``.
+
+The mapping is applied on the producing side, so the consumer's contract stays strict. For
+each contract field (``event_id``, ``user_id``, ``type``, ``ts``, ``amount``, ``currency``,
+``category``, ``item_id``, ``quantity``, ``rating``) the value is taken from
+
+1. the source field named by ``--map FIELD=SOURCE``, else
+2. a source field of the contract's own name, else
+3. the constant of ``--default FIELD=VALUE``;
+
+a missing or empty value leaves the field out. Source fields that are not mapped are not sent.
+Text values (every CSV cell) are typed as the contract wants them:
+
+- ``amount``: a decimal number (``12.5``); ``quantity`` and ``rating``: whole numbers;
+- ``ts``: with ``--ts-format`` (a `datetime.strptime` format; a time without a zone is UTC)
+  epoch milliseconds; otherwise a value of digits only (optionally signed or with a
+  fraction) is an epoch number in ``--ts-unit`` (``ms``, or ``s`` for seconds), and any other
+  text is left as it is (ISO-8601 with a zone passes);
+- everything else is sent as text.
+
+A value that cannot be typed is sent as the text it was, so the consumer dead-letters the
+record (``invalid_field``) with its bytes and counts it: nothing is dropped here.
+
+Without an ``event_id`` (mapped, present or defaulted), the record gets
+``"h-" + 20 hex digits``: the BLAKE2b-80 hash of the source row (its fields and values, sorted,
+as JSON), so the same row always gets the same id. Two identical rows are then one event: the
+consumer counts the second in ``duplicates`` when it comes within the user's last
+``pipeline.dedupe_window_events`` events. That window is short, so producing a file twice onto
+the live topic is not idempotent; replay an import into a fresh topic and namespace instead.
+
+The Kafka key is the event's ``user_id`` as UTF-8 text (none when it has no user id).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property, lru_cache
+from typing import IO, Literal
+
+import orjson
+
+from consumer.exceptions import ConfigError
+
+__all__ = ["CONTRACT_FIELDS", "EventMapping", "read_csv_rows", "read_json_rows"]
+
+#: The fields of the event contract (model.events.Event), in the order they are written.
+CONTRACT_FIELDS = (
+    "event_id",
+    "user_id",
+    "type",
+    "ts",
+    "amount",
+    "currency",
+    "category",
+    "item_id",
+    "quantity",
+    "rating",
+)
+#: Fields whose text is converted (the others are sent as they are).
+_TYPED_FIELDS = frozenset({"ts", "amount", "quantity", "rating"})
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+TsUnit = Literal["ms", "s"]
+Row = Mapping[str, object]
+
+
+def _parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
+    """``["FIELD=VALUE", ...]`` as a dict; the error names the option and the bad item."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"{option} {item!r}: expected FIELD=VALUE")
+        if name not in CONTRACT_FIELDS:
+            raise ConfigError(
+                f"{option} {item!r}: {name!r} is not a field of the event contract "
+                f"({', '.join(CONTRACT_FIELDS)})"
+            )
+        if name in pairs:
+            raise ConfigError(f"{option} names {name!r} twice")
+        pairs[name] = value
+    return pairs
+
+
+@dataclass(frozen=True)
+class EventMapping:
+    """How one source row becomes one contract event (see the module docstring)."""
+
+    sources: Mapping[str, str] = field(default_factory=dict)
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    ts_format: str | None = None
+    ts_unit: TsUnit = "ms"
+
+    @classmethod
+    def from_options(
+        cls,
+        maps: Sequence[str] = (),
+        defaults: Sequence[str] = (),
+        ts_format: str | None = None,
+        ts_unit: TsUnit = "ms",
+    ) -> EventMapping:
+        """From ``--map`` / ``--default`` items (``FIELD=VALUE``), validated."""
+        sources = _parse_pairs(maps, "--map")
+        empty = [name for name, source in sources.items() if not source]
+        if empty:
+            raise ConfigError(f"--map {empty[0]}= names no source field")
+        return cls(sources, _parse_pairs(defaults, "--default"), ts_format, ts_unit)
+
+    @cached_property
+    def _plan(self) -> tuple[tuple[str, str, str | None], ...]:
+        """(contract field, source field, default or None) for every contract field."""
+        return tuple(
+            (name, self.sources.get(name, name), self.defaults.get(name) or None)
+            for name in CONTRACT_FIELDS
+        )
+
+    @cached_property
+    def _parse_time(self) -> Callable[[str], int | None]:
+        """Epoch ms of a text in ``ts_format`` (None when it does not match), cached: exports
+        repeat each second's text many times, and strptime is most of a row's cost."""
+        fmt = self.ts_format or ""
+
+        @lru_cache(maxsize=1 << 16)
+        def parse(text: str) -> int | None:
+            try:
+                when = datetime.strptime(text, fmt)
+            except ValueError:
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return round(when.timestamp() * 1000)
+
+        return parse
+
+    def event(self, row: Row) -> dict[str, object]:
+        """The contract event for ``row`` (a CSV row's cells or a JSON object)."""
+        out: dict[str, object] = {}
+        get = row.get
+        for name, source, default in self._plan:
+            value = get(source)
+            if value is None or value == "":
+                if default is None:
+                    continue
+                value = default
+            out[name] = self._typed(name, value) if name in _TYPED_FIELDS else value
+        if "event_id" not in out:
+            return {"event_id": row_hash(row), **out}
+        return out
+
+    def record(self, row: Row) -> tuple[bytes | None, bytes]:
+        """The Kafka ``(key, value)`` for ``row``."""
+        event = self.event(row)
+        user = event.get("user_id")
+        key = None if user is None else str(user).encode()
+        return key, orjson.dumps(event)
+
+    def _typed(self, name: str, value: object) -> object:
+        if name == "ts":
+            return self._timestamp(value)
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        try:
+            if name == "amount":
+                amount = float(text)
+                return amount if math.isfinite(amount) else value
+            if name in ("quantity", "rating"):
+                return int(text)
+        except ValueError:
+            pass
+        return value  # text, or not a number: sent as it was, for the consumer to judge
+
+    def _timestamp(self, value: object) -> object:
+        scale = 1000 if self.ts_unit == "s" else 1
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value * scale
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if self.ts_format is not None:
+            ms = self._parse_time(text)
+            return value if ms is None else ms
+        if _NUMBER.fullmatch(text):
+            number = float(text) * scale
+            return int(number) if number.is_integer() else number
+        return value
+
+
+def row_hash(row: Row) -> str:
+    """``h-`` and the BLAKE2b-80 hex digest of the row as sorted JSON: a stable event id."""
+    canonical = orjson.dumps(
+        {str(k): v for k, v in row.items()}, option=orjson.OPT_SORT_KEYS, default=str
+    )
+    return "h-" + hashlib.blake2b(canonical, digest_size=10).hexdigest()
+
+
+def read_csv_rows(stream: IO[bytes], delimiter: str = ",") -> Iterator[dict[str, object]]:
+    """Rows of a CSV (or TSV) byte stream with a header line, as {column: cell}.
+
+    UTF-8 (a byte-order mark is skipped); bytes that are not UTF-8 become U+FFFD. Cells beyond
+    the header are kept under ``_extra`` (they are in the row's hash, not in the event).
+    """
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+    for row in csv.DictReader(text, delimiter=delimiter):
+        extra = row.pop(None, None)
+        cells: dict[str, object] = {k: v for k, v in row.items() if v is not None}
+        if extra:
+            cells["_extra"] = extra
+        yield cells
+
+
+def read_json_rows(stream: IO[bytes]) -> Iterator[dict[str, object] | bytes]:
+    """Objects of a JSON-lines byte stream; a line that is not a JSON object comes back as
+    its bytes (to be sent as it is, and dead-lettered by the consumer)."""
+    for raw in stream:
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            yield line
+            continue
+        yield obj if isinstance(obj, dict) else line

@@ -1,0 +1,193 @@
+"""Mapping a shop's own export to contract events (`consumer.event_mapping`): pure, no servers."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+import pytest
+
+from consumer.event_mapping import EventMapping, read_csv_rows, read_json_rows, row_hash
+from consumer.exceptions import ConfigError
+from consumer.produce import file_records, input_format
+from model.events import DEFAULT_ALIASES, decode_events, resolve_type_map
+
+# The column layout of a public multi-category store's export (event_time ... user_session).
+STORE_CSV = (
+    b"\xef\xbb\xbf"
+    + "\n".join(
+        [
+            "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,"
+            "user_session",
+            "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,"
+            "541312140,72d7",
+            "2019-10-01 00:00:04 UTC,purchase,3900821,2053013552326770905,appliances.water_heater,"
+            "aqua,33.20,554748717,9333",
+            "2019-10-01 00:00:04 UTC,purchase,3900821,2053013552326770905,appliances.water_heater,"
+            "aqua,33.20,554748717,9333",
+            "2019-10-01 00:00:05 UTC,remove_from_cart,17200506,2053013559792632471,furniture.sofa,,"
+            "543.10,519107250,5665",
+            "",
+        ]
+    ).encode()
+)
+STORE_MAP = [
+    "ts=event_time",
+    "type=event_type",
+    "amount=price",
+    "category=category_code",
+    "item_id=product_id",
+]
+STORE_TS = "%Y-%m-%d %H:%M:%S %Z"
+TYPE_MAP = resolve_type_map(DEFAULT_ALIASES)
+
+
+def _events(mapping: EventMapping, data: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(value) for _, value in file_records(io.BytesIO(data), "csv", mapping)]
+
+
+def test_a_store_export_becomes_contract_events_keyed_by_user() -> None:
+    mapping = EventMapping.from_options(STORE_MAP, ts_format=STORE_TS)
+    records = list(file_records(io.BytesIO(STORE_CSV), "csv", mapping))
+    assert [key for key, _ in records] == [b"541312140", b"554748717", b"554748717", b"519107250"]
+    view, purchase, again, removal = (orjson.loads(value) for _, value in records)
+    assert view == {
+        "event_id": view["event_id"],
+        "user_id": "541312140",
+        "type": "view",
+        "ts": 1_569_888_000_000,  # 2019-10-01T00:00:00Z
+        "amount": 35.79,
+        "item_id": "44600062",  # an empty category_code leaves category out
+    }
+    assert purchase["amount"] == 33.2 and purchase["category"] == "appliances.water_heater"
+    assert purchase["ts"] == 1_569_888_004_000
+    assert again["event_id"] == purchase["event_id"] != view["event_id"]  # identical rows
+    assert removal["type"] == "remove_from_cart"  # the consumer ignores (or aliases) it
+    # What the consumer's decoder makes of them: three events, one valid of an unmapped type.
+    keys, values = [k for k, _ in records], [v for _, v in records]
+    batch, rejections = decode_events(values, keys, type_map=TYPE_MAP)
+    assert len(batch) == 3 and batch.ignored == [3] and rejections == []
+
+
+def test_derived_event_ids_are_stable_and_depend_on_every_column() -> None:
+    mapping = EventMapping.from_options(STORE_MAP, ts_format=STORE_TS)
+    first, second = _events(mapping, STORE_CSV), _events(mapping, STORE_CSV)
+    assert [e["event_id"] for e in first] == [e["event_id"] for e in second]
+    row = {"user_id": "u1", "type": "view", "ts": "1", "user_session": "a"}
+    assert row_hash(row) != row_hash({**row, "user_session": "b"})  # not a contract field
+    assert row_hash(row) == row_hash(dict(reversed(row.items())))  # not the column order
+    assert row_hash(row).startswith("h-") and len(row_hash(row)) == 22
+
+
+def test_a_mapped_or_present_event_id_is_kept() -> None:
+    rows = b"id,user_id,type,ts\n7,u1,view,1700000000000\n"
+    (event,) = _events(EventMapping.from_options(["event_id=id"]), rows)
+    assert event == {"event_id": "7", "user_id": "u1", "type": "view", "ts": 1_700_000_000_000}
+
+
+@pytest.mark.parametrize(
+    ("unit", "cell", "ts"),
+    [
+        ("ms", "1700000000123", 1_700_000_000_123),
+        ("s", "1700000000", 1_700_000_000_000),
+        ("s", "1700000000.5", 1_700_000_000_500),
+        ("ms", "2024-03-01T10:00:00+01:00", "2024-03-01T10:00:00+01:00"),  # ISO passes as text
+    ],
+)
+def test_timestamps_are_typed_by_unit(unit: str, cell: str, ts: object) -> None:
+    mapping = EventMapping.from_options(ts_unit=unit)  # type: ignore[arg-type]
+    (event,) = _events(mapping, f"user_id,type,ts\nu1,view,{cell}\n".encode())
+    assert event["ts"] == ts
+
+
+def test_a_naive_formatted_time_is_utc_and_an_offset_is_honoured() -> None:
+    naive = EventMapping.from_options(ts_format="%d/%m/%Y %H:%M")
+    (event,) = _events(naive, b"user_id,type,ts\nu1,view,01/10/2019 02:00\n")
+    assert event["ts"] == 1_569_895_200_000
+    zoned = EventMapping.from_options(ts_format="%Y-%m-%d %H:%M%z")
+    (event,) = _events(zoned, b"user_id,type,ts\nu1,view,2019-10-01 04:00+0200\n")
+    assert event["ts"] == 1_569_895_200_000
+
+
+def test_values_that_cannot_be_typed_are_sent_as_text_for_the_consumer_to_reject() -> None:
+    mapping = EventMapping.from_options(["amount=price"], ts_format=STORE_TS)
+    data = (
+        b"user_id,type,ts,price,quantity\n"
+        b"u1,purchase,yesterday,abc,two\n"
+        b"u2,purchase,2019-10-01 00:00:00 UTC,nan,1\n"
+    )
+    bad_ts, bad_amount = _events(mapping, data)
+    assert (bad_ts["ts"], bad_ts["amount"], bad_ts["quantity"]) == ("yesterday", "abc", "two")
+    assert bad_amount["amount"] == "nan" and bad_amount["quantity"] == 1
+    batch, rejections = decode_events(
+        [orjson.dumps(e) for e in (bad_ts, bad_amount)], type_map=TYPE_MAP
+    )
+    assert len(batch) == 0 and [r.reason for r in rejections] == ["invalid_field"] * 2
+
+
+def test_defaults_fill_missing_and_empty_values_only() -> None:
+    mapping = EventMapping.from_options(defaults=["currency=EUR", "type=view"])
+    data = b"user_id,type,ts,currency\nu1,,1,\nu2,cart,2,USD\n"
+    first, second = _events(mapping, data)
+    assert (first["type"], first["currency"]) == ("view", "EUR")
+    assert (second["type"], second["currency"]) == ("cart", "USD")
+
+
+def test_tsv_and_ragged_rows() -> None:
+    rows = list(
+        read_csv_rows(io.BytesIO(b"user_id\ttype\tts\nu1\tview\t1\textra\nu2\tview\n"), "\t")
+    )
+    assert rows == [
+        {"user_id": "u1", "type": "view", "ts": "1", "_extra": ["extra"]},
+        {"user_id": "u2", "type": "view"},  # a short row: the missing cells are left out
+    ]
+
+
+def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
+    data = b'{"uid": 5, "kind": "view", "when": 1700000000}\n[1, 2]\nnot json\n\n'
+    assert list(read_json_rows(io.BytesIO(data)))[1:] == [b"[1, 2]", b"not json"]
+    mapping = EventMapping.from_options(["user_id=uid", "type=kind", "ts=when"], ts_unit="s")
+    records = list(file_records(io.BytesIO(data), "jsonl", mapping))
+    key, value = records[0]
+    assert key == b"5"
+    assert orjson.loads(value) == {
+        "event_id": orjson.loads(value)["event_id"],
+        "user_id": 5,
+        "type": "view",
+        "ts": 1_700_000_000_000,
+    }
+    assert records[1:] == [(None, b"[1, 2]"), (None, b"not json")]
+
+
+@pytest.mark.parametrize(
+    ("maps", "defaults", "message"),
+    [
+        (
+            ["price=amount"],
+            [],
+            "--map 'price=amount': 'price' is not a field of the event contract",
+        ),
+        (["ts"], [], "--map 'ts': expected FIELD=VALUE"),
+        (["ts="], [], "--map ts= names no source field"),
+        (["ts=a", "ts=b"], [], "--map names 'ts' twice"),
+        ([], ["colour=red"], "--default 'colour=red': 'colour' is not a field"),
+    ],
+)
+def test_a_bad_option_is_named(maps: list[str], defaults: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")):
+        EventMapping.from_options(maps, defaults)
+
+
+@pytest.mark.parametrize(
+    ("choice", "file", "fmt"),
+    [
+        ("auto", "2019-Oct.csv", "csv"),
+        ("auto", "export.CSV.gz", "csv"),
+        ("auto", "events.tsv", "tsv"),
+        ("auto", "events.jsonl", "jsonl"),
+        ("auto", "-", "jsonl"),
+        ("csv", "-", "csv"),
+    ],
+)
+def test_the_format_follows_the_file_name(choice: str, file: str, fmt: str) -> None:
+    assert input_format(choice, file) == fmt
