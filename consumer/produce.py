@@ -35,6 +35,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import csv
 import dataclasses
 import gzip
 import logging
@@ -68,6 +69,7 @@ from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegEr
 from consumer.settings import KafkaSettings, Settings
 
 __all__ = [
+    "InputFileError",
     "JsonLinesFormatError",
     "ProduceStats",
     "file_records",
@@ -88,6 +90,10 @@ RAW_FIELD = "_raw_b64"
 KEY_FIELD = "_key_b64"
 _MAX_ERROR_SAMPLES = 5
 _PROGRESS_EVERY = 1024  # records between progress updates and producer polls
+
+
+class InputFileError(StreamsegError):
+    """``streamseg produce`` could not read its input to the end; the message says where."""
 
 
 class JsonLinesFormatError(StreamsegError):
@@ -180,9 +186,11 @@ def _write_jsonl(
 
 
 def _count_lines(path: Path) -> int:
+    """Lines of the file (of its content when gzipped: a pass at decompression speed, for the
+    progress bar's total and ETA)."""
     count = 0
     last = b"\n"
-    with path.open("rb") as fh:
+    with _open_input(path) as fh:
         while block := fh.read(1 << 20):
             count += block.count(b"\n")
             last = block[-1:]
@@ -630,6 +638,20 @@ def file_records(
         yield (None, item) if isinstance(item, bytes) else mapping.record(item)
 
 
+def _reading(
+    records: Iterable[tuple[bytes | None, bytes]], name: str
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """``records``, with a broken input (truncated gzip, a CSV field over the csv module's
+    limit, a read error) turned into an error that names the file and how far it got."""
+    count = 0
+    try:
+        for record in records:
+            yield record
+            count += 1
+    except (OSError, EOFError, csv.Error) as exc:
+        raise InputFileError(f"cannot read {name} after {count:,} records: {exc}") from None
+
+
 def _open_input(path: Path) -> IO[bytes]:
     if path.suffix.lower() == ".gz":
         return cast(IO[bytes], gzip.open(path, "rb"))
@@ -641,6 +663,7 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.kafka.events_topic
     fmt = input_format(args.format, args.file)
     mapping = _mapping(args, fmt)
+    show = _show_progress(args)
     total: int | None = None
     if args.file == "-":
         source: IO[bytes] = sys.stdin.buffer
@@ -649,7 +672,7 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
         path = Path(args.file)
         try:
             source = _open_input(path)
-            if path.is_file() and path.suffix.lower() != ".gz":
+            if show and path.is_file():
                 total = _count_lines(path) - (fmt != "jsonl")  # not the header line
         except OSError as exc:
             print(f"streamseg produce: cannot read {args.file}: {exc}", file=sys.stderr)
@@ -657,11 +680,11 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
         name = path.name
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
         stats = produce_records(
-            file_records(source, fmt, mapping, args.key_field),
+            _reading(file_records(source, fmt, mapping, args.key_field), name),
             settings.kafka,
             topic,
             rate=args.rate or None,
-            progress=_show_progress(args),
+            progress=show,
             total=total,
             description=f"{name} -> {topic}",
         )

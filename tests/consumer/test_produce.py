@@ -271,3 +271,25 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
     assert counters["dead_lettered"] == counters["dead_letter.invalid_field"] == 2
     state = read_state(redis_client, namespace, ["554748717"])["554748717"]
     assert state["purchases"] == pytest.approx(1.0, rel=1e-3)  # the repeated row counted once
+
+
+@pytest.mark.kafka
+def test_a_truncated_gzip_file_is_an_error_naming_it_after_what_was_sent(
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    rows = "".join(f"u{i},view,{1_700_000_000_000 + i}\n" for i in range(20_000))
+    whole = gzip.compress(("user_id,type,ts\n" + rows).encode())
+    path = tmp_path / "export.csv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    topic = new_topic()
+    assert main(["produce", str(path), "--topic", topic, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "streamseg: error: cannot read export.csv.gz after " in err
+    sent = int(err.split(" after ")[1].split(" records")[0].replace(",", ""))
+    assert 0 < sent < 20_000
+    assert len(consume_all(kafka_bootstrap, topic, sent)) == sent  # what was read, was sent
