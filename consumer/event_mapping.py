@@ -112,6 +112,8 @@ class EventMapping:
         empty = [name for name, source in sources.items() if not source]
         if empty:
             raise ConfigError(f"--map {empty[0]}= names no source field")
+        if ts_format is not None:
+            _check_time_format(ts_format)
         return cls(sources, _parse_pairs(defaults, "--default"), ts_format, ts_unit)
 
     @cached_property
@@ -192,6 +194,18 @@ class EventMapping:
             number = float(text) * scale
             return int(number) if number.is_integer() else number
         return value
+
+
+def _check_time_format(fmt: str) -> None:
+    """Refuse a ``--ts-format`` that cannot read back a time it wrote (a bad directive, or
+    nothing that says when): otherwise every record would be dead-lettered."""
+    sample = datetime(2024, 3, 1, 10, 20, 30, tzinfo=UTC)
+    try:
+        parsed = datetime.strptime(sample.strftime(fmt), fmt)
+    except ValueError as exc:
+        raise ConfigError(f"--ts-format {fmt!r} cannot be used: {exc}") from None
+    if parsed.replace(tzinfo=UTC).date() != sample.date():
+        raise ConfigError(f"--ts-format {fmt!r} does not name a date (needs %Y, %m and %d)")
 
 
 def row_hash(row: Row) -> str:

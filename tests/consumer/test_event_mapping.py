@@ -179,6 +179,20 @@ def test_a_bad_option_is_named(maps: list[str], defaults: list[str], message: st
 
 
 @pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("%Y-%m-%d %Q", "--ts-format '%Y-%m-%d %Q' cannot be used: 'Q' is a bad directive"),
+        ("%H:%M:%S", "--ts-format '%H:%M:%S' does not name a date"),
+    ],
+)
+def test_a_time_format_that_cannot_work_is_refused(fmt: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message):
+        EventMapping.from_options(ts_format=fmt)
+    for usable in ("%Y-%m-%d %H:%M:%S %Z", "%d/%m/%Y", "%Y-%m-%dT%H:%M:%S%z"):
+        EventMapping.from_options(ts_format=usable)
+
+
+@pytest.mark.parametrize(
     ("choice", "file", "fmt"),
     [
         ("auto", "2019-Oct.csv", "csv"),
