@@ -189,7 +189,12 @@ class TrainerSettings(BaseModel):
     bootstrap_rows: int = Field(default=2000, ge=100)
     update_rows: int = Field(default=5000, ge=100)
     update_interval_seconds: float = Field(default=10.0, gt=0)
+    #: Old weight halves every this many updates (Spark's ``timeUnit="batches"``).
     half_life_batches: float = Field(default=20.0, gt=0)
+    #: When set, forgetting counts training periods instead of updates (``half_life_batches``
+    #: is then ignored): old weight halves every this many periods, whatever the shop's size
+    #: or the update cadence (half-life in rows = users x periods).
+    half_life_periods: float | None = Field(default=None, gt=0)
     #: Refit the scaling when fresh rows' medians move this far (in spread units) or spreads change
     #: by this factor (1 + x).
     rescale_tolerance: float = Field(default=0.5, gt=0)

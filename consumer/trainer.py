@@ -8,7 +8,9 @@ users idle in it. The trainer never reads user keys, so it does not slow the pip
 1. Bootstrap: once ``trainer.bootstrap_rows`` rows are buffered, fit the preprocessing and
    k-means++ (several inits) on them; label the segments; publish version 1 (or the next).
 2. Update: every ``trainer.update_interval_seconds``, if at least ``trainer.update_rows`` new
-   rows arrived, ``partial_fit`` on them (with forgetting), match ids, relabel, publish.
+   rows arrived, ``partial_fit`` on them (with forgetting: old weight halves every
+   ``trainer.half_life_batches`` updates, or every ``trainer.half_life_periods`` training
+   periods when that is set), match ids, relabel, publish.
 3. Refit: when the fresh rows no longer look standardised under the model's scaling (a
    median beyond ``trainer.rescale_tolerance`` or a spread changed by more than that
    factor), refit scaling and centres on the newest rows of ``trainer.refit_periods``
@@ -16,9 +18,9 @@ users idle in it. The trainer never reads user keys, so it does not slow the pip
    by matching. Older rows show users as they were, and fitting them pulled centres away
    from the population the model assigns (6x the offline inertia in the demo).
 4. Refit check: every ``trainer.refit_check_updates`` updates, k-means++ afresh on the newest
-   refit rows (at most 20,000). Mini-batch steps never relocate a centre and remember
-   ``half_life_batches`` updates, so when the users change faster than that (a stream's first
-   weeks hold only new users; a replay compresses months) the centres can trail them. When
+   refit rows (at most 20,000). Mini-batch steps never relocate a centre and remember a
+   half-life of updates or periods, so when the users change faster than that (a stream's
+   first weeks hold only new users; a replay compresses months) the centres can trail them. When
    the fresh fit's inertia is lower than the current centres' by more than
    ``trainer.refit_min_gain`` (a share), refit as in 3. With behaviour unchanged the two agree
    and nothing happens, so ids stay stable.
@@ -158,6 +160,7 @@ class Trainer:
         Z = self.preprocessor.transform(X)
         if self._scaling_stale(Z):
             return self._refit()
+        self._set_forgetting(len(X))
         self.segmenter.partial_fit(Z)
         every = self.config.refit_check_updates
         if every and self.segmenter.n_updates_ % every == 0:
@@ -226,8 +229,29 @@ class Trainer:
 
     def _refit_rows(self) -> int:
         """Rows of ``refit_periods`` periods: about one per user and period."""
-        users = sum(max(0, int(n)) for n in self.client.hvals(self.keys.segment_sizes))
-        return max(self.config.bootstrap_rows, round(self.config.refit_periods * users))
+        return max(self.config.bootstrap_rows, round(self.config.refit_periods * self._users()))
+
+    def _users(self) -> int:
+        """Users counted in the segment sizes (a transient negative count is ignored)."""
+        return sum(max(0, int(n)) for n in self.client.hvals(self.keys.segment_sizes))
+
+    def _set_forgetting(self, rows: int) -> None:
+        """Apply the configured half-life to the next update (the settings win over what a
+        resumed model carries).
+
+        With ``half_life_periods`` the pipeline pushes about one row per user and period, so
+        old weight halves every ``users x half_life_periods`` rows (Spark's points unit).
+        Before the pipeline has counted any user, this update's ``rows`` stand for one period.
+        """
+        assert self.segmenter is not None
+        periods = self.config.half_life_periods
+        if periods is None:
+            self.segmenter.set_params(
+                half_life_batches=self.config.half_life_batches, half_life_points=None
+            )
+        else:
+            users = self._users() or rows
+            self.segmenter.set_params(half_life_batches=None, half_life_points=periods * users)
 
     def _bootstrap(self) -> SegmentModel | None:
         X = self.buffered_rows()
@@ -239,7 +263,9 @@ class Trainer:
         Z = self.preprocessor.transform(X)
         self.segmenter = StreamingSegmenter(
             n_clusters=self.config.n_clusters,
-            half_life_batches=self.config.half_life_batches,
+            half_life_batches=(
+                self.config.half_life_batches if self.config.half_life_periods is None else None
+            ),
             n_init=5,
             new_id_distance=self.config.new_id_distance,
             random_state=self.config.seed,

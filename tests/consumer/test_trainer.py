@@ -256,3 +256,52 @@ def test_the_refit_check_refits_centres_that_trail_the_users(
     assert trainer.metrics.refit_check_gain._value.get() > 0.5
     Z = trainer.preprocessor.transform(trainer.buffered_rows(max_rows=600))
     assert inertia(Z, trainer.segmenter.cluster_centers_) <= 1.01 * inertia(Z, good)
+
+
+def test_half_life_periods_forgets_per_period_whatever_the_shop_size(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """With ``half_life_periods`` an update of one period's rows (one per user) halves the old
+    weight every that many periods: the half-life in rows follows the users counted."""
+    import numpy as np
+
+    from consumer.settings import TrainerSettings
+    from model.features import FEATURE_NAMES
+
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(2)
+
+    def push(rows: int) -> None:
+        X = rng.lognormal(mean=1.0, sigma=0.3, size=(rows, len(FEATURE_NAMES)))
+        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X))
+        redis_client.hincrby(keys.counters, "training_rows", rows)
+
+    config = TrainerSettings(
+        n_clusters=2,
+        bootstrap_rows=400,
+        update_rows=100,
+        half_life_periods=2.0,
+        rescale_tolerance=100.0,
+        refit_check_updates=0,
+    )
+    trainer = Trainer(redis_client, keys, config)
+    trainer.resume()
+    push(400)
+    assert trainer.step() is not None
+    assert trainer.segmenter is not None
+    assert trainer.segmenter.half_life_batches is None
+    before = trainer.segmenter.counts_.sum()
+
+    redis_client.hset(keys.segment_sizes, mapping={"0": 120, "1": 80})  # 200 users
+    push(200)  # one period: old weight x 0.5 ** (1 / 2)
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 200
+    assert trainer.segmenter.counts_.sum() == pytest.approx(before * 0.5**0.5 + 200)
+    assert model.segmenter_params["half_life_points"] == 400.0
+
+    # A shop 10x larger: the same period, the same forgetting.
+    redis_client.hset(keys.segment_sizes, mapping={"0": 1200, "1": 800})
+    before = trainer.segmenter.counts_.sum()
+    push(2000)
+    assert trainer.step() is not None
+    assert trainer.segmenter.counts_.sum() == pytest.approx(before * 0.5**0.5 + 2000)
