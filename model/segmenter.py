@@ -413,6 +413,11 @@ class StreamingSegmenter(ClusterMixin, BaseEstimator):
         preprocessing, re-express them first (:func:`model.preprocessing.remap_centers` and
         :meth:`replace_centers`).
 
+        With k-means++ a refit with the same K also runs Lloyd's algorithm from the current
+        centres and keeps that result when its inertia on ``X`` is lower: the restarts can all
+        miss the basin the model is in, and a refit must never end worse than polishing the
+        centres it replaces.
+
         Parameters
         ----------
         X : array-like of shape (n_rows, n_features)
@@ -457,6 +462,16 @@ class StreamingSegmenter(ClusterMixin, BaseEstimator):
         )
         with limit_threads(self.n_threads):
             km.fit(A, sample_weight=w)
+            if self._is_fitted() and not explicit_init and len(self.cluster_centers_) == K:
+                polished = KMeans(
+                    n_clusters=K,
+                    init=self.cluster_centers_,
+                    n_init=1,
+                    max_iter=int(self.max_iter),
+                    tol=float(self.tol),
+                ).fit(A, sample_weight=w)
+                if polished.inertia_ < km.inertia_:
+                    km = polished
 
         previous_centers = self.cluster_centers_ if self._is_fitted() else None
         previous_ids = getattr(self, "ids_", None)

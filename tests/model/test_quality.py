@@ -13,6 +13,7 @@ from model.quality import (
     inertia_ratio,
     model_inertia,
     partition_inertia,
+    polished_inertia,
     recommend_k,
     segment_change_share,
     separability_ari,
@@ -41,6 +42,15 @@ def test_inertia_ratio_is_one_for_good_centres_and_larger_for_bad_ones() -> None
     good = np.array([X[truth == k].mean(axis=0) for k in range(4)])
     assert inertia_ratio(X, good) == pytest.approx(1.0, abs=1e-3)
     assert inertia_ratio(X, good[[0, 1, 2, 2]] + 0.5) > 1.5
+
+
+def test_polished_inertia_improves_trailing_centres_and_keeps_converged_ones() -> None:
+    X, _ = blobs(4, 4)
+    converged = KMeans(4, n_init=5, random_state=0).fit(X)
+    assert polished_inertia(X, converged.cluster_centers_) == pytest.approx(converged.inertia_)
+    trailing = converged.cluster_centers_ + 2.0  # every centre 2 units off in each direction
+    assert inertia(X, trailing) > 1.5 * converged.inertia_
+    assert polished_inertia(X, trailing) == pytest.approx(converged.inertia_, rel=1e-6)
 
 
 def test_adjusted_rand_ignores_label_names() -> None:

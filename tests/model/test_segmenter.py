@@ -236,6 +236,24 @@ def test_refit_on_permuted_data_keeps_the_ids_of_every_segment() -> None:
     assert seg.version_ == 3 and seg.next_id_ == 5
 
 
+def test_a_refit_never_ends_worse_than_polishing_the_current_centres() -> None:
+    # Twelve blobs on a grid, six heavy and six light: one k-means++ run often splits a heavy
+    # blob and merges two light ones; the model already sits at the planted optimum.
+    rng = np.random.default_rng(12)
+    means = np.array([[x, y] for x in range(4) for y in range(3)], dtype=float) * 5.0
+    weights = np.r_[np.full(6, 0.15), np.full(6, 0.1 / 6)]
+    X = means[rng.choice(12, 6000, p=weights / weights.sum())] + rng.normal(0, 1.0, (6000, 2))
+    optimum = StreamingSegmenter(12, init=means).fit(X).inertia_
+    missed = 0
+    for seed in range(8):
+        seg = StreamingSegmenter(12, init=means).fit(X)
+        seg.set_params(init="k-means++", n_init=1, random_state=seed).fit(X)
+        assert seg.inertia_ <= optimum * (1 + 1e-9)
+        assert nearest_centers(X, seg.cluster_centers_)[1].sum() == pytest.approx(seg.inertia_)
+        missed += offline_inertia(X, 12, n_init=1, random_state=seed) > 1.01 * optimum
+    assert missed > 0, "k-means++ found the optimum every time: the test proves nothing"
+
+
 def test_a_new_far_segment_gets_a_new_id_and_ids_are_never_reused() -> None:
     rng = np.random.default_rng(9)
     means = _separated_means(rng, 4, 3, min_gap=8.0)
