@@ -223,8 +223,9 @@ class TrainerMetrics:
         )
         self.refit_check_gain = Gauge(
             "streamseg_trainer_refit_check_gain",
-            "Last refit check: share by which fresh k-means++ centres beat the current ones "
-            "on the newest rows (a refit above trainer.refit_min_gain).",
+            "Last refit check: share by which a refit's centres (k-means++ restarts or Lloyd "
+            "from the current ones) beat the current ones on the newest rows (a refit above "
+            "trainer.refit_min_gain).",
             registry=r,
         )
         self.leader = Gauge(

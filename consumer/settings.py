@@ -201,11 +201,11 @@ class TrainerSettings(BaseModel):
     #: Refits use the newest rows of about this many training periods (users x periods rows,
     #: at least ``bootstrap_rows``): the users as they are now, not the buffer's whole past.
     refit_periods: float = Field(default=2.0, gt=0)
-    #: Every this many updates (0 = never), fit k-means++ afresh on the refit rows (at most
-    #: 20,000 of them); when it beats the current centres' inertia there by more than
-    #: ``refit_min_gain`` (a share), refit.
+    #: Every this many updates (0 = never), fit the refit rows (at most 20,000 of them) as a
+    #: refit would (k-means++ with 10 restarts, and Lloyd from the current centres); when that
+    #: beats the current centres' inertia there by more than ``refit_min_gain`` (a share), refit.
     refit_check_updates: int = Field(default=1, ge=0)
-    refit_min_gain: float = Field(default=0.05, gt=0, lt=1)
+    refit_min_gain: float = Field(default=0.02, gt=0, lt=1)
     #: A centre further than this (scaled units) from every previous one gets a new id.
     new_id_distance: float = Field(default=1.5, gt=0)
     #: Keep the newest this many published model versions in Redis (``model list``,
