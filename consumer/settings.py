@@ -195,8 +195,8 @@ class TrainerSettings(BaseModel):
     #: is then ignored): old weight halves every this many periods, whatever the shop's size
     #: or the update cadence (half-life in rows = users x periods).
     half_life_periods: float | None = Field(default=None, gt=0)
-    #: Refit the scaling when fresh rows' medians move this far (in spread units) or spreads change
-    #: by this factor (1 + x).
+    #: Refit the scaling when the scaling fitted on an update's rows would move a centre this far
+    #: (in current scale units) or change a scale by more than the factor 1 + x.
     rescale_tolerance: float = Field(default=0.5, gt=0)
     #: Refits use the newest rows of about this many training periods (users x periods rows,
     #: at least ``bootstrap_rows``): the users as they are now, not the buffer's whole past.

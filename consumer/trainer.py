@@ -12,10 +12,11 @@ users idle in it. The trainer never reads user keys, so it does not slow the pip
    rows arrived, ``partial_fit`` on them (with forgetting: old weight halves every
    ``trainer.half_life_batches`` updates, or every ``trainer.half_life_periods`` training
    periods when that is set), match ids, relabel, publish.
-3. Refit: when the fresh rows no longer look standardised under the model's scaling (a
-   median beyond ``trainer.rescale_tolerance`` or a spread changed by more than that
-   factor), refit scaling and centres on the newest rows of ``trainer.refit_periods``
-   periods (rows = users x periods, the users counted in the segment sizes); ids are kept
+3. Refit: when the scaling fitted on the fresh rows would differ from the model's (a centre
+   moved by more than ``trainer.rescale_tolerance`` scale units or a scale changed by more
+   than the factor 1 + that; features grow as history accumulates), refit scaling and
+   centres on the newest rows of ``trainer.refit_periods`` periods (rows = users x periods,
+   the users counted in the segment sizes); ids are kept
    by matching. Older rows show users as they were, and fitting them pulled centres away
    from the population the model assigns (6x the offline inertia in the demo).
 4. Refit check: every ``trainer.refit_check_updates`` updates, fit the newest refit rows (at
@@ -163,9 +164,9 @@ class Trainer:
         self._rows_seen = pushed
         if len(X) == 0:
             return None
-        Z = self.preprocessor.transform(X)
-        if self._scaling_stale(Z):
+        if self.preprocessor.stale_for(X, self.config.rescale_tolerance):
             return self._refit()
+        Z = self.preprocessor.transform(X)
         self._set_forgetting(len(X))
         self.segmenter.partial_fit(Z)
         every = self.config.refit_check_updates
@@ -205,20 +206,6 @@ class Trainer:
             current,
         )
         return True
-
-    def _scaling_stale(self, Z: np.ndarray) -> bool:
-        """True when fresh rows no longer look standardised: medians moved or spreads changed.
-
-        Features grow as history accumulates (a bootstrap early in a stream sees small
-        counts), so the scaling must follow, or every user ends far from every centre.
-        """
-        tolerance = self.config.rescale_tolerance
-        median = np.median(Z, axis=0)
-        q75, q25 = np.percentile(Z, [75, 25], axis=0)
-        spread = q75 - q25
-        moved = np.abs(median) > tolerance
-        stretched = (spread > 0) & ((spread > 1 + tolerance) | (spread < 1 / (1 + tolerance)))
-        return bool((moved | stretched).any())
 
     def _refit(self, X: np.ndarray | None = None) -> SegmentModel:
         """Refit the scaling and the centres on the newest rows (`_refit_rows`; read here

@@ -191,6 +191,23 @@ class Preprocessor:
         """Fit on ``X`` then return it transformed."""
         return self.fit(X).transform(X)
 
+    def stale_for(self, X: npt.ArrayLike, tolerance: float) -> bool:
+        """Would a preprocessing fitted on ``X`` differ: a centre moved by more than
+        ``tolerance`` current scale units, or a scale changed by more than the factor
+        ``1 + tolerance`` (either way)?
+
+        Compares like with like: the scale of ``X`` is computed as :meth:`fit` computes it.
+        Judging the scaled rows' IQR instead declared every batch stale by chance on a column
+        whose scale comes from its standard deviation (a sentinel, a zero-inflated count),
+        whose scaled IQR sits below 1 by construction.
+        """
+        self._check_fitted()
+        fresh = Preprocessor(self.feature_names, self.log_columns, iqr_floor=self.iqr_floor).fit(X)
+        moved = np.abs(fresh.center_ - self.center_) > tolerance * self.scale_
+        ratio = fresh.scale_ / self.scale_
+        stretched = (ratio > 1 + tolerance) | (ratio < 1 / (1 + tolerance))
+        return bool((moved | stretched).any())
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "center_"):
             raise NotFittedError("Preprocessor is not fitted: call fit(X) or from_dict(...)")

@@ -45,6 +45,29 @@ def test_a_column_with_a_far_minority_does_not_dominate_the_distance() -> None:
     assert Z[:, 2].std() == pytest.approx(days.std() / (q75 - q25))
 
 
+def test_stale_for_judges_fresh_rows_the_way_fit_scales_them() -> None:
+    rng = np.random.default_rng(4)
+
+    def users(n: int, recency_scale: float = 5.0, spend_mean: float = 4.0) -> np.ndarray:
+        never = rng.random(n) < 0.2  # the recency cap: scaled by the std, not the IQR
+        recency = np.where(never, 365.0, rng.exponential(recency_scale, n))
+        return np.column_stack([rng.lognormal(spend_mean, 1.0, n), recency])
+
+    pre = Preprocessor(["spend", "recency"], log_columns=["spend"]).fit(users(3000))
+    same = users(1000)
+    # The scaled recency's IQR is far below 1, so the old check said "stretched" every time.
+    q25, q75 = np.percentile(pre.transform(same)[:, 1], [25, 75])
+    assert q75 - q25 < 1 / 1.5
+    assert not pre.stale_for(same, tolerance=0.5)
+    assert pre.stale_for(
+        users(1000, spend_mean=5.0), tolerance=0.5
+    )  # median moved 1 / 1.349 scale units
+    wider = users(1000)
+    wider[:, 1] *= 2.0  # the cap at 730 days: the std-based scale doubles
+    assert pre.stale_for(wider, tolerance=0.5)
+    assert not pre.stale_for(wider, tolerance=1.5)
+
+
 def test_degenerate_columns_neither_divide_by_zero_nor_dominate() -> None:
     rng = np.random.default_rng(0)
     n = 1000
