@@ -197,7 +197,7 @@ class TrainerSettings(BaseModel):
     half_life_periods: float | None = Field(default=None, gt=0)
     #: Refit the scaling when the scaling fitted on an update's rows would move a centre this far
     #: (in current scale units) or change a scale by more than the factor 1 + x.
-    rescale_tolerance: float = Field(default=0.5, gt=0)
+    rescale_tolerance: float = Field(default=0.25, gt=0)
     #: Refits use the newest rows of about this many training periods (users x periods rows,
     #: at least ``bootstrap_rows``): the users as they are now, not the buffer's whole past.
     refit_periods: float = Field(default=2.0, gt=0)
