@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -12,10 +13,20 @@ import redis
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
+from consumer.settings import TrainerSettings
 from consumer.trainer import Trainer, TrainerLease
+from model.features import FEATURE_NAMES
+from model.quality import inertia
 from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def push_training_rows(client: redis.Redis, keys: KeyLayout, X: np.ndarray) -> None:
+    """Buffer feature rows for the trainer as the pipeline does: newest first, one float64
+    row per element, and the ``training_rows`` counter the trainer reads."""
+    client.lpush(keys.training_samples, *(row.tobytes() for row in X))
+    client.hincrby(keys.counters, "training_rows", len(X))
 
 
 def test_published_model_is_picked_up_without_restart(
@@ -186,18 +197,12 @@ def test_a_refit_fits_the_newest_rows_of_refit_periods(
 ) -> None:
     """The buffer holds the users' past too: a refit takes users x refit_periods newest rows
     (users counted in the segment sizes), so its centres describe the users as they are."""
-    import numpy as np
-
-    from consumer.settings import TrainerSettings
-    from model.features import FEATURE_NAMES
-
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(0)
 
     def push(rows: int, level: float) -> None:
         X = rng.lognormal(mean=level, sigma=0.3, size=(rows, len(FEATURE_NAMES)))
-        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X))
-        redis_client.hincrby(keys.counters, "training_rows", rows)
+        push_training_rows(redis_client, keys, X)
 
     config = TrainerSettings(n_clusters=2, bootstrap_rows=200, update_rows=100, refit_periods=2)
     trainer = Trainer(redis_client, keys, config)
@@ -219,20 +224,13 @@ def test_the_refit_check_refits_centres_that_trail_the_users(
     """Mini-batch steps never relocate a centre: centres stuck in a poor optimum stay there,
     until the refit check finds fresh k-means++ centres fitting the newest rows much better.
     With the centres already good, the check changes nothing."""
-    import numpy as np
-
-    from consumer.settings import TrainerSettings
-    from model.features import FEATURE_NAMES
-    from model.quality import inertia
-
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(1)
     blobs = rng.normal(0.0, 5.0, size=(3, len(FEATURE_NAMES)))
 
     def push(rows: int) -> None:
         X = blobs[rng.integers(0, 3, rows)] + rng.normal(0.0, 0.3, (rows, len(FEATURE_NAMES)))
-        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X))
-        redis_client.hincrby(keys.counters, "training_rows", rows)
+        push_training_rows(redis_client, keys, X)
 
     config = TrainerSettings(
         n_clusters=3, bootstrap_rows=600, update_rows=300, rescale_tolerance=100.0
@@ -264,18 +262,12 @@ def test_half_life_periods_forgets_per_period_whatever_the_shop_size(
 ) -> None:
     """With ``half_life_periods`` an update of one period's rows (one per user) halves the old
     weight every that many periods: the half-life in rows follows the users counted."""
-    import numpy as np
-
-    from consumer.settings import TrainerSettings
-    from model.features import FEATURE_NAMES
-
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(2)
 
     def push(rows: int) -> None:
         X = rng.lognormal(mean=1.0, sigma=0.3, size=(rows, len(FEATURE_NAMES)))
-        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X))
-        redis_client.hincrby(keys.counters, "training_rows", rows)
+        push_training_rows(redis_client, keys, X)
 
     config = TrainerSettings(
         n_clusters=2,
@@ -316,11 +308,6 @@ def test_with_behaviour_unchanged_versions_barely_move_users(
     versions for at least 98% of users, with the refit check after every update. (With
     ``refit_min_gain`` 0.005 a refit moved 18% of them; judging the scaling by the scaled
     rows' IQR refitted it by chance, moving 17%.)"""
-    import numpy as np
-
-    from consumer.settings import TrainerSettings
-    from model.features import FEATURE_NAMES
-
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(3)
     d = len(FEATURE_NAMES)
@@ -330,8 +317,7 @@ def test_with_behaviour_unchanged_versions_barely_move_users(
         return np.exp(0.5 * rng.normal(size=(rows, d)) @ mixing)
 
     def push(rows: int) -> None:
-        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in population(rows)))
-        redis_client.hincrby(keys.counters, "training_rows", rows)
+        push_training_rows(redis_client, keys, population(rows))
 
     config = TrainerSettings(n_clusters=6, bootstrap_rows=2000, update_rows=1000)
     trainer = Trainer(redis_client, keys, config)
