@@ -228,6 +228,14 @@ class TrainerMetrics:
             "trainer.refit_min_gain).",
             registry=r,
         )
+        self.refits = Counter(
+            "streamseg_trainer_refits",
+            "Refits of scaling and centres on the newest rows, by reason: 'scaling' (the "
+            "scaling fitted on fresh rows moved past trainer.rescale_tolerance) or 'check' "
+            "(the refit check's gain exceeded trainer.refit_min_gain).",
+            ["reason"],
+            registry=r,
+        )
         self.leader = Gauge(
             "streamseg_trainer_lease_held", "1 while this trainer holds the lease.", registry=r
         )

@@ -40,6 +40,7 @@ import signal
 import time
 import uuid
 from types import FrameType
+from typing import Literal
 
 import numpy as np
 import redis
@@ -165,7 +166,7 @@ class Trainer:
         if len(X) == 0:
             return None
         if self.preprocessor.stale_for(X, self.config.rescale_tolerance):
-            return self._refit()
+            return self._refit("scaling")
         Z = self.preprocessor.transform(X)
         self._set_forgetting(len(X))
         self.segmenter.partial_fit(Z)
@@ -175,7 +176,7 @@ class Trainer:
             # The check's rows are the window's newest; read once when they are all of it.
             checked = self.buffered_rows(max_rows=min(window, _REFIT_CHECK_ROWS))
             if self._refit_pays_off(checked):
-                return self._refit(checked if window <= _REFIT_CHECK_ROWS else None)
+                return self._refit("check", checked if window <= _REFIT_CHECK_ROWS else None)
         return self._publish(X, Z)
 
     def _refit_pays_off(self, X: np.ndarray) -> bool:
@@ -207,9 +208,11 @@ class Trainer:
         )
         return True
 
-    def _refit(self, X: np.ndarray | None = None) -> SegmentModel:
+    def _refit(
+        self, reason: Literal["scaling", "check"], X: np.ndarray | None = None
+    ) -> SegmentModel:
         """Refit the scaling and the centres on the newest rows (`_refit_rows`; read here
-        unless the caller has them in ``X``), keeping ids.
+        unless the caller has them in ``X``), keeping ids; ``reason`` labels the metric.
 
         The old centres are first re-expressed in the new scaled space, so the Hungarian
         matching of the refit compares like with like.
@@ -223,7 +226,8 @@ class Trainer:
         self.preprocessor = fresh
         Z = fresh.transform(X)
         self.segmenter.fit(Z)
-        log.info("refitted scaling and centres on %d rows", len(X))
+        self.metrics.refits.labels(reason=reason).inc()
+        log.info("refitted scaling and centres on %d rows (%s)", len(X), reason)
         return self._publish(X, Z)
 
     def _refit_rows(self) -> int:

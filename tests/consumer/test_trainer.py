@@ -213,6 +213,7 @@ def test_a_refit_fits_the_newest_rows_of_refit_periods(
     push(500, 3.0)  # the present: values ~20x larger, the scaling is stale
     model = trainer.step()
     assert model is not None and model.metrics.n_rows == 2 * 250
+    assert trainer.metrics.refits.labels(reason="scaling")._value.get() == 1
     # Every centre lies among the present rows, none among the past ones.
     centres = trainer.preprocessor.inverse_transform(trainer.segmenter.cluster_centers_)
     assert (centres[:, 1] > 5.0).all()
@@ -253,6 +254,8 @@ def test_the_refit_check_refits_centres_that_trail_the_users(
     model = trainer.step()
     assert model is not None and model.metrics.n_rows == 600  # refitted on the newest rows
     assert trainer.metrics.refit_check_gain._value.get() > 0.5
+    assert trainer.metrics.refits.labels(reason="check")._value.get() == 1
+    assert trainer.metrics.refits.labels(reason="scaling")._value.get() == 0
     Z = trainer.preprocessor.transform(trainer.buffered_rows(max_rows=600))
     assert inertia(Z, trainer.segmenter.cluster_centers_) <= 1.01 * inertia(Z, good)
 
