@@ -9,7 +9,9 @@ features at the watermark, as the segments describe them) and prints, per config
 - the published model's inertia on the snapshot over that of offline ``KMeans(n_init=10)`` on
   the same rows in the model's scaled space (the issue's goal: at most 1.05);
 - the adjusted Rand index (ARI) of the segments stored in Redis against the planted types, and
-  that of the offline k-means on the snapshot (what k-means can reach on these rows).
+  that of the offline k-means on the snapshot (what k-means can reach on these rows);
+- a diagnosis of a ratio above 1 (`_diagnose`): does the model trail the trainer's newest rows
+  (``window``), do those rows describe the snapshot (``w-fit``), how many versions were refits.
 
 Run: ``python benchmarks/live_model.py`` (configurations demo and full, seeds 7 and 11, each
 with and without drift; writes ``benchmarks/results-live-model.json``). The smoke test runs
@@ -44,11 +46,13 @@ from sklearn.cluster import KMeans  # noqa: E402
 from consumer.kafka_clients import ensure_topics  # noqa: E402
 from consumer.model_store import ModelStore  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
-from consumer.settings import Settings  # noqa: E402
+from consumer.settings import Settings, TrainerSettings  # noqa: E402
 from consumer.snapshot import read_snapshot  # noqa: E402
 from consumer.status import group_lag  # noqa: E402
+from consumer.trainer import Trainer  # noqa: E402
 from devstack.stack import LocalStack, service_env, service_settings  # noqa: E402
-from model.quality import adjusted_rand, model_inertia  # noqa: E402
+from model.model_format import SegmentModel  # noqa: E402
+from model.quality import adjusted_rand, inertia, model_inertia  # noqa: E402
 from model.segmenter import limit_threads  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results-live-model.json"
@@ -198,6 +202,37 @@ def _measure(client: redis.Redis, keys: KeyLayout, planted: dict[str, str]) -> d
         "inertia_ratio": model_inertia(model, snapshot.features) / float(offline.inertia_),
         "stored_segments_ari": adjusted_rand(truth[assigned], stored[assigned]),
         "offline_kmeans_ari": adjusted_rand(truth, offline.labels_),
+        "diagnosis": _diagnose(client, keys, model, Z, float(offline.inertia_)),
+    }
+
+
+def _diagnose(
+    client: redis.Redis, keys: KeyLayout, model: SegmentModel, Z: np.ndarray, best: float
+) -> dict[str, float]:
+    """Where a ratio above 1 comes from, in the model's scaled space:
+
+    - ``window_ratio``: the model's inertia on the trainer's newest rows (the refit check's:
+      2 x users, at most 20,000) over a 10-restart k-means fit of them. Above 1: the model
+      trails its own training rows (a basin or a lag the refit check did not catch).
+    - ``window_fit_ratio``: that fit's centres on the snapshot (``Z``) over the offline
+      optimum ``best``. Above 1: the newest training rows do not describe the snapshot.
+    - ``refits``: versions after the first trained from scratch (no ``partial_fit`` since),
+      among the ``versions`` kept.
+    """
+    users = sum(max(0, int(n)) for n in client.hvals(keys.segment_sizes))
+    reader = Trainer(client, keys, TrainerSettings())
+    rows = reader.buffered_rows(max_rows=min(max(2 * users, 1), 20_000))
+    window = model.transform(rows)
+    with limit_threads(1):
+        fit = KMeans(n_clusters=len(model.ids), n_init=10, random_state=0).fit(window)
+    store = ModelStore(client, keys)
+    history = store.load_kept(store.versions())
+    return {
+        "window_rows": len(rows),
+        "window_ratio": inertia(window, model.centers) / float(fit.inertia_),
+        "window_fit_ratio": inertia(Z, fit.cluster_centers_) / best,
+        "versions": len(history),
+        "refits": sum(m.metrics.n_updates == 0 for m in history if m.model_version > 1),
     }
 
 
@@ -235,12 +270,17 @@ def main() -> int:
                     say(json.dumps(run))
                     runs.append(run)
         servers = dict(stack.origin)
-    print(f"{'config':<6} {'seed':>4} {'drift':<6} {'users':>6} {'ratio':>6} {'ARI':>6} offline")
+    print(
+        f"{'config':<6} {'seed':>4} {'drift':<6} {'users':>6} {'ratio':>6} {'ARI':>6} "
+        f"{'offline':>7} {'window':>6} {'w-fit':>6} {'refits':>6}"
+    )
     for r in runs:
+        d = r["diagnosis"]
         print(
             f"{r['config']:<6} {r['seed']:>4} {r['drift']!s:<6} {r['users']:>6} "
             f"{r['inertia_ratio']:>6.3f} {r['stored_segments_ari']:>6.3f} "
-            f"{r['offline_kmeans_ari']:.3f}"
+            f"{r['offline_kmeans_ari']:>7.3f} {d['window_ratio']:>6.3f} "
+            f"{d['window_fit_ratio']:>6.3f} {d['refits']:>3}/{d['versions']:<2}"
         )
     ratios = [r["inertia_ratio"] for r in runs]
     print(f"inertia ratio: median {np.median(ratios):.3f}, max {max(ratios):.3f} (goal <= 1.05)")
