@@ -1,5 +1,5 @@
 """Helpers shared by the pipeline tests: settings for a test's topic and namespace, event
-production, and reading back the state the pipeline wrote."""
+production, and reading back the state, records and dead-letter headers the pipeline wrote."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
-from consumer.settings import Settings
+from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
 from devstack.stack import service_settings
 from model.features import MS_PER_DAY, category_codes, state_as_dict
@@ -78,7 +77,26 @@ def as_records(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]
     return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
 
 
-def read_state(client: redis.Redis, namespace: str, users: list[str]) -> dict[str, dict[str, Any]]:
+def read_record(client: RedisClient, key: str) -> dict[str, Any]:
+    """The JSON object stored at ``key`` (a segment record); the test expects it to exist."""
+    raw = client.get(key)
+    assert raw is not None, f"nothing stored at {key!r}"
+    record: dict[str, Any] = orjson.loads(raw)
+    return record
+
+
+def header_values(message: Message) -> dict[str, bytes]:
+    """A consumed record's headers by name; a consumer reads each value as bytes."""
+    headers = message.headers() or []
+    assert isinstance(headers, list), "a consumer gets headers as (name, value) pairs"
+    values: dict[str, bytes] = {}
+    for name, value in headers:
+        assert isinstance(value, bytes), f"header {name!r} has no bytes value: {value!r}"
+        values[name] = value
+    return values
+
+
+def read_state(client: RedisClient, namespace: str, users: list[str]) -> dict[str, dict[str, Any]]:
     store = StateStore(client, KeyLayout(namespace))
     states = store.read_states(users)
     names = {float(c): n for n, c in zip(CATEGORIES, category_codes(CATEGORIES, {}), strict=True)}

@@ -22,6 +22,7 @@ from tests.consumer.pipeline_support import (
     assert_state_matches,
     canonical,
     drain,
+    header_values,
     read_state,
     settings_for,
 )
@@ -136,7 +137,7 @@ def test_kcat_bytes_are_counted_dead_lettered_and_never_crash_the_pipeline(
 
     dead = read_topic(kafka_bootstrap, settings.kafka.dead_letter_topic, len(bad))
     assert [(m.key(), m.value()) for m in dead] == [(k, v) for k, v, _ in bad]
-    headers = [dict(m.headers() or []) for m in dead]
+    headers = [header_values(m) for m in dead]
     assert [h["streamseg.reason"].decode() for h in headers] == [o for *_, o in bad]
     bad_offsets = [i for i, (*_, o) in enumerate(cases) if o not in ("applied", "ignored")]
     assert [int(h["streamseg.source.offset"]) for h in headers] == bad_offsets

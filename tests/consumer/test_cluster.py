@@ -22,6 +22,7 @@ from consumer.model_store import ModelStore
 from consumer.namespaces import count_users, drop_namespace, promote, rollback
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import encode_record
+from consumer.settings import RedisClient
 from consumer.state_store import BatchWrite, StateStore, read_values
 from consumer.trainer import TrainerLease
 from model.features import STATE_WIDTH, FeatureConfig
@@ -50,7 +51,7 @@ pytestmark = [pytest.mark.redis]
 
 @pytest.fixture
 def cluster(redis_cluster_url: str) -> Iterator[RedisCluster]:
-    client = RedisCluster.from_url(redis_cluster_url)
+    client: RedisCluster = RedisCluster.from_url(redis_cluster_url)
     try:
         yield client
     finally:
@@ -77,7 +78,9 @@ def _calls(node: redis.Redis, command: str) -> int:
 
 
 def _owner(cluster: RedisCluster, key: str) -> str:
-    return str(cluster.get_node_from_key(key).name)
+    node = cluster.get_node_from_key(key)
+    assert node is not None, f"no node serves {key!r}"
+    return str(node.name)
 
 
 def _batch(users: list[str], seed: int = 0) -> BatchWrite:
@@ -159,6 +162,7 @@ def test_a_slot_moved_behind_the_clients_back_is_followed(
     mover = f"moved-{cluster_namespace}"
     slot = cluster.keyslot(keys.state(mover))
     old = cluster.get_node_from_key(keys.state(mover))
+    assert old is not None
     new = next(n for n in cluster.get_primaries() if n.name != old.name)
     new_id = cluster.get_redis_connection(new).execute_command("CLUSTER MYID")
     # The slot holds no key yet, so it can move by decree; the client's map is now stale.
@@ -290,7 +294,7 @@ def test_publishes_prune_the_model_history_on_a_cluster(
 # -- the same stream, one process on one Redis vs a consumer group on a cluster ----------------
 
 
-def _records(client: Any, namespace: str, users: list[str]) -> dict[str, dict[str, Any]]:
+def _records(client: RedisClient, namespace: str, users: list[str]) -> dict[str, dict[str, Any]]:
     keys = KeyLayout(namespace)
     raw = read_values(client, [keys.segment(u) for u in users])
     out = {}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 from consumer.redis_keys import KeyLayout
 from model.features import FeatureConfig
@@ -16,8 +16,10 @@ from tests.consumer.pipeline_support import (
     assert_state_matches,
     canonical,
     drain,
+    header_values,
     make_events,
     produce,
+    read_record,
     read_state,
     settings_for,
 )
@@ -47,7 +49,7 @@ def test_features_in_redis_equal_an_independent_recomputation(
     # Before any model exists every touched user has a cold-start record, readable as JSON.
     keys = KeyLayout(namespace)
     for user in expected:
-        record = orjson.loads(redis_client.get(keys.segment(user)))
+        record = read_record(redis_client, keys.segment(user))
         assert record["user_id"] == user
         assert record["status"] == "cold_start"
 
@@ -94,7 +96,7 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
         ),
         (b"u1", b"{" * 70_000),
     ]
-    unmapped = [
+    unmapped: list[tuple[bytes | None, bytes]] = [
         (
             b"u1",
             orjson.dumps({"event_id": "y", "user_id": "u1", "type": "search", "ts": 1767225600000}),
@@ -120,14 +122,14 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
         }
     )
     dlq.subscribe([settings.kafka.dead_letter_topic])
-    got = []
+    got: list[Message] = []
     while len(got) < len(bad):
         msg = dlq.poll(10)
         assert msg is not None, f"only {len(got)} dead letters arrived"
         got.append(msg)
     dlq.close()
     assert [m.value() for m in got] == [v for _, v in bad]  # original bytes, in order
-    reasons = [dict(m.headers())["streamseg.reason"].decode() for m in got]
+    reasons = [header_values(m)["streamseg.reason"].decode() for m in got]
     assert reasons == [
         "not_json",
         "not_object",
@@ -137,7 +139,7 @@ def test_bad_records_are_dead_lettered_with_reason_and_source(
         "invalid_field",
         "oversize",
     ]
-    first = dict(got[0].headers())
+    first = header_values(got[0])
     assert first["streamseg.source.topic"].decode() == topic
     assert int(first["streamseg.source.offset"]) == len(good)
 
@@ -169,9 +171,9 @@ def test_a_flood_of_invented_categories_registers_only_the_names_users_hold(
     # The flooder's first 6 categories fill its slots; nothing else of the flood is kept.
     assert names == {f"cat-{i:05d}" for i in range(6)} | {"shoes", "books"}
     keys = KeyLayout(namespace)
-    record = orjson.loads(redis_client.get(keys.segment("flooder")))
+    record = read_record(redis_client, keys.segment("flooder"))
     assert record["top_category_views"] in {f"cat-{i:05d}" for i in range(6)}  # named
-    assert orjson.loads(redis_client.get(keys.segment("u1")))["top_category_spend"] == "shoes"
+    assert read_record(redis_client, keys.segment("u1"))["top_category_spend"] == "shoes"
 
 
 def test_the_trainer_gets_one_row_per_user_and_period(
@@ -221,7 +223,7 @@ def test_the_trainer_gets_one_row_per_user_and_period(
             assert len(rows()) == total
     finally:
         pipeline.close()
-    assert int(redis_client.hget(keys.counters, "training_rows")) == 3
+    assert int(redis_client.hget(keys.counters, "training_rows") or 0) == 3
     # The newest row is busy's features at their first (and last) event of day 1.
     state = StateStore(redis_client, keys).read_states(["busy"])
     newest = derive_features(state, state[:, COL["last_ts_ms"]], settings.features)

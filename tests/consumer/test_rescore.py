@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 import redis
 
@@ -19,7 +19,7 @@ from model.labels import label_segments
 from model.model_format import SegmentModel
 from model.preprocessing import Preprocessor
 from model.segmenter import StreamingSegmenter
-from tests.consumer.pipeline_support import T0, as_records, produce, settings_for
+from tests.consumer.pipeline_support import T0, as_records, produce, read_record, settings_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -79,13 +79,13 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     pipeline.start()
     try:
         pipeline.run(max_records=len(events), idle_exit_seconds=20)
-        idle_before = orjson.loads(redis_client.get(keys.segment("idle")))
+        idle_before = read_record(redis_client, keys.segment("idle"))
         for _ in range(20):  # finish the re-score pass that the watermark started
             pipeline._rescore_step()
     finally:
         pipeline.close()
-    idle_after = orjson.loads(redis_client.get(keys.segment("idle")))
-    busy = orjson.loads(redis_client.get(keys.segment("busy")))
+    idle_after = read_record(redis_client, keys.segment("idle"))
+    busy = read_record(redis_client, keys.segment("busy"))
     recent = model.ids[int(np.argmin([p.mean_recency_days for p in model.profiles]))]
     assert idle_after["segment_id"] != recent
     assert busy["segment_id"] == recent
@@ -123,7 +123,7 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
     store = ModelStore(redis_client, keys)
     first = recency_model()
     store.publish(first)
-    events = [
+    events: list[dict[str, Any]] = [
         {
             "event_id": f"u{i}",
             "user_id": f"u{i}",
@@ -149,7 +149,6 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
     finally:
         pipeline.close()
     versions = {
-        orjson.loads(raw)["model_version"]
-        for raw in redis_client.mget([keys.segment(e["user_id"]) for e in events])
+        read_record(redis_client, keys.segment(e["user_id"]))["model_version"] for e in events
     }
     assert versions == {second.model_version}

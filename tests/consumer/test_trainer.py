@@ -215,6 +215,7 @@ def test_a_refit_fits_the_newest_rows_of_refit_periods(
     assert model is not None and model.metrics.n_rows == 2 * 250
     assert trainer.metrics.refits.labels(reason="scaling")._value.get() == 1
     # Every centre lies among the present rows, none among the past ones.
+    assert trainer.preprocessor is not None and trainer.segmenter is not None
     centres = trainer.preprocessor.inverse_transform(trainer.segmenter.cluster_centers_)
     assert (centres[:, 1] > 5.0).all()
 

@@ -43,7 +43,7 @@ def test_three_masters_serve_every_slot_and_stop_without_a_trace() -> None:
         assert len(cluster.urls) == 3
         assert all(cluster_state(url) == "ok" for url in cluster.urls)
         pids, run_dir, urls = cluster.pids, cluster.run_dir, cluster.urls
-        client = RedisCluster.from_url(cluster.url)
+        client: RedisCluster = RedisCluster.from_url(cluster.url)
         masters = client.get_primaries()
         assert len(masters) == 3
         slots = client.cluster_slots()

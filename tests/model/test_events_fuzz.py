@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ FUZZ = settings(
 
 
 def decode(
-    values: list[bytes | None], keys: list[bytes | None] | None = None
+    values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None
 ) -> tuple[EventBatch, list[Rejection]]:
     """Decode and check the accounting: rows, ignored and rejections partition the input."""
     batch, rejections = decode_events(values, keys, type_map=TYPE_MAP, limits=LIMITS)
@@ -274,7 +275,7 @@ def test_all_constructed_cases_in_one_batch_keep_their_reasons() -> None:
     """A bad record costs its chunk a second validation, never its neighbours' outcome."""
     values = [c[1] for c in CASES]
     batch, rejections = decode(values, [c[2] for c in CASES])
-    got = {r.index: r.reason for r in rejections}
+    got: dict[int, str] = {r.index: r.reason for r in rejections}
     got.update({i: "row" for i in batch.index.tolist()})
     got.update({i: "ignored" for i in batch.ignored})
     assert [got[i] for i in range(len(CASES))] == [c[3] for c in CASES]

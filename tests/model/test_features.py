@@ -79,7 +79,7 @@ def assert_matches_reference(
     names = {float(c): n for n, c in zip(CATEGORIES, category_codes(CATEGORIES, {}), strict=True)}
     expected = recompute(events, CONFIG)
     for user, want in expected.items():
-        got = state_as_dict(state[rows[user]], names)
+        got: dict[str, Any] = state_as_dict(state[rows[user]], names)
         for key, value in want.items():
             if key == "categories":
                 assert list(got[key]) == list(value), user

@@ -88,7 +88,7 @@ def apply_in_batches(
 
 
 def random_sizes(rng: random.Random, n: int) -> list[int]:
-    sizes = []
+    sizes: list[int] = []
     while sum(sizes) < n:
         sizes.append(rng.choice([1, 2, 3, 7, 20, 100]))
     return sizes
@@ -101,7 +101,7 @@ def assert_matches_reference(
     expected = recompute(events, CONFIG)
     assert set(expected) == set(rows)
     for user, want in expected.items():
-        got = state_as_dict(state[rows[user]], names)
+        got: dict[str, Any] = state_as_dict(state[rows[user]], names)
         for key, value in want.items():
             if key == "categories":
                 assert list(got[key]) == list(value), user
@@ -178,7 +178,13 @@ def test_a_copy_beyond_the_window_is_applied_again_and_the_window_is_configurabl
 
 
 def test_a_redelivered_batch_after_a_duplicate_changes_nothing() -> None:
-    base = {"user_id": "u", "type": "purchase", "ts": T0, "amount": 10.0, "category": "shoes"}
+    base: dict[str, Any] = {
+        "user_id": "u",
+        "type": "purchase",
+        "ts": T0,
+        "amount": 10.0,
+        "category": "shoes",
+    }
     stream = [
         {**base, "event_id": e, "partition": 0, "offset": i}
         for i, e in enumerate(["a", "b", "a", "c", "b"])
