@@ -60,6 +60,7 @@ from consumer.segment_record import (
 from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
+from consumer.training_rows import keyed_rows
 from model.events import DecodeLimits, EventBatch, Rejection, decode_events, resolve_type_map
 from model.features import (
     CATEGORY_CODES,
@@ -621,7 +622,14 @@ class SegmentPipeline:
             user_keys=[user_keys[i] for i in touched],
             states=touched_states,
             segment_records=records_json,
-            training_rows=features[first_in_period] if self._training_rows_wanted else None,
+            training_rows=(
+                keyed_rows(
+                    features[first_in_period],
+                    [touched_users[i] for i in np.flatnonzero(first_in_period)],
+                )
+                if self._training_rows_wanted
+                else None
+            ),
             size_changes=size_changes,
             new_categories=new_categories,
             watermark_ms=self._watermark,
@@ -833,7 +841,7 @@ class SegmentPipeline:
         rows = None
         if self._rescore_samples and self._training_rows_wanted:
             idle = self._period(states[:, COL["last_ts_ms"]]) < self._period(self._rescore_at)
-            rows = features[idle]
+            rows = keyed_rows(features[idle], [users[i] for i in np.flatnonzero(idle)])
         if not len(changed) and (rows is None or not len(rows)):
             return
         for user, change in changes:

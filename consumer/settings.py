@@ -186,7 +186,10 @@ class TrainerSettings(BaseModel):
     """When and how the trainer updates the model."""
 
     n_clusters: int = Field(default=6, ge=2, le=64)
+    #: Bootstrap once the buffer holds this many rows (then fit each user's newest: of at
+    #: least max(10 x n_clusters, 100) users).
     bootstrap_rows: int = Field(default=2000, ge=100)
+    #: Update once this many rows arrived since the last (then fit each user's newest of them).
     update_rows: int = Field(default=5000, ge=100)
     update_interval_seconds: float = Field(default=10.0, gt=0)
     #: Old weight halves every this many updates (Spark's ``timeUnit="batches"``).

@@ -3,11 +3,14 @@
 Input: the feature vectors the pipeline pushes to ``<ns>:training-samples``: about one row per
 user per training period (``pipeline.training_period_seconds``, a day of event time): at the
 user's first event of a period, or at the watermark from the period's first re-score pass for
-users idle in it. The trainer never reads user keys, so it does not slow the pipeline.
+users idle in it. The trainer never reads users' state, so it does not slow the pipeline. Rows
+name their user (`consumer.training_rows`): whatever it reads, the trainer fits each user once,
+at their newest row, so a consumer catching up on a backlog (idle users' rows come less often
+than once a period) does not over-weight the active users.
 
 1. Bootstrap: once ``trainer.bootstrap_rows`` rows are buffered, fit the preprocessing and
-   k-means++ (10 restarts, as the offline reference) on them; label the segments; publish
-   version 1 (or the next).
+   k-means++ (10 restarts, as the offline reference) on each user's newest row (of at least
+   max(10 x n_clusters, 100) users); label the segments; publish version 1 (or the next).
 2. Update: every ``trainer.update_interval_seconds``, if at least ``trainer.update_rows`` new
    rows arrived, ``partial_fit`` on them (with forgetting: old weight halves every
    ``trainer.half_life_batches`` updates, or every ``trainer.half_life_periods`` training
@@ -50,6 +53,7 @@ from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings, TrainerSettings
+from consumer.training_rows import newest_row_per_user
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
 from model.labels import label_segments
@@ -139,19 +143,13 @@ class Trainer:
         return int(raw or 0)
 
     def buffered_rows(self, max_rows: int | None = None) -> np.ndarray:
-        """The newest buffered feature rows (newest first), at most ``max_rows``."""
-        width = len(FEATURE_NAMES)
+        """Each user's newest row among the newest ``max_rows`` buffered rows (all when
+        None), newest first: the users as they are now (`consumer.training_rows`)."""
         if max_rows is not None and max_rows <= 0:
-            return np.empty((0, width))
+            return np.empty((0, len(FEATURE_NAMES)))
         end = -1 if max_rows is None else max_rows - 1
-        # One element per row; anything else was not written by this version of the pipeline.
-        rows = [
-            r for r in self.client.lrange(self.keys.training_samples, 0, end) if len(r) == 8 * width
-        ]
-        if not rows:
-            return np.empty((0, width))
-        X = np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, width)
-        return X[np.isfinite(X).all(axis=1)]
+        raw = self.client.lrange(self.keys.training_samples, 0, end)
+        return newest_row_per_user(raw, len(FEATURE_NAMES))
 
     def step(self) -> SegmentModel | None:
         """Bootstrap or update once if there is enough data; returns the published model."""
@@ -220,6 +218,8 @@ class Trainer:
         assert self.segmenter is not None and self.preprocessor is not None
         if X is None:
             X = self.buffered_rows(max_rows=self._refit_rows())
+        if len(X) < self.segmenter.fit_rows_needed():  # a small shop: each user's newest
+            X = self.buffered_rows()
         fresh = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
         moved = remap_centers(self.segmenter.cluster_centers_, self.preprocessor, fresh)
         self.segmenter.replace_centers(moved)
@@ -256,15 +256,8 @@ class Trainer:
             users = self._users() or rows
             self.segmenter.set_params(half_life_batches=None, half_life_points=periods * users)
 
-    def _bootstrap(self) -> SegmentModel | None:
-        X = self.buffered_rows()
-        if len(X) < self.config.bootstrap_rows:
-            log.info("waiting for data: %d of %d rows buffered", len(X), self.config.bootstrap_rows)
-            return None
-        self._rows_seen = self._rows_pushed()
-        self.preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
-        Z = self.preprocessor.transform(X)
-        self.segmenter = StreamingSegmenter(
+    def _new_segmenter(self) -> StreamingSegmenter:
+        return StreamingSegmenter(
             n_clusters=self.config.n_clusters,
             half_life_batches=(
                 self.config.half_life_batches if self.config.half_life_periods is None else None
@@ -272,7 +265,30 @@ class Trainer:
             n_init=_KMEANS_INITS,
             new_id_distance=self.config.new_id_distance,
             random_state=self.config.seed,
-        ).fit(Z)
+        )
+
+    def _bootstrap(self) -> SegmentModel | None:
+        # Rows, not users: a shop with fewer users than bootstrap_rows must still bootstrap,
+        # on a few periods of rows of each (about one per user and period).
+        buffered = int(self.client.llen(self.keys.training_samples))
+        if buffered < self.config.bootstrap_rows:
+            log.info(
+                "waiting for data: %d of %d rows buffered", buffered, self.config.bootstrap_rows
+            )
+            return None
+        segmenter = self._new_segmenter()
+        X = self.buffered_rows()
+        if len(X) < segmenter.fit_rows_needed():
+            log.info(
+                "waiting for data: rows of %d users buffered, %d needed",
+                len(X),
+                segmenter.fit_rows_needed(),
+            )
+            return None
+        self._rows_seen = self._rows_pushed()
+        self.preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
+        Z = self.preprocessor.transform(X)
+        self.segmenter = segmenter.fit(Z)
         return self._publish(X, Z)
 
     def _publish(self, X: np.ndarray, Z: np.ndarray) -> SegmentModel:

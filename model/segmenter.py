@@ -401,6 +401,10 @@ class StreamingSegmenter(ClusterMixin, BaseEstimator):
 
     # -- fitting ---------------------------------------------------------------------------
 
+    def fit_rows_needed(self) -> int:
+        """Rows ``fit`` needs with k-means++: ``max(10 * n_clusters, min_fit_rows)``."""
+        return max(10 * int(self.n_clusters), int(self.min_fit_rows))
+
     def fit(
         self, X: npt.ArrayLike, y: object = None, sample_weight: npt.ArrayLike | None = None
     ) -> StreamingSegmenter:
@@ -440,7 +444,7 @@ class StreamingSegmenter(ClusterMixin, BaseEstimator):
         A = as_feature_matrix(A, d)
         w = self._weights(sample_weight, A.shape[0])
         explicit_init = not isinstance(self.init, str)
-        needed = K if explicit_init else max(10 * K, int(self.min_fit_rows))
+        needed = K if explicit_init else self.fit_rows_needed()
         if A.shape[0] < needed:
             raise InsufficientDataError(
                 f"fit needs at least {needed} rows to bootstrap {K} centres "

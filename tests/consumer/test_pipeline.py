@@ -189,7 +189,8 @@ def test_the_trainer_gets_one_row_per_user_and_period(
 
     from consumer.pipeline import SegmentPipeline
     from consumer.state_store import StateStore
-    from model.features import COL, MS_PER_DAY, derive_features
+    from consumer.training_rows import decode_rows, user_key
+    from model.features import COL, FEATURE_NAMES, MS_PER_DAY, derive_features
     from tests.consumer.pipeline_support import T0
 
     topic = new_topic()
@@ -203,8 +204,7 @@ def test_the_trainer_gets_one_row_per_user_and_period(
         return {"event_id": f"{user}-{day}-{hour}-{n}", "user_id": user, "type": "view", "ts": ts}
 
     def rows() -> np.ndarray:
-        raw = redis_client.lrange(keys.training_samples, 0, -1)
-        return np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
+        return decode_rows(redis_client.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES))[0]
 
     phases = [
         [view("busy", 0, h, n) for h in (1, 5, 9) for n in range(4)] + [view("quiet", 0, 12, 0)],
@@ -228,3 +228,9 @@ def test_the_trainer_gets_one_row_per_user_and_period(
     state = StateStore(redis_client, keys).read_states(["busy"])
     newest = derive_features(state, state[:, COL["last_ts_ms"]], settings.features)
     assert np.array_equal(rows()[0], newest[0])
+    # Each row names its user (newest first: busy's day 1, quiet's day 0, busy's day 0).
+    _, user_keys, keyed = decode_rows(
+        redis_client.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES)
+    )
+    assert keyed.all()
+    assert list(user_keys) == [user_key("busy"), user_key("quiet"), user_key("busy")]

@@ -14,6 +14,7 @@ from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.state_store import StateStore
+from consumer.training_rows import decode_rows, user_key
 from model.features import FEATURE_NAMES, LOG_FEATURES, MS_PER_DAY, derive_features
 from model.labels import label_segments
 from model.model_format import SegmentModel
@@ -99,9 +100,12 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     # idle users there, so it is trained on them there too.
     state = StateStore(redis_client, keys).read_states(["idle"])
     at_pass = derive_features(state, marker, settings.features)[0]
-    raw = redis_client.lrange(keys.training_samples, 0, -1)
-    rows = np.frombuffer(b"".join(raw), dtype=np.float64).reshape(len(raw), -1)
-    assert int((rows == at_pass).all(axis=1).sum()) == 1
+    rows, user_keys, _ = decode_rows(
+        redis_client.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES)
+    )
+    at_pass_rows = np.flatnonzero((rows == at_pass).all(axis=1))
+    assert len(at_pass_rows) == 1
+    assert user_keys[at_pass_rows[0]] == user_key("idle")
 
 
 def test_a_new_model_reaches_every_record_in_one_re_score_pass(

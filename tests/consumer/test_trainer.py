@@ -15,6 +15,7 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
 from consumer.trainer import Trainer, TrainerLease
+from consumer.training_rows import keyed_rows
 from model.features import FEATURE_NAMES
 from model.quality import inertia
 from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
@@ -22,10 +23,14 @@ from tests.consumer.pipeline_support import as_records, drain, make_events, prod
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
-def push_training_rows(client: redis.Redis, keys: KeyLayout, X: np.ndarray) -> None:
-    """Buffer feature rows for the trainer as the pipeline does: newest first, one float64
-    row per element, and the ``training_rows`` counter the trainer reads."""
-    client.lpush(keys.training_samples, *(row.tobytes() for row in X))
+def push_training_rows(
+    client: redis.Redis, keys: KeyLayout, X: np.ndarray, users: list[str] | None = None
+) -> None:
+    """Buffer feature rows for the trainer as the pipeline does: newest first, one row per
+    element, and the ``training_rows`` counter the trainer reads. Rows name their ``users``
+    when given; without, each counts as its own user (rows from before user keys)."""
+    rows = np.asarray(X, dtype=np.float64) if users is None else keyed_rows(X, users)
+    client.lpush(keys.training_samples, *(row.tobytes() for row in rows))
     client.hincrby(keys.counters, "training_rows", len(X))
 
 
@@ -218,6 +223,52 @@ def test_a_refit_fits_the_newest_rows_of_refit_periods(
     assert trainer.preprocessor is not None and trainer.segmenter is not None
     centres = trainer.preprocessor.inverse_transform(trainer.segmenter.cluster_centers_)
     assert (centres[:, 1] > 5.0).all()
+
+
+def test_the_trainer_fits_each_user_once_at_their_newest_row(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """A consumer catching up on a backlog pushes an active user's row for every period they
+    act in but an idle user's only when a re-score pass runs: fitting every row over-weighted
+    the active users. Each user counts once, at their newest row."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(4)
+    d = len(FEATURE_NAMES)
+    active = [f"active-{i}" for i in range(200)]
+    idle = [f"idle-{i}" for i in range(200)]
+    for _ in range(10):  # the active users' past: one row per period, older values
+        push_training_rows(redis_client, keys, rng.lognormal(0.0, 0.1, (200, d)), active)
+    push_training_rows(redis_client, keys, rng.lognormal(3.0, 0.1, (200, d)), idle)
+    push_training_rows(redis_client, keys, rng.lognormal(3.0, 0.1, (200, d)), active)
+
+    trainer = Trainer(redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=400))
+    trainer.resume()
+    X = trainer.buffered_rows()
+    assert len(X) == 400 and (X > 5.0).all()  # the users as they are now, each once
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 400
+    # The newest 500 rows hold 100 of the active users' past: they count once too.
+    assert trainer.buffered_rows(max_rows=500).shape == (400, d)
+
+
+def test_a_bootstrap_waits_for_rows_of_enough_users(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """``bootstrap_rows`` counts rows (a small shop bootstraps on a few periods of each user);
+    the fit needs the newest rows of as many users as k-means++ needs rows (here 100)."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(5)
+    d = len(FEATURE_NAMES)
+    trainer = Trainer(redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=100))
+    trainer.resume()
+    for _ in range(30):  # 30 periods of 5 users: rows enough, users not
+        users = [f"u{i}" for i in range(5)]
+        push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (5, d)), users)
+    assert trainer.step() is None
+    users = [f"v{i}" for i in range(95)]
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (95, d)), users)
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 100
 
 
 def test_the_refit_check_refits_centres_that_trail_the_users(
