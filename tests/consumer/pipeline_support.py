@@ -14,6 +14,7 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
+from consumer.training_rows import keyed_rows
 from devstack.stack import service_settings
 from model.features import MS_PER_DAY, category_codes, state_as_dict
 
@@ -127,3 +128,14 @@ def assert_state_matches(
                 np.testing.assert_allclose(
                     got[key], value, rtol=1e-9, atol=1e-12, err_msg=f"{user} {key}"
                 )
+
+
+def push_training_rows(
+    client: RedisClient, keys: KeyLayout, X: np.ndarray, users: list[str] | None = None
+) -> None:
+    """Buffer feature rows for the trainer as the pipeline does: newest first, one row per
+    element, and the ``training_rows`` counter the trainer reads. Rows name their ``users``
+    when given; without, each counts as its own user (rows from before user keys)."""
+    rows = np.asarray(X, dtype=np.float64) if users is None else keyed_rows(X, users)
+    client.lpush(keys.training_samples, *(row.tobytes() for row in rows))
+    client.hincrby(keys.counters, "training_rows", len(X))

@@ -20,7 +20,13 @@ from consumer.settings import TrainerSettings
 from consumer.status import deployment_status, render_status
 from consumer.trainer import Trainer
 from model.features import FEATURE_NAMES
-from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
+from tests.consumer.pipeline_support import (
+    as_records,
+    make_events,
+    produce,
+    push_training_rows,
+    settings_for,
+)
 
 BAD: list[tuple[bytes | None, bytes]] = [
     (b"u1", b"not json"),
@@ -159,8 +165,7 @@ def test_trainer_metrics_follow_published_versions(
 
     def push(rows: int, shift: float) -> None:
         X = rng.lognormal(mean=1.0 + shift, sigma=1.0, size=(rows, len(FEATURE_NAMES)))
-        redis_client.lpush(keys.training_samples, *(row.tobytes() for row in X.astype(np.float64)))
-        redis_client.hincrby(keys.counters, "training_rows", rows)
+        push_training_rows(redis_client, keys, X)
 
     config = TrainerSettings(
         n_clusters=3, bootstrap_rows=300, update_rows=200, rescale_tolerance=100.0

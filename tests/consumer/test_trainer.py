@@ -15,23 +15,18 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
 from consumer.trainer import Trainer, TrainerLease
-from consumer.training_rows import keyed_rows
 from model.features import FEATURE_NAMES
 from model.quality import inertia
-from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
+from tests.consumer.pipeline_support import (
+    as_records,
+    drain,
+    make_events,
+    produce,
+    push_training_rows,
+    settings_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
-
-
-def push_training_rows(
-    client: redis.Redis, keys: KeyLayout, X: np.ndarray, users: list[str] | None = None
-) -> None:
-    """Buffer feature rows for the trainer as the pipeline does: newest first, one row per
-    element, and the ``training_rows`` counter the trainer reads. Rows name their ``users``
-    when given; without, each counts as its own user (rows from before user keys)."""
-    rows = np.asarray(X, dtype=np.float64) if users is None else keyed_rows(X, users)
-    client.lpush(keys.training_samples, *(row.tobytes() for row in rows))
-    client.hincrby(keys.counters, "training_rows", len(X))
 
 
 def test_published_model_is_picked_up_without_restart(
