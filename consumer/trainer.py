@@ -145,11 +145,14 @@ class Trainer:
     def buffered_rows(self, max_rows: int | None = None) -> np.ndarray:
         """Each user's newest row among the newest ``max_rows`` buffered rows (all when
         None), newest first: the users as they are now (`consumer.training_rows`)."""
+        return newest_row_per_user(self._raw_rows(max_rows), len(FEATURE_NAMES))
+
+    def _raw_rows(self, max_rows: int | None = None) -> list[bytes]:
+        """The newest ``max_rows`` elements of the buffer (all when None), newest first."""
         if max_rows is not None and max_rows <= 0:
-            return np.empty((0, len(FEATURE_NAMES)))
+            return []
         end = -1 if max_rows is None else max_rows - 1
-        raw = self.client.lrange(self.keys.training_samples, 0, end)
-        return newest_row_per_user(raw, len(FEATURE_NAMES))
+        return list(self.client.lrange(self.keys.training_samples, 0, end))
 
     def step(self) -> SegmentModel | None:
         """Bootstrap or update once if there is enough data; returns the published model."""
@@ -270,14 +273,14 @@ class Trainer:
     def _bootstrap(self) -> SegmentModel | None:
         # Rows, not users: a shop with fewer users than bootstrap_rows must still bootstrap,
         # on a few periods of rows of each (about one per user and period).
-        buffered = int(self.client.llen(self.keys.training_samples))
-        if buffered < self.config.bootstrap_rows:
+        raw = self._raw_rows()  # LRANGE, not LLEN: the documented ACL has no LLEN
+        if len(raw) < self.config.bootstrap_rows:
             log.info(
-                "waiting for data: %d of %d rows buffered", buffered, self.config.bootstrap_rows
+                "waiting for data: %d of %d rows buffered", len(raw), self.config.bootstrap_rows
             )
             return None
         segmenter = self._new_segmenter()
-        X = self.buffered_rows()
+        X = newest_row_per_user(raw, len(FEATURE_NAMES))
         if len(X) < segmenter.fit_rows_needed():
             log.info(
                 "waiting for data: rows of %d users buffered, %d needed",
