@@ -239,7 +239,9 @@ class Trainer:
 
     def _users(self) -> int:
         """Users counted in the segment sizes (a transient negative count is ignored)."""
-        return sum(max(0, int(n)) for n in self.client.hvals(self.keys.segment_sizes))
+        # HGETALL, not HVALS: the documented least-privilege ACL rule has no HVALS.
+        sizes = self.client.hgetall(self.keys.segment_sizes)
+        return sum(max(0, int(n)) for n in sizes.values())
 
     def _set_forgetting(self, rows: int) -> None:
         """Apply the configured half-life to the next update (the settings win over what a
