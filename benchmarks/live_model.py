@@ -40,9 +40,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
+from common import machine as machine_info  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
 from consumer.kafka_clients import ensure_topics  # noqa: E402
@@ -289,7 +291,7 @@ def main() -> int:
         )
     ratios = [r["inertia_ratio"] for r in runs]
     print(f"inertia ratio: median {np.median(ratios):.3f}, max {max(ratios):.3f} (goal <= 1.05)")
-    machine = {"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "servers": servers}
+    machine = {**machine_info(), "loadavg": os.getloadavg(), "servers": servers}
     result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine}
     args.output.write_text(json.dumps(result | {"runs": runs}, indent=2))
     say(f"wrote {args.output}")
