@@ -117,8 +117,9 @@ def one_run(
     config = CONFIGS[name]
     tag = f"{name}-{seed}-{'drift' if drift else 'steady'}-{int(time.time())}"
     topic, namespace = f"live-{tag}", f"live-{tag}"
-    env = service_env(bootstrap, redis_url, topic, namespace, {**SETTINGS, **config.settings})
-    settings = service_settings(bootstrap, redis_url, topic, namespace)
+    overrides = {**SETTINGS, **config.settings}
+    env = service_env(bootstrap, redis_url, topic, namespace, overrides)
+    settings = service_settings(bootstrap, redis_url, topic, namespace, **overrides)
     ensure_topics(settings.kafka, partitions=2)
     streamseg = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +157,11 @@ def one_run(
             for proc in procs:
                 proc.wait(timeout=60)
         planted = json.loads(planted_path.read_text())
-    return _measure(client, keys, planted) | {"config": name, "seed": seed, "drift": drift}
+    return _measure(client, keys, settings.trainer, planted) | {
+        "config": name,
+        "seed": seed,
+        "drift": drift,
+    }
 
 
 def _wait_until_consumed(
@@ -189,7 +194,9 @@ def _wait_until_consumed(
         time.sleep(0.5)
 
 
-def _measure(client: redis.Redis, keys: KeyLayout, planted: dict[str, str]) -> dict[str, Any]:
+def _measure(
+    client: redis.Redis, keys: KeyLayout, trainer: TrainerSettings, planted: dict[str, str]
+) -> dict[str, Any]:
     model = ModelStore(client, keys).load_current()
     if model is None:
         raise SystemExit("no model was published")
@@ -207,17 +214,18 @@ def _measure(client: redis.Redis, keys: KeyLayout, planted: dict[str, str]) -> d
         "stored_segments_ari": adjusted_rand(truth[assigned], stored[assigned]),
         "offline_kmeans_ari": adjusted_rand(truth, offline.labels_),
         "model_ari": adjusted_rand(truth, model.assign(snapshot.features)[0]),
-        "diagnosis": _diagnose(client, keys, model, Z, float(offline.inertia_)),
+        "diagnosis": _diagnose(Trainer(client, keys, trainer), model, Z, float(offline.inertia_)),
     }
 
 
 def _diagnose(
-    client: redis.Redis, keys: KeyLayout, model: SegmentModel, Z: np.ndarray, best: float
+    trainer: Trainer, model: SegmentModel, Z: np.ndarray, best: float
 ) -> dict[str, float]:
-    """Where a ratio above 1 comes from, in the model's scaled space:
+    """Where a ratio above 1 comes from, in the model's scaled space (``trainer`` reads the
+    run's namespace with the run's settings and trains nothing):
 
-    - ``window_ratio``: the model's inertia on the trainer's newest rows (the refit check's:
-      2 x users, at most 20,000) over a 10-restart k-means fit of them. Above 1: the model
+    - ``window_ratio``: the model's inertia on the rows the trainer's refit check fits
+      (`Trainer.refit_check_rows`) over a 10-restart k-means fit of them. Above 1: the model
       trails its own training rows (a basin or a lag the refit check did not catch).
     - ``window_fit_ratio``: that fit's centres on the snapshot (``Z``) over the offline
       optimum ``best``. Above 1: the newest training rows do not describe the snapshot.
@@ -225,19 +233,16 @@ def _diagnose(
       among the ``versions`` kept; ``training_rows``: rows the pipeline pushed (about one per
       user and day of event time when the re-score passes keep up).
     """
-    users = sum(max(0, int(n)) for n in client.hvals(keys.segment_sizes))
-    reader = Trainer(client, keys, TrainerSettings())
-    rows = reader.buffered_rows(max_rows=min(max(2 * users, 1), 20_000))
+    rows, _ = trainer.refit_check_rows()
     window = model.transform(rows)
     with limit_threads(1):
         fit = KMeans(n_clusters=len(model.ids), n_init=10, random_state=0).fit(window)
-    store = ModelStore(client, keys)
-    history = store.load_kept(store.versions())
+    history = trainer.models.load_kept(trainer.models.versions())
     return {
         "window_rows": len(rows),
         "window_ratio": inertia(window, model.centers) / float(fit.inertia_),
         "window_fit_ratio": inertia(Z, fit.cluster_centers_) / best,
-        "training_rows": int(client.hget(keys.counters, "training_rows") or 0),
+        "training_rows": trainer.rows_pushed(),
         "versions": len(history),
         "refits": sum(m.metrics.n_updates == 0 for m in history if m.model_version > 1),
     }

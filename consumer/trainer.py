@@ -136,9 +136,10 @@ class Trainer:
             self.published = model
             self.metrics.model_version.set(model.model_version)
             log.info("continuing from model version %d", model.model_version)
-        self._rows_seen = self._rows_pushed()
+        self._rows_seen = self.rows_pushed()
 
-    def _rows_pushed(self) -> int:
+    def rows_pushed(self) -> int:
+        """Training rows the pipeline has pushed so far (the namespace's counter)."""
         raw = self.client.hget(self.keys.counters, "training_rows")
         return int(raw or 0)
 
@@ -158,7 +159,7 @@ class Trainer:
         """Bootstrap or update once if there is enough data; returns the published model."""
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
-        pushed = self._rows_pushed()
+        pushed = self.rows_pushed()
         fresh = pushed - self._rows_seen
         if fresh < self.config.update_rows:
             return None
@@ -173,12 +174,18 @@ class Trainer:
         self.segmenter.partial_fit(Z)
         every = self.config.refit_check_updates
         if every and self.segmenter.n_updates_ % every == 0:
-            window = self._refit_rows()
-            # The check's rows are the window's newest; read once when they are all of it.
-            checked = self.buffered_rows(max_rows=min(window, _REFIT_CHECK_ROWS))
+            checked, whole_window = self.refit_check_rows()
             if self._refit_pays_off(checked):
-                return self._refit("check", checked if window <= _REFIT_CHECK_ROWS else None)
+                # Read once when the check's rows are the whole refit window.
+                return self._refit("check", checked if whole_window else None)
         return self._publish(X, Z)
+
+    def refit_check_rows(self) -> tuple[np.ndarray, bool]:
+        """The rows the refit check fits: each user's newest among the newest rows of the
+        refit window (`_refit_rows`), at most 20,000 read; and whether that was all of it."""
+        window = self._refit_rows()
+        rows = self.buffered_rows(max_rows=min(window, _REFIT_CHECK_ROWS))
+        return rows, window <= _REFIT_CHECK_ROWS
 
     def _refit_pays_off(self, X: np.ndarray) -> bool:
         """Would fresh k-means++ centres fit the rows ``X`` (the newest of the refit window)
@@ -290,7 +297,7 @@ class Trainer:
                 segmenter.fit_rows_needed(),
             )
             return None
-        self._rows_seen = self._rows_pushed()
+        self._rows_seen = self.rows_pushed()
         self.preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
         Z = self.preprocessor.transform(X)
         self.segmenter = segmenter.fit(Z)
