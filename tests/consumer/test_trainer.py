@@ -266,6 +266,30 @@ def test_a_bootstrap_waits_for_rows_of_enough_users(
     assert model is not None and model.metrics.n_rows == 100
 
 
+def test_a_refit_whose_window_holds_too_few_users_fits_every_user(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """The refit window counts rows; when its newest rows are a few users' repeats (a catch-up
+    of a few active users), each user's newest row of the whole buffer is fitted instead of
+    failing for want of rows."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(6)
+    d = len(FEATURE_NAMES)
+    config = TrainerSettings(n_clusters=2, bootstrap_rows=200, update_rows=100)
+    trainer = Trainer(redis_client, keys, config)
+    trainer.resume()
+    everyone = [f"u{i}" for i in range(150)]
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 0.3, (150, d)), everyone)
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 0.3, (150, d)), everyone)
+    assert trainer.step() is not None  # 300 rows of 150 users
+    active = [f"u{i}" for i in range(5)]
+    for _ in range(60):  # 300 rows of 5 users, 20x larger: the scaling is stale
+        push_training_rows(redis_client, keys, rng.lognormal(3.0, 0.3, (5, d)), active)
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 150
+    assert trainer.metrics.refits.labels(reason="scaling")._value.get() == 1
+
+
 def test_the_refit_check_refits_centres_that_trail_the_users(
     redis_client: redis.Redis, namespace: str
 ) -> None:
