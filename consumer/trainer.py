@@ -125,6 +125,9 @@ class Trainer:
         self.preprocessor: Preprocessor | None = None
         self.segmenter: StreamingSegmenter | None = None
         self._rows_seen = 0
+        #: While waiting to bootstrap: rows pushed at the last look at the buffer, and how many
+        #: more must be pushed before it can hold what was missing then.
+        self._last_look: tuple[int, int] | None = None
 
     def resume(self) -> None:
         """Continue from the published model, if any (after a restart or a takeover)."""
@@ -282,8 +285,14 @@ class Trainer:
     def _bootstrap(self) -> SegmentModel | None:
         # Rows, not users: a shop with fewer users than bootstrap_rows must still bootstrap,
         # on a few periods of rows of each (about one per user and period).
+        pushed = self.rows_pushed()
+        if self._last_look is not None:
+            then, missing = self._last_look
+            if then <= pushed < then + missing:  # (a counter below `then` was reset: look)
+                return None
         raw = self._raw_rows()  # LRANGE, not LLEN: the documented ACL has no LLEN
         if len(raw) < self.config.bootstrap_rows:
+            self._last_look = (pushed, self.config.bootstrap_rows - len(raw))
             log.info(
                 "waiting for data: %d of %d rows buffered", len(raw), self.config.bootstrap_rows
             )
@@ -291,6 +300,9 @@ class Trainer:
         segmenter = self._new_segmenter()
         X = newest_row_per_user(raw, len(FEATURE_NAMES))
         if len(X) < segmenter.fit_rows_needed():
+            # Each missing user pushes at least a row; a growing buffer of a few users' repeats
+            # is read again after a tenth more rows, not every step.
+            self._last_look = (pushed, max(segmenter.fit_rows_needed() - len(X), len(raw) // 10))
             log.info(
                 "waiting for data: rows of %d users buffered, %d needed",
                 len(X),
