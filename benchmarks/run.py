@@ -1008,9 +1008,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny inputs (smoke test)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per rate; the table shows median, min, max"
+    )
+    parser.add_argument(
+        "--events", type=int, default=300_000, help="records of the end-to-end passes"
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=100_000,
+        help="distinct users the end-to-end and latency records are spread over",
+    )
     parser.add_argument(
         "--users-large",
         type=int,
@@ -1036,8 +1045,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="users section 7's records are spread over (default --users)",
     )
-    parser.add_argument("--naive-events", type=int, default=20_000)
-    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--naive-events",
+        type=int,
+        default=20_000,
+        help="records of section 3, the baseline: one event at a time, GET and SET per event",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=10.0,
+        help="measured seconds per offered rate in section 4",
+    )
     parser.add_argument(
         "--latency-warmup-seconds",
         type=float,
@@ -1045,9 +1064,18 @@ def main(argv: list[str] | None = None) -> int:
         help="unmeasured load at the highest rate before the latency windows (default 12 s: "
         "at 20k events/s about 90%% of the 100k users have a record before the clock starts)",
     )
-    parser.add_argument("--rates", default="5000,20000")
-    parser.add_argument("--model-users", type=int, default=5000)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--rates", default="5000,20000", help="comma list of offered events/s for section 4"
+    )
+    parser.add_argument(
+        "--model-users",
+        type=int,
+        default=5000,
+        help="users of section 6's planted population (model quality, River)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help="results JSON (default %(default)s)"
+    )
     parser.add_argument(
         "--profile",
         type=Path,
