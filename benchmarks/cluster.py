@@ -31,56 +31,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import redis  # noqa: E402
+from common import prepared_writes  # noqa: E402
 from redis.cluster import RedisCluster  # noqa: E402
 
 from consumer.redis_keys import KeyLayout  # noqa: E402
-from consumer.segment_record import encode_record, iso_ms  # noqa: E402
 from consumer.settings import RedisClient  # noqa: E402
-from consumer.state_store import BatchWrite, StateStore  # noqa: E402
+from consumer.state_store import StateStore  # noqa: E402
 from devstack.redis_cluster import RedisClusterServer  # noqa: E402
 from devstack.redis_server import RedisServer  # noqa: E402
-from model.features import FEATURE_NAMES, STATE_WIDTH  # noqa: E402
 
 
 def connect(url: str, cluster: bool) -> RedisClient:
     return RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
-
-
-def batches(users: int, batch: int, prefix: str) -> list[BatchWrite]:
-    """Prepared writes of ``users`` users: the cost of building them is not measured."""
-    rng = np.random.default_rng(0)
-    now = iso_ms(time.time() * 1000)
-    out = []
-    for start in range(0, users, batch):
-        ids = [f"{prefix}{i}" for i in range(start, min(users, start + batch))]
-        records: list[bytes | None] = [
-            encode_record(
-                u,
-                segment_id=3,
-                segment="bargain hunters",
-                tier=2,
-                model_version=1,
-                distance=0.8123,
-                top_category_spend="fashion",
-                top_category_views="home",
-                event_time=now,
-                computed_at=now,
-            )
-            for u in ids
-        ]
-        out.append(
-            BatchWrite(
-                user_ids=ids,
-                states=rng.random((len(ids), STATE_WIDTH)),
-                segment_records=records,
-                training_rows=rng.random((len(ids), len(FEATURE_NAMES))),
-                counters={"records": len(ids), "applied": len(ids)},
-                watermark_ms=time.time() * 1000,
-            )
-        )
-    return out
 
 
 def one_client(
@@ -91,7 +54,7 @@ def one_client(
     client = connect(url, cluster)
     keys = KeyLayout(namespace)
     store = StateStore(client, keys, training_buffer_rows=200_000)
-    prepared = batches(users, batch, f"{uuid.uuid4().hex[:6]}-")
+    prepared = prepared_writes(users, batch, f"{uuid.uuid4().hex[:6]}-")
     pairs = [list(keys.state_and_segment(w.user_ids)) for w in prepared]
     began, cpu = time.perf_counter(), time.process_time()
     for write, user_keys in zip(prepared, pairs, strict=True):
@@ -162,7 +125,7 @@ def memory_per_user(url: str, cluster: bool, users: int, batch: int) -> float:
     client = connect(url, cluster)
     before = used_memory(client, cluster)
     store = StateStore(client, KeyLayout("mem"))  # no training buffer: users only
-    for write in batches(users, batch, "m"):
+    for write in prepared_writes(users, batch, "m"):
         write.training_rows = None
         store.write(write)
     grown = used_memory(client, cluster) - before

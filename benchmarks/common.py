@@ -17,12 +17,16 @@ from confluent_kafka import Producer
 
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
+from consumer.segment_record import encode_record, iso_ms
 from consumer.settings import RedisClient
+from consumer.state_store import BatchWrite
 from consumer.synthetic import CATEGORIES, EventGenerator, GeneratorConfig
+from consumer.training_rows import keyed_rows
 from model.events import DEFAULT_ALIASES, DecodeLimits, decode_events, resolve_type_map
 from model.features import (
     FEATURE_NAMES,
     LOG_FEATURES,
+    STATE_WIDTH,
     EventColumns,
     FeatureConfig,
     apply_events,
@@ -194,6 +198,43 @@ def build_model(X: np.ndarray, n_clusters: int = 6, seed: int = 0) -> SegmentMod
 
 def publish(client: RedisClient, namespace: str, model: SegmentModel) -> None:
     ModelStore(client, KeyLayout(namespace)).publish(model)
+
+
+def prepared_writes(users: int, batch: int, prefix: str) -> list[BatchWrite]:
+    """What the pipeline writes for ``users`` users (``<prefix><i>``), in batches of ``batch``:
+    random states, one segment record each, a keyed training row each (`keyed_rows`), the
+    counters and the watermark. Built before a measurement: building them is not measured."""
+    rng = np.random.default_rng(0)
+    now = iso_ms(time.time() * 1000)
+    out = []
+    for start in range(0, users, batch):
+        ids = [f"{prefix}{i}" for i in range(start, min(users, start + batch))]
+        records: list[bytes | None] = [
+            encode_record(
+                u,
+                segment_id=3,
+                segment="bargain hunters",
+                tier=2,
+                model_version=1,
+                distance=0.8123,
+                top_category_spend="fashion",
+                top_category_views="home",
+                event_time=now,
+                computed_at=now,
+            )
+            for u in ids
+        ]
+        out.append(
+            BatchWrite(
+                user_ids=ids,
+                states=rng.random((len(ids), STATE_WIDTH)),
+                segment_records=records,
+                training_rows=keyed_rows(rng.random((len(ids), len(FEATURE_NAMES))), ids),
+                counters={"records": len(ids), "applied": len(ids)},
+                watermark_ms=time.time() * 1000,
+            )
+        )
+    return out
 
 
 def delete_namespace(client: redis.Redis, namespace: str) -> None:

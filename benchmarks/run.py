@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     machine,
     offline_features,
     percentiles,
+    prepared_writes,
     produce_all,
     publish,
     summary,
@@ -54,13 +55,12 @@ from consumer.redis_keys import KeyLayout  # noqa: E402
 from consumer.replay import replay  # noqa: E402
 from consumer.segment_record import encode_record, iso_ms  # noqa: E402
 from consumer.settings import Settings, load_settings  # noqa: E402
-from consumer.state_store import BatchWrite, StateStore  # noqa: E402
+from consumer.state_store import StateStore  # noqa: E402
 from devstack.kafka import group_settled  # noqa: E402
 from devstack.stack import service_env  # noqa: E402
 from model.events import DecodeLimits, decode_events  # noqa: E402
 from model.features import (  # noqa: E402
     COL,
-    FEATURE_NAMES,
     STATE_WIDTH,
     EventColumns,
     FeatureConfig,
@@ -322,37 +322,7 @@ class Bench:
     def redis_write_rate(self, users: int, batch: int = 5000) -> float:
         ns = self.namespace(f"write-{uuid.uuid4().hex[:4]}")
         store = StateStore(self.client, KeyLayout(ns), training_buffer_rows=200_000)
-        rng = np.random.default_rng(0)
-        computed_at = iso_ms(time.time() * 1000)
-        prepared = []
-        for start in range(0, users, batch):
-            ids = [f"w{i}" for i in range(start, min(users, start + batch))]
-            states = rng.random((len(ids), STATE_WIDTH))
-            recs = [
-                encode_record(
-                    u,
-                    segment_id=3,
-                    segment="bargain hunters",
-                    tier=2,
-                    model_version=1,
-                    distance=0.8123,
-                    top_category_spend="fashion",
-                    top_category_views="home",
-                    event_time=computed_at,
-                    computed_at=computed_at,
-                )
-                for u in ids
-            ]
-            prepared.append(
-                BatchWrite(
-                    user_ids=ids,
-                    states=states,
-                    segment_records=recs,
-                    training_rows=rng.random((len(ids), len(FEATURE_NAMES))),
-                    counters={"records": len(ids), "applied": len(ids)},
-                    watermark_ms=time.time() * 1000,
-                )
-            )
+        prepared = prepared_writes(users, batch, "w")
         began = time.perf_counter()
         for w in prepared:
             store.write(w)
