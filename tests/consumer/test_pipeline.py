@@ -203,8 +203,8 @@ def test_the_trainer_gets_one_row_per_user_and_period(
         ts = int(T0 + day * MS_PER_DAY + hour * 3_600_000)
         return {"event_id": f"{user}-{day}-{hour}-{n}", "user_id": user, "type": "view", "ts": ts}
 
-    def rows() -> np.ndarray:
-        return decode_rows(redis_client.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES))[0]
+    def buffer() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return decode_rows(redis_client.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES))
 
     phases = [
         [view("busy", 0, h, n) for h in (1, 5, 9) for n in range(4)] + [view("quiet", 0, 12, 0)],
@@ -220,17 +220,15 @@ def test_the_trainer_gets_one_row_per_user_and_period(
             produce(kafka_bootstrap, topic, as_records(events))
             seen += len(events)
             pipeline.run(max_records=seen, idle_exit_seconds=20)
-            assert len(rows()) == total
+            assert len(buffer()[0]) == total
     finally:
         pipeline.close()
     assert int(redis_client.hget(keys.counters, "training_rows") or 0) == 3
     # The newest row is busy's features at their first (and last) event of day 1.
     state = StateStore(redis_client, keys).read_states(["busy"])
     newest = derive_features(state, state[:, COL["last_ts_ms"]], settings.features)
-    assert np.array_equal(rows()[0], newest[0])
+    rows, user_keys, keyed = buffer()
+    assert np.array_equal(rows[0], newest[0])
     # Each row names its user (newest first: busy's day 1, quiet's day 0, busy's day 0).
-    _, user_keys, keyed = decode_rows(
-        redis_client.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES)
-    )
     assert keyed.all()
     assert list(user_keys) == [user_key("busy"), user_key("quiet"), user_key("busy")]
