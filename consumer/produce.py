@@ -426,7 +426,10 @@ def produce_records(
                         poll(left)
                 try:
                     produce(topic, value, key)
+                    refused = False
                 except (BufferError, KafkaException):
+                    refused = True
+                if refused:  # retried outside the handler: see _produce_slowly
                     _produce_slowly(producer, topic, key, value, stats)
                 sent += 1
                 value_bytes += len(value)
@@ -453,7 +456,12 @@ def _produce_slowly(
     producer: Producer, topic: str, key: bytes | None, value: bytes, stats: ProduceStats
 ) -> None:
     """The rare path of a produce call: wait while the local queue is full; count a record
-    that librdkafka refuses outright (e.g. larger than ``message.max.bytes``) as failed."""
+    that librdkafka refuses outright (e.g. larger than ``message.max.bytes``) as failed.
+
+    Never call it inside an ``except`` block: when confluent-kafka's (2.16) produce raises
+    while another exception is being handled, that other exception is never freed, and its
+    traceback keeps the caller's frame, and so the producer, alive for the rest of the process.
+    """
     while True:
         try:
             producer.produce(topic, value, key)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -212,6 +213,25 @@ def test_delivery_failures_are_counted_not_dropped(
     assert stats.errors == {"MSG_SIZE_TOO_LARGE": 1}
     assert "1 failed" in stats.summary()
     assert consume_all(kafka_bootstrap, topic, 20) == [r for r in records if len(r[1]) < 100]
+
+
+def live_producers() -> int:
+    gc.collect()
+    return sum(isinstance(o, Producer) for o in gc.get_objects())
+
+
+@pytest.mark.kafka
+def test_a_refused_record_leaves_no_producer_behind(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """A producer kept alive past its run (here by an exception confluent-kafka never frees)
+    keeps connecting to the broker for the rest of the process, and logs when it is gone."""
+    topic = new_topic()
+    records: list[Record] = [(b"k", b"x" * 3_000_000), (b"k", b"small")]
+    before = live_producers()
+    stats = produce_records(records, KafkaSettings(bootstrap_servers=kafka_bootstrap), topic)
+    assert stats.failed == 1 and stats.delivered == 1
+    assert live_producers() == before
 
 
 @pytest.mark.kafka
