@@ -10,14 +10,26 @@ environment wins over the file. A wrong setting stops start-up with a message na
 from __future__ import annotations
 
 import json
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_origin
 
 import redis
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 from redis.cluster import RedisCluster
+from redis.connection import parse_url
 
 from consumer.exceptions import ConfigError
 from consumer.redis_keys import NAMESPACE_PATTERN
@@ -28,9 +40,18 @@ from model.features import DEDUPE_SLOTS, FeatureConfig
 #: ``redis.cluster`` is set. Both speak the same single-key commands.
 RedisClient: TypeAlias = redis.Redis | RedisCluster
 
+#: Every section refuses names it does not know: a misspelt setting is an error, not ignored.
+#: No NaN or infinity either: ``inf`` seconds would silently mean "never".
+_SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
+#: Variables with the settings' prefix that are not settings (the development stack's cache).
+_PREFIX = "STREAMSEG_"
+_OTHER_VARIABLES = frozenset({"STREAMSEG_CACHE_DIR"})
+
 
 class KafkaSettings(BaseModel):
     """Where events come from and where segment changes and dead letters go."""
+
+    model_config = _SECTION
 
     bootstrap_servers: str = "localhost:9092"
     events_topic: str = "events"
@@ -71,6 +92,8 @@ class KafkaSettings(BaseModel):
 class RedisSettings(BaseModel):
     """Where per-user state, segment records and models live."""
 
+    model_config = _SECTION
+
     #: ``redis://[user:password@]host:port/db``, or ``rediss://...`` for TLS.
     url: SecretStr = SecretStr("redis://localhost:6379/0")
     #: Key prefix of every key; a replay writes into another namespace (letters, digits, _.-).
@@ -107,6 +130,19 @@ class RedisSettings(BaseModel):
             **tls,
         )
 
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: SecretStr) -> SecretStr:
+        # The message never repeats the URL: it may hold a password.
+        try:
+            parse_url(value.get_secret_value())
+        except ValueError:
+            raise ValueError(
+                "not a Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS) "
+                "or unix:///path/to/socket (the value is not shown: it may hold a password)"
+            ) from None
+        return value
+
     @field_validator("namespace")
     @classmethod
     def _valid_namespace(cls, value: str) -> str:
@@ -136,6 +172,8 @@ class RedisSettings(BaseModel):
 
 class PipelineSettings(BaseModel):
     """How the batch loop consumes and writes."""
+
+    model_config = _SECTION
 
     #: Most records in one batch. A batch is what was fetched while the previous one ran, so
     #: batches stay small at low rates (low latency) and grow under load (high throughput).
@@ -185,6 +223,8 @@ class PipelineSettings(BaseModel):
 class TrainerSettings(BaseModel):
     """When and how the trainer updates the model."""
 
+    model_config = _SECTION
+
     n_clusters: int = Field(default=6, ge=2, le=64)
     #: Bootstrap once the buffer holds this many rows (then fit each user's newest: of at
     #: least max(10 x n_clusters, 100) users).
@@ -225,6 +265,8 @@ DEFAULT_METRICS_PORTS: dict[str, int] = {"run": 9108, "train": 9109}
 class ObservabilitySettings(BaseModel):
     """Metrics, health endpoints and the consumer heartbeat."""
 
+    model_config = _SECTION
+
     #: Port of /metrics, /healthz and /readyz; None = the command's default
     #: (`DEFAULT_METRICS_PORTS`: run 9108, train 9109); 0 = no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -236,9 +278,7 @@ class ObservabilitySettings(BaseModel):
 class Settings(BaseSettings):
     """Every setting of streamseg, by section."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMSEG_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -267,15 +307,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """
     data: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            text = config_file.read_text()
-            data = json.loads(text) if config_file.suffix == ".json" else tomllib.loads(text)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read settings file {config_file}: {exc}") from exc
+        data = _read_settings_file(config_file)
+    _check_environment(os.environ)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {_describe(exc)}") from None
+    except SettingsError as exc:  # a variable pydantic-settings could not parse as JSON
+        raise ConfigError(f"invalid settings: {_unparsable(os.environ) or exc}") from None
     # Command-line overrides win over the environment and the file.
     for dotted, value in overrides.items():
         section_name, _, name = dotted.partition(".")
@@ -286,6 +325,73 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise ConfigError(f"invalid settings: {_describe(exc, section_name)}") from None
         setattr(settings, section_name, updated)
     return settings
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    """The sections of a TOML (or, by its ``.json`` suffix, JSON) settings file."""
+    if path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"settings file {path}: YAML is not read; write TOML or JSON")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"settings file {path}: the top level must be an object of sections "
+            f"(kafka, redis, ...), not a {type(data).__name__}"
+        )
+    return data
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse variables that look like settings but name none.
+
+    ``STREAMSEG_<SECTION>__<FIELD>`` with an unknown section, or a known section followed by a
+    single underscore, would be ignored by the settings loader (an unknown field of a known
+    section is refused by the section itself). Other ``STREAMSEG_`` variables are left alone.
+    """
+    sections = {name.upper() for name in Settings.model_fields}
+    for variable in environ:
+        if not variable.upper().startswith(_PREFIX) or variable.upper() in _OTHER_VARIABLES:
+            continue
+        rest = variable[len(_PREFIX) :].upper()
+        section, nested, _ = rest.partition("__")
+        if nested and section not in sections:
+            raise ConfigError(
+                f"{variable}: no settings section {section.lower()!r} "
+                f"(sections: {', '.join(sorted(s.lower() for s in sections))})"
+            )
+        for known in sections:
+            if not nested and rest.startswith(known + "_"):
+                field = rest[len(known) + 1 :]
+                raise ConfigError(
+                    f"{variable}: not a setting; did you mean {_PREFIX}{known}__{field} "
+                    "(two underscores between section and field)?"
+                )
+
+
+def _unparsable(environ: Mapping[str, str]) -> str | None:
+    """Name the variable whose value should be JSON but is not: a whole section
+    (``STREAMSEG_KAFKA``) or a dict or list setting (``STREAMSEG_KAFKA__EXTRA``)."""
+    for variable, value in environ.items():
+        if not variable.upper().startswith(_PREFIX):
+            continue
+        section, _, field = variable[len(_PREFIX) :].lower().partition("__")
+        section_info = Settings.model_fields.get(section)
+        if section_info is None:
+            continue
+        target = f"the {section} section"
+        if field:
+            info = getattr(section_info.annotation, "model_fields", {}).get(field)
+            if info is None or get_origin(info.annotation) not in (dict, list):
+                continue
+            target = f"{section}.{field}"
+        try:
+            json.loads(value)
+        except ValueError:
+            return f"{variable}: not valid JSON ({target} is given as JSON)"
+    return None
 
 
 def _describe(exc: ValidationError, prefix: str = "") -> str:

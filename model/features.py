@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from model.events import EventType
 
@@ -70,6 +70,9 @@ DEDUPE_SLOTS = 8
 
 class FeatureConfig(BaseModel):
     """Half-lives (days) of the decayed aggregates and the recency cap (days)."""
+
+    # A misspelt setting is an error, not ignored; ``inf`` is not a half-life.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     purchases_half_life_days: float = Field(default=90.0, gt=0)
     revenue_half_life_days: float = Field(default=90.0, gt=0)

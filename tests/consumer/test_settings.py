@@ -1,0 +1,116 @@
+"""Settings: a wrong or misspelt setting stops start-up with a message naming it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from consumer.exceptions import ConfigError
+from consumer.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("STREAMSEG_"):
+            monkeypatch.delenv(name)
+
+
+def refused(message: str, config_file: Path | None = None) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_file)
+    assert message in str(caught.value)
+
+
+def test_the_environment_wins_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "streamseg.toml"
+    config.write_text("[trainer]\nn_clusters = 5\nupdate_rows = 300\n")
+    monkeypatch.setenv("STREAMSEG_TRAINER__N_CLUSTERS", "7")
+    settings = load_settings(config)
+    assert (settings.trainer.n_clusters, settings.trainer.update_rows) == (7, 300)
+
+
+def test_a_misspelt_field_is_refused_in_a_file_and_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "streamseg.toml"
+    config.write_text("[features]\nview_half_life_days = 7\n")
+    refused("features.view_half_life_days: Extra inputs are not permitted", config)
+    monkeypatch.setenv("STREAMSEG_TRAINER__N_CLUSTER", "5")
+    refused("trainer.n_cluster: Extra inputs are not permitted")
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        (
+            "STREAMSEG_TRAINR__N_CLUSTERS",
+            "STREAMSEG_TRAINR__N_CLUSTERS: no settings section 'trainr'",
+        ),
+        ("STREAMSEG_TRAINER_N_CLUSTERS", "did you mean STREAMSEG_TRAINER__N_CLUSTERS"),
+    ],
+)
+def test_a_variable_that_looks_like_a_setting_but_names_none_is_refused(
+    variable: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "5")
+    refused(message)
+
+
+def test_other_variables_with_the_prefix_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMSEG_CACHE_DIR", "/tmp")  # the development stack's
+    monkeypatch.setenv("STREAMSEG_RELEASE", "2026.11")  # a deployment's own
+    assert load_settings().trainer.n_clusters == 6
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("STREAMSEG_KAFKA__EXTRA", "fetch.max.bytes=1", "STREAMSEG_KAFKA__EXTRA: not valid JSON"),
+        ("STREAMSEG_TRAINER", "n_clusters=5", "STREAMSEG_TRAINER: not valid JSON"),
+    ],
+)
+def test_a_value_that_should_be_json_names_its_variable(
+    variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    refused(message)
+
+
+def test_infinity_is_not_a_number_of_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMSEG_TRAINER__LEASE_SECONDS", "inf")
+    refused("trainer.lease_seconds: Input should be a finite number")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://svc:s3cretPW@redis:6379/0", "redis://svc:s3cretPW@redis:port/0"]
+)
+def test_a_bad_redis_url_is_named_without_its_password(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "redis.url: " in str(caught.value) and "not a Redis URL" in str(caught.value)
+    assert "s3cretPW" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("list.json", "[1, 2]", "the top level must be an object of sections"),
+        ("streamseg.yaml", "trainer:\n  n_clusters: 5\n", "YAML is not read; write TOML or JSON"),
+        ("broken.toml", "[trainer\n", "cannot read settings file"),
+    ],
+)
+def test_a_settings_file_that_cannot_be_used_is_named(
+    name: str, text: str, message: str, tmp_path: Path
+) -> None:
+    config = tmp_path / name
+    config.write_text(text)
+    refused(message, config)
+    refused(str(config), config)
