@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from consumer import __version__
 from consumer.exceptions import StreamsegError
 from consumer.settings import DEFAULT_METRICS_PORTS, Settings, load_settings
@@ -554,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
         return _resolve(args.handler)(args, settings)
     except StreamsegError as exc:
         print(f"streamseg: error: {exc}", file=sys.stderr)
+        return 2
+    except (RedisError, RedisClusterException) as exc:
+        # A command that needs Redis and cannot get it (the long-running ones retry
+        # instead); redis-py's messages name host and port, never the URL's password.
+        print(f"streamseg: error: Redis (redis.url) did not answer: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -203,16 +203,32 @@ class ModelStore:
 
 def _compatible(model: SegmentModel) -> SegmentModel:
     """The model, if it reads the features this service computes, in the same order."""
-    if model.feature_names != list(FEATURE_NAMES):
+    theirs, ours = model.feature_names, list(FEATURE_NAMES)
+    if theirs != ours:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
+            min(len(theirs), len(ours)),
+        )
+        differs = (
+            f"{len(theirs)} features, this service computes {len(ours)}"
+            if at == min(len(theirs), len(ours))
+            else f"feature {at + 1} is {theirs[at]!r}, this service computes {ours[at]!r} there"
+        )
         raise ModelFormatError(
-            f"model v{model.model_version} expects features {model.feature_names}, "
-            f"but this service computes {list(FEATURE_NAMES)}"
+            f"model v{model.model_version} reads other features ({differs}): it expects "
+            f"{theirs}, but this service computes {ours}"
         )
     return model
 
 
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg model list|show|rollback|export|import``."""
+    imported: SegmentModel | None = None
+    if args.action == "import":  # the file first: a bad one is named even if Redis is down
+        try:
+            imported = _compatible(SegmentModel.from_json(args.path.read_bytes()))
+        except (OSError, ModelFormatError) as exc:
+            raise ConfigError(f"cannot import {args.path}: {exc}") from None
     client = settings.redis.connect()
     store = ModelStore(
         client,
@@ -254,11 +270,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         args.path.write_bytes(store.load(exported).to_json())
         print(f"wrote model v{exported} to {args.path}")
         return 0
-    if args.action == "import":
-        try:
-            imported = _compatible(SegmentModel.from_json(args.path.read_bytes()))
-        except (OSError, ModelFormatError) as exc:
-            raise ConfigError(f"cannot import {args.path}: {exc}") from None
+    if imported is not None:
         model = imported.model_copy(update={"model_version": store.next_version()})
         store.publish(model)
         print(f"imported {args.path} as model v{model.model_version}")

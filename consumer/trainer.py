@@ -47,6 +47,7 @@ from typing import Literal
 
 import numpy as np
 import redis
+from redis.exceptions import RedisClusterException
 
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
@@ -363,23 +364,32 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
         while not stopping:
             if args.max_seconds and time.monotonic() - started > args.max_seconds:
                 break
-            if trainer is None:
-                if not lease.acquire():
-                    time.sleep(min(1.0, config.lease_seconds / 3))
+            try:
+                if trainer is None:
+                    if not lease.acquire():
+                        time.sleep(min(1.0, config.lease_seconds / 3))
+                        continue
+                    log.info("trainer lease acquired for namespace %s", keys.namespace)
+                    metrics.leader.set(1)
+                    trainer = Trainer(client, keys, config, metrics, lease)
+                    trainer.resume()
+                elif not lease.renew():
+                    log.warning("trainer lease lost; waiting to take over again")
+                    metrics.leader.set(0)
+                    trainer = None
                     continue
-                log.info("trainer lease acquired for namespace %s", keys.namespace)
-                metrics.leader.set(1)
-                trainer = Trainer(client, keys, config, metrics, lease)
-                trainer.resume()
-            elif not lease.renew():
-                log.warning("trainer lease lost; waiting to take over again")
+            except (redis.RedisError, RedisClusterException) as exc:
+                # Whether the lease is still ours is unknown: follow, and take it again (from
+                # the published model) once Redis answers and the lease is free.
+                log.error("Redis did not answer the lease (%s); retrying", exc)
                 metrics.leader.set(0)
                 trainer = None
+                time.sleep(min(1.0, config.lease_seconds / 3))
                 continue
             if time.monotonic() >= next_step:
                 try:
                     model = trainer.step()
-                except (redis.RedisError, StreamsegError) as exc:
+                except (redis.RedisError, RedisClusterException, StreamsegError) as exc:
                     # A Redis blip or an unusable batch of rows must not end the trainer:
                     # the published model stays in use and the next step tries again.
                     log.error("training step failed: %s", exc)
@@ -398,7 +408,10 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                 )
             time.sleep(min(0.5, config.lease_seconds / 4))
     finally:
-        lease.release()
+        try:
+            lease.release()
+        except (redis.RedisError, RedisClusterException) as exc:
+            log.warning("could not release the lease (%s): it expires by itself", exc)
         if server is not None:
             server.stop()
     return 0

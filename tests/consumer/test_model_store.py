@@ -3,6 +3,7 @@ deleting the older ones in its own transaction; rollback to a pruned version say
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,29 @@ def test_the_trainer_and_the_model_command_pass_the_setting(
     assert "oldest kept version is 4" in err and "trainer.model_history_versions" in err
     assert main([*base, "rollback", "4"]) == 0
     assert ModelStore(redis_client, keys).current_version() == 4
+
+
+def test_an_import_names_what_is_wrong_with_the_file_before_asking_redis(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Nothing answers at the Redis URL: a bad file is still named, and the message points at
+    the first feature the model reads differently."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://127.0.0.1:1/0")
+    model = small_model()
+    names = list(model.feature_names)
+    names[2], names[3] = names[3], names[2]
+    path = tmp_path / "swapped.json"
+    data = json.loads(model.to_json())
+    data["feature_names"] = data["preprocessing"]["feature_names"] = names
+    path.write_text(json.dumps(data))
+    assert main(["model", "import", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"cannot import {path}" in error
+    assert f"feature 3 is {names[2]!r}, this service computes {names[3]!r} there" in error
+    path.write_text("not json")
+    assert main(["model", "import", str(path)]) == 2
+    assert "invalid segment model" in capsys.readouterr().err
+    # A good file reaches Redis, which does not answer: one line, not a traceback.
+    path.write_bytes(model.to_json())
+    assert main(["model", "import", str(path)]) == 2
+    assert "Redis (redis.url) did not answer" in capsys.readouterr().err

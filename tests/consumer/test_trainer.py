@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -15,6 +21,7 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
 from consumer.trainer import Trainer, TrainerLease
+from devstack.redis_server import RedisServer
 from model.features import FEATURE_NAMES
 from model.quality import inertia
 from tests.consumer.pipeline_support import (
@@ -27,6 +34,8 @@ from tests.consumer.pipeline_support import (
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_published_model_is_picked_up_without_restart(
@@ -445,3 +454,51 @@ def test_with_behaviour_unchanged_versions_barely_move_users(
     assert len(ids) == 13
     moved = [float(np.mean(a != b)) for a, b in itertools.pairwise(ids)]
     assert max(moved) < 0.02, moved
+
+
+def test_the_trainer_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    """Redis down for 3 s while ``streamseg train`` holds the lease: the trainer says so,
+    keeps running, takes the lease again when Redis is back and bootstraps from the rows
+    pushed afterwards (before, the lease renewal's ConnectionError ended the process)."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    log_file = tmp_path / "train.log"
+
+    def wait_for(text: str, times: int = 1) -> None:
+        deadline = time.monotonic() + 30
+        while log_file.read_text().count(text) < times:
+            assert trainer.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.1)
+
+    with RedisServer() as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("STREAMSEG_")},
+            "STREAMSEG_REDIS__URL": server.url,
+            "STREAMSEG_REDIS__NAMESPACE": namespace,
+            "STREAMSEG_REDIS__SOCKET_TIMEOUT_SECONDS": "1",
+            "STREAMSEG_TRAINER__LEASE_SECONDS": "2",
+            "STREAMSEG_TRAINER__BOOTSTRAP_ROWS": "100",
+            "STREAMSEG_TRAINER__N_CLUSTERS": "2",
+            "STREAMSEG_OBSERVABILITY__METRICS_PORT": "0",
+        }
+        command = [sys.executable, "-m", "consumer.cli", "train", "--max-seconds", "60"]
+        with log_file.open("w") as sink:
+            trainer = subprocess.Popen(
+                command, env=env, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_for("trainer lease acquired")
+            server.halt()
+            time.sleep(3)
+            server.resume()
+            wait_for("Redis did not answer the lease")
+            wait_for("trainer lease acquired", times=2)
+            rng = np.random.default_rng(8)
+            users = [f"u{i}" for i in range(120)]
+            client = redis.Redis.from_url(server.url)
+            rows = rng.lognormal(0.0, 1.0, (len(users), len(FEATURE_NAMES)))
+            push_training_rows(client, KeyLayout(namespace), rows, users)
+            wait_for("published model v1")
+        finally:
+            trainer.terminate()
+            assert trainer.wait(timeout=30) == 0, log_file.read_text()
