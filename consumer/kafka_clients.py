@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.exceptions import ServerUnavailableError
+from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def create_consumer(
     if stats_cb is not None:
         config["statistics.interval.ms"] = max(100, int(stats_interval_seconds * 1000))
         config["stats_cb"] = stats_cb
-    return Consumer(config, logger=log)
+    return Consumer(config, logger=librdkafka_log)
 
 
 def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
@@ -63,7 +64,7 @@ def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
         "compression.type": "lz4",
         **overrides,
     }
-    return Producer(config, logger=log)
+    return Producer(config, logger=librdkafka_log)
 
 
 def dead_letter_headers(
@@ -93,10 +94,11 @@ def partition_count(admin: AdminClient, topic: str, *, timeout: float = 10.0) ->
 
 def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float = 30.0) -> None:
     """Create the events, segments (compacted) and dead-letter topics when missing."""
-    admin = AdminClient(kafka.client_config())
+    admin = AdminClient(kafka.client_config(), logger=librdkafka_log)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
+        admin.poll(0)  # log librdkafka's queued lines: they name the cause (TLS, SASL, refused)
         # librdkafka reports refused credentials only as a transport failure: name the settings.
         hint = (
             f" (kafka.security_protocol={kafka.security_protocol}: check kafka.sasl_mechanism, "
@@ -105,7 +107,8 @@ def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float =
             else ""
         )
         raise ServerUnavailableError(
-            f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}{hint}"
+            f"cannot reach Kafka at {kafka.bootstrap_servers} (kafka.bootstrap_servers): "
+            f"{exc}{hint}"
         ) from None
     wanted = {
         kafka.events_topic: NewTopic(kafka.events_topic, partitions),

@@ -9,11 +9,45 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from typing import Literal
 
 import orjson
 
 from consumer.segment_record import iso_ms
+
+
+class RepeatFilter(logging.Filter):
+    """Drops a line that repeats one passed in the last ``seconds`` (numbers aside).
+
+    librdkafka logs every failed reconnect to a broker that is down (dozens a second, each
+    with its own "after N ms" and counters); the first says it all.
+    """
+
+    _NUMBERS = re.compile(r"\d+")
+
+    def __init__(self, seconds: float = 30.0, remembered: int = 256) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.remembered = remembered
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = self._NUMBERS.sub("#", record.getMessage())
+        now = time.monotonic()
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        if len(self._last) >= self.remembered:
+            self._last.clear()  # a bounded memory; at worst a repeat gets through
+        self._last[key] = now
+        return True
+
+
+#: Where every Kafka client sends librdkafka's own log lines (``logger=`` of each client):
+#: through logging, so they follow the chosen format, with repeats dropped.
+librdkafka_log = logging.getLogger("consumer.librdkafka")
+librdkafka_log.addFilter(RepeatFilter())
 
 
 class JsonFormatter(logging.Formatter):

@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.exceptions import StreamsegError
 from consumer.health import metrics_port
 from consumer.kafka_clients import partition_count
+from consumer.logs import librdkafka_log
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def supervise(
     # Kafka is asked only now (a Kafka client's threads must not exist when a process forks),
     # once a second until the topic exists: on a fresh deployment the children create it.
     check_until = time.monotonic() + _PARTITION_CHECK_SECONDS
-    admin: AdminClient | None = AdminClient(settings.kafka.client_config())
+    admin: AdminClient | None = AdminClient(settings.kafka.client_config(), logger=librdkafka_log)
     status = 0
     running = list(children)
     while running:

@@ -66,6 +66,7 @@ from rich.text import Text
 
 from consumer.event_mapping import EventMapping, read_csv_rows, read_json_rows
 from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
+from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
 
 __all__ = [
@@ -84,7 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 RAW_FIELD = "_raw_b64"
 KEY_FIELD = "_key_b64"
@@ -402,7 +402,7 @@ def produce_records(
     config["delivery.report.only.error"] = True
     config["on_delivery"] = stats._on_delivery
     config["error_cb"] = _log_client_error
-    config["logger"] = _librdkafka_log
+    config["logger"] = librdkafka_log
     producer = Producer(config)
     try:
         producer.list_topics(timeout=connect_timeout)

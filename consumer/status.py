@@ -23,6 +23,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.kafka_clients import consumer_config
+from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
@@ -154,7 +155,8 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]
     """
     kafka = settings.kafka
     # A consumer that never subscribes does not join the group: it only reads its offsets.
-    reader = Consumer({**consumer_config(kafka), "enable.auto.commit": False})
+    config = {**consumer_config(kafka), "enable.auto.commit": False}
+    reader = Consumer(config, logger=librdkafka_log)
     try:
         topic = reader.list_topics(kafka.events_topic, timeout=timeout).topics[kafka.events_topic]
         if topic.error is not None:

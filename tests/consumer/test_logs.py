@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -11,7 +12,7 @@ import orjson
 import pytest
 
 from consumer.cli import main
-from consumer.logs import JsonFormatter
+from consumer.logs import JsonFormatter, RepeatFilter, librdkafka_log
 from consumer.pipeline import SegmentPipeline
 from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
 
@@ -97,3 +98,22 @@ def main_help(capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit):
         main(["--help"])
     return capsys.readouterr().out
+
+
+def test_librdkafka_repeats_are_logged_once_per_interval() -> None:
+    """A broker that is down makes librdkafka log every reconnect, each line with its own
+    numbers: the first is kept, its repeats within the interval are not, other lines are."""
+    repeats = RepeatFilter(seconds=0.2)
+
+    def passes(message: str) -> bool:
+        return repeats.filter(logging.makeLogRecord({"msg": message}))
+
+    refused = (
+        "Connect to ipv4#127.0.0.1:1 failed: Connection refused (after {} ms in state CONNECT)"
+    )
+    assert passes(refused.format(0))
+    assert not passes(refused.format(12))
+    assert passes("SASL authentication error: invalid credentials")
+    time.sleep(0.25)
+    assert passes(refused.format(3))
+    assert any(isinstance(f, RepeatFilter) for f in librdkafka_log.filters)
