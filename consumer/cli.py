@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "consumer.lookup:lookup_command",
         "print the segment records of users, as a personalization service reads them",
     )
-    lookup.add_argument("user_ids", nargs="+", metavar="USER_ID")
+    lookup.add_argument(
+        "user_ids", nargs="+", metavar="USER_ID", help="user ids as the events carry them"
+    )
 
     model = _command(
         commands,
@@ -189,12 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = model_actions.add_parser("show", help="one version's segments and profiles")
     show.add_argument("version", nargs="?", type=int, help="default: the current one")
     rollback = model_actions.add_parser("rollback", help="make an earlier version current")
-    rollback.add_argument("version", type=int)
+    rollback.add_argument("version", type=int, help="a version `model list` shows")
     export = model_actions.add_parser("export", help="write a version's JSON to a file")
-    export.add_argument("path", type=Path)
-    export.add_argument("--version", dest="model_version", type=int)
+    export.add_argument("path", type=Path, help="file to write (the model format's JSON)")
+    export.add_argument(
+        "--version", dest="model_version", type=int, help="default: the current one"
+    )
     imp = model_actions.add_parser("import", help="publish a model JSON file as a new version")
-    imp.add_argument("path", type=Path)
+    imp.add_argument(
+        "path",
+        type=Path,
+        help="a model JSON as `model export` writes it; checked before Redis is asked",
+    )
 
     generate = _command(
         commands,
@@ -271,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--rate",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="R",
         help="records per second at most (0 = no limit)",
@@ -307,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument(
         "--rate",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="R",
         help="records per second at most (0 = no limit)",

@@ -116,6 +116,16 @@ class EventMapping:
             _check_time_format(ts_format)
         return cls(sources, _parse_pairs(defaults, "--default"), ts_format, ts_unit)
 
+    def check_columns(self, columns: Sequence[str]) -> None:
+        """Refuse a ``--map FIELD=SOURCE`` whose SOURCE is not one of a CSV header's
+        ``columns``: every row would lack FIELD, and be dead-lettered one by one."""
+        for name, source in self.sources.items():
+            if source not in columns:
+                raise ConfigError(
+                    f"--map {name}={source}: the file has no column {source!r} "
+                    f"(its header: {', '.join(columns) or 'empty'})"
+                )
+
     @cached_property
     def _plan(self) -> tuple[tuple[str, str, str | None], ...]:
         """(contract field, source field, default or None) for every contract field."""
@@ -216,14 +226,22 @@ def row_hash(row: Row) -> str:
     return "h-" + hashlib.blake2b(canonical, digest_size=10).hexdigest()
 
 
-def read_csv_rows(stream: IO[bytes], delimiter: str = ",") -> Iterator[dict[str, object]]:
+def read_csv_rows(
+    stream: IO[bytes],
+    delimiter: str = ",",
+    check_header: Callable[[Sequence[str]], None] | None = None,
+) -> Iterator[dict[str, object]]:
     """Rows of a CSV (or TSV) byte stream with a header line, as {column: cell}.
 
     UTF-8 (a byte-order mark is skipped); bytes that are not UTF-8 become U+FFFD. Cells beyond
     the header are kept under ``_extra`` (they are in the row's hash, not in the event).
+    ``check_header`` sees the header's columns before the first row (and may raise).
     """
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
-    for row in csv.DictReader(text, delimiter=delimiter):
+    reader = csv.DictReader(text, delimiter=delimiter)
+    if check_header is not None:
+        check_header(list(reader.fieldnames or ()))
+    for row in reader:
         extra = row.pop(None, None)
         cells: dict[str, object] = {k: v for k, v in row.items() if v is not None}
         if extra:

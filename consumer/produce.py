@@ -640,7 +640,8 @@ def file_records(
         return
     delimiter = _DELIMITERS[fmt]
     if delimiter is not None:
-        yield from (mapping.record(row) for row in read_csv_rows(source, delimiter))
+        rows = read_csv_rows(source, delimiter, check_header=mapping.check_columns)
+        yield from (mapping.record(row) for row in rows)
         return
     for item in read_json_rows(source):
         yield (None, item) if isinstance(item, bytes) else mapping.record(item)

@@ -143,6 +143,15 @@ def test_tsv_and_ragged_rows() -> None:
     ]
 
 
+def test_a_mapped_column_the_header_lacks_is_named_before_any_row() -> None:
+    mapping = EventMapping.from_options([*STORE_MAP[1:], "ts=event_tme"], ts_format=STORE_TS)
+    with pytest.raises(ConfigError) as caught:
+        _events(mapping, STORE_CSV)
+    assert str(caught.value).startswith(
+        "--map ts=event_tme: the file has no column 'event_tme' (its header: event_time,"
+    )
+
+
 def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
     data = b'{"uid": 5, "kind": "view", "when": 1700000000}\n[1, 2]\nnot json\n\n'
     assert list(read_json_rows(io.BytesIO(data)))[1:] == [b"[1, 2]", b"not json"]

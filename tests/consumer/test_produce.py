@@ -313,3 +313,15 @@ def test_a_truncated_gzip_file_is_an_error_naming_it_after_what_was_sent(
     sent = int(err.split(" after ")[1].split(" records")[0].replace(",", ""))
     assert 0 < sent < 20_000
     assert len(consume_all(kafka_bootstrap, topic, sent)) == sent  # what was read, was sent
+
+
+@pytest.mark.parametrize("command", ["produce", "generate"])
+@pytest.mark.parametrize("rate", ["-1", "nan"])
+def test_a_rate_that_is_not_a_limit_is_refused(
+    command: str, rate: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [command, "-"] if command == "produce" else [command]
+    with pytest.raises(SystemExit) as caught:
+        main([*args, "--rate", rate])
+    assert caught.value.code == 2
+    assert f"argument --rate: {rate!r} must be >= 0" in capsys.readouterr().err
