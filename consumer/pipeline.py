@@ -788,6 +788,12 @@ class SegmentPipeline:
         if not np.isfinite(watermark):
             return
         owned = frozenset(p.partition for p in self.consumer.assignment())
+        if not owned:
+            return  # nothing assigned yet (the first loop runs before the first poll)
+        if self._rescore_cursor is not None and owned != self._rescore_partitions:
+            # Partitions came or went mid-pass: the chunks scanned so far skipped the users
+            # of those that came. Begin again, from the markers of what is owned now.
+            self._rescore_cursor, self._rescore_wall = None, -np.inf
         if self._rescore_cursor is None:
             if owned != self._rescore_partitions:  # other partitions now: read their markers
                 marker = self._rescore_markers(owned, self.keys)

@@ -15,6 +15,7 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.state_store import StateStore
 from consumer.training_rows import decode_rows, user_key
+from devstack.redis_server import RedisServer
 from model.features import FEATURE_NAMES, LOG_FEATURES, MS_PER_DAY, derive_features
 from model.labels import label_segments
 from model.model_format import SegmentModel
@@ -156,3 +157,55 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
         read_record(redis_client, keys.segment(e["user_id"]))["model_version"] for e in events
     }
     assert versions == {second.model_version}
+
+
+def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assigned(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """The first loop runs before the first poll, with nothing assigned: a pass begun there
+    scanned its first chunk for nobody, went on once the partitions came and was marked
+    done, so the users of that chunk kept their cold-start records for a day of event time.
+    A private Redis holds only these 3,000 users: a pass of several SCAN chunks."""
+    topic = new_topic()
+    namespace = "restart"
+    keys = KeyLayout(namespace)
+    events: list[dict[str, Any]] = [
+        {
+            "event_id": f"u{i}",
+            "user_id": f"u{i}",
+            "type": "purchase",
+            "ts": int(T0 + (i % 90) * MS_PER_DAY),
+            "amount": 20.0,
+        }
+        for i in range(3000)
+    ]
+    produce(kafka_bootstrap, topic, as_records(events))
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        settings = settings_for(
+            kafka_bootstrap,
+            server.url,
+            topic,
+            namespace,
+            **{"pipeline.rescore_min_wall_seconds": 0.0, "pipeline.model_poll_seconds": 0.01},
+        )
+        first = SegmentPipeline(settings)
+        first.start()
+        try:
+            first.run(max_records=len(events), idle_exit_seconds=20)
+        finally:
+            first.close()
+        users = [f"u{i}" for i in range(3000)]
+        assert {read_record(client, keys.segment(u))["status"] for u in users} == {"cold_start"}
+        model = recency_model()
+        ModelStore(client, keys).publish(model)
+        second = SegmentPipeline(settings)  # the restart, with a model now
+        second.start()
+        try:
+            second._rescore_step()  # what run's first loop does, before any poll
+            second.run(idle_exit_seconds=3)  # nothing new to read: the pass, after assignment
+        finally:
+            second.close()
+        records = [read_record(client, keys.segment(u)) for u in users]
+    assert {r["status"] for r in records} == {"assigned"}
+    assert {r["model_version"] for r in records} == {model.model_version}
