@@ -67,11 +67,18 @@ def register_namespace(client: RedisClient, name: str, pointer: PointerKeys | No
     client.sadd((pointer or PointerKeys()).registry, name)
 
 
-def promote(client: RedisClient, name: str, pointer: PointerKeys | None = None) -> str | None:
+def promote(
+    client: RedisClient,
+    name: str,
+    pointer: PointerKeys | None = None,
+    fallback: str | None = None,
+) -> str | None:
     """Make ``name`` live in one MULTI; returns the namespace that was live (None = unset).
 
-    Refuses (`ConfigError`) a namespace without a published model: readers would get records
-    of a namespace nobody built.
+    The one that was live is remembered for `rollback`; while the pointer is unset that is
+    ``fallback``, the namespace readers use then (the configured one), so a first promote
+    can be rolled back too. Refuses (`ConfigError`) a namespace without a published model:
+    readers would get records of a namespace nobody built.
     """
     keys = pointer or PointerKeys()
     if ModelStore(client, KeyLayout(name)).current_version() is None:
@@ -82,13 +89,14 @@ def promote(client: RedisClient, name: str, pointer: PointerKeys | None = None) 
             try:
                 pipe.watch(keys.live)
                 previous = _watched_get(pipe, keys.live)
-                if cluster and previous is not None:
+                remembered = previous or fallback
+                if cluster and remembered is not None:
                     # Another slot: written first, so a crash before the switch leaves
                     # previous == live (a rollback is a no-op), never a wrong target.
-                    client.set(keys.previous, previous)
+                    client.set(keys.previous, remembered)
                 pipe.multi()
-                if previous is not None and not cluster:
-                    pipe.set(keys.previous, previous)
+                if remembered is not None and not cluster:
+                    pipe.set(keys.previous, remembered)
                 pipe.set(keys.live, name)
                 pipe.execute()
                 break
@@ -204,7 +212,7 @@ def namespace_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "promote" and not args.rollback:
         if not args.name:
             raise ConfigError("promote needs a NAME (or --rollback)")
-        previous = promote(client, args.name)
+        previous = promote(client, args.name, fallback=configured)
         print(f"live namespace: {args.name} (was {previous or configured})")
         return 0
     if args.command in ("promote", "rollback-namespace"):

@@ -18,7 +18,13 @@ import redis
 from consumer.cli import main
 from consumer.exceptions import ConfigError
 from consumer.lookup import SegmentLookup
-from consumer.namespaces import drop_namespace, list_namespaces, promote, rollback
+from consumer.namespaces import (
+    drop_namespace,
+    list_namespaces,
+    live_namespace,
+    promote,
+    rollback,
+)
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.replay import compare_namespaces, replay
@@ -402,3 +408,18 @@ def test_a_replay_runs_at_a_raised_niceness_in_every_thread(
     assert "replayed 2000 records" in out
     expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + raised_by)
     assert len(niceness) > 1 and set(niceness) == {expected}, niceness
+
+
+def test_the_first_promote_can_be_rolled_back_to_the_configured_namespace(
+    namespace: str, redis_client: redis.Redis
+) -> None:
+    """Before any promote the pointer is unset and readers use the configured namespace:
+    that is what a rollback of the first promote returns to."""
+    configured, shadow = f"{namespace}-main", f"{namespace}-shadow"
+    write_namespace(redis_client, configured, ["u1"], version=1)
+    write_namespace(redis_client, shadow, ["u1"], version=2)
+    pointer = PointerKeys(root=namespace)
+    assert promote(redis_client, shadow, pointer, fallback=configured) is None
+    assert rollback(redis_client, pointer) == configured
+    assert live_namespace(redis_client, "unused", pointer) == configured
+    assert rollback(redis_client, pointer) == shadow  # and forth again
