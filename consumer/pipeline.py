@@ -862,10 +862,12 @@ class SegmentPipeline:
                 size_changes=size_changes,
                 counters={
                     "rescored_changes": int(moved.sum()),
+                    "segment_changes": len(changes),
                     "training_rows": 0 if rows is None else len(rows),
                 },
             )
         )
+        self.metrics.segment_changes.inc(len(changes))
 
     # -- outputs ---------------------------------------------------------------------------
 

@@ -207,5 +207,9 @@ def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assig
         finally:
             second.close()
         records = [read_record(client, keys.segment(u)) for u in users]
+        # Each first assignment is a segment change, produced by the pass and counted.
+        counted = int(client.hget(keys.counters, "segment_changes") or 0)
+        metric = second.metrics.registry.get_sample_value("streamseg_segment_changes_total")
     assert {r["status"] for r in records} == {"assigned"}
     assert {r["model_version"] for r in records} == {model.model_version}
+    assert counted == metric == len(users)
