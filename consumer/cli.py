@@ -149,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         "keep the model fresh: bootstrap, then partial_fit on recent feature vectors",
     )
     train.add_argument(
-        "--once", action="store_true", help="bootstrap or update once, publish, then exit"
+        "--once",
+        action="store_true",
+        help="bootstrap or update once, publish, then exit; without enough data yet, exit "
+        "status 1 and a line saying what is missing",
     )
     train.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
     _metrics_port_option(train, DEFAULT_METRICS_PORTS["train"])

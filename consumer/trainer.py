@@ -147,6 +147,20 @@ class Trainer:
         raw = self.client.hget(self.keys.counters, "training_rows")
         return int(raw or 0)
 
+    def missing(self) -> str:
+        """What the next bootstrap or update still waits for, in words (for ``--once``)."""
+        if self.segmenter is None:
+            return (
+                f"a bootstrap needs trainer.bootstrap_rows={self.config.bootstrap_rows:,} rows "
+                f"of at least {self._new_segmenter().fit_rows_needed():,} users; "
+                f"{self.rows_pushed():,} rows pushed so far"
+            )
+        fresh = self.rows_pushed() - self._rows_seen
+        return (
+            f"an update needs trainer.update_rows={self.config.update_rows:,} new rows; "
+            f"{fresh:,} since v{self.segmenter.version_}"
+        )
+
     def buffered_rows(self, max_rows: int | None = None) -> np.ndarray:
         """Each user's newest row among the newest ``max_rows`` buffered rows (all when
         None), newest first: the users as they are now (`consumer.training_rows`)."""
@@ -360,6 +374,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     trainer: Trainer | None = None
     next_step = 0.0
+    status = 0
     try:
         while not stopping:
             if args.max_seconds and time.monotonic() - started > args.max_seconds:
@@ -401,8 +416,11 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                         model.model_version,
                         ", ".join(f"{i}:{n}" for i, n in zip(model.ids, model.names, strict=True)),
                     )
-                    if args.once:
-                        break
+                if args.once:
+                    if model is None:
+                        status = 1
+                        log.error("--once: nothing to publish yet (%s)", trainer.missing())
+                    break
                 next_step = time.monotonic() + (
                     config.update_interval_seconds if trainer.segmenter else 1.0
                 )
@@ -414,4 +432,4 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             log.warning("could not release the lease (%s): it expires by itself", exc)
         if server is not None:
             server.stop()
-    return 0
+    return status

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis
 
+from consumer.cli import main
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
@@ -502,3 +503,30 @@ def test_the_trainer_rides_out_a_redis_restart(tmp_path: Path) -> None:
         finally:
             trainer.terminate()
             assert trainer.wait(timeout=30) == 0, log_file.read_text()
+
+
+def test_train_once_without_enough_data_says_what_is_missing(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--once`` used to wait forever for rows that were not coming."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    monkeypatch.setenv("STREAMSEG_TRAINER__BOOTSTRAP_ROWS", "100")
+    base = ["--namespace", namespace, "train", "--once", "--max-seconds", "60"]
+    started = time.monotonic()
+    assert main(base) == 1
+    assert time.monotonic() - started < 30
+    error = capsys.readouterr().err
+    assert "trainer.bootstrap_rows=100 rows of at least 100 users; 0 rows pushed" in error
+    users = [f"u{i}" for i in range(150)]
+    rows = np.random.default_rng(9).lognormal(0.0, 1.0, (len(users), len(FEATURE_NAMES)))
+    push_training_rows(redis_client, KeyLayout(namespace), rows, users)
+    assert main(base) == 0  # bootstraps and publishes v1
+    capsys.readouterr()
+    assert main(base) == 1  # resumes v1: an update waits for update_rows new rows
+    error = capsys.readouterr().err
+    assert "an update needs trainer.update_rows=5,000 new rows; 0 since v1" in error
