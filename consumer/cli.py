@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument(
         "user_ids", nargs="+", metavar="USER_ID", help="user ids as the events carry them"
     )
+    lookup.add_argument(
+        "--live",
+        action="store_true",
+        help="read the namespace the live pointer names (after a promote), not redis.namespace",
+    )
 
     model = _command(
         commands,

@@ -89,6 +89,11 @@ class SegmentLookup:
 
     def get_many(self, user_ids: Sequence[str]) -> list[SegmentRecord | None]:
         """Records of many users in one round trip (MGET or one Lua call), in the order asked."""
+        raws = self.get_many_raw(user_ids)
+        return [None if r is None else SegmentRecord.model_validate_json(r) for r in raws]
+
+    def get_many_raw(self, user_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored JSON of many users' records, byte for byte, as `get_many` reads them."""
         if not user_ids:
             return []
         if self.namespace is None and self._follow is not None:
@@ -105,17 +110,24 @@ class SegmentLookup:
             self.last_namespace = ns
         else:
             raws = read_values(self.client, [self.keys.segment(u) for u in user_ids])
-        return [None if r is None else SegmentRecord.model_validate_json(r) for r in raws]
+        return list(raws)
 
 
 def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg lookup USER_ID...``: print each record as JSON (null when unknown)."""
-    lookup = SegmentLookup(settings.redis.connect(), settings.redis.namespace)
+    """``streamseg lookup USER_ID...``: print each stored record as it is (the JSON a
+    ``GET`` returns), or ``{"user_id":...,"status":"unknown"}`` for a user never seen; exit
+    status 1 when every user is unknown. ``--live``: the namespace the live pointer names."""
+    configured = settings.redis.namespace
+    lookup = (
+        SegmentLookup(settings.redis.connect(), None, fallback_namespace=configured)
+        if args.live
+        else SegmentLookup(settings.redis.connect(), configured)
+    )
     missing = 0
-    for user, record in zip(args.user_ids, lookup.get_many(args.user_ids), strict=True):
-        if record is None:
+    for user, raw in zip(args.user_ids, lookup.get_many_raw(args.user_ids), strict=True):
+        if raw is None:
             missing += 1
-            print(json.dumps({"user_id": user, "status": "unknown"}))
+            print(json.dumps({"user_id": user, "status": "unknown"}, separators=(",", ":")))
         else:
-            print(record.model_dump_json())
+            print(raw.decode(errors="replace"))
     return 1 if missing == len(args.user_ids) else 0

@@ -146,9 +146,9 @@ def test_lookup_client_reads_what_redis_cli_reads(
     new_topic: Callable[..., str],
     namespace: str,
     redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import subprocess
-
     from consumer.lookup import SegmentLookup
     from tests.consumer.pipeline_support import HOSTILE_IDS
 
@@ -170,6 +170,13 @@ def test_lookup_client_reads_what_redis_cli_reads(
     ).stdout
     assert orjson.loads(out)["user_id"] == hostile
     assert lookup.get(hostile) == records[users.index(hostile)]
+    # `streamseg lookup` prints the stored JSON as redis-cli shows it, byte for byte.
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    for live in ([], ["--live"]):  # no pointer set here: --live reads redis.namespace too
+        assert main(["--namespace", namespace, "lookup", *live, hostile, "nobody"]) == 0
+        printed = capsys.readouterr().out.encode()
+        assert printed == out.rstrip(b"\n") + b'\n{"user_id":"nobody","status":"unknown"}\n'
+    assert main(["--namespace", namespace, "lookup", "nobody"]) == 1
 
 
 def test_a_trainer_that_lost_its_lease_cannot_publish(
