@@ -579,7 +579,8 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     gen = generator.stats
     by_type = ", ".join(f"{name} {count:,}" for name, count in gen.by_type.most_common())
     print(
-        f"generated {gen.records:,} records for {config.users:,} users over {config.days:g} days "
+        f"generated {gen.records:,} records for {gen.users:,} of {config.users:,} users (the "
+        f"others did not act) over {config.days:g} days "
         f"(seed {config.seed}): {gen.valid:,} valid ({by_type}); "
         f"{sum(gen.malformed.values()):,} malformed; {gen.out_of_order:,} out of order; "
         f"{gen.late:,} late"

@@ -343,17 +343,21 @@ class GeneratorStats:
     """Counts of the last (or ongoing) pass over the stream.
 
     ``by_type`` counts valid events by canonical type; ``malformed`` counts bad records by kind;
-    ``out_of_order`` and ``late`` count events delayed on purpose.
+    ``out_of_order`` and ``late`` count events delayed on purpose; ``users`` counts the users
+    with at least one valid event (some planted users never act in a short stream).
     """
 
     records: int = 0
     valid: int = 0
+    users: int = 0
     out_of_order: int = 0
     late: int = 0
     aliased: int = 0
     iso_ts: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)
+    #: Which users acted so far (by index), behind ``users``.
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -557,7 +561,7 @@ class EventGenerator:
 
         The same events, in the same order, as the valid records of `records`.
         """
-        self.stats = stats = GeneratorStats()
+        self.stats = stats = GeneratorStats(seen=np.zeros(self.config.users, dtype=bool))
         fmt_rng = np.random.default_rng(self._fmt_seq)
         seq = 0
         for chunk in self._emitted_chunks():
@@ -572,7 +576,7 @@ class EventGenerator:
         Keys are the UTF-8 user id (some malformed records have no key or a wrong one);
         values are the JSON event, or raw bytes for malformed records.
         """
-        self.stats = stats = GeneratorStats()
+        self.stats = stats = GeneratorStats(seen=np.zeros(self.config.users, dtype=bool))
         fmt_rng = np.random.default_rng(self._fmt_seq)
         bad_rng = np.random.default_rng(self._bad_seq)
         share = 0.0 if self.config.valid_only else self.config.malformed_share
@@ -819,6 +823,8 @@ class EventGenerator:
             ts[i] = f'"{t}{_ZONES[z][0]}"'
 
         stats.valid += n
+        stats.seen[ev.user] = True
+        stats.users = int(np.count_nonzero(stats.seen))
         stats.aliased += int(aliased.sum())
         stats.iso_ts += len(iso)
         kinds = np.bincount(ev.delay_kind, minlength=3)
