@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 _ALL_USERS = 1 << 40  # snapshot size meaning "every user"
 _RESCORE_CHUNK = 5000
 _PROFILE_CHANGE = 0.2  # a profile field "moved" when it changed by more than this share
+_NOISE = 1e-9  # profile values closer to zero than this are rounding noise
 
 
 @dataclass(frozen=True)
@@ -606,6 +607,8 @@ def _moved_fields(
     moved = {}
     for name, was in old.items():
         now = new[name]
+        # Rounding noise (1e-16 where a centre is 0) is 0, not a base for a relative change.
+        was, now = (0.0 if abs(v) < _NOISE else v for v in (was, now))
         scale = abs(was)
         if (scale == 0 and now != 0) or (scale > 0 and abs(now - was) / scale > _PROFILE_CHANGE):
             moved[name] = (float(was), float(now))
@@ -614,7 +617,8 @@ def _moved_fields(
 
 def print_comparison(c: Comparison, console: Console | None = None) -> None:
     """The comparison as tables on stdout."""
-    console = console or Console()
+    # Piped, rich would cut the tables at 80 columns: give them room instead.
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     summary = Table(title=f"{c.shadow} vs {c.other}")
     summary.add_column("measure")
     summary.add_column("value", justify="right")

@@ -12,7 +12,8 @@ and decayed purchase count ``P_k``::
     v_k = 0.5 * R_k / max_j |R_j|  +  0.5 * P_k / max_j P_j
 
 each term being the segment's fraction of the best segment on that axis; a term whose
-denominator is 0 counts as 0. So ``v`` is in [-0.5, 1], does not depend on the currency unit, and
+denominator is 0 counts as 0, and a ``|v_k| < 1e-9`` (rounding noise of the inverse scaling
+where a centre's revenue and purchases are 0) is 0. So ``v`` is in [-0.5, 1], does not depend on the currency unit, and
 compares segments of one model only. Tier 1 is the highest score; ties are broken by net revenue,
 then purchases, then position.
 
@@ -151,6 +152,10 @@ class SegmentLabels:
     profiles: list[SegmentProfile]
 
 
+#: Scores closer to zero than this are rounding noise of the inverse scaling.
+_ZERO = 1e-9
+
+
 def _columns(feature_names: Sequence[str]) -> dict[str, int]:
     names = list(feature_names)
     missing = [f for f in REQUIRED_FEATURES if f not in names]
@@ -186,7 +191,10 @@ def value_scores(net_revenue: npt.ArrayLike, purchases: npt.ArrayLike) -> FloatA
     p_max = float(p.max()) if p.size else 0.0
     r_term = r / r_max if r_max > 0 else np.zeros_like(r)
     p_term = p / p_max if p_max > 0 else np.zeros_like(p)
-    return 0.5 * r_term + 0.5 * p_term
+    score = 0.5 * r_term + 0.5 * p_term
+    # Centres of non-buyers come back from the scaled space as +-1e-16, not 0: call it 0.
+    score[np.abs(score) < _ZERO] = 0.0
+    return score
 
 
 def value_order(

@@ -173,3 +173,10 @@ def test_missing_features_are_named_in_the_error() -> None:
             np.delete(CENTRES, COL["engagement"], axis=1),
             [f for f in FEATURES if f != "engagement"],
         )
+
+
+def test_rounding_noise_is_a_value_score_of_zero() -> None:
+    """Centres of non-buyers come back from the scaled space with revenue +-1e-14: a score
+    of 5.9e-16 read as a profile change from 0 in `streamseg compare`."""
+    scores = value_scores([1e-14, -1e-14, 80.0], [0.0, 0.0, 2.0])
+    assert scores.tolist() == [0.0, 0.0, 1.0]
