@@ -798,5 +798,5 @@ def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{len(snapshot):,} users sampled of {snapshot.total_users:,}")
     print(format_tune_k(result))
     path = plot_tune_k(result, Path(args.out))
-    print(path.resolve())
+    print(f"plot (inertia and silhouette by K): {path.resolve()}")
     return 0

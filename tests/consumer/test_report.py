@@ -170,4 +170,5 @@ def test_tune_k_scores_each_k_on_a_snapshot(
     assert [int(row[0]) for row in table] == [2, 3, 4, 5, 6]
     recommended = int(re.search(r"recommended K = (\d+)", printed).group(1))  # type: ignore[union-attr]
     assert 2 <= recommended <= 6
+    assert f"plot (inertia and silhouette by K): {plot.resolve()}" in printed
     _assert_real_image(plot)
