@@ -13,9 +13,9 @@ and decayed purchase count ``P_k``::
 
 each term being the segment's fraction of the best segment on that axis; a term whose
 denominator is 0 counts as 0, and a ``|v_k| < 1e-9`` (rounding noise of the inverse scaling
-where a centre's revenue and purchases are 0) is 0. So ``v`` is in [-0.5, 1], does not depend on the currency unit, and
-compares segments of one model only. Tier 1 is the highest score; ties are broken by net revenue,
-then purchases, then position.
+where a centre's revenue and purchases are 0) is 0. So ``v`` is in [-0.5, 1], does not depend
+on the currency unit, and compares segments of one model only. Tier 1 is the highest score;
+ties are broken by net revenue, then purchases, then position.
 
 Names come from ordered rules, first match wins. ``rank(f)`` is the relative rank of the segment
 among all segments on feature ``f`` (0 = lowest, 1 = highest, average rank on ties, 0.5 when
