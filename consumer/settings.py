@@ -259,7 +259,9 @@ class TrainerSettings(BaseModel):
 
 
 #: Default port of /metrics, /healthz and /readyz per command (``--processes N``: PORT..PORT+N-1).
-DEFAULT_METRICS_PORTS: dict[str, int] = {"run": 9108, "train": 9109}
+#: Train sits below run's range (``--processes N`` takes 9108..9108+N-1), so that both on one
+#: host never claim the same port.
+DEFAULT_METRICS_PORTS: dict[str, int] = {"run": 9108, "train": 9107}
 
 
 class ObservabilitySettings(BaseModel):
@@ -268,7 +270,7 @@ class ObservabilitySettings(BaseModel):
     model_config = _SECTION
 
     #: Port of /metrics, /healthz and /readyz; None = the command's default
-    #: (`DEFAULT_METRICS_PORTS`: run 9108, train 9109); 0 = no server.
+    #: (`DEFAULT_METRICS_PORTS`: run 9108, train 9107); 0 = no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: librdkafka statistics (consumer lag) and the `<ns>:consumers` heartbeat this often
     #: (seconds).
