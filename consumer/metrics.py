@@ -114,6 +114,7 @@ class PipelineMetrics:
         #: (topic, partition) of the current assignment: read by the readiness check.
         self.assignment: set[tuple[str, int]] = set()
         self._lag_labels: set[tuple[str, str]] = set()
+        self._lags: dict[tuple[str, int], int] = {}
         self._size_labels: set[tuple[str, str]] = set()
 
     def observe_batch(
@@ -148,6 +149,7 @@ class PipelineMetrics:
         """Record the current assignment (called from the rebalance callbacks)."""
         self.assignment = set(partitions)
         self.assigned_partitions.set(len(self.assignment))
+        self._set_lags(self._lags)  # drop the lag of partitions no longer ours, now
 
     def observe_kafka_stats(self, stats_json: str) -> None:
         """librdkafka ``stats_cb``: update consumer lag per assigned partition."""
@@ -156,10 +158,17 @@ class PipelineMetrics:
         except (ValueError, TypeError, AttributeError) as exc:
             log.debug("unreadable librdkafka statistics: %s", exc)
             return
-        current = {(t, str(p)) for (t, p) in lags}
+        self._lags = lags
+        self._set_lags(lags)
+
+    def _set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Lag gauges of the assigned partitions only: librdkafka's statistics go on listing
+        a revoked partition with its last lag, which the new owner reports as well."""
+        owned = {(t, p): lag for (t, p), lag in lags.items() if (t, p) in self.assignment}
+        current = {(t, str(p)) for (t, p) in owned}
         for stale in self._lag_labels - current:
             self.consumer_lag.remove(*stale)
-        for (topic, partition), lag in lags.items():
+        for (topic, partition), lag in owned.items():
             self.consumer_lag.labels(topic, str(partition)).set(lag)
         self._lag_labels = current
 

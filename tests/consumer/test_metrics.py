@@ -11,9 +11,11 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 import redis
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.health import MetricsServer
+from consumer.metrics import PipelineMetrics
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
@@ -185,3 +187,28 @@ def test_trainer_metrics_follow_published_versions(
     assert samples["streamseg_trainer_inertia"] > 0
     assert 0 < samples["streamseg_trainer_centre_movement"] < 10
     assert 0 <= samples["streamseg_trainer_users_changed_ratio"] <= 1
+
+
+def test_the_lag_gauge_names_only_assigned_partitions() -> None:
+    """After a rebalance librdkafka's statistics still list a revoked partition with its last
+    lag; exported, it showed that lag forever beside the new owner's."""
+    metrics = PipelineMetrics()
+
+    def exported() -> dict[str, float]:
+        return {
+            s.labels["partition"]: s.value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            if family.name == "streamseg_consumer_lag_records"
+            for s in family.samples
+        }
+
+    stats = {
+        "topics": {"events": {"partitions": {"0": {"consumer_lag": 30}, "1": {"consumer_lag": 4}}}}
+    }
+    metrics.set_assignment({("events", 0), ("events", 1)})
+    metrics.observe_kafka_stats(orjson.dumps(stats).decode())
+    assert exported() == {"0": 30, "1": 4}
+    metrics.set_assignment({("events", 1)})  # partition 0 revoked: gone at once
+    assert exported() == {"1": 4}
+    metrics.observe_kafka_stats(orjson.dumps(stats).decode())  # and stays gone
+    assert exported() == {"1": 4}
