@@ -353,6 +353,7 @@ class Trainer:
 def train_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg train``: hold the lease, bootstrap, update and publish until stopped."""
     client = settings.redis.connect()
+    client.ping()  # no answer at start-up: one line and exit status 2 (cli), as for run
     keys = KeyLayout(settings.redis.namespace)
     config = settings.trainer
     lease = TrainerLease(client, keys.trainer_lease, config.lease_seconds)
@@ -375,6 +376,8 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     trainer: Trainer | None = None
     next_step = 0.0
     status = 0
+    redis_down_since: float | None = None  # monotonic time of the first failure of an outage
+    said_at = 0.0  # when the outage was last logged
     try:
         while not stopping:
             if args.max_seconds and time.monotonic() - started > args.max_seconds:
@@ -396,11 +399,22 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             except (redis.RedisError, RedisClusterException) as exc:
                 # Whether the lease is still ours is unknown: follow, and take it again (from
                 # the published model) once Redis answers and the lease is free.
-                log.error("Redis did not answer the lease (%s); retrying", exc)
+                now = time.monotonic()
+                if redis_down_since is None:
+                    redis_down_since = said_at = now
+                    log.error("Redis did not answer the lease (%s); retrying", exc)
+                elif now - said_at >= 30:
+                    said_at = now
+                    log.error(
+                        "Redis still does not answer (%.0f s): %s", now - redis_down_since, exc
+                    )
                 metrics.leader.set(0)
                 trainer = None
                 time.sleep(min(1.0, config.lease_seconds / 3))
                 continue
+            if redis_down_since is not None:
+                log.info("Redis answers again after %.0f s", time.monotonic() - redis_down_since)
+                redis_down_since = None
             if time.monotonic() >= next_step:
                 try:
                     model = trainer.step()

@@ -501,6 +501,7 @@ def test_the_trainer_rides_out_a_redis_restart(tmp_path: Path) -> None:
             server.resume()
             wait_for("Redis did not answer the lease")
             wait_for("trainer lease acquired", times=2)
+            wait_for("Redis answers again")
             rng = np.random.default_rng(8)
             users = [f"u{i}" for i in range(120)]
             client = redis.Redis.from_url(server.url)
@@ -537,3 +538,16 @@ def test_train_once_without_enough_data_says_what_is_missing(
     assert main(base) == 1  # resumes v1: an update waits for update_rows new rows
     error = capsys.readouterr().err
     assert "an update needs trainer.update_rows=5,000 new rows; 0 since v1" in error
+
+
+def test_train_without_redis_at_start_up_stops_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `run` does: an outage once started is waited out, a wrong URL or password at
+    start-up is an error (it used to retry and log once a second, forever)."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    started = time.monotonic()
+    assert main(["train", "--max-seconds", "60"]) == 2
+    assert time.monotonic() - started < 30
+    assert "streamseg: error: Redis (redis.url) did not answer" in capsys.readouterr().err
