@@ -868,6 +868,7 @@ class SegmentPipeline:
             )
         )
         self.metrics.segment_changes.inc(len(changes))
+        self.totals.segment_changes += len(changes)  # the run's summary line counts them too
 
     # -- outputs ---------------------------------------------------------------------------
 

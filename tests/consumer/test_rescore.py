@@ -203,7 +203,7 @@ def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assig
         second.start()
         try:
             second._rescore_step()  # what run's first loop does, before any poll
-            second.run(idle_exit_seconds=3)  # nothing new to read: the pass, after assignment
+            totals = second.run(idle_exit_seconds=3)  # nothing new: the pass, after assignment
         finally:
             second.close()
         records = [read_record(client, keys.segment(u)) for u in users]
@@ -212,4 +212,4 @@ def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assig
         metric = second.metrics.registry.get_sample_value("streamseg_segment_changes_total")
     assert {r["status"] for r in records} == {"assigned"}
     assert {r["model_version"] for r in records} == {model.model_version}
-    assert counted == metric == len(users)
+    assert counted == metric == totals.segment_changes == len(users)
