@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -572,13 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, **overrides)
         return _resolve(args.handler)(args, settings)
     except StreamsegError as exc:
-        print(f"streamseg: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc))
     except (RedisError, RedisClusterException) as exc:
-        # A command that needs Redis and cannot get it (the long-running ones retry
+        # A command that needs Redis and cannot get it (once started, run and train wait
         # instead); redis-py's messages name host and port, never the URL's password.
-        print(f"streamseg: error: Redis (redis.url) did not answer: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, f"Redis (redis.url) did not answer: {exc}")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -586,6 +585,17 @@ def main(argv: list[str] | None = None) -> int:
         # stdout at /dev/null so that the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # what a shell reports for a command ended by SIGPIPE
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """Report what stopped the command on stderr; exit status 2. With ``--log-format json``
+    it is one more JSON log line (level ERROR, logger ``streamseg``), not plain text in a
+    stream that log shippers read as JSON."""
+    if args.log_format == "json":
+        logging.getLogger("streamseg").error("error: %s", message)
+    else:
+        print(f"streamseg: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

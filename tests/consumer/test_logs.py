@@ -117,3 +117,15 @@ def test_librdkafka_repeats_are_logged_once_per_interval() -> None:
     time.sleep(0.25)
     assert passes(refused.format(3))
     assert any(isinstance(f, RepeatFilter) for f in librdkafka_log.filters)
+
+
+def test_with_json_logs_the_error_that_stops_a_command_is_a_json_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", f"redis://svc:{REDIS_SECRET}@127.0.0.1:1/0")
+    assert main(["--log-format", "json", "lookup", "u1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    entries = [orjson.loads(line) for line in lines]  # every line is one JSON object
+    assert entries[-1]["level"] == "ERROR" and entries[-1]["logger"] == "streamseg"
+    assert entries[-1]["message"].startswith("error: Redis (redis.url) did not answer")
+    assert REDIS_SECRET not in "\n".join(lines)
