@@ -144,6 +144,7 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
         "counters": counters,
         "lag": group_lag(settings),
         "consumers": consumers,
+        "heartbeat_seconds": settings.observability.heartbeat_seconds,
     }
 
 
@@ -181,6 +182,15 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]
         reader.close()
 
 
+#: A member silent for this many heartbeats is marked: it ended without a clean stop (a clean
+#: stop removes its heartbeat), and the partitions it names are someone else's by now.
+STALE_HEARTBEATS = 3
+STALE = "  [stale: no heartbeat since; ended without a clean stop?]"
+#: The name column of a segment the current model does not have (its users move at their next
+#: event or re-score pass).
+RETIRED = "(not in the current model)"
+
+
 def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
     """The human-readable text of `deployment_status`."""
     now = time.time() if now is None else now
@@ -201,7 +211,7 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         lines.append(f"  {'id':>4}  {'name':<32} {'tier':>4} {'users':>10}")
         for s in status["segments"]:
             lines.append(
-                f"  {s['segment_id']:>4}  {s['segment'] or '?':<32} "
+                f"  {s['segment_id']:>4}  {s['segment'] or RETIRED:<32} "
                 f"{s['tier'] if s['tier'] is not None else '-':>4} {s['users']:>10}"
             )
     else:
@@ -221,13 +231,16 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         lines.append("  (events topic not found)")
     lines += ["", "consumers (heartbeat every few seconds)"]
     if status["consumers"]:
+        stale_after = STALE_HEARTBEATS * status.get("heartbeat_seconds", 5.0)
         for member, beat in status["consumers"].items():
             last = beat.get("last_batch_at")
             batch = f"last batch {now - last:.0f} s ago" if last else "no batch yet"
+            silent = now - beat.get("seen_at", now)
             lines.append(
                 f"  {member}  {beat.get('host')}:{beat.get('pid')}  seen "
-                f"{now - beat.get('seen_at', now):.0f} s ago, {batch}, "
+                f"{silent:.0f} s ago, {batch}, "
                 f"partitions {', '.join(beat.get('partitions', [])) or 'none'}"
+                + (STALE if silent > stale_after else "")
             )
     else:
         lines.append("  (no heartbeat: no consumer running)")
