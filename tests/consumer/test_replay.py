@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -31,6 +32,7 @@ from consumer.replay import compare_namespaces, replay
 from consumer.segment_record import encode_record
 from consumer.settings import Settings
 from consumer.snapshot import read_snapshot
+from devstack.redis_server import RedisServer
 from devstack.stack import service_env
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
@@ -423,3 +425,27 @@ def test_the_first_promote_can_be_rolled_back_to_the_configured_namespace(
     assert rollback(redis_client, pointer) == configured
     assert live_namespace(redis_client, "unused", pointer) == configured
     assert rollback(redis_client, pointer) == shadow  # and forth again
+
+
+def test_streamseg_lookup_live_follows_promote_and_rollback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI with the real pointer key (`PointerKeys()`), on a private Redis so that no
+    other test sees it: ``--live`` reads what the pointer names, without it redis.namespace."""
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        write_namespace(client, "shop", ["u1"], version=1)
+        write_namespace(client, "shop-rebuilt", ["u1"], version=2)
+        monkeypatch.setenv("STREAMSEG_REDIS__URL", server.url)
+        base = ["--namespace", "shop", "lookup"]
+
+        def version(*live: str) -> int:
+            assert main([*base, *live, "u1"]) == 0
+            return int(orjson.loads(capsys.readouterr().out)["model_version"])
+
+        assert main(["--namespace", "shop", "promote", "shop-rebuilt"]) == 0
+        capsys.readouterr()
+        assert (version("--live"), version()) == (2, 1)
+        assert main(["--namespace", "shop", "rollback-namespace"]) == 0
+        capsys.readouterr()
+        assert version("--live") == 1
