@@ -11,11 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from consumer import __version__
 from consumer.exceptions import StreamsegError
-from consumer.settings import DEFAULT_METRICS_PORTS, Settings, load_settings
+from consumer.settings import DEFAULT_METRICS_PORTS, REDIS_ERRORS, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -574,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         return _resolve(args.handler)(args, settings)
     except StreamsegError as exc:
         return _fail(args, str(exc))
-    except (RedisError, RedisClusterException) as exc:
+    except REDIS_ERRORS as exc:
         # A command that needs Redis and cannot get it (once started, run and train wait
         # instead); redis-py's messages name host and port, never the URL's password.
         return _fail(args, f"Redis (redis.url) did not answer: {exc}")

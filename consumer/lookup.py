@@ -118,10 +118,8 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     ``GET`` returns), or ``{"user_id":...,"status":"unknown"}`` for a user never seen; exit
     status 1 when every user is unknown. ``--live``: the namespace the live pointer names."""
     configured = settings.redis.namespace
-    lookup = (
-        SegmentLookup(settings.redis.connect(), None, fallback_namespace=configured)
-        if args.live
-        else SegmentLookup(settings.redis.connect(), configured)
+    lookup = SegmentLookup(
+        settings.redis.connect(), None if args.live else configured, fallback_namespace=configured
     )
     missing = 0
     for user, raw in zip(args.user_ids, lookup.get_many_raw(args.user_ids), strict=True):

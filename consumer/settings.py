@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings.exceptions import SettingsError
 from redis.cluster import RedisCluster
 from redis.connection import parse_url
+from redis.exceptions import RedisClusterException
 
 from consumer.exceptions import ConfigError
 from consumer.redis_keys import NAMESPACE_PATTERN
@@ -43,9 +44,12 @@ RedisClient: TypeAlias = redis.Redis | RedisCluster
 #: Every section refuses names it does not know: a misspelt setting is an error, not ignored.
 #: No NaN or infinity either: ``inf`` seconds would silently mean "never".
 _SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
-#: Variables with the settings' prefix that are not settings (the development stack's cache).
 _PREFIX = "STREAMSEG_"
+#: Variables with the settings' prefix that are not settings (the development stack's cache).
 _OTHER_VARIABLES = frozenset({"STREAMSEG_CACHE_DIR"})
+#: What a Redis that does not answer raises: redis-py's errors, and the cluster client's own
+#: (a `RedisClusterException` is not a `redis.RedisError`).
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 
 class KafkaSettings(BaseModel):
@@ -355,22 +359,25 @@ def _check_environment(environ: Mapping[str, str]) -> None:
     """
     sections = {name.upper() for name in Settings.model_fields}
     for variable in environ:
-        if not variable.upper().startswith(_PREFIX) or variable.upper() in _OTHER_VARIABLES:
+        name = variable.upper()
+        if not name.startswith(_PREFIX) or name in _OTHER_VARIABLES:
             continue
-        rest = variable[len(_PREFIX) :].upper()
+        rest = name[len(_PREFIX) :]
         section, nested, _ = rest.partition("__")
-        if nested and section not in sections:
-            raise ConfigError(
-                f"{variable}: no settings section {section.lower()!r} "
-                f"(sections: {', '.join(sorted(s.lower() for s in sections))})"
-            )
-        for known in sections:
-            if not nested and rest.startswith(known + "_"):
-                field = rest[len(known) + 1 :]
+        if nested:
+            if section not in sections:
                 raise ConfigError(
-                    f"{variable}: not a setting; did you mean {_PREFIX}{known}__{field} "
-                    "(two underscores between section and field)?"
+                    f"{variable}: no settings section {section.lower()!r} "
+                    f"(sections: {', '.join(sorted(s.lower() for s in sections))})"
                 )
+            continue
+        known = next((s for s in sections if rest.startswith(s + "_")), None)
+        if known is not None:
+            meant = f"{_PREFIX}{known}__{rest[len(known) + 1 :]}"
+            raise ConfigError(
+                f"{variable}: not a setting; did you mean {meant} "
+                "(two underscores between section and field)?"
+            )
 
 
 def _unparsable(environ: Mapping[str, str]) -> str | None:

@@ -27,12 +27,15 @@ from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.settings import RedisClient, Settings
+from consumer.settings import REDIS_ERRORS, RedisClient, Settings
 
 if TYPE_CHECKING:
     from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
+
+#: What reading the deployment's state may raise: its servers not answering.
+_READ_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, KafkaException)
 
 
 class ConsumerHeartbeat:
@@ -251,7 +254,7 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg status``: print the deployment's state (``--json`` for machines)."""
     try:
         status = deployment_status(settings)
-    except (redis.RedisError, KafkaException) as exc:
+    except _READ_ERRORS as exc:
         print(f"streamseg: error: cannot read the deployment's state: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -46,14 +46,18 @@ from types import FrameType
 from typing import Literal
 
 import numpy as np
-import redis
-from redis.exceptions import RedisClusterException
 
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
-from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings, TrainerSettings
+from consumer.settings import (
+    DEFAULT_METRICS_PORTS,
+    REDIS_ERRORS,
+    RedisClient,
+    Settings,
+    TrainerSettings,
+)
 from consumer.training_rows import newest_row_per_user
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
@@ -64,6 +68,9 @@ from model.quality import inertia, offline_inertia, polished_inertia
 from model.segmenter import StreamingSegmenter
 
 log = logging.getLogger(__name__)
+
+#: What a training step may raise without ending the trainer (Redis, or unusable rows).
+_STEP_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, StreamsegError)
 
 #: The refit check fits at most this many newest rows.
 _REFIT_CHECK_ROWS = 20_000
@@ -324,7 +331,7 @@ class Trainer:
                 segmenter.fit_rows_needed(),
             )
             return None
-        self._rows_seen = self.rows_pushed()
+        self._rows_seen = pushed  # read before the buffer: rows pushed since count as fresh
         self.preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
         Z = self.preprocessor.transform(X)
         self.segmenter = segmenter.fit(Z)
@@ -396,7 +403,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                     metrics.leader.set(0)
                     trainer = None
                     continue
-            except (redis.RedisError, RedisClusterException) as exc:
+            except REDIS_ERRORS as exc:
                 # Whether the lease is still ours is unknown: follow, and take it again (from
                 # the published model) once Redis answers and the lease is free.
                 now = time.monotonic()
@@ -418,7 +425,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             if time.monotonic() >= next_step:
                 try:
                     model = trainer.step()
-                except (redis.RedisError, RedisClusterException, StreamsegError) as exc:
+                except _STEP_ERRORS as exc:
                     # A Redis blip or an unusable batch of rows must not end the trainer:
                     # the published model stays in use and the next step tries again.
                     log.error("training step failed: %s", exc)
@@ -442,7 +449,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         try:
             lease.release()
-        except (redis.RedisError, RedisClusterException) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not release the lease (%s): it expires by itself", exc)
         if server is not None:
             server.stop()
