@@ -165,6 +165,8 @@ class SegmentPipeline:
         self._rescore_next_chunk = 0.0  # monotonic time the next chunk of a pass may run
         self._rescore_partitions: frozenset[int] = frozenset()  # whose markers were read
         self._rescore_samples = False  # the pass in progress pushes idle users' rows
+        self._retired_due = False  # users hold segments the model lacks: a pass is due now
+        self._retired_seen: set[int] = set()  # retired segment ids a pass was begun for
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.totals = BatchStats()
@@ -358,6 +360,32 @@ class SegmentPipeline:
             log.info("model switch: %s -> %s", previous, loaded.model_version)
             self.model = loaded
             self.metrics.model_version.set(loaded.model_version)
+            self._check_retired_segments(loaded)
+
+    def _check_retired_segments(self, model: SegmentModel) -> None:
+        """Make a re-score pass due now when users hold segments ``model`` does not have.
+
+        A centre that matched no previous one got a new id, or a rollback or an import brought
+        other segments: the idle users of a dropped segment would keep a record naming it until
+        the periodic pass, up to ``rescore_interval_seconds`` of event time later. The segment
+        sizes hash is namespace-wide, so each dropped id starts one pass per process, not one
+        per model version while another consumer's users still hold it.
+        """
+        try:
+            sizes = self.store.read_segment_sizes()
+        except redis.RedisError as exc:  # the periodic pass still comes
+            log.warning("cannot read the segment sizes: %s", exc)
+            return
+        retired = {s for s, n in sizes.items() if n > 0 and s not in model.ids}
+        if retired - self._retired_seen:
+            log.info(
+                "%d users hold segments %s that model v%d does not have: re-scoring them now",
+                sum(sizes[s] for s in retired),
+                sorted(retired),
+                model.model_version,
+            )
+            self._retired_due = True
+            self._retired_seen |= retired
 
     # -- the live pointer ------------------------------------------------------------------
 
@@ -415,6 +443,7 @@ class SegmentPipeline:
         lateness_ms = self.settings.pipeline.allowed_lateness_seconds * 1000.0
         self._rescored_at = markers if markers is not None else self._watermark - lateness_ms
         self._rescore_partitions = owned_ids
+        self._retired_due, self._retired_seen = False, set()
         self._model_checked = 0.0
         self.model = None
         log.info("live namespace moved: now writing %s (was %s)", target, previous)
@@ -779,7 +808,9 @@ class SegmentPipeline:
         (and at most once per ``rescore_min_wall_seconds`` of wall-clock time),
         the users of this consumer's partitions are scored again at the watermark (largest
         event time seen less ``allowed_lateness_seconds``), so decay and recency can move them
-        into "lapsed" or "at risk" segments. Only users whose segment changes are written.
+        into "lapsed" or "at risk" segments. A model that lacks a segment users hold makes a
+        pass due at once (`_check_retired_segments`). Written: users whose segment changed or
+        whose record names an older model.
         """
         interval_ms = self.settings.pipeline.rescore_interval_seconds * 1000.0
         if not interval_ms or self.model is None or self.consumer is None:
@@ -799,7 +830,7 @@ class SegmentPipeline:
                 marker = self._rescore_markers(owned, self.keys)
                 self._rescored_at = -np.inf if marker is None else marker
                 self._rescore_partitions = owned
-            if watermark - self._rescored_at < interval_ms:
+            if watermark - self._rescored_at < interval_ms and not self._retired_due:
                 return
             # A replay moves event time by days per second: bound passes by the wall clock too.
             wall = time.monotonic()
@@ -808,6 +839,7 @@ class SegmentPipeline:
             # The period's first pass also gives the trainer the rows of the users idle in it.
             self._rescore_samples = bool(self._period(watermark) > self._period(self._rescored_at))
             self._rescore_cursor, self._rescore_at, self._rescore_wall = 0, watermark, wall
+            self._retired_due = False
         cursor, found = self.store.scan_state_keys(self._rescore_cursor, count=2000)
         self._rescore_users(found, owned)
         self._rescore_cursor = cursor  # only now: a failed chunk is scanned again

@@ -43,6 +43,18 @@ def recency_model() -> SegmentModel:
     return SegmentModel.from_fitted(seg, pre, labels)
 
 
+def finish_pass(pipeline: SegmentPipeline, timeout: float = 30.0) -> None:
+    """Begin the re-score pass that is due and run its chunks to the end (a shared Redis
+    may hold many other keys: a pass can take many SCAN chunks), ignoring the pacing."""
+    deadline = time.monotonic() + timeout
+    pipeline._rescore_next_chunk = 0.0
+    pipeline._rescore_step()
+    while pipeline._rescore_cursor is not None:
+        assert time.monotonic() < deadline, "the re-score pass did not finish"
+        pipeline._rescore_next_chunk = 0.0
+        pipeline._rescore_step()
+
+
 def test_a_user_who_stops_buying_moves_without_new_events(
     kafka_bootstrap: str,
     redis_url: str,
@@ -82,8 +94,7 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     try:
         pipeline.run(max_records=len(events), idle_exit_seconds=20)
         idle_before = read_record(redis_client, keys.segment("idle"))
-        for _ in range(20):  # finish the re-score pass that the watermark started
-            pipeline._rescore_step()
+        finish_pass(pipeline)  # the re-score pass that the watermark started
     finally:
         pipeline.close()
     idle_after = read_record(redis_client, keys.segment("idle"))
@@ -149,8 +160,7 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
         time.sleep(0.05)
         pipeline.refresh_model()
         pipeline._rescored_at = -np.inf  # due now
-        for _ in range(20):
-            pipeline._rescore_step()
+        finish_pass(pipeline)
     finally:
         pipeline.close()
     versions = {
@@ -213,3 +223,72 @@ def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assig
     assert {r["status"] for r in records} == {"assigned"}
     assert {r["model_version"] for r in records} == {model.model_version}
     assert counted == metric == totals.segment_changes == len(users)
+
+
+def test_users_of_a_segment_the_new_model_dropped_are_re_scored_at_once(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A model whose segments got new ids (no previous centre matched, a rollback, an
+    import) starts a pass now, not a day of event time later; a model with the same ids
+    does not."""
+    topic = new_topic()
+    settings = settings_for(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        **{
+            "pipeline.rescore_interval_seconds": 10 * 365 * 86_400.0,  # periodic: not due
+            "pipeline.rescore_min_wall_seconds": 0.0,
+            "pipeline.model_poll_seconds": 0.01,
+        },
+    )
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    first = recency_model()
+    store.publish(first)
+    events: list[dict[str, Any]] = [
+        {
+            "event_id": f"u{i}",
+            "user_id": f"u{i}",
+            "type": "purchase",
+            "ts": int(T0 + i * 10 * MS_PER_DAY),
+            "amount": 20.0,
+        }
+        for i in range(30)
+    ]
+    produce(kafka_bootstrap, topic, as_records(events))
+
+    def republished(model: SegmentModel, ids: list[int]) -> SegmentModel:
+        data = model.model_dump()
+        data.update(ids=ids, next_id=max(ids) + 1, model_version=model.model_version + 1)
+        return SegmentModel.model_validate(data)
+
+    def stored_ids() -> set[int]:
+        return {read_record(redis_client, keys.segment(e["user_id"]))["segment_id"] for e in events}
+
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+        finish_pass(pipeline)  # the first one: the older buyers lapse
+        assert stored_ids() == set(first.ids)  # both segments are held
+        same = republished(first, first.ids)  # a new version, the same segments
+        store.publish(same)
+        pipeline.refresh_model(force=True)
+        began = pipeline._rescore_wall
+        finish_pass(pipeline)
+        assert pipeline._rescore_wall == began  # no pass: nobody holds a segment it lacks
+        renamed = republished(same, [first.ids[0], max(first.ids) + 1])  # one id dropped
+        store.publish(renamed)
+        pipeline.refresh_model(force=True)
+        finish_pass(pipeline)
+    finally:
+        pipeline.close()
+    assert stored_ids() == set(renamed.ids)
+    sizes = StateStore(redis_client, keys).read_segment_sizes()
+    assert {s for s, n in sizes.items() if n} == set(renamed.ids)
