@@ -284,40 +284,43 @@ def test_a_bootstrap_waits_for_rows_of_enough_users(
 
 
 def test_a_waiting_trainer_reads_the_buffer_only_when_what_was_missing_can_be_there(
-    redis_client: redis.Redis, namespace: str
+    namespace: str,
 ) -> None:
     """Steps run every second while the trainer waits to bootstrap: each would read (and log)
     the whole buffer. It looks again only when the pipeline's counter says enough rows (or
-    rows of enough new users) may have arrived."""
-    keys = KeyLayout(namespace)
-    rng = np.random.default_rng(7)
-    d = len(FEATURE_NAMES)
+    rows of enough new users) may have arrived. On a private Redis, whose LRANGE count is
+    this trainer's alone."""
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        keys = KeyLayout(namespace)
+        rng = np.random.default_rng(7)
+        d = len(FEATURE_NAMES)
 
-    def buffer_reads() -> int:
-        return int(redis_client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+        def buffer_reads() -> int:
+            return int(client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
 
-    trainer = Trainer(redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300))
-    trainer.resume()
-    everyone = [f"u{i}" for i in range(50)]
-    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (50, d)), everyone)
-    before = buffer_reads()
-    assert trainer.step() is None  # 50 of 300 rows
-    assert buffer_reads() == before + 1
-    for _ in range(4):  # 250 missing rows: 200 more are not enough
-        push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (50, d)), everyone)
+        trainer = Trainer(client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300))
+        trainer.resume()
+        everyone = [f"u{i}" for i in range(50)]
+        push_training_rows(client, keys, rng.lognormal(0.0, 1.0, (50, d)), everyone)
+        before = buffer_reads()
+        assert trainer.step() is None  # 50 of 300 rows
+        assert buffer_reads() == before + 1
+        for _ in range(4):  # 250 missing rows: 200 more are not enough
+            push_training_rows(client, keys, rng.lognormal(0.0, 1.0, (50, d)), everyone)
+            assert trainer.step() is None
+        assert buffer_reads() == before + 1
+        push_training_rows(client, keys, rng.lognormal(0.0, 1.0, (50, d)), everyone)
+        assert trainer.step() is None  # 300 rows, but of 50 users: 50 more users are missing
+        assert buffer_reads() == before + 2
+        push_training_rows(client, keys, rng.lognormal(0.0, 1.0, (49, d)), everyone[:49])
         assert trainer.step() is None
-    assert buffer_reads() == before + 1
-    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (50, d)), everyone)
-    assert trainer.step() is None  # 300 rows, but of 50 users: 50 more users are missing
-    assert buffer_reads() == before + 2
-    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (49, d)), everyone[:49])
-    assert trainer.step() is None
-    assert buffer_reads() == before + 2
-    newcomers = [f"v{i}" for i in range(50)]
-    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (50, d)), newcomers)
-    model = trainer.step()
-    assert buffer_reads() == before + 3
-    assert model is not None and model.metrics.n_rows == 100
+        assert buffer_reads() == before + 2
+        newcomers = [f"v{i}" for i in range(50)]
+        push_training_rows(client, keys, rng.lognormal(0.0, 1.0, (50, d)), newcomers)
+        model = trainer.step()
+        assert buffer_reads() == before + 3
+        assert model is not None and model.metrics.n_rows == 100
 
 
 def test_a_refit_whose_window_holds_too_few_users_fits_every_user(
