@@ -12,8 +12,9 @@ Schema of one event (a JSON object; unknown fields are ignored):
 ``type``       string, 1-64 characters; one of view, cart, purchase, refund, review,
                like, share, or an alias configured in the alias map
 ``ts``         event time: ISO-8601 string **with a zone**, or epoch milliseconds
-               (integer or float). Must lie in [``min_ts_ms``, ``max_ts_ms``) and at most
-               ``max_ahead_of_record_ms`` after the Kafka record's timestamp
+               (a JSON integer or float; digits in a string are refused, not guessed
+               to be seconds or milliseconds). Must lie in [``min_ts_ms``, ``max_ts_ms``)
+               and at most ``max_ahead_of_record_ms`` after the Kafka record's timestamp
 ``amount``     number in [0, 1e12], in currency units; required for purchase and refund
 ``currency``   optional string, 1-8 characters (recorded, not converted)
 ``category``   optional string, 1-128 characters
@@ -25,6 +26,7 @@ Schema of one event (a JSON object; unknown fields are ignored):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +39,7 @@ import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
+    BeforeValidator,
     Field,
     StrictFloat,
     StrictInt,
@@ -85,6 +88,26 @@ _INT64_MAX = 2**63 - 1
 _FastInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=_INT64_MAX)]
 
 
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _not_a_number_in_text(value: object) -> object:
+    # pydantic reads "1569888016" as a datetime, guessing seconds or milliseconds from its
+    # size: the contract's epoch milliseconds are a JSON number, so such a string is refused.
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
+        raise ValueError("digits in a string are not a time")
+    return value
+
+
+#: An ISO-8601 date-time with a zone (``2024-03-01T10:20:30Z``), given as a JSON string.
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_not_a_number_in_text)]
+#: What a dead letter's detail says when ``ts`` is neither of its two forms.
+TS_EXPECTED = (
+    "expected epoch milliseconds (a JSON number) or an ISO-8601 string with a zone "
+    "(2024-03-01T10:20:30Z)"
+)
+
+
 def _epoch_ms(value: int | float | datetime) -> float:
     if isinstance(value, datetime):
         return value.timestamp() * 1000.0
@@ -113,7 +136,7 @@ class Event(TypedDict):
     event_id: ShortIdentifier
     user_id: Identifier
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    ts: Annotated[StrictInt | StrictFloat | AwareDatetime, AfterValidator(_epoch_ms)]
+    ts: Annotated[StrictInt | StrictFloat | IsoDatetime, AfterValidator(_epoch_ms)]
     # strict: a JSON true or "12.5" is not an amount (lax mode would read 1.0 and 12.5).
     # The upper bound keeps decayed sums and model profiles far from float overflow.
     amount: NotRequired[
@@ -268,7 +291,7 @@ class _FastEvent(msgspec.Struct, gc=False):
 
 _FAST_DECODER = msgspec.json.Decoder(_FastEvent)
 _FAST_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-_AWARE_DATETIMES = TypeAdapter(list[AwareDatetime])
+_AWARE_DATETIMES = TypeAdapter(list[IsoDatetime])
 
 
 def _iso_stamps_to_epoch_ms(stamps: list[Any]) -> set[int]:
@@ -452,6 +475,11 @@ def _check_columns(
 _VALIDATION_CHUNK = 1024
 
 
+def _lower_first(message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
+
+
 def _validate(objects: list[Any]) -> tuple[list[Event | None], dict[int, str]]:
     """Validate many objects at once; on failure, keep the good ones and explain the bad.
 
@@ -467,10 +495,14 @@ def _validate(objects: list[Any]) -> tuple[list[Event | None], dict[int, str]]:
         except ValidationError as exc:
             bad: dict[int, str] = {}
             for err in exc.errors(include_url=False, include_input=False):
-                pos = err["loc"][0]
+                pos, *where = err["loc"]
                 assert isinstance(pos, int)
-                where = ".".join(str(p) for p in err["loc"][1:]) or "event"
-                bad.setdefault(pos, f"{where}: {err['msg']}")
+                if where[:1] == ["ts"] and len(where) == 2:  # one member of ts' union
+                    if where[1] in ("int", "float"):
+                        continue  # the date-time member's message says more
+                    bad.setdefault(pos, f"ts: {TS_EXPECTED}: {_lower_first(err['msg'])}")
+                    continue
+                bad.setdefault(pos, f"{'.'.join(map(str, where)) or 'event'}: {err['msg']}")
         good = iter(_EVENT_LIST.validate_python([o for p, o in enumerate(chunk) if p not in bad]))
         out.extend(None if pos in bad else next(good) for pos in range(len(chunk)))
         errors.update({start + pos: msg for pos, msg in bad.items()})

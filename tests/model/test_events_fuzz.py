@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from model.events import (
     DEFAULT_ALIASES,
+    TS_EXPECTED,
     DecodeLimits,
     EventBatch,
     Rejection,
@@ -220,6 +221,8 @@ CASES: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("null ts", dumps(event(ts=None)), None, "invalid_field"),
     ("ISO ts without zone", dumps(event(ts="2026-01-01T00:00:00")), None, "invalid_field"),
     ("ts not a date", dumps(event(ts="yesterday")), None, "invalid_field"),
+    ("epoch ms in a string", dumps(event(ts=str(TS))), None, "invalid_field"),
+    ("epoch seconds in a string", dumps(event(ts=str(TS // 1000))), None, "invalid_field"),
     ("year 1 ISO", dumps(event(ts="0001-01-01T00:00:00Z")), None, "ts_out_of_range"),
     ("year 1 ISO east of UTC", dumps(event(ts="0001-01-01T00:00:00+14:00")), None,
      "ts_out_of_range"),
@@ -338,6 +341,22 @@ def test_the_fast_decoder_reads_iso_timestamps_as_the_schema_does(ts: str) -> No
     fast = decode_events(values, type_map=TYPE_MAP, limits=LIMITS)
     schema_only = decode_events(values, type_map=TYPE_MAP, limits=LIMITS, accelerated=False)
     assert _decoded(*fast) == _decoded(*schema_only)
+
+
+@pytest.mark.parametrize(
+    ("ts", "why"),
+    [
+        ("2026-01-01T00:00:00", "input should have timezone info"),
+        ("2019-10-01 00:00:02 CET", "unexpected extra characters"),
+        ("1569888016", "digits in a string are not a time"),
+        (None, "input should be a valid datetime"),
+    ],
+)
+def test_a_bad_ts_detail_says_what_the_contract_expects(ts: Any, why: str) -> None:
+    _, rejections = decode([dumps(event(ts=ts))], [None])
+    assert [r.reason for r in rejections] == ["invalid_field"]
+    assert rejections[0].detail.startswith(f"ts: {TS_EXPECTED}: ")
+    assert why in rejections[0].detail
 
 
 def test_an_event_far_ahead_of_its_kafka_record_is_out_of_range() -> None:
