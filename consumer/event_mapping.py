@@ -10,6 +10,8 @@ each contract field (``event_id``, ``user_id``, ``type``, ``ts``, ``amount``, ``
 3. the constant of ``--default FIELD=VALUE``;
 
 a missing or empty value leaves the field out. Source fields that are not mapped are not sent.
+In a JSON object a SOURCE with dots (``customer.id``) names a nested field when the object has
+no field of that exact name.
 Text values (every CSV cell) are typed as the contract wants them:
 
 - ``amount``: a decimal number (``12.5``); ``quantity`` and ``rating``: whole numbers;
@@ -20,7 +22,10 @@ Text values (every CSV cell) are typed as the contract wants them:
 - everything else is sent as text.
 
 A value that cannot be typed is sent as the text it was, so the consumer dead-letters the
-record (``invalid_field``) with its bytes and counts it: nothing is dropped here.
+record (``invalid_field``) with its bytes and counts it: nothing is dropped here. Such values,
+and rows without a ``user_id``, ``type`` or ``ts`` (no source value, no default), are counted
+per field in `MappingProblems` (the first one is logged at once, with its row number), so the
+producer's summary says what the consumer will refuse before it refuses it.
 
 Without an ``event_id`` (mapped, present or defaulted), the record gets
 ``"h-" + 20 hex digits``: the BLAKE2b-80 hash of the source row (its fields and values, sorted,
@@ -37,8 +42,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,10 +53,14 @@ from functools import cached_property, lru_cache
 from typing import IO, Literal
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 
 from consumer.exceptions import ConfigError
+from model.events import IsoDatetime
 
-__all__ = ["CONTRACT_FIELDS", "EventMapping", "read_csv_rows", "read_json_rows"]
+__all__ = ["CONTRACT_FIELDS", "EventMapping", "MappingProblems", "read_csv_rows", "read_json_rows"]
+
+log = logging.getLogger(__name__)
 
 #: The fields of the event contract (model.events.Event), in the order they are written.
 CONTRACT_FIELDS = (
@@ -67,8 +78,40 @@ CONTRACT_FIELDS = (
 #: Fields whose text is converted (the others are sent as they are).
 _TYPED_FIELDS = frozenset({"ts", "amount", "quantity", "rating"})
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+#: Without these the consumer dead-letters the event (``invalid_field``).
+_REQUIRED_FIELDS = ("user_id", "type", "ts")
+#: A ``ts`` text the consumer accepts as it is: the contract's own date-time type.
+_ISO_DATETIME = TypeAdapter(IsoDatetime)
 TsUnit = Literal["ms", "s"]
 Row = Mapping[str, object]
+
+
+@dataclass
+class MappingProblems:
+    """Rows whose event the consumer will refuse, counted per contract field while mapping."""
+
+    rows: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)  # field -> the first row's problem
+
+    def note(self, name: str, problem: str) -> None:
+        self.counts[name] += 1
+        if name not in self.first:
+            self.first[name] = f"row {self.rows:,}: {problem}"
+            log.warning(
+                "row %s: %s; such rows are sent and dead-lettered by the consumer "
+                "(counted in the summary)",
+                f"{self.rows:,}",
+                problem,
+            )
+
+    def summary(self) -> list[str]:
+        """One line per field with problems, for the end of ``streamseg produce``."""
+        return [
+            f"{name}: {count:,} of {self.rows:,} rows will be dead-lettered (first: "
+            f"{self.first[name]})"
+            for name, count in sorted(self.counts.items())
+        ]
 
 
 def _parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
@@ -98,6 +141,7 @@ class EventMapping:
     defaults: Mapping[str, str] = field(default_factory=dict)
     ts_format: str | None = None
     ts_unit: TsUnit = "ms"
+    problems: MappingProblems = field(default_factory=MappingProblems, compare=False)
 
     @classmethod
     def from_options(
@@ -154,12 +198,17 @@ class EventMapping:
 
     def event(self, row: Row) -> dict[str, object]:
         """The contract event for ``row`` (a CSV row's cells or a JSON object)."""
+        self.problems.rows += 1
         out: dict[str, object] = {}
         get = row.get
         for name, source, default in self._plan:
             value = get(source)
+            if value is None and "." in source and source not in row:
+                value = _nested(row, source)
             if value is None or value == "":
                 if default is None:
+                    if name in _REQUIRED_FIELDS:
+                        self.problems.note(name, f"no {name} (source field {source!r} is empty)")
                     continue
                 value = default
             out[name] = self._typed(name, value) if name in _TYPED_FIELDS else value
@@ -183,12 +232,14 @@ class EventMapping:
         try:
             if name == "amount":
                 amount = float(text)
-                return amount if math.isfinite(amount) else value
-            if name in ("quantity", "rating"):
+                if math.isfinite(amount):
+                    return amount
+            elif name in ("quantity", "rating"):
                 return int(text)
         except ValueError:
             pass
-        return value  # text, or not a number: sent as it was, for the consumer to judge
+        self.problems.note(name, f"{name} {value!r} is not a number")
+        return value  # sent as it was, for the consumer to judge
 
     def _timestamp(self, value: object) -> object:
         scale = 1000 if self.ts_unit == "s" else 1
@@ -199,11 +250,27 @@ class EventMapping:
         text = value.strip()
         if self.ts_format is not None:
             ms = self._parse_time(text)
-            return value if ms is None else ms
-        if _NUMBER.fullmatch(text):
+            if ms is not None:
+                return ms
+        elif _NUMBER.fullmatch(text):
             number = float(text) * scale
             return int(number) if number.is_integer() else number
-        return value
+        try:
+            _ISO_DATETIME.validate_python(value)
+        except ValidationError:
+            expected = f"--ts-format {self.ts_format!r}" if self.ts_format else "a number"
+            self.problems.note("ts", f"ts {value!r} is neither {expected} nor ISO-8601 with a zone")
+        return value  # ISO-8601 with a zone passes as it is; the consumer judges the rest
+
+
+def _nested(row: Row, path: str) -> object:
+    """The value at a dotted ``path`` (``customer.id``) in nested objects, or None."""
+    value: object = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _check_time_format(fmt: str) -> None:

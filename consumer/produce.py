@@ -632,10 +632,17 @@ def _mapping(args: argparse.Namespace, fmt: str) -> EventMapping | None:
 
 
 def file_records(
-    source: IO[bytes], fmt: str, mapping: EventMapping | None, key_field: str = "user_id"
+    source: IO[bytes],
+    fmt: str,
+    mapping: EventMapping | None,
+    key_field: str = "user_id",
+    *,
+    guessed: bool = False,
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """The Kafka records of an input stream: JSON lines as they are without a mapping,
-    otherwise each CSV/TSV row or JSON object mapped to a contract event."""
+    otherwise each CSV/TSV row or JSON object mapped to a contract event. With ``guessed``
+    (JSON lines assumed, not asked for) a mapped input whose first line is no JSON object is
+    refused: it is most likely a CSV on stdin or in a file not named ``.csv``."""
     if mapping is None:
         yield from read_jsonl_records(source, key_field)
         return
@@ -645,6 +652,14 @@ def file_records(
         yield from (mapping.record(row) for row in rows)
         return
     for item in read_json_rows(source):
+        if guessed:
+            if isinstance(item, bytes):
+                raise ConfigError(
+                    f"--map: the first line is not a JSON object ({item[:60]!r}); "
+                    "for CSV or TSV say --format csv or --format tsv (--format jsonl "
+                    "sends lines that are not JSON as they are)"
+                )
+            guessed = False
         yield (None, item) if isinstance(item, bytes) else mapping.record(item)
 
 
@@ -690,7 +705,10 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
         name = path.name
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
         stats = produce_records(
-            _reading(file_records(source, fmt, mapping, args.key_field), name),
+            _reading(
+                file_records(source, fmt, mapping, args.key_field, guessed=args.format == "auto"),
+                name,
+            ),
             settings.kafka,
             topic,
             rate=args.rate or None,
@@ -699,6 +717,8 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             description=f"{name} -> {topic}",
         )
     print(stats.summary(), file=sys.stderr)
+    for line in mapping.problems.summary() if mapping is not None else ():
+        print(line, file=sys.stderr)
     if stats.interrupted:
         return 130
     return 0 if stats.ok else 1

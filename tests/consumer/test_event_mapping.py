@@ -123,6 +123,41 @@ def test_values_that_cannot_be_typed_are_sent_as_text_for_the_consumer_to_reject
         [orjson.dumps(e) for e in (bad_ts, bad_amount)], type_map=TYPE_MAP
     )
     assert len(batch) == 0 and [r.reason for r in rejections] == ["invalid_field"] * 2
+    # ... and counted, so that the producer says so before the consumer refuses them
+    assert mapping.problems.counts == {"ts": 1, "amount": 2, "quantity": 1}
+    assert mapping.problems.summary()[2] == (
+        "ts: 1 of 2 rows will be dead-lettered (first: row 1: ts 'yesterday' is neither "
+        "--ts-format '%Y-%m-%d %H:%M:%S %Z' nor ISO-8601 with a zone)"
+    )
+
+
+def test_a_time_the_format_misses_is_counted_unless_the_consumer_reads_it_as_it_is() -> None:
+    mapping = EventMapping.from_options(ts_format="%Y-%m-%d %H:%M:%S")  # no " %Z"
+    data = (
+        b"user_id,type,ts\n"
+        b"u1,view,2019-10-01 00:00:00 UTC\n"  # the export's form: the format misses it
+        b"u2,view,2019-10-01T00:00:00Z\n"  # ISO-8601 with a zone: sent, and accepted
+        b"u3,view,1569888000\n"  # digits the format misses: refused as a string
+    )
+    events = _events(mapping, data)
+    assert [e["ts"] for e in events] == [
+        "2019-10-01 00:00:00 UTC",
+        "2019-10-01T00:00:00Z",
+        "1569888000",
+    ]
+    assert mapping.problems.counts == {"ts": 2}
+    batch, _ = decode_events([orjson.dumps(e) for e in events], type_map=TYPE_MAP)
+    assert batch.user_id == ["u2"]
+
+
+def test_rows_without_a_required_field_are_counted() -> None:
+    mapping = EventMapping.from_options(["user_id=customer"], defaults=["type=purchase"])
+    data = b"customer,ts,amount\nc1,1,5\n,2,5\n,3,5\n"
+    _events(mapping, data)
+    assert mapping.problems.counts == {"user_id": 2}
+    assert mapping.problems.first["user_id"] == (
+        "row 2: no user_id (source field 'customer' is empty)"
+    )
 
 
 def test_defaults_fill_missing_and_empty_values_only() -> None:
@@ -166,6 +201,46 @@ def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
         "ts": 1_700_000_000_000,
     }
     assert records[1:] == [(None, b"[1, 2]"), (None, b"not json")]
+
+
+def test_dotted_sources_reach_into_nested_json_objects() -> None:
+    data = (
+        b'{"id": "e1", "customer": {"id": 7}, "event": {"name": "purchase"}, '
+        b'"occurred_at": "2024-03-01T10:00:00Z", "order": {"total": {"amount": "12.5"}}, '
+        b'"a.b": "literal"}\n'
+        b'{"id": "e2", "customer": 7, "event": {"name": "view"}, "occurred_at": 1}\n'
+    )
+    mapping = EventMapping.from_options(
+        [
+            "event_id=id",
+            "user_id=customer.id",
+            "type=event.name",
+            "ts=occurred_at",
+            "amount=order.total.amount",
+            "category=a.b",  # a field of that exact name comes first
+        ]
+    )
+    first, second = (orjson.loads(v) for _, v in file_records(io.BytesIO(data), "jsonl", mapping))
+    assert first == {
+        "event_id": "e1",
+        "user_id": 7,
+        "type": "purchase",
+        "ts": "2024-03-01T10:00:00Z",
+        "amount": 12.5,
+        "category": "literal",
+    }
+    assert "user_id" not in second  # "customer" is no object: no customer.id
+    assert mapping.problems.counts == {"user_id": 1}
+
+
+def test_a_csv_taken_for_json_lines_is_refused_when_mapped() -> None:
+    """stdin (or a file not named .csv) is JSON lines unless --format says otherwise: with
+    --map, a first line that is no JSON object is a CSV header, not a bad record."""
+    mapping = EventMapping.from_options(["ts=event_time"])
+    with pytest.raises(ConfigError, match=r"first line is not a JSON object.*--format csv"):
+        list(file_records(io.BytesIO(STORE_CSV), "jsonl", mapping, guessed=True))
+    data = b'not json\n{"user_id": "u1", "type": "view", "event_time": 1}\n'
+    assert len(list(file_records(io.BytesIO(data), "jsonl", mapping))) == 2  # asked for
 
 
 @pytest.mark.parametrize(

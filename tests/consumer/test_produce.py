@@ -259,6 +259,7 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
     new_topic: Callable[..., str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A store's own CSV (gzipped, its own column names and time format) through `produce
     --map` and the real pipeline: every row ends applied, duplicate, ignored or dead-lettered."""
@@ -282,6 +283,9 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
         "--ts-format", "%Y-%m-%d %H:%M:%S %Z",
     ]  # fmt: skip
     assert main(["produce", str(path), "--topic", topic, "--no-progress", *mapping]) == 0
+    said = capsys.readouterr().err
+    assert "amount: 1 of 7 rows will be dead-lettered (first: row 6: amount 'not-a-price'" in said
+    assert "ts: 1 of 7 rows will be dead-lettered (first: row 7: ts '01/10/2019'" in said
 
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
     drain(settings, expected_records=len(rows))
