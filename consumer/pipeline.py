@@ -61,7 +61,14 @@ from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
 from consumer.training_rows import keyed_rows
-from model.events import DecodeLimits, EventBatch, Rejection, decode_events, resolve_type_map
+from model.events import (
+    CANONICAL_TYPES,
+    DecodeLimits,
+    EventBatch,
+    Rejection,
+    decode_events,
+    resolve_type_map,
+)
 from model.features import (
     CATEGORY_CODES,
     COL,
@@ -155,6 +162,7 @@ class SegmentPipeline:
             [],
         )
         self._names_by_code: dict[float, str] = {}
+        self._ignored_types: set[str] = set()  # type names logged as ignored
         self._undelivered: list[str] = []
         self._watermark = -np.inf
         self._stopping = False
@@ -508,6 +516,8 @@ class SegmentPipeline:
             record_ts_ms=kafka.timestamp_ms,
         )
         stats.ignored = len(batch.ignored)
+        if batch.ignored_types:
+            self._name_ignored_types(batch.ignored_types)
         self._dead_letter(records, rejections, stats)
 
         # Retried from the read on a Redis failure. A write that went through with its reply
@@ -762,6 +772,24 @@ class SegmentPipeline:
             found = self.redis.hmget(self.keys.categories, [repr(int(c)) for c in unknown])
             names.update({c: v.decode() for c, v in zip(unknown, found, strict=True) if v})
         return names
+
+    def _name_ignored_types(self, names: Sequence[str]) -> None:
+        """Log each type name that is ignored, once per process (the first
+        `_IGNORED_TYPES_LOGGED`): the `ignored` counter alone does not say that an export's
+        ``addtocart`` needs an alias."""
+        new = set(names) - self._ignored_types
+        if not new or len(self._ignored_types) >= _IGNORED_TYPES_LOGGED:
+            return
+        for name in sorted(new)[: _IGNORED_TYPES_LOGGED - len(self._ignored_types)]:
+            log.warning(
+                "ignoring events of type %r: neither %s nor an alias in pipeline.type_aliases "
+                "(counted as ignored)",
+                name,
+                ", ".join(CANONICAL_TYPES),
+            )
+            self._ignored_types.add(name)
+        if len(self._ignored_types) >= _IGNORED_TYPES_LOGGED:
+            log.warning("more ignored type names are not logged")
 
     # -- the trainer's sample ----------------------------------------------------------------
 
@@ -1030,6 +1058,8 @@ class SegmentPipeline:
 #: Entries kept in each in-process category cache before it is emptied (bounded memory
 #: under a producer that invents category names).
 _CATEGORY_CACHE_LIMIT = 100_000
+#: Ignored type names logged per process: the names come from the input, so they are bounded.
+_IGNORED_TYPES_LOGGED = 100
 #: A re-score chunk that took t seconds is followed by the next one no sooner than this * t
 #: after it started: a pass takes at most a fifth of the pipeline's time.
 _RESCORE_PACE = 5.0

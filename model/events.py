@@ -190,6 +190,7 @@ class EventBatch:
     amount: np.ndarray  # float64, currency units
     category: list[str | None]
     ignored: list[int] = field(default_factory=list)  # indexes of valid events of unmapped type
+    ignored_types: list[str] = field(default_factory=list)  # their type names, in that order
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -443,6 +444,7 @@ def _check_columns(
         detail = f"amount: required for type {columns.type_name[row]!r}"
         rejections.append(Rejection(int(index[row]), "invalid_field", detail))
     ignored = index[unmapped].tolist()
+    ignored_types = [columns.type_name[r] for r in np.flatnonzero(unmapped).tolist()]
 
     rows = np.flatnonzero(~(bad_ts | bad_key | unmapped | bad_amount))
     if len(rows) == n:  # the common case: nothing to drop, no copies
@@ -467,6 +469,7 @@ def _check_columns(
         amount=np.asarray([a or 0.0 for a in batch_amounts], dtype=np.float64),
         category=batch_categories,
         ignored=ignored,
+        ignored_types=ignored_types,
     )
     rejections.sort(key=lambda r: r.index)
     return batch, rejections

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import gzip
 import io
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -260,6 +261,7 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A store's own CSV (gzipped, its own column names and time format) through `produce
     --map` and the real pipeline: every row ends applied, duplicate, ignored or dead-lettered."""
@@ -288,7 +290,17 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
     assert "ts: 1 of 7 rows will be dead-lettered (first: row 7: ts '01/10/2019'" in said
 
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
-    drain(settings, expected_records=len(rows))
+    pipeline_log = logging.getLogger("consumer.pipeline")
+    pipeline_log.addHandler(caplog.handler)  # main() above replaced the root's handlers
+    try:
+        drain(settings, expected_records=len(rows))
+    finally:
+        pipeline_log.removeHandler(caplog.handler)
+    # the export's own type is named once, with the setting that would map it
+    assert [r.getMessage() for r in caplog.records if "ignoring events" in r.getMessage()] == [
+        "ignoring events of type 'remove_from_cart': neither view, cart, purchase, refund, "
+        "review, like, share nor an alias in pipeline.type_aliases (counted as ignored)"
+    ]
     counters = StateStore(redis_client, KeyLayout(namespace)).read_counters()
     assert counters["records"] == 7
     assert (counters["applied"], counters["duplicates"], counters["ignored"]) == (3, 1, 1)

@@ -282,6 +282,7 @@ def test_all_constructed_cases_in_one_batch_keep_their_reasons() -> None:
     got.update({i: "row" for i in batch.index.tolist()})
     got.update({i: "ignored" for i in batch.ignored})
     assert [got[i] for i in range(len(CASES))] == [c[3] for c in CASES]
+    assert batch.ignored_types == [json.loads(CASES[i][1] or b"")["type"] for i in batch.ignored]
 
 
 def _decoded(batch: EventBatch, rejections: list[Rejection]) -> tuple[Any, ...]:
