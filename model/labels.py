@@ -23,11 +23,17 @@ there is a single segment); "high" means ``rank >= high_rank``, "low" ``rank <= 
 day and count anchors are absolute (:class:`NamingRules`). A *buyer* has
 ``purchases >= min_purchases``.
 
-Buyers:
+Any segment:
 
 1. ``net_revenue < 0``                               -> "net refunders"
+
+(refunds of orders older than the data count, even for users who bought nothing in it)
+
+Buyers:
+
 2. ``recency_days >= lapsed_days``                   -> "lapsed"
-3. ``recency_days > active_days`` and value high     -> "big spenders at risk"
+3. ``recency_days > active_days``, value high and
+   ``net_revenue > 0``                               -> "big spenders at risk"
 4. ``recency_days > active_days``                    -> "at risk"
 5. ``tenure_days <= new_tenure_days``                -> "new customers"
 6. value high and purchases high                     -> "champions"
@@ -238,14 +244,16 @@ def _base_name(
 ) -> str:
     high = rules.high_rank
     low = rules.low_rank
+    revenue = c[col["net_revenue"]]
+    if revenue < 0:
+        return "net refunders"
     if c[col["purchases"]] >= rules.min_purchases:
         recency = c[col["recency_days"]]
-        if c[col["net_revenue"]] < 0:
-            return "net refunders"
         if recency >= rules.lapsed_days:
             return "lapsed"
         if recency > rules.active_days:
-            return "big spenders at risk" if ranks["value"] >= high else "at risk"
+            # value high from purchases alone (a shop's data without prices) is no spending
+            return "big spenders at risk" if ranks["value"] >= high and revenue > 0 else "at risk"
         if c[col["tenure_days"]] <= rules.new_tenure_days:
             return "new customers"
         if ranks["value"] >= high and ranks["purchases"] >= high:

@@ -106,6 +106,23 @@ def test_equal_names_are_numbered_in_value_order() -> None:
     assert len(set(names)) == len(names)
 
 
+def test_without_prices_no_segment_is_named_for_spending() -> None:
+    """A shop's data without prices (``--default amount=0``): value comes from purchases
+    alone, so frequent buyers who went quiet are "at risk", not "big spenders at risk"."""
+    no_money = CENTRES.copy()
+    no_money[:, [COL["net_revenue"], COL["avg_order_value"]]] = 0.0
+    names, _, _ = name_segments(no_money, FEATURES)
+    assert names[EXPECTED.index("big spenders at risk")] == "at risk"
+    assert not [n for n in names if "spender" in n]
+
+
+def test_a_segment_refunding_more_than_it_buys_is_net_refunders_even_without_purchases() -> None:
+    """Refunds of orders older than the data: users with no purchase in it, revenue < 0."""
+    refunders = centre(40, 0, -300, 0, 3, 0, 0.1, 200)
+    names, _, _ = name_segments(np.vstack([CENTRES, refunders]), FEATURES)
+    assert names[-1] == "net refunders (2)"
+
+
 def test_anchors_are_configurable() -> None:
     strict = NamingRules(active_days=3.0)
     names, _, _ = name_segments(CENTRES, FEATURES, strict)
