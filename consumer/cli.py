@@ -346,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON lines otherwise and for stdin)",
     )
     mapping.add_argument(
+        "--delimiter",
+        metavar="CHAR",
+        help="column separator of a CSV (default , for csv, tab for tsv), e.g. --delimiter ';'",
+    )
+    mapping.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="NAME",
+        help="text encoding of a CSV or TSV (default utf-8), e.g. latin-1, cp1252; bytes it "
+        "cannot decode are sent as U+FFFD and the first such line is logged",
+    )
+    mapping.add_argument(
         "--map",
         action="append",
         metavar="FIELD=SOURCE",

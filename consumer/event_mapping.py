@@ -39,6 +39,7 @@ The Kafka key is the event's ``user_id`` as UTF-8 text (none when it has no user
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -46,7 +47,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
@@ -58,7 +59,14 @@ from pydantic import TypeAdapter, ValidationError
 from consumer.exceptions import ConfigError
 from model.events import IsoDatetime
 
-__all__ = ["CONTRACT_FIELDS", "EventMapping", "MappingProblems", "read_csv_rows", "read_json_rows"]
+__all__ = [
+    "CONTRACT_FIELDS",
+    "EventMapping",
+    "MappingProblems",
+    "check_dialect",
+    "read_csv_rows",
+    "read_json_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -293,19 +301,36 @@ def row_hash(row: Row) -> str:
     return "h-" + hashlib.blake2b(canonical, digest_size=10).hexdigest()
 
 
+def check_dialect(delimiter: str | None, encoding: str) -> None:
+    """Refuse a ``--delimiter`` that is not one character and an unknown ``--encoding``."""
+    if delimiter is not None and len(delimiter) != 1:
+        raise ConfigError(f"--delimiter {delimiter!r}: expected one character (tab: $'\\t')")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(
+            f"--encoding {encoding!r}: unknown encoding (e.g. utf-8, latin-1, cp1252)"
+        ) from None
+
+
 def read_csv_rows(
     stream: IO[bytes],
     delimiter: str = ",",
     check_header: Callable[[Sequence[str]], None] | None = None,
+    encoding: str = "utf-8",
 ) -> Iterator[dict[str, object]]:
     """Rows of a CSV (or TSV) byte stream with a header line, as {column: cell}.
 
-    UTF-8 (a byte-order mark is skipped); bytes that are not UTF-8 become U+FFFD. Cells beyond
-    the header are kept under ``_extra`` (they are in the row's hash, not in the event).
-    ``check_header`` sees the header's columns before the first row (and may raise).
+    Text in ``encoding`` (UTF-8 by default; a byte-order mark is skipped); bytes it cannot
+    decode become U+FFFD, and the first line holding one is logged with a hint to
+    ``--encoding``. Cells beyond the header are kept under ``_extra`` (they are in the row's
+    hash, not in the event). ``check_header`` sees the header's columns before the first row
+    (and may raise).
     """
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
-    reader = csv.DictReader(text, delimiter=delimiter)
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
+    text = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
+    reader = csv.DictReader(_warn_on_undecodable(text, encoding), delimiter=delimiter)
     if check_header is not None:
         check_header(list(reader.fieldnames or ()))
     for row in reader:
@@ -314,6 +339,23 @@ def read_csv_rows(
         if extra:
             cells["_extra"] = extra
         yield cells
+
+
+def _warn_on_undecodable(lines: Iterable[str], encoding: str) -> Iterator[str]:
+    """``lines``; the first that holds U+FFFD (bytes the encoding could not decode) is
+    logged: a file in another encoding would otherwise be sent with its text garbled."""
+    rest = iter(lines)
+    for number, line in enumerate(rest, 1):
+        yield line
+        if "\ufffd" in line:
+            log.warning(
+                "line %d holds bytes that are not valid %s (sent as U+FFFD); if the file "
+                "is in another encoding, say --encoding (e.g. latin-1, cp1252)",
+                number,
+                codecs.lookup(encoding).name.removesuffix("-sig"),
+            )
+            break
+    yield from rest  # after the first: no more checks
 
 
 def read_json_rows(stream: IO[bytes]) -> Iterator[dict[str, object] | bytes]:

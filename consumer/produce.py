@@ -64,7 +64,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from consumer.event_mapping import EventMapping, read_csv_rows, read_json_rows
+from consumer.event_mapping import EventMapping, check_dialect, read_csv_rows, read_json_rows
 from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
 from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
@@ -638,17 +638,24 @@ def file_records(
     key_field: str = "user_id",
     *,
     guessed: bool = False,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """The Kafka records of an input stream: JSON lines as they are without a mapping,
     otherwise each CSV/TSV row or JSON object mapped to a contract event. With ``guessed``
     (JSON lines assumed, not asked for) a mapped input whose first line is no JSON object is
-    refused: it is most likely a CSV on stdin or in a file not named ``.csv``."""
+    refused: it is most likely a CSV on stdin or in a file not named ``.csv``. ``delimiter``
+    (instead of the format's own) and ``encoding`` apply to CSV and TSV."""
     if mapping is None:
         yield from read_jsonl_records(source, key_field)
         return
-    delimiter = _DELIMITERS[fmt]
-    if delimiter is not None:
-        rows = read_csv_rows(source, delimiter, check_header=mapping.check_columns)
+    if _DELIMITERS[fmt] is not None:
+        rows = read_csv_rows(
+            source,
+            delimiter or _DELIMITERS[fmt] or ",",
+            check_header=mapping.check_columns,
+            encoding=encoding,
+        )
         yield from (mapping.record(row) for row in rows)
         return
     for item in read_json_rows(source):
@@ -688,6 +695,11 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.kafka.events_topic
     fmt = input_format(args.format, args.file)
     mapping = _mapping(args, fmt)
+    check_dialect(args.delimiter, args.encoding)
+    if fmt == "jsonl" and (args.delimiter is not None or args.encoding != "utf-8"):
+        raise ConfigError(
+            "--delimiter and --encoding apply to CSV and TSV input: add --format csv (or tsv)"
+        )
     show = _show_progress(args)
     total: int | None = None
     if args.file == "-":
@@ -706,7 +718,15 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
         stats = produce_records(
             _reading(
-                file_records(source, fmt, mapping, args.key_field, guessed=args.format == "auto"),
+                file_records(
+                    source,
+                    fmt,
+                    mapping,
+                    args.key_field,
+                    guessed=args.format == "auto",
+                    delimiter=args.delimiter,
+                    encoding=args.encoding,
+                ),
                 name,
             ),
             settings.kafka,

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import io
+import logging
+import re
 
 import orjson
 import pytest
 
-from consumer.event_mapping import EventMapping, read_csv_rows, read_json_rows, row_hash
+from consumer.event_mapping import (
+    EventMapping,
+    check_dialect,
+    read_csv_rows,
+    read_json_rows,
+    row_hash,
+)
 from consumer.exceptions import ConfigError
 from consumer.produce import file_records, input_format
 from model.events import DEFAULT_ALIASES, decode_events, resolve_type_map
@@ -241,6 +249,44 @@ def test_a_csv_taken_for_json_lines_is_refused_when_mapped() -> None:
         list(file_records(io.BytesIO(STORE_CSV), "jsonl", mapping, guessed=True))
     data = b'not json\n{"user_id": "u1", "type": "view", "event_time": 1}\n'
     assert len(list(file_records(io.BytesIO(data), "jsonl", mapping))) == 2  # asked for
+
+
+def test_a_semicolon_latin_1_export_is_read_with_its_dialect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = "user_id;type;ts;category\nu1;view;1;CR\u00c8ME BR\u00dbL\u00c9E\n".encode("latin-1")
+    mapping = EventMapping.from_options()
+    (event,) = (
+        orjson.loads(v)
+        for _, v in file_records(
+            io.BytesIO(data), "csv", mapping, delimiter=";", encoding="latin-1"
+        )
+    )
+    assert event["category"] == "CR\u00c8ME BR\u00dbL\u00c9E"
+    assert not caplog.records
+    # read as UTF-8 (the default) it is garbled: said once, with the line and the option
+    with caplog.at_level(logging.WARNING, logger="consumer.event_mapping"):
+        (garbled,) = (
+            orjson.loads(v)
+            for _, v in file_records(io.BytesIO(data), "csv", mapping, delimiter=";")
+        )
+    assert "\ufffd" in garbled["category"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 2 holds bytes that are not valid utf-8 (sent as U+FFFD); if the file is in "
+        "another encoding, say --encoding (e.g. latin-1, cp1252)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "encoding", "message"),
+    [
+        (";;", "utf-8", "--delimiter ';;': expected one character"),
+        (None, "latin-9x", "--encoding 'latin-9x': unknown encoding"),
+    ],
+)
+def test_a_bad_dialect_is_named(delimiter: str | None, encoding: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_dialect(delimiter, encoding)
 
 
 @pytest.mark.parametrize(

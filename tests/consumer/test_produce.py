@@ -341,3 +341,17 @@ def test_a_rate_that_is_not_a_limit_is_refused(
         main([*args, "--rate", rate])
     assert caught.value.code == 2
     assert f"argument --rate: {rate!r} must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--delimiter", ";"], "--delimiter and --encoding apply to CSV and TSV input"),
+        (["--format", "csv", "--encoding", "latin-9x"], "--encoding 'latin-9x': unknown"),
+    ],
+)
+def test_a_dialect_that_cannot_apply_is_refused_before_reading(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["produce", "-", *options]) == 2
+    assert f"streamseg: error: {message}" in capsys.readouterr().err
