@@ -43,6 +43,24 @@ def recency_model() -> SegmentModel:
     return SegmentModel.from_fitted(seg, pre, labels)
 
 
+def first_purchases(users: int, days_apart: int = 1, cycle_days: int = 0) -> list[dict[str, Any]]:
+    """One purchase each of users u0, u1, ..., user i's on day i * days_apart (modulo
+    cycle_days when given)."""
+    days = [i * days_apart for i in range(users)]
+    if cycle_days:
+        days = [d % cycle_days for d in days]
+    return [
+        {
+            "event_id": f"u{i}",
+            "user_id": f"u{i}",
+            "type": "purchase",
+            "ts": int(T0 + day * MS_PER_DAY),
+            "amount": 20.0,
+        }
+        for i, day in enumerate(days)
+    ]
+
+
 def finish_pass(pipeline: SegmentPipeline, timeout: float = 30.0) -> None:
     """Begin the re-score pass that is due and run its chunks to the end (a shared Redis
     may hold many other keys: a pass can take many SCAN chunks), ignoring the pacing."""
@@ -139,16 +157,7 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
     store = ModelStore(redis_client, keys)
     first = recency_model()
     store.publish(first)
-    events: list[dict[str, Any]] = [
-        {
-            "event_id": f"u{i}",
-            "user_id": f"u{i}",
-            "type": "purchase",
-            "ts": int(T0 + i * MS_PER_DAY),
-            "amount": 20.0,
-        }
-        for i in range(30)
-    ]
+    events = first_purchases(30)
     produce(kafka_bootstrap, topic, as_records(events))
     pipeline = SegmentPipeline(settings)
     pipeline.start()
@@ -179,16 +188,7 @@ def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assig
     topic = new_topic()
     namespace = "restart"
     keys = KeyLayout(namespace)
-    events: list[dict[str, Any]] = [
-        {
-            "event_id": f"u{i}",
-            "user_id": f"u{i}",
-            "type": "purchase",
-            "ts": int(T0 + (i % 90) * MS_PER_DAY),
-            "amount": 20.0,
-        }
-        for i in range(3000)
-    ]
+    events = first_purchases(3000, days_apart=1, cycle_days=90)
     produce(kafka_bootstrap, topic, as_records(events))
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
@@ -251,16 +251,7 @@ def test_users_of_a_segment_the_new_model_dropped_are_re_scored_at_once(
     store = ModelStore(redis_client, keys)
     first = recency_model()
     store.publish(first)
-    events: list[dict[str, Any]] = [
-        {
-            "event_id": f"u{i}",
-            "user_id": f"u{i}",
-            "type": "purchase",
-            "ts": int(T0 + i * 10 * MS_PER_DAY),
-            "amount": 20.0,
-        }
-        for i in range(30)
-    ]
+    events = first_purchases(30, days_apart=10)
     produce(kafka_bootstrap, topic, as_records(events))
 
     def republished(model: SegmentModel, ids: list[int]) -> SegmentModel:
