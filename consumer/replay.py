@@ -48,7 +48,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.exceptions import ConfigError
-from consumer.kafka_clients import create_consumer
+from consumer.kafka_clients import create_consumer, create_producer, ensure_topics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace, register_namespace
 from consumer.pipeline import SegmentPipeline
@@ -469,24 +469,42 @@ def train_on_snapshot(
 def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) -> int:
     """Assign every user of ``snapshot`` with ``model`` and write records, states and sizes.
 
-    Uses the pipeline's own assignment code, so records look exactly like live ones. Returns
-    the number of users written.
+    Uses the pipeline's own assignment code, so records look exactly like live ones, and sends
+    its change events (every user's first assignment, or a change from the previous replay's
+    model when one is resumed) to the replay's segments topic, counted in ``segment_changes``.
+    Returns the number of users written.
     """
     pipeline.model = model
+    ensure_topics(pipeline.settings.kafka)  # a resumed replay may not have started the pipeline
+    pipeline.producer = create_producer(
+        pipeline.settings.kafka, **{"delivery.report.only.error": True}
+    )
     rows = np.flatnonzero(np.isfinite(snapshot.features).all(axis=1))
-    for start in range(0, len(rows), _RESCORE_CHUNK):
-        chosen = rows[start : start + _RESCORE_CHUNK]
-        users = [snapshot.user_ids[i] for i in chosen]
-        states = snapshot.states[chosen].copy()
-        records, size_changes, _ = pipeline._assign(users, states, snapshot.features[chosen])
-        pipeline.store.write(
-            BatchWrite(
-                user_ids=users,
-                states=states,
-                segment_records=records,
-                size_changes=size_changes,
+    try:
+        for start in range(0, len(rows), _RESCORE_CHUNK):
+            chosen = rows[start : start + _RESCORE_CHUNK]
+            users = [snapshot.user_ids[i] for i in chosen]
+            states = snapshot.states[chosen].copy()
+            records, size_changes, changes = pipeline._assign(
+                users, states, snapshot.features[chosen]
             )
-        )
+            for user, change in changes:
+                pipeline._produce(pipeline.settings.kafka.segments_topic, user.encode(), change)
+            pipeline._deliver()  # before the records: a change event is never missing
+            pipeline.store.write(
+                BatchWrite(
+                    user_ids=users,
+                    states=states,
+                    segment_records=records,
+                    size_changes=size_changes,
+                    counters={"segment_changes": len(changes)},
+                )
+            )
+            pipeline.metrics.segment_changes.inc(len(changes))
+            pipeline.totals.segment_changes += len(changes)
+    finally:
+        pipeline.producer.flush(10)
+        pipeline.producer = None
     return len(rows)
 
 

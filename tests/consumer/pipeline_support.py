@@ -4,11 +4,13 @@ production, and reading back the state, records and dead-letter headers the pipe
 from __future__ import annotations
 
 import random
+import time
+import uuid
 from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Message, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
@@ -139,3 +141,27 @@ def push_training_rows(
     rows = np.asarray(X, dtype=np.float64) if users is None else keyed_rows(X, users)
     client.lpush(keys.training_samples, *(row.tobytes() for row in rows))
     client.hincrby(keys.counters, "training_rows", len(X))
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
+    """``expected`` records of ``topic`` from the beginning (fails after ``timeout`` seconds)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    received: list[Message] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while len(received) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                received.append(msg)
+    finally:
+        consumer.close()
+    assert len(received) == expected, f"got {len(received)} of {expected} records of {topic}"
+    return received

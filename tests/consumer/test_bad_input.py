@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-import uuid
 from collections.abc import Callable
 
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, Message
 
 from consumer.redis_keys import KeyLayout
 from model.features import FeatureConfig
@@ -24,6 +21,7 @@ from tests.consumer.pipeline_support import (
     drain,
     header_values,
     read_state,
+    read_topic,
     settings_for,
 )
 from tests.reference_features import recompute
@@ -70,30 +68,6 @@ def kcat_produce(bootstrap: str, topic: str, lines: list[bytes], *flags: str) ->
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
-
-
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
-    """``expected`` records of ``topic`` from the beginning (fails after ``timeout`` seconds)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    received: list[Message] = []
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout
-        while len(received) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                received.append(msg)
-    finally:
-        consumer.close()
-    assert len(received) == expected, f"got {len(received)} of {expected} records of {topic}"
-    return received
 
 
 def test_kcat_bytes_are_counted_dead_lettered_and_never_crash_the_pipeline(

@@ -43,6 +43,7 @@ from tests.consumer.pipeline_support import (
     make_events,
     produce,
     read_state,
+    read_topic,
     settings_for,
 )
 from tests.reference_features import recompute
@@ -99,6 +100,14 @@ def test_replay_from_earliest_rebuilds_the_live_features(
         int(k): int(v) for k, v in redis_client.hgetall(KeyLayout(shadow).segment_sizes).items()
     }
     assert sum(sizes.values()) == len(expected)
+    # Each first assignment is a change event on the replay's own segments topic, counted.
+    changes = read_topic(
+        kafka_bootstrap, f"{settings.kafka.segments_topic}.replay-{shadow}", len(expected)
+    )
+    assert {(m.key() or b"").decode() for m in changes} == set(expected)
+    assert int(redis_client.hget(KeyLayout(shadow).counters, "segment_changes") or 0) == len(
+        expected
+    )
     assert redis_client.get(KeyLayout(namespace).model_version) is None
     assert (shadow_snap.segment_ids >= 0).all() and (live_snap.segment_ids == -1).all()
     # The replay trained on its snapshot: it left no (months-old) rows for a trainer.
