@@ -77,8 +77,10 @@ def promote(
 
     The one that was live is remembered for `rollback`; while the pointer is unset that is
     ``fallback``, the namespace readers use then (the configured one), so a first promote
-    can be rolled back too. Refuses (`ConfigError`) a namespace without a published model:
-    readers would get records of a namespace nobody built.
+    can be rolled back too. Promoting the namespace that is live changes nothing (a retried
+    promote must not make it its own previous: the way back would be lost). Refuses
+    (`ConfigError`) a namespace without a published model: readers would get records of a
+    namespace nobody built.
     """
     keys = pointer or PointerKeys()
     if ModelStore(client, KeyLayout(name)).current_version() is None:
@@ -90,6 +92,10 @@ def promote(
                 pipe.watch(keys.live)
                 previous = _watched_get(pipe, keys.live)
                 remembered = previous or fallback
+                if remembered == name:
+                    pipe.unwatch()
+                    log.info("namespace %s is live already: nothing changed", name)
+                    return previous
                 if cluster and remembered is not None:
                     # Another slot: written first, so a crash before the switch leaves
                     # previous == live (a rollback is a no-op), never a wrong target.
@@ -213,8 +219,13 @@ def namespace_command(args: argparse.Namespace, settings: Settings) -> int:
         if not args.name:
             raise ConfigError("promote needs a NAME (or --rollback)")
         previous = promote(client, args.name, fallback=configured)
-        print(f"live namespace: {args.name} (was {previous or configured})")
+        if (previous or configured) == args.name:
+            print(f"live namespace: {args.name} (already live: nothing changed)")
+        else:
+            print(f"live namespace: {args.name} (was {previous or configured})")
         return 0
+    if args.command == "promote" and args.name:
+        raise ConfigError(f"promote --rollback takes no NAME (got {args.name!r})")
     if args.command in ("promote", "rollback-namespace"):
         print(f"live namespace: {rollback(client)}")
         return 0
@@ -227,6 +238,9 @@ def namespace_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "drop":
         deleted = drop_namespace(client, args.name, configured)
-        print(f"dropped namespace {args.name}: {deleted} keys")
+        if deleted:
+            print(f"dropped namespace {args.name}: {deleted} keys")
+        else:
+            print(f"namespace {args.name} had no keys: nothing to drop (see streamseg namespaces)")
         return 0
     raise ConfigError(f"unknown namespace command {args.command!r}")

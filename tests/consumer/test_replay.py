@@ -436,6 +436,23 @@ def test_the_first_promote_can_be_rolled_back_to_the_configured_namespace(
     assert rollback(redis_client, pointer) == shadow  # and forth again
 
 
+def test_promoting_the_live_namespace_again_keeps_the_way_back(
+    namespace: str, redis_client: redis.Redis
+) -> None:
+    """A retried promote made the live namespace its own previous: rollback then switched
+    nothing. Promoting what is live changes nothing, the configured one (while the pointer is
+    unset) included."""
+    configured, shadow = f"{namespace}-main", f"{namespace}-shadow"
+    write_namespace(redis_client, configured, ["u1"], version=1)
+    write_namespace(redis_client, shadow, ["u1"], version=2)
+    pointer = PointerKeys(root=namespace)
+    assert promote(redis_client, configured, pointer, fallback=configured) is None
+    assert redis_client.get(pointer.live) is None and redis_client.get(pointer.previous) is None
+    promote(redis_client, shadow, pointer, fallback=configured)
+    assert promote(redis_client, shadow, pointer, fallback=configured) == shadow  # again
+    assert rollback(redis_client, pointer) == configured
+
+
 def test_streamseg_lookup_live_follows_promote_and_rollback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
