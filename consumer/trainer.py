@@ -141,13 +141,34 @@ class Trainer:
         """Continue from the published model, if any (after a restart or a takeover)."""
         model = self.models.load_current()
         if model is not None:
-            self.preprocessor = model.to_preprocessor()
-            # This trainer's restarts and seed, not those of whoever published the model.
-            self.segmenter = model.to_segmenter(n_init=_KMEANS_INITS, random_state=self.config.seed)
-            self.published = model
-            self.metrics.model_version.set(model.model_version)
-            log.info("continuing from model version %d", model.model_version)
+            self._continue_from(model)
         self._rows_seen = self.rows_pushed()
+
+    def _continue_from(self, model: SegmentModel) -> None:
+        self.preprocessor = model.to_preprocessor()
+        # This trainer's restarts and seed, not those of whoever published the model.
+        self.segmenter = model.to_segmenter(n_init=_KMEANS_INITS, random_state=self.config.seed)
+        self.published = model
+        self.metrics.model_version.set(model.model_version)
+        log.info("continuing from model version %d", model.model_version)
+
+    def _follow_the_current_model(self) -> None:
+        """Continue from the current model when it is not the one this trainer published:
+        ``streamseg model rollback`` or ``model import`` made it current, and an update of
+        this trainer's own would undo that at its next publish."""
+        current = self.models.current_version()
+        mine = self.published.model_version if self.published is not None else None
+        if current is None or current == mine:
+            return
+        model = self.models.load_current()
+        if model is None:
+            return
+        log.warning(
+            "model v%d is current, not v%s of this trainer (a rollback or an import)",
+            model.model_version,
+            mine,
+        )
+        self._continue_from(model)
 
     def rows_pushed(self) -> int:
         """Training rows the pipeline has pushed so far (the namespace's counter)."""
@@ -182,6 +203,7 @@ class Trainer:
 
     def step(self) -> SegmentModel | None:
         """Bootstrap or update once if there is enough data; returns the published model."""
+        self._follow_the_current_model()
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
         pushed = self.rows_pushed()

@@ -24,6 +24,7 @@ from consumer.settings import TrainerSettings
 from consumer.trainer import Trainer, TrainerLease
 from devstack.redis_server import RedisServer
 from model.features import FEATURE_NAMES
+from model.model_format import SegmentModel
 from model.quality import inertia
 from tests.consumer.pipeline_support import (
     as_records,
@@ -138,6 +139,31 @@ def test_model_rollback_restores_an_earlier_version(
     assert store.current_version() == 1
     current = store.load_current()
     assert current is not None and current.model_version == 1
+
+
+def test_a_running_trainer_continues_from_a_model_rolled_back_or_imported(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """The trainer read the current model only at start: after `model rollback` or `model
+    import` its next update published from its own model and undid the operator's change."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(8)
+    d = len(FEATURE_NAMES)
+    users = [f"u{i}" for i in range(300)]
+    config = TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=300)
+    trainer = Trainer(redis_client, keys, config)
+    trainer.resume()
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (300, d)), users)
+    own = trainer.step()
+    assert own is not None
+    store = ModelStore(redis_client, keys)
+    data = own.model_dump()
+    data.update(ids=[40, 41], next_id=42, model_version=store.next_version())
+    store.publish(SegmentModel.model_validate(data))  # what `model import` does
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (300, d)), users)
+    update = trainer.step()
+    assert update is not None and update.model_version == own.model_version + 2
+    assert sorted(update.ids) == [40, 41]  # matched to the imported segments, not its own
 
 
 def test_lookup_client_reads_what_redis_cli_reads(
