@@ -455,7 +455,12 @@ def _add_replay_commands(commands: Any) -> None:
         help="stop before this record time; latest = the end of the topic at start (default)",
     )
     replay.add_argument("--namespace-out", required=True, metavar="NAME", help="shadow namespace")
-    replay.add_argument("--n-clusters", type=int, metavar="K", help="default trainer.n_clusters")
+    replay.add_argument(
+        "--n-clusters",
+        type=_segment_count,
+        metavar="K",
+        help="segments, 2-64 (default trainer.n_clusters)",
+    )
     replay.add_argument("--seed", type=int, metavar="S", help="default trainer.seed")
     replay.add_argument(
         "--max-events", type=int, default=0, help="stop after this many records (resume later)"
@@ -532,6 +537,17 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _segment_count(text: str) -> int:
+    """An argparse type: a number of segments, 2-64 as ``trainer.n_clusters``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 2 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 2-64")
     return value
 
 

@@ -26,13 +26,17 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import FrameType
 
 import numpy as np
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -128,8 +132,12 @@ def shadow_settings(settings: Settings, name: str) -> Settings:
         redis_settings = RedisSettings.model_validate(
             {**settings.redis.model_dump(), "namespace": name}
         )
-    except ValueError as exc:
-        raise ConfigError(f"--namespace-out {name!r}: {exc}") from None
+    except ValidationError as exc:
+        why = "; ".join(
+            err["msg"].removeprefix("Value error, ")
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"--namespace-out {name!r}: {why}") from None
     return settings.model_copy(
         update={
             "redis": redis_settings,
@@ -249,8 +257,11 @@ def replay(
     progress: bool = False,
     client: RedisClient | None = None,
     pointer: PointerKeys | None = None,
+    stop: threading.Event | None = None,
 ) -> ReplayResult:
     """Rebuild namespace ``name`` from the events topic, then train and re-score it.
+
+    ``stop``, once set, ends the reading after the batch in hand, like ``max_records``.
 
     ``from_ms`` / ``to_ms``: Kafka record timestamps (epoch ms), None = earliest / latest.
     ``max_records`` > 0 stops after that many records (an interrupted replay: call again to
@@ -323,6 +334,7 @@ def replay(
                 idle_timeout_seconds,
                 bar,
                 task,
+                stop or threading.Event(),
             )
             result.read_seconds = time.perf_counter() - began
     finally:
@@ -385,14 +397,16 @@ def _read_ranges(
     idle_timeout_seconds: float,
     bar: Progress | None,
     task: TaskID | None,
+    stop: threading.Event,
 ) -> None:
-    """Process the assigned ranges to their stop offsets (``remaining`` empties as they end)."""
+    """Process the assigned ranges to their stop offsets (``remaining`` empties as they end)
+    or until ``stop`` is set."""
     consumer = pipeline.consumer
     assert consumer is not None
     batch_size = pipeline.settings.pipeline.batch_size
     timeout = pipeline.settings.pipeline.batch_timeout_ms / 1000.0
     last_progress = started = time.monotonic()
-    while remaining:
+    while remaining and not stop.is_set():
         count = batch_size
         if max_rate > 0:  # ahead of the allowed pace: wait until the pace catches up
             ahead = result.records / max_rate - (time.monotonic() - started)
@@ -693,28 +707,47 @@ def lower_own_priority(increment: int) -> int:
 
 def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg replay``: rebuild a shadow namespace from the topic, train, re-score."""
-    niceness = lower_own_priority(args.nice)
-    log.info("replay runs at niceness %d", niceness)
     from_ms = None if args.from_ == "earliest" else parse_time(args.from_, option="--from")
     to_ms = None if args.to == "latest" else parse_time(args.to, option="--to")
+    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+        raise ConfigError(f"--to {args.to} is not after --from {args.from_}: nothing to replay")
+    niceness = lower_own_priority(args.nice)
+    log.info("replay runs at niceness %d", niceness)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    result = replay(
-        settings,
-        args.namespace_out,
-        from_ms=from_ms,
-        to_ms=to_ms,
-        n_clusters=args.n_clusters,
-        seed=args.seed,
-        max_records=args.max_events,
-        max_rate=args.max_rate,
-        progress=show,
-    )
+    stop = threading.Event()
+    signalled: list[int] = []
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # asked twice: stop now, as an interrupt
+            raise KeyboardInterrupt
+        signalled.append(signum)
+        stop.set()
+        log.info("stopping after the batch in hand (again to stop at once)")
+
+    handlers = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = replay(
+            settings,
+            args.namespace_out,
+            from_ms=from_ms,
+            to_ms=to_ms,
+            n_clusters=args.n_clusters,
+            seed=args.seed,
+            max_records=args.max_events,
+            max_rate=args.max_rate,
+            progress=show,
+            stop=stop,
+        )
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     if not result.complete:
         print(
             f"replay into {args.namespace_out} stopped after {result.records} records; "
             "run the same command again to resume"
         )
-        return 1
+        # As asked (--max-events): 0; by a signal: 128 + its number, as a shell would say.
+        return 128 + signalled[0] if signalled else 0
     model = result.model
     assert model is not None
     rate = result.records / result.read_seconds if result.read_seconds else 0.0

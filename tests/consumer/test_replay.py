@@ -421,6 +421,66 @@ def test_a_replay_runs_at_a_raised_niceness_in_every_thread(
     assert len(niceness) > 1 and set(niceness) == {expected}, niceness
 
 
+def test_a_replay_stopped_by_sigterm_commits_and_resumes_without_repeats(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """SIGTERM (what a service manager sends) ended a replay without committing: the same
+    command read everything again, and dead-lettered the bad records a second time. It now
+    stops after the batch in hand, like Ctrl-C, and exits 143."""
+    topic = new_topic(partitions=2)
+    events = make_events(3000, users=150, seed=6)
+    produce(kafka_bootstrap, topic, as_records(events))
+    shadow = f"{namespace}-shadow"
+    env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"trainer.n_clusters": 4})
+    argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
+    argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
+    proc = subprocess.Popen(
+        [*argv, "--max-rate", "500"],  # reading lasts ~6 s: stopped while it runs
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    counters = KeyLayout(shadow).counters
+    try:
+        deadline = time.monotonic() + 60
+        while int(redis_client.hget(counters, "records") or 0) < 500:
+            assert proc.poll() is None and time.monotonic() < deadline, "replay not reading"
+            time.sleep(0.02)
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert "run the same command again to resume" in out
+    first = int(redis_client.hget(counters, "records") or 0)
+    assert 500 <= first < len(events)
+    done = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"replayed {len(events) - first} records" in done.stdout  # none read twice
+    assert int(redis_client.hget(counters, "records") or 0) == len(events)
+
+
+def test_replay_arguments_are_checked_before_any_work(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--from", "earliest", "--namespace-out", "x", "--n-clusters", "0"])
+    assert "argument --n-clusters: '0' must be 2-64" in capsys.readouterr().err
+    argv = ["replay", "--from", "2026-11-02", "--to", "2026-11-01", "--namespace-out", "x"]
+    assert main(argv) == 2
+    assert "--to 2026-11-01 is not after --from 2026-11-02" in capsys.readouterr().err
+    assert main(["replay", "--from", "earliest", "--namespace-out", "a:b{c}"]) == 2
+    assert "--namespace-out 'a:b{c}': must be 1-64 characters" in capsys.readouterr().err
+
+
 def test_the_first_promote_can_be_rolled_back_to_the_configured_namespace(
     namespace: str, redis_client: redis.Redis
 ) -> None:
