@@ -83,33 +83,35 @@ class SegmentLookup:
         client: RedisClient = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
         return cls(client, namespace)
 
-    def get(self, user_id: str) -> SegmentRecord | None:
-        """The user's record, or None if the user has never been seen."""
+    def get(self, user_id: str | int) -> SegmentRecord | None:
+        """The user's record (`consumer.segment_record.SegmentRecord`), or None if the user
+        has never been seen. An integer id is its decimal string, as in the event contract."""
         return self.get_many([user_id])[0]
 
-    def get_many(self, user_ids: Sequence[str]) -> list[SegmentRecord | None]:
+    def get_many(self, user_ids: Sequence[str | int]) -> list[SegmentRecord | None]:
         """Records of many users in one round trip (MGET or one Lua call), in the order asked."""
         raws = self.get_many_raw(user_ids)
         return [None if r is None else SegmentRecord.model_validate_json(r) for r in raws]
 
-    def get_many_raw(self, user_ids: Sequence[str]) -> list[bytes | None]:
+    def get_many_raw(self, user_ids: Sequence[str | int]) -> list[bytes | None]:
         """The stored JSON of many users' records, byte for byte, as `get_many` reads them."""
         if not user_ids:
             return []
+        users = [u if isinstance(u, str) else str(u) for u in user_ids]
         if self.namespace is None and self._follow is not None:
             ns, raws = self._follow(
                 keys=[self.pointer.live],
-                args=[self.fallback_namespace, *(escape_user_id(u) for u in user_ids)],
+                args=[self.fallback_namespace, *(escape_user_id(u) for u in users)],
             )
             self.last_namespace = ns.decode() if isinstance(ns, bytes) else str(ns)
         elif self.namespace is None:  # a cluster: the pointer, then that namespace's records
             live = self.client.get(self.pointer.live)
             ns = live.decode() if isinstance(live, bytes) else self.fallback_namespace
             keys = KeyLayout(ns)
-            raws = read_values(self.client, [keys.segment(u) for u in user_ids])
+            raws = read_values(self.client, [keys.segment(u) for u in users])
             self.last_namespace = ns
         else:
-            raws = read_values(self.client, [self.keys.segment(u) for u in user_ids])
+            raws = read_values(self.client, [self.keys.segment(u) for u in users])
         return list(raws)
 
 

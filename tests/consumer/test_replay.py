@@ -188,6 +188,22 @@ def write_namespace(client: redis.Redis, ns: str, users: list[str], version: int
     client.set(keys.model_version, version)
 
 
+def test_an_integer_user_id_is_looked_up_as_its_decimal_string(
+    namespace: str, redis_client: redis.Redis
+) -> None:
+    """The event contract takes user ids as integers too (normalised to strings): a lookup
+    client takes them too, on both read paths."""
+    write_namespace(redis_client, namespace, ["42"], version=1)
+    pointer = PointerKeys(root=namespace)  # unset: the following read uses the fallback
+    for lookup in (
+        SegmentLookup(redis_client, namespace),
+        SegmentLookup(redis_client, None, fallback_namespace=namespace, pointer=pointer),
+    ):
+        record = lookup.get(42)
+        assert record is not None and record.user_id == "42"
+        assert lookup.get_many([42, "42", 7]) == [record, record, None]
+
+
 def test_promote_and_rollback_switch_readers_atomically(
     redis_url: str, namespace: str, redis_client: redis.Redis
 ) -> None:
