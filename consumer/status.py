@@ -22,20 +22,19 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from consumer.exceptions import ServerUnavailableError
 from consumer.kafka_clients import consumer_config
 from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
+from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
-from consumer.settings import REDIS_ERRORS, RedisClient, Settings
+from consumer.settings import RedisClient, Settings
 
 if TYPE_CHECKING:
     from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
-
-#: What reading the deployment's state may raise: its servers not answering.
-_READ_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, KafkaException)
 
 
 class ConsumerHeartbeat:
@@ -130,9 +129,10 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
     sizes = {int(k): int(v) for k, v in client.hgetall(keys.segment_sizes).items()}
     names = dict(zip(model.ids, model.names, strict=True)) if model else {}
     tiers = dict(zip(model.ids, model.tiers, strict=True)) if model else {}
+    held = {i for i, n in sizes.items() if n > 0}  # a dropped segment once its users moved: gone
     segments = [
         {"segment_id": i, "segment": names.get(i), "tier": tiers.get(i), "users": sizes.get(i, 0)}
-        for i in sorted(set(sizes) | set(names))
+        for i in sorted(held | set(names))
     ]
     counters = {k.decode(): int(v) for k, v in sorted(client.hgetall(keys.counters).items())}
     consumers = {
@@ -140,6 +140,7 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
     }
     return {
         "namespace": keys.namespace,
+        "live_namespace": live_namespace(client, keys.namespace),
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
         "trainer_active": bool(client.exists(keys.trainer_lease)),
@@ -198,8 +199,10 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
     """The human-readable text of `deployment_status`."""
     now = time.time() if now is None else now
     version = status["model_version"]
+    live = status.get("live_namespace", status["namespace"])
     lines = [
-        f"namespace      {status['namespace']}",
+        f"namespace      {status['namespace']}"
+        + ("" if live == status["namespace"] else f" (the live pointer names {live})"),
         "model          "
         + (
             f"v{version} (published {status['model_created_at']})"
@@ -245,6 +248,11 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
                 f"partitions {', '.join(beat.get('partitions', [])) or 'none'}"
                 + (STALE if silent > stale_after else "")
             )
+    elif live != status["namespace"]:
+        lines.append(
+            f"  (no heartbeat here; consumers following the live pointer write {live}: "
+            f"streamseg --namespace {live} status)"
+        )
     else:
         lines.append("  (no heartbeat: no consumer running)")
     return "\n".join(lines)
@@ -254,9 +262,10 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg status``: print the deployment's state (``--json`` for machines)."""
     try:
         status = deployment_status(settings)
-    except _READ_ERRORS as exc:
-        print(f"streamseg: error: cannot read the deployment's state: {exc}", file=sys.stderr)
-        return 1
+    except KafkaException as exc:  # Redis errors: the CLI's one line, as for every command
+        raise ServerUnavailableError(
+            f"Kafka (kafka.bootstrap_servers) did not answer: {exc.args[0] if exc.args else exc}"
+        ) from None
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

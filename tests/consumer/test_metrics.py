@@ -139,7 +139,11 @@ def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
         assert beat["partitions"] == [f"{topic}[0]", f"{topic}[1]"]
         assert beat["last_batch_at"] is not None and beat["records"] == total
 
+        # A dropped segment is listed while users hold it, not once they all moved.
+        redis_client.hset(KeyLayout(namespace).segment_sizes, mapping={"7": 0, "8": 5})
         status = deployment_status(settings)
+        assert [s["segment_id"] for s in status["segments"]] == [8]
+        assert status["live_namespace"] == namespace  # no pointer on this Redis's test keys
         assert status["counters"]["records"] == total
         assert status["counters"]["dead_lettered"] == len(BAD)
         assert [(r["partition"], r["committed"], r["lag"]) for r in status["lag"]] == [

@@ -42,3 +42,10 @@ def test_a_consumer_silent_for_three_heartbeats_is_marked_stale() -> None:
     lines = render_status(status_of(consumers=consumers), now=now).splitlines()
     assert not next(line for line in lines if "alive" in line).endswith(STALE)
     assert next(line for line in lines if "killed" in line).endswith(STALE)
+
+
+def test_a_namespace_the_live_pointer_moved_from_points_at_the_live_one() -> None:
+    text = render_status(status_of(live_namespace="retrain1"))
+    assert text.splitlines()[0] == "namespace      shop (the live pointer names retrain1)"
+    assert "streamseg --namespace retrain1 status" in text
+    assert "no consumer running" not in text
