@@ -92,8 +92,18 @@ def partition_count(admin: AdminClient, topic: str, *, timeout: float = 10.0) ->
     return len(found.partitions)
 
 
-def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float = 30.0) -> None:
-    """Create the events, segments (compacted) and dead-letter topics when missing."""
+def ensure_topics(
+    kafka: KafkaSettings,
+    *,
+    partitions: int = 1,
+    timeout: float = 30.0,
+    reading_events: bool = False,
+) -> None:
+    """Create the events, segments (compacted) and dead-letter topics when missing.
+
+    ``reading_events``: the caller consumes the events topic, so creating it is worth a
+    warning: a misspelt ``kafka.events_topic`` would otherwise read an empty topic quietly.
+    """
     admin = AdminClient(kafka.client_config(), logger=librdkafka_log)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
@@ -123,7 +133,14 @@ def ensure_topics(kafka: KafkaSettings, *, partitions: int = 1, timeout: float =
     for name, future in admin.create_topics(missing).items():
         try:
             future.result(timeout)
-            log.info("created topic %s", name)
+            if reading_events and name == kafka.events_topic:
+                log.warning(
+                    "the events topic %r did not exist: created it, empty (if producers write "
+                    "another topic, set kafka.events_topic to its name)",
+                    name,
+                )
+            else:
+                log.info("created topic %s", name)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise

@@ -203,7 +203,7 @@ class SegmentPipeline:
         those, with ``assign()`` instead of a group subscription: for a bounded replay.
         """
         kafka = self.settings.kafka
-        ensure_topics(kafka)
+        ensure_topics(kafka, reading_events=assignment is None)
         # Reports for failures only: a Python callback per delivered change event cost more
         # than producing it; a failure still reaches `_delivered` and stops the write.
         self.producer = create_producer(kafka, **{"delivery.report.only.error": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import orjson
@@ -9,6 +10,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Message
 
+from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
@@ -187,7 +189,6 @@ def test_the_trainer_gets_one_row_per_user_and_period(
     not, so a busy user does not outweigh a quiet one in the model's sample."""
     import numpy as np
 
-    from consumer.pipeline import SegmentPipeline
     from consumer.state_store import StateStore
     from consumer.training_rows import decode_rows, user_key
     from model.features import COL, FEATURE_NAMES, MS_PER_DAY, derive_features
@@ -232,3 +233,22 @@ def test_the_trainer_gets_one_row_per_user_and_period(
     # Each row names its user (newest first: busy's day 1, quiet's day 0, busy's day 0).
     assert keyed.all()
     assert list(user_keys) == [user_key("busy"), user_key("quiet"), user_key("busy")]
+
+
+def test_a_consumer_that_creates_its_events_topic_warns_about_the_name(
+    kafka_bootstrap: str,
+    redis_url: str,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A misspelt kafka.events_topic was created and read, empty, with an INFO line."""
+    settings = settings_for(kafka_bootstrap, redis_url, f"{namespace}-evnets", namespace)
+    pipeline = SegmentPipeline(settings)
+    with caplog.at_level(logging.INFO, logger="consumer.kafka_clients"):
+        pipeline.start()
+    pipeline.close()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == [
+        f"the events topic '{namespace}-evnets' did not exist: created it, empty (if producers "
+        "write another topic, set kafka.events_topic to its name)"
+    ]
