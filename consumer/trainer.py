@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import time
 import uuid
 from types import FrameType
@@ -95,7 +97,8 @@ class TrainerLease:
         self.client = client
         self.key = key
         self.ms = int(seconds * 1000)
-        self.token = uuid.uuid4().hex
+        # Names the holder for whoever waits: host:pid, and a random part that is ours alone.
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         # The key is the lease's own, so the script runs on a cluster too (types-redis does
         # not know RedisCluster.register_script; redis-py has it).
         self._renew = client.register_script(_RENEW)  # type: ignore[union-attr]
@@ -105,6 +108,14 @@ class TrainerLease:
 
     def renew(self) -> bool:
         return bool(self._renew(keys=[self.key], args=[self.token, self.ms]))
+
+    def holder(self) -> str | None:
+        """``host:pid`` of the trainer holding the lease, or None when it is free."""
+        raw = self.client.get(self.key)
+        if raw is None:
+            return None
+        host_pid, _, _ = raw.decode(errors="replace").rpartition(":")
+        return host_pid or "an older trainer"
 
     def release(self) -> None:
         if self.client.get(self.key) == self.token.encode():
@@ -407,6 +418,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     status = 0
     redis_down_since: float | None = None  # monotonic time of the first failure of an outage
     said_at = 0.0  # when the outage was last logged
+    waiting_for: str | None = None  # the lease holder last named in the log
     try:
         while not stopping:
             if args.max_seconds and time.monotonic() - started > args.max_seconds:
@@ -414,8 +426,29 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 if trainer is None:
                     if not lease.acquire():
+                        holder = lease.holder()
+                        if args.once:
+                            log.error(
+                                "--once: trainer %s holds the lease of namespace %s (a "
+                                "stopped trainer's lapses within trainer.lease_seconds=%g)",
+                                holder,
+                                keys.namespace,
+                                config.lease_seconds,
+                            )
+                            status = 1
+                            break
+                        if holder != waiting_for:
+                            waiting_for = holder
+                            log.info(
+                                "trainer %s holds the lease of namespace %s: waiting to take "
+                                "over when it stops (within trainer.lease_seconds=%g)",
+                                holder,
+                                keys.namespace,
+                                config.lease_seconds,
+                            )
                         time.sleep(min(1.0, config.lease_seconds / 3))
                         continue
+                    waiting_for = None
                     log.info("trainer lease acquired for namespace %s", keys.namespace)
                     metrics.leader.set(1)
                     trainer = Trainer(client, keys, config, metrics, lease)

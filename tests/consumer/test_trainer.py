@@ -569,6 +569,32 @@ def test_train_once_without_enough_data_says_what_is_missing(
     assert "an update needs trainer.update_rows=5,000 new rows; 0 since v1" in error
 
 
+def test_a_trainer_waiting_for_the_lease_names_its_holder(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A second trainer waited in silence (a walkthrough lost ten minutes to it), and
+    ``--once`` waited forever: it now says who holds the lease, and --once gives up."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    first = TrainerLease(redis_client, KeyLayout(namespace).trainer_lease, 30.0)
+    assert first.acquire()
+    holder = first.holder()
+    assert holder is not None and holder.endswith(f":{os.getpid()}")
+    base = ["--namespace", namespace, "train"]
+    assert main([*base, "--once", "--max-seconds", "60"]) == 1
+    assert f"--once: trainer {holder} holds the lease of namespace {namespace}" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--max-seconds", "2"]) == 0
+    said = capsys.readouterr().err
+    assert said.count(f"trainer {holder} holds the lease of namespace {namespace}: waiting") == 1
+    first.release()
+
+
 def test_train_without_redis_at_start_up_stops_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
