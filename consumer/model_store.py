@@ -78,7 +78,7 @@ class ModelStore:
     def _missing(self, version: int) -> ConfigError:
         """The error for a version whose JSON is not in the history: pruned, or never there."""
         oldest = self.client.zrange(self.keys.model_versions, 0, 0)
-        if oldest and version < int(oldest[0]):
+        if oldest and 1 <= version < int(oldest[0]):  # versions count from 1
             return ConfigError(
                 f"model version {version} is no longer kept in namespace "
                 f"{self.keys.namespace!r}: the oldest kept version is {int(oldest[0])} "

@@ -766,5 +766,10 @@ def compare_command(args: argparse.Namespace, settings: Settings) -> int:
     other = args.with_
     if other == "live":
         other = live_namespace(client, settings.redis.namespace)
+    if other == args.name:
+        raise ConfigError(
+            f"{args.name} is the namespace to compare with (the live one?): name another "
+            "with --with NAMESPACE"
+        )
     print_comparison(compare_namespaces(client, args.name, other, settings.features))
     return 0

@@ -368,6 +368,7 @@ def test_the_commands_replay_compare_promote_and_drop(
             assert main([*argv, "--seed", "1"]) == 0
         assert main(["compare", first, "--with", second]) == 0
         assert main(["promote", first]) == 0
+        assert main(["compare", first]) == 2  # with the live one: itself, refused
         assert main(["drop", first]) == 2  # live: refused
         assert main(["namespaces"]) == 0
         assert main(["promote", second]) == 0
