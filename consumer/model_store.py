@@ -201,6 +201,26 @@ class ModelStore:
         return model
 
 
+def _model_table(m: SegmentModel) -> str:
+    """``model show``: one row per segment in tier order, profiles in business units
+    (means over the rows the model was trained on; money in currency units). Top categories
+    per segment need the users' states: ``streamseg report``."""
+    lines = [
+        f"model v{m.model_version} created {m.created_at.isoformat()} ({m.metrics.n_rows:,} rows)",
+        f"  {'id':>4} {'tier':>4}  {'name':<26} {'users':>8} {'share':>6} {'revenue':>10} "
+        f"{'orders':>7} {'AOV':>8} {'recency d':>9} {'tenure d':>8} {'views':>7}",
+    ]
+    for pos in sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p])):
+        p = m.profiles[pos]
+        lines.append(
+            f"  {m.ids[pos]:>4} {m.tiers[pos]:>4}  {m.names[pos]:<26} {p.size:>8,} "
+            f"{p.share:>6.1%} {p.mean_net_revenue:>10,.2f} {p.mean_purchases:>7.2f} "
+            f"{p.mean_avg_order_value:>8,.2f} {p.mean_recency_days:>9.1f} "
+            f"{p.mean_tenure_days:>8.1f} {p.mean_views:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
 def _compatible(model: SegmentModel) -> SegmentModel:
     """The model, if it reads the features this service computes, in the same order."""
     theirs, ours = model.feature_names, list(FEATURE_NAMES)
@@ -252,11 +272,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         if shown is None:
             print("no model published yet (cold start)")
             return 1
-        m = store.load(shown)
-        print(f"model v{m.model_version} created {m.created_at.isoformat()}")
-        for pos, seg_id in enumerate(m.ids):
-            p = m.profiles[pos]
-            print(f"  segment {seg_id:>3}  tier {m.tiers[pos]}  {m.names[pos]:<24} {p}")
+        print(_model_table(store.load(shown)))
         return 0
     if args.action == "rollback":
         store.rollback(args.version)

@@ -191,3 +191,22 @@ def test_an_import_names_what_is_wrong_with_the_file_before_asking_redis(
     path.write_bytes(model.to_json())
     assert main(["model", "import", str(path)]) == 2
     assert "Redis (redis.url) did not answer" in capsys.readouterr().err
+
+
+def test_model_show_is_a_table_in_tier_order(
+    redis_client: redis.Redis,
+    namespace: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It printed each profile's pydantic repr, full-precision floats, in id order."""
+    model = small_model()
+    ModelStore(redis_client, KeyLayout(namespace)).publish(model)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["--namespace", namespace, "model", "show"]) == 0
+    header, columns, *rows = capsys.readouterr().out.splitlines()
+    assert header.startswith(f"model v{model.model_version} created ")
+    assert columns.split()[:5] == ["id", "tier", "name", "users", "share"]
+    assert [int(r.split()[1]) for r in rows] == sorted(model.tiers)
+    assert "SegmentProfile" not in "".join(rows) and "mean_" not in "".join(rows)
