@@ -54,10 +54,9 @@ from functools import cached_property, lru_cache
 from typing import IO, Literal
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
 
 from consumer.exceptions import ConfigError
-from model.events import IsoDatetime
+from model.events import MONEY_TYPES, is_ts_text
 
 __all__ = [
     "CONTRACT_FIELDS",
@@ -88,8 +87,6 @@ _TYPED_FIELDS = frozenset({"ts", "amount", "quantity", "rating"})
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 #: Without these the consumer dead-letters the event (``invalid_field``).
 _REQUIRED_FIELDS = ("user_id", "type", "ts")
-#: A ``ts`` text the consumer accepts as it is: the contract's own date-time type.
-_ISO_DATETIME = TypeAdapter(IsoDatetime)
 TsUnit = Literal["ms", "s"]
 Row = Mapping[str, object]
 
@@ -149,6 +146,8 @@ class EventMapping:
     defaults: Mapping[str, str] = field(default_factory=dict)
     ts_format: str | None = None
     ts_unit: TsUnit = "ms"
+    #: Type names whose events need an ``amount`` (purchase, refund and their aliases).
+    money_types: frozenset[str] = frozenset(MONEY_TYPES)
     problems: MappingProblems = field(default_factory=MappingProblems, compare=False)
 
     @classmethod
@@ -158,15 +157,20 @@ class EventMapping:
         defaults: Sequence[str] = (),
         ts_format: str | None = None,
         ts_unit: TsUnit = "ms",
+        type_aliases: Mapping[str, str] | None = None,
     ) -> EventMapping:
-        """From ``--map`` / ``--default`` items (``FIELD=VALUE``), validated."""
+        """From ``--map`` / ``--default`` items (``FIELD=VALUE``), validated; the
+        consumer's ``type_aliases`` say which other type names need an amount."""
         sources = _parse_pairs(maps, "--map")
         empty = [name for name, source in sources.items() if not source]
         if empty:
             raise ConfigError(f"--map {empty[0]}= names no source field")
         if ts_format is not None:
             _check_time_format(ts_format)
-        return cls(sources, _parse_pairs(defaults, "--default"), ts_format, ts_unit)
+        money = {n for n, t in (type_aliases or {}).items() if t in MONEY_TYPES} | MONEY_TYPES
+        return cls(
+            sources, _parse_pairs(defaults, "--default"), ts_format, ts_unit, frozenset(money)
+        )
 
     def check_columns(self, columns: Sequence[str]) -> None:
         """Refuse a ``--map FIELD=SOURCE`` whose SOURCE is not one of a CSV header's
@@ -216,10 +220,14 @@ class EventMapping:
             if value is None or value == "":
                 if default is None:
                     if name in _REQUIRED_FIELDS:
-                        self.problems.note(name, f"no {name} (source field {source!r} is empty)")
+                        self.problems.note(
+                            name, f"no {name} (source field {source!r} is missing or empty)"
+                        )
                     continue
                 value = default
             out[name] = self._typed(name, value) if name in _TYPED_FIELDS else value
+        if "amount" not in out and out.get("type") in self.money_types:
+            self.problems.note("amount", f"no amount for type {out['type']!r}")
         if "event_id" not in out:
             return {"event_id": row_hash(row), **out}
         return out
@@ -263,9 +271,7 @@ class EventMapping:
         elif _NUMBER.fullmatch(text):
             number = float(text) * scale
             return int(number) if number.is_integer() else number
-        try:
-            _ISO_DATETIME.validate_python(value)
-        except ValidationError:
+        if not is_ts_text(value):
             expected = f"--ts-format {self.ts_format!r}" if self.ts_format else "a number"
             self.problems.note("ts", f"ts {value!r} is neither {expected} nor ISO-8601 with a zone")
         return value  # ISO-8601 with a zone passes as it is; the consumer judges the rest

@@ -15,4 +15,14 @@ class LeaseLostError(StreamsegError):
     """A trainer tried to publish without holding the namespace's trainer lease."""
 
 
-__all__ = ["ConfigError", "LeaseLostError", "ServerUnavailableError", "StreamsegError"]
+class ModelReplacedError(StreamsegError):
+    """The current model changed (a rollback or an import) while a trainer was fitting."""
+
+
+__all__ = [
+    "ConfigError",
+    "LeaseLostError",
+    "ModelReplacedError",
+    "ServerUnavailableError",
+    "StreamsegError",
+]

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import redis
 
-from consumer.exceptions import ConfigError, LeaseLostError
+from consumer.exceptions import ConfigError, LeaseLostError, ModelReplacedError
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
@@ -153,21 +153,38 @@ class ModelStore:
             log.debug("pruning %d model versions, the newest of them v%d", len(pruned), pruned[0])
 
     def publish_next(
-        self, model: SegmentModel, *, lease_key: str | None = None, token: str | None = None
+        self,
+        model: SegmentModel,
+        *,
+        lease_key: str | None = None,
+        token: str | None = None,
+        base_version: int | None = None,
     ) -> SegmentModel:
         """Publish ``model`` as the next version, atomically with the version choice.
 
         With ``lease_key``, only while that key still holds ``token`` (the caller's trainer
         lease): a trainer that lost its lease during a long fit cannot publish, and two
-        trainers can never publish the same version number. Raises `LeaseLostError`.
+        trainers can never publish the same version number. Raises `LeaseLostError`. With
+        ``base_version`` (the version the model was built on, 0 = none), only while that
+        version is current: a rollback or an import during the fit wins. Raises
+        `ModelReplacedError`.
         """
-        watched = [self.keys.model_versions, *([lease_key] if lease_key else [])]
+        watched = [self.keys.model_versions, self.keys.model_version]
+        watched += [lease_key] if lease_key else []
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(*watched)
                     if lease_key is not None and pipe.get(lease_key) != (token or "").encode():
                         raise LeaseLostError(f"trainer lease {lease_key!r} is held by another")
+                    if base_version is not None:
+                        raw = cast(bytes | None, pipe.get(self.keys.model_version))
+                        current = int(raw or 0)
+                        if current != base_version:
+                            raise ModelReplacedError(
+                                f"model v{current} became current while v{base_version} was "
+                                "being updated (a rollback or an import)"
+                            )
                     # After WATCH the pipeline runs commands at once (the stubs don't know).
                     newest = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, 0))
                     version = int(newest[0]) + 1 if newest else 1

@@ -384,6 +384,7 @@ class SegmentPipeline:
         except redis.RedisError as exc:  # the periodic pass still comes
             log.warning("cannot read the segment sizes: %s", exc)
             return
+        self._retired_seen -= set(model.ids)  # back (a rollback): a later drop counts again
         retired = {s for s, n in sizes.items() if n > 0 and s not in model.ids}
         if retired - self._retired_seen:
             log.info(
@@ -777,8 +778,10 @@ class SegmentPipeline:
         """Log each type name that is ignored, once per process (the first
         `_IGNORED_TYPES_LOGGED`): the `ignored` counter alone does not say that an export's
         ``addtocart`` needs an alias."""
+        if len(self._ignored_types) >= _IGNORED_TYPES_LOGGED:
+            return
         new = set(names) - self._ignored_types
-        if not new or len(self._ignored_types) >= _IGNORED_TYPES_LOGGED:
+        if not new:
             return
         for name in sorted(new)[: _IGNORED_TYPES_LOGGED - len(self._ignored_types)]:
             log.warning(
@@ -789,7 +792,7 @@ class SegmentPipeline:
             )
             self._ignored_types.add(name)
         if len(self._ignored_types) >= _IGNORED_TYPES_LOGGED:
-            log.warning("more ignored type names are not logged")
+            log.warning("no more ignored type names will be logged")
 
     # -- the trainer's sample ----------------------------------------------------------------
 

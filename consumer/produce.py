@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import codecs
 import contextlib
 import csv
 import dataclasses
@@ -621,13 +622,17 @@ def input_format(choice: str, file: str) -> str:
     return {".csv": "csv", ".tsv": "tsv"}.get(suffixes[-1] if suffixes else "", "jsonl")
 
 
-def _mapping(args: argparse.Namespace, fmt: str) -> EventMapping | None:
+def _mapping(args: argparse.Namespace, fmt: str, settings: Settings) -> EventMapping | None:
     """The mapping the options ask for; None to send JSON lines as they are."""
     options = (args.map, args.default, args.ts_format, args.ts_unit)
     if fmt == "jsonl" and not any(options):
         return None
     return EventMapping.from_options(
-        args.map or (), args.default or (), args.ts_format, args.ts_unit or "ms"
+        args.map or (),
+        args.default or (),
+        args.ts_format,
+        args.ts_unit or "ms",
+        type_aliases=settings.pipeline.type_aliases,
     )
 
 
@@ -694,9 +699,10 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg produce``: send a JSON-lines, CSV or TSV file (or stdin) to a topic."""
     topic = args.topic or settings.kafka.events_topic
     fmt = input_format(args.format, args.file)
-    mapping = _mapping(args, fmt)
+    mapping = _mapping(args, fmt, settings)
     check_dialect(args.delimiter, args.encoding)
-    if fmt == "jsonl" and (args.delimiter is not None or args.encoding != "utf-8"):
+    utf8 = codecs.lookup(args.encoding).name == "utf-8"
+    if fmt == "jsonl" and (args.delimiter is not None or not utf8):
         raise ConfigError(
             "--delimiter and --encoding apply to CSV and TSV input: add --format csv (or tsv)"
         )

@@ -344,6 +344,9 @@ def replay(
     if remaining:
         log.info("replay into %s stopped with %d partitions unfinished", name, len(remaining))
         return result
+    if stop is not None and stop.is_set():  # read to the end, but asked to stop: train later
+        log.info("replay into %s read everything; stopped before training", name)
+        return result
     result.complete = True
     trainer_config = shadow.trainer.model_copy(
         update={

@@ -49,6 +49,7 @@ from typing import Literal
 
 import numpy as np
 
+from consumer.exceptions import ModelReplacedError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
@@ -276,7 +277,7 @@ class Trainer:
 
     def _refit(
         self, reason: Literal["scaling", "check"], X: np.ndarray | None = None
-    ) -> SegmentModel:
+    ) -> SegmentModel | None:
         """Refit the scaling and the centres on the newest rows (`_refit_rows`; read here
         unless the caller has them in ``X``), keeping ids; ``reason`` labels the metric.
 
@@ -370,18 +371,25 @@ class Trainer:
         self.segmenter = segmenter.fit(Z)
         return self._publish(X, Z)
 
-    def _publish(self, X: np.ndarray, Z: np.ndarray) -> SegmentModel:
+    def _publish(self, X: np.ndarray, Z: np.ndarray) -> SegmentModel | None:
+        """Label and publish the fitted model; None when a rollback or an import made
+        another version current meanwhile (the next step continues from that one)."""
         assert self.segmenter is not None and self.preprocessor is not None
         positions = self.segmenter.predict(Z)
         centers = self.preprocessor.inverse_transform(self.segmenter.cluster_centers_)
         labels = label_segments(centers, X, positions, FEATURE_NAMES)
         model = SegmentModel.from_fitted(self.segmenter, self.preprocessor, labels, n_rows=len(X))
         lease = self.lease
-        model = self.models.publish_next(
-            model,
-            lease_key=lease.key if lease else None,
-            token=lease.token if lease else None,
-        )
+        try:
+            model = self.models.publish_next(
+                model,
+                lease_key=lease.key if lease else None,
+                token=lease.token if lease else None,
+                base_version=self.published.model_version if self.published else 0,
+            )
+        except ModelReplacedError as exc:
+            log.warning("not published: %s", exc)
+            return None
         self.segmenter.version_ = model.model_version
         self.metrics.observe_publish(self.published, model, X)
         self.published = model
@@ -427,6 +435,8 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                 if trainer is None:
                     if not lease.acquire():
                         holder = lease.holder()
+                        if holder is None:
+                            continue  # it lapsed just now: try to take it again
                         if args.once:
                             log.error(
                                 "--once: trainer %s holds the lease of namespace %s (a "

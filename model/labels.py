@@ -25,7 +25,8 @@ day and count anchors are absolute (:class:`NamingRules`). A *buyer* has
 
 Any segment:
 
-1. ``net_revenue < 0``                               -> "net refunders"
+1. ``net_revenue < 0`` for buyers, ``net_revenue < -refund_share * max_j |R_j|`` for
+   non-buyers                                        -> "net refunders"
 
 (refunds of orders older than the data count, even for users who bought nothing in it)
 
@@ -103,6 +104,10 @@ class NamingRules:
         Relative-rank thresholds (0..1 among segments) for "high" and "low".
     browse_rank : float
         Relative rank of views or carts from which non-buyers are window shoppers.
+    refund_share : float
+        A non-buying segment is "net refunders" when its net revenue is below
+        ``-refund_share * max_j |R_j|``: a typical member of a segment where a few users
+        refunded has a centre just below 0, which is not refunding.
     """
 
     active_days: float = 30.0
@@ -112,6 +117,7 @@ class NamingRules:
     high_rank: float = 2.0 / 3.0
     low_rank: float = 1.0 / 3.0
     browse_rank: float = 0.5
+    refund_share: float = 0.1
 
 
 class SegmentProfile(BaseModel):
@@ -240,14 +246,19 @@ def value_tiers(order: npt.ArrayLike, n_tiers: int | None = None) -> IntArray:
 
 
 def _base_name(
-    c: FloatArray, col: dict[str, int], ranks: dict[str, float], rules: NamingRules
+    c: FloatArray,
+    col: dict[str, int],
+    ranks: dict[str, float],
+    rules: NamingRules,
+    max_abs_revenue: float,
 ) -> str:
     high = rules.high_rank
     low = rules.low_rank
     revenue = c[col["net_revenue"]]
-    if revenue < 0:
+    buyer = c[col["purchases"]] >= rules.min_purchases
+    if revenue < (0.0 if buyer else -rules.refund_share * max_abs_revenue):
         return "net refunders"
-    if c[col["purchases"]] >= rules.min_purchases:
+    if buyer:
         recency = c[col["recency_days"]]
         if recency >= rules.lapsed_days:
             return "lapsed"
@@ -324,8 +335,9 @@ def name_segments(
             for f in ("purchases", "avg_order_value", "views", "carts", "engagement")
         },
     }
+    max_abs_revenue = float(np.abs(C[:, col["net_revenue"]]).max()) if len(C) else 0.0
     base = [
-        _base_name(C[k], col, {f: float(r[k]) for f, r in rank_of.items()}, rules)
+        _base_name(C[k], col, {f: float(r[k]) for f, r in rank_of.items()}, rules, max_abs_revenue)
         for k in range(C.shape[0])
     ]
     return deduplicate_names(base, order), scores, order

@@ -164,7 +164,7 @@ def test_rows_without_a_required_field_are_counted() -> None:
     _events(mapping, data)
     assert mapping.problems.counts == {"user_id": 2}
     assert mapping.problems.first["user_id"] == (
-        "row 2: no user_id (source field 'customer' is empty)"
+        "row 2: no user_id (source field 'customer' is missing or empty)"
     )
 
 
@@ -209,6 +209,15 @@ def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
         "ts": 1_700_000_000_000,
     }
     assert records[1:] == [(None, b"[1, 2]"), (None, b"not json")]
+
+
+def test_a_purchase_without_amount_is_counted_aliases_included() -> None:
+    """What the consumer refuses most often in a dataset without prices."""
+    mapping = EventMapping.from_options(type_aliases={"transaction": "purchase"})
+    data = b"user_id,type,ts,amount\nu1,transaction,1,\nu2,purchase,2,5\nu3,view,3,\n"
+    _events(mapping, data)
+    assert mapping.problems.counts == {"amount": 1}
+    assert mapping.problems.first["amount"] == "row 1: no amount for type 'transaction'"
 
 
 def test_dotted_sources_reach_into_nested_json_objects() -> None:

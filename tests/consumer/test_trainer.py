@@ -166,6 +166,42 @@ def test_a_running_trainer_continues_from_a_model_rolled_back_or_imported(
     assert sorted(update.ids) == [40, 41]  # matched to the imported segments, not its own
 
 
+def test_a_rollback_during_a_fit_is_not_overwritten_by_its_publish(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before each step misses a rollback that lands while the trainer fits: the
+    publish itself is conditional on the version the update started from."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(10)
+    d = len(FEATURE_NAMES)
+    users = [f"u{i}" for i in range(300)]
+    trainer = Trainer(
+        redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=300)
+    )
+    trainer.resume()
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (300, d)), users)
+    own = trainer.step()
+    assert own is not None and trainer.segmenter is not None
+    store = ModelStore(redis_client, keys)
+    data = own.model_dump()
+    data.update(ids=[40, 41], next_id=42, model_version=store.next_version())
+    imported = SegmentModel.model_validate(data)
+    predict = trainer.segmenter.predict  # called by every kind of update, before its publish
+
+    def predict_while_an_import_lands(Z: np.ndarray) -> object:
+        if store.current_version() != imported.model_version:
+            store.publish(imported)
+        return predict(Z)
+
+    monkeypatch.setattr(trainer.segmenter, "predict", predict_while_an_import_lands)
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (300, d)), users)
+    assert trainer.step() is None  # not published: the import stays current
+    assert store.current_version() == imported.model_version
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (300, d)), users)
+    update = trainer.step()  # continues from the import
+    assert update is not None and sorted(update.ids) == [40, 41]
+
+
 def test_lookup_client_reads_what_redis_cli_reads(
     kafka_bootstrap: str,
     redis_url: str,
@@ -582,17 +618,20 @@ def test_a_trainer_waiting_for_the_lease_names_its_holder(
     monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
     first = TrainerLease(redis_client, KeyLayout(namespace).trainer_lease, 30.0)
     assert first.acquire()
-    holder = first.holder()
-    assert holder is not None and holder.endswith(f":{os.getpid()}")
-    base = ["--namespace", namespace, "train"]
-    assert main([*base, "--once", "--max-seconds", "60"]) == 1
-    assert f"--once: trainer {holder} holds the lease of namespace {namespace}" in (
-        capsys.readouterr().err
-    )
-    assert main([*base, "--max-seconds", "2"]) == 0
-    said = capsys.readouterr().err
-    assert said.count(f"trainer {holder} holds the lease of namespace {namespace}: waiting") == 1
-    first.release()
+    try:
+        holder = first.holder()
+        assert holder is not None and holder.endswith(f":{os.getpid()}")
+        base = ["--namespace", namespace, "train"]
+        assert main([*base, "--once", "--max-seconds", "60"]) == 1
+        assert f"--once: trainer {holder} holds the lease of namespace {namespace}" in (
+            capsys.readouterr().err
+        )
+        assert main([*base, "--max-seconds", "2"]) == 0
+        said = capsys.readouterr().err
+        waiting = f"trainer {holder} holds the lease of namespace {namespace}: waiting"
+        assert said.count(waiting) == 1
+    finally:
+        first.release()
 
 
 def test_train_without_redis_at_start_up_stops_with_one_line(

@@ -23,6 +23,7 @@ from model.events import (
     EventBatch,
     Rejection,
     decode_events,
+    is_ts_text,
     resolve_type_map,
 )
 
@@ -182,6 +183,21 @@ def test_any_timestamp_is_a_row_or_a_documented_reason(ts: Any) -> None:
     if isinstance(ts, int) and not isinstance(ts, bool):
         in_range = LIMITS.min_ts_ms <= ts < LIMITS.max_ts_ms
         assert result == ("row" if in_range else "ts_out_of_range")
+
+
+@FUZZ
+@given(
+    st.one_of(
+        timestamps.filter(lambda t: isinstance(t, str)),
+        st.integers().map(str),
+        st.text(alphabet="0123456789:.+-eEZT ", max_size=30),
+        st.text(max_size=30),
+    )
+)
+def test_is_ts_text_says_what_the_decoder_accepts(ts: str) -> None:
+    """`streamseg produce` counts the ts texts the consumer will refuse with it."""
+    accepted = outcome(dumps(event(ts=ts))) in ("row", "ts_out_of_range")
+    assert is_ts_text(ts) == accepted
 
 
 # -- constructed cases: the reason for each kind of bad record -------------------------------

@@ -121,6 +121,10 @@ def test_a_segment_refunding_more_than_it_buys_is_net_refunders_even_without_pur
     refunders = centre(40, 0, -300, 0, 3, 0, 0.1, 200)
     names, _, _ = name_segments(np.vstack([CENTRES, refunders]), FEATURES)
     assert names[-1] == "net refunders (2)"
+    # Window shoppers a few of whom refunded: a typical member just below 0 is no refunder.
+    browsers = centre(365, 0, -0.06, 0, 60, 8, 0.3, 200)
+    names, _, _ = name_segments(np.vstack([CENTRES, browsers]), FEATURES)
+    assert names[-1] == "window shoppers (2)"
 
 
 def test_anchors_are_configurable() -> None:
