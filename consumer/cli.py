@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from consumer import __version__
 from consumer.exceptions import StreamsegError
 from consumer.settings import DEFAULT_METRICS_PORTS, REDIS_ERRORS, Settings, load_settings
@@ -600,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         return _resolve(args.handler)(args, settings)
     except StreamsegError as exc:
         return _fail(args, str(exc))
+    except (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError) as exc:
+        # An ACL user without a command or key it needs, or a wrong password: not an outage.
+        return _fail(args, f"Redis (redis.url) refused: {exc}")
     except REDIS_ERRORS as exc:
         # A command that needs Redis and cannot get it (once started, run and train wait
         # instead); redis-py's messages name host and port, never the URL's password.

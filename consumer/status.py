@@ -140,7 +140,7 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
     }
     return {
         "namespace": keys.namespace,
-        "live_namespace": live_namespace(client, keys.namespace),
+        "live_namespace": _live_namespace_if_readable(client, keys.namespace),
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
         "trainer_active": bool(client.exists(keys.trainer_lease)),
@@ -150,6 +150,15 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
         "consumers": consumers,
         "heartbeat_seconds": settings.observability.heartbeat_seconds,
     }
+
+
+def _live_namespace_if_readable(client: RedisClient, namespace: str) -> str | None:
+    """The namespace the live pointer names; None when this Redis user may not read the
+    pointer (the least-privilege rule grants its own namespace's keys only)."""
+    try:
+        return live_namespace(client, namespace)
+    except redis.exceptions.NoPermissionError:
+        return None
 
 
 def group_lag(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -199,7 +208,7 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
     """The human-readable text of `deployment_status`."""
     now = time.time() if now is None else now
     version = status["model_version"]
-    live = status.get("live_namespace", status["namespace"])
+    live = status.get("live_namespace") or status["namespace"]
     lines = [
         f"namespace      {status['namespace']}"
         + ("" if live == status["namespace"] else f" (the live pointer names {live})"),

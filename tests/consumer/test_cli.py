@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from consumer.cli import main
+from devstack.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +47,14 @@ def test_status_names_the_server_that_did_not_answer(
     monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://127.0.0.1:1/0")
     assert main(["status"]) == 2
     assert "streamseg: error: Redis (redis.url) did not answer" in capsys.readouterr().err
+
+
+def test_a_redis_that_refuses_is_not_said_not_to_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong password (or an ACL user without a key) is a refusal, not an outage."""
+    with RedisServer(password="right-" + uuid.uuid4().hex) as server:
+        monkeypatch.setenv("STREAMSEG_REDIS__URL", f"redis://:wrong@127.0.0.1:{server.port}/0")
+        assert main(["lookup", "u1"]) == 2
+    said = capsys.readouterr().err
+    assert "streamseg: error: Redis (redis.url) refused: " in said and "wrong" not in said

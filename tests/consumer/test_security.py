@@ -52,9 +52,11 @@ SCRAM_PASSWORD = "kafka-Pw-" + uuid.uuid4().hex  # unique: a hit in a log cannot
 
 def redis_acl_rule(user: str, password: str, namespace: str) -> str:
     """The least-privilege ACL rule of the service (``redis.conf`` ``user`` line, without
-    ``user``): its namespace's keys and model keys, and only the commands it sends."""
+    ``user``): its namespace's keys and model keys, the live pointer read-only, and only the
+    commands it sends."""
     return (
         f"{user} on >{password} resetkeys ~{namespace}:* ~{{{namespace}:model}}:* "
+        "%R~streamseg:live-namespace "
         "resetchannels -@all "
         "+ping +get +mget +set +mset +multi +exec +hget +hmget +hgetall +hset +hdel "
         "+hincrby +lpush +ltrim +lrange +zadd +zscore +zmscore +zrevrange +exists +scan "
