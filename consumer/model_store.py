@@ -223,7 +223,8 @@ def _model_table(m: SegmentModel) -> str:
     (means over the rows the model was trained on; money in currency units). Top categories
     per segment need the users' states: ``streamseg report``."""
     lines = [
-        f"model v{m.model_version} created {m.created_at.isoformat()} ({m.metrics.n_rows:,} rows)",
+        f"model v{m.model_version} created {m.created_at.isoformat()}; profiles over the "
+        f"{m.metrics.n_rows:,} users of its last training batch (streamseg status: all users)",
         f"  {'id':>4} {'tier':>4}  {'name':<26} {'users':>8} {'share':>6} {'revenue':>10} "
         f"{'orders':>7} {'AOV':>8} {'recency d':>9} {'tenure d':>8} {'views':>7}",
     ]
