@@ -29,9 +29,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -58,7 +59,7 @@ from consumer.segment_record import (
     segment_fields,
 )
 from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings
-from consumer.state_store import BatchWrite, StateStore
+from consumer.state_store import BatchWrite, StateStore, read_values
 from consumer.status import ConsumerHeartbeat
 from consumer.training_rows import keyed_rows
 from model.events import (
@@ -456,6 +457,66 @@ class SegmentPipeline:
         self._model_checked = 0.0
         self.model = None
         log.info("live namespace moved: now writing %s (was %s)", target, previous)
+        announced = self._announce_namespace(KeyLayout(previous), owned_ids)
+        log.info(
+            "announced the segments of %d users of %s on the segments topic", announced, target
+        )
+
+    def _announce_namespace(self, previous: KeyLayout, owned: frozenset[int]) -> int:
+        """After a promote or rollback moved this pipeline: one change event per user of the
+        ``owned`` partitions with a segment in the namespace now written, naming that record's
+        segment (``previous_segment_id``: the user's segment in ``previous``, null if none).
+
+        Segment ids and versions are per namespace, so without it the segments topic's latest
+        event of an idle user would name the old namespace's segment. It runs before the next
+        batch: the events of this process's partitions stay in order. Returns the count.
+        """
+        if not owned:
+            return 0
+        before = StateStore(self.redis, previous)
+        sent, cursor = 0, 0
+        while True:
+            cursor, found = self.store.scan_state_keys(cursor, count=2000)
+            records = self._assigned_records(found, owned)
+            if records:
+                ids = [r["user_id"] for r in records]
+                was = before.read_states(ids)[:, COL["segment_id"]].astype(np.int64)
+                changes = encode_changes(
+                    ids,
+                    fields=[
+                        change_fields(r["segment_id"], r["segment"], r["tier"], r["model_version"])
+                        for r in records
+                    ],
+                    previous_ids=was.tolist(),
+                    event_times=[r["event_time"] for r in records],
+                    computed_at=iso_ms(time.time() * 1000.0),
+                )
+                for user, change in changes:
+                    self._produce(self.settings.kafka.segments_topic, user.encode(), change)
+                self._deliver()
+                self.redis.hincrby(self.keys.counters, "segment_changes", len(changes))
+                self.metrics.segment_changes.inc(len(changes))
+                self.totals.segment_changes += len(changes)
+                sent += len(changes)
+            if cursor == 0:
+                return sent
+
+    def _assigned_records(
+        self, state_keys: list[bytes], owned: frozenset[int]
+    ) -> list[dict[str, Any]]:
+        """The stored records (parsed) of the users of ``state_keys`` in ``owned`` partitions
+        that have a segment."""
+        users = [self.keys.user_from_state_key(k.decode()) for k in state_keys]
+        if not users:
+            return []
+        states = self.store.read_states(users)
+        mine = np.isin(states[:, COL["partition"]], list(owned)) & (
+            states[:, COL["segment_id"]] >= 0
+        )
+        users = [u for u, m in zip(users, mine, strict=True) if m]
+        raws = read_values(self.redis, [self.keys.segment(u) for u in users]) if users else []
+        records = [orjson.loads(raw) for raw in raws if raw is not None]
+        return [r for r in records if r.get("segment_id") is not None]
 
     def _applied_offsets(
         self, partitions: Sequence[TopicPartition], keys: KeyLayout | None = None

@@ -298,6 +298,18 @@ def test_a_following_pipeline_moves_with_the_pointer_and_catches_up(
         assert_state_matches(read_state(redis_client, namespace, list(left_behind)), left_behind)
         shadow_records = [SegmentLookup(redis_client, shadow).get(u) for u in expected]
         assert all(r and r.model_version == result.model.model_version for r in shadow_records)
+        # The live segments topic ends naming each user's segment in the shadow: the switch
+        # announced every assigned user (the live namespace, in cold start, had sent none).
+        sent = live.totals.segment_changes
+        latest = {
+            (m.key() or b"").decode(): orjson.loads(m.value() or b"{}")
+            for m in read_topic(kafka_bootstrap, settings.kafka.segments_topic, sent)
+        }
+        assert {u: (e["segment_id"], e["model_version"]) for u, e in latest.items()} == {
+            u: (r.segment_id, r.model_version)
+            for u, r in zip(expected, shadow_records, strict=True)
+            if r is not None
+        }
 
         rollback(redis_client, pointer)
         produce(kafka_bootstrap, topic, as_records(d))
