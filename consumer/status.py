@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.exceptions import ServerUnavailableError
 from consumer.kafka_clients import consumer_config
@@ -195,6 +195,17 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]
         reader.close()
 
 
+#: Kafka errors of a broker that did not answer (others, such as an authorisation error, are
+#: the broker refusing).
+_UNANSWERED = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._RESOLVE,
+    }
+)
 #: A member silent for this many heartbeats is marked: it ended without a clean stop (a clean
 #: stop removes its heartbeat), and the partitions it names are someone else's by now.
 STALE_HEARTBEATS = 3
@@ -272,9 +283,10 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         status = deployment_status(settings)
     except KafkaException as exc:  # Redis errors: the CLI's one line, as for every command
-        raise ServerUnavailableError(
-            f"Kafka (kafka.bootstrap_servers) did not answer: {exc.args[0] if exc.args else exc}"
-        ) from None
+        error = exc.args[0] if exc.args else exc
+        code = error.code() if isinstance(error, KafkaError) else None
+        verb = "did not answer" if code in _UNANSWERED else "refused"
+        raise ServerUnavailableError(f"Kafka (kafka.bootstrap_servers) {verb}: {error}") from None
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
