@@ -278,7 +278,6 @@ def replay(
         live_namespace(client, settings.redis.namespace, pointer),
     ):
         raise ConfigError(f"--namespace-out {name!r} is a live namespace; replay into another")
-    register_namespace(client, name, pointer)
     topic = shadow.kafka.events_topic
 
     planner = create_consumer(shadow.kafka)
@@ -287,6 +286,10 @@ def replay(
         committed = _committed(planner, [TopicPartition(topic, r.partition) for r in ranges])
     finally:
         planner.close()
+    if not any(len(r) for r in ranges):
+        raise ConfigError(f"{topic} holds no record in the range asked: nothing to replay")
+    # Only now: a replay refused above leaves no empty namespace in `streamseg namespaces`.
+    register_namespace(client, name, pointer)
     resume = {tp.partition: tp.offset for tp in committed if tp.offset not in (OFFSET_INVALID, -1)}
     if resume and StateStore(client, KeyLayout(name)).read_watermark() is None:
         # Offsets committed for a namespace that holds nothing (dropped since): start over.

@@ -497,6 +497,23 @@ def test_a_replay_stopped_by_sigterm_commits_and_resumes_without_repeats(
     assert int(redis_client.hget(counters, "records") or 0) == len(events)
 
 
+def test_a_replay_of_an_empty_range_is_refused_and_registers_nothing(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """It read 0 records, then failed with 'too few users for 6 segments', and the empty
+    namespace stayed listed by `streamseg namespaces`."""
+    settings, _, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace, 300)
+    shadow = f"{namespace}-later"
+    later = int(time.time() * 1000) + 86_400_000  # no record is that recent
+    with pytest.raises(ConfigError, match="holds no record in the range asked"):
+        replay(settings, shadow, from_ms=later, pointer=pointer)
+    assert not redis_client.sismember(pointer.registry, shadow)
+
+
 def test_replay_arguments_are_checked_before_any_work(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
