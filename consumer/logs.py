@@ -44,10 +44,24 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class RetriedNotice(logging.Filter):
+    """Logs at INFO what librdkafka warns about but retries by itself: a fresh broker's
+    coordinator still loading made every first ``streamseg produce`` print a warning."""
+
+    _RETRIED = ("Coordinator load in progress",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO and any(t in record.getMessage() for t in self._RETRIED):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 #: Where every Kafka client sends librdkafka's own log lines (``logger=`` of each client):
 #: through logging, so they follow the chosen format, with repeats dropped.
 librdkafka_log = logging.getLogger("consumer.librdkafka")
 librdkafka_log.addFilter(RepeatFilter())
+librdkafka_log.addFilter(RetriedNotice())
 
 
 class JsonFormatter(logging.Formatter):

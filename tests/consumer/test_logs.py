@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from consumer.cli import main
-from consumer.logs import JsonFormatter, RepeatFilter, librdkafka_log
+from consumer.logs import JsonFormatter, RepeatFilter, RetriedNotice, librdkafka_log
 from consumer.pipeline import SegmentPipeline
 from tests.consumer.pipeline_support import as_records, make_events, produce, settings_for
 
@@ -117,6 +117,33 @@ def test_librdkafka_repeats_are_logged_once_per_interval() -> None:
     time.sleep(0.25)
     assert passes(refused.format(3))
     assert any(isinstance(f, RepeatFilter) for f in librdkafka_log.filters)
+
+
+def test_a_condition_librdkafka_retries_by_itself_is_info_not_a_warning() -> None:
+    """Every first produce to a fresh broker warned 'Failed to acquire idempotence PID ...
+    Coordinator load in progress: retrying'."""
+    notice = RetriedNotice()
+    loading = logging.makeLogRecord(
+        {
+            "name": "consumer.librdkafka",
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": "GETPID [thrd:main]: Failed to acquire idempotence PID from broker "
+            "127.0.0.1:9092/1: Broker: Coordinator load in progress: retrying",
+        }
+    )
+    level = librdkafka_log.level
+    librdkafka_log.setLevel(logging.INFO)
+    try:
+        assert notice.filter(loading) and loading.levelname == "INFO"
+        librdkafka_log.setLevel(logging.WARNING)  # --log-level WARNING: not shown
+        loading.levelno, loading.levelname = logging.WARNING, "WARNING"
+        assert not notice.filter(loading)
+    finally:
+        librdkafka_log.setLevel(level)
+    other = logging.makeLogRecord({"levelno": logging.WARNING, "msg": "SASL authentication error"})
+    assert notice.filter(other) and other.levelno == logging.WARNING
+    assert any(isinstance(f, RetriedNotice) for f in librdkafka_log.filters)
 
 
 def test_with_json_logs_the_error_that_stops_a_command_is_a_json_line_too(
