@@ -115,6 +115,7 @@ class PipelineMetrics:
         self.assignment: set[tuple[str, int]] = set()
         self._lag_labels: set[tuple[str, str]] = set()
         self._lags: dict[tuple[str, int], int] = {}
+        self.is_paused = False
         self._size_labels: set[tuple[str, str]] = set()
 
     def observe_batch(
@@ -152,7 +153,10 @@ class PipelineMetrics:
         self._set_lags(self._lags)  # drop the lag of partitions no longer ours, now
 
     def observe_kafka_stats(self, stats_json: str) -> None:
-        """librdkafka ``stats_cb``: update consumer lag per assigned partition."""
+        """librdkafka ``stats_cb``: update consumer lag per assigned partition (not while
+        consumption is paused: its figures stand still then, `observe_lags` has them)."""
+        if self.is_paused:
+            return
         try:
             lags = consumer_lag_from_stats(stats_json)
         except (ValueError, TypeError, AttributeError) as exc:
@@ -160,6 +164,17 @@ class PipelineMetrics:
             return
         self._lags = lags
         self._set_lags(lags)
+
+    def set_paused(self, paused: bool) -> None:
+        """Consumption paused (a Redis outage) or resumed."""
+        self.is_paused = paused
+        self.paused.set(1 if paused else 0)
+
+    def observe_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Consumer lag per partition measured directly (while consumption is paused,
+        librdkafka's statistics stop moving: paused partitions fetch nothing)."""
+        self._lags = dict(lags)
+        self._set_lags(self._lags)
 
     def _set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
         """Lag gauges of the assigned partitions only: librdkafka's statistics go on listing

@@ -155,6 +155,7 @@ class SegmentPipeline:
         )
         self.model: SegmentModel | None = None
         self._model_checked = 0.0
+        self._model_check_failed_at = -np.inf  # when a failed model check was last logged
         self._category_cache: dict[str, float] = {}
         self._known_categories: set[float] = set()
         self._fields_of: tuple[SegmentModel | None, list[bytes], list[tuple[bytes, bytes]]] = (
@@ -238,9 +239,12 @@ class SegmentPipeline:
     def readiness_checks(self) -> dict[str, Callable[[], bool]]:
         """What ``/readyz`` asks: partitions assigned, Redis answers PING, and a model loaded
         or the cold start declared (the first model check ran)."""
+        # Its own client, 1 s at most: probes time out in a second or two, and a PING stuck
+        # in the pipeline's socket timeout would answer with a timeout, not the failed check.
+        probe = self.settings.redis.connect(timeout_seconds=_PROBE_TIMEOUT_SECONDS)
         return {
             "assigned": lambda: bool(self.metrics.assignment),
-            "redis": lambda: bool(self.redis.ping()),
+            "redis": lambda: bool(probe.ping()),
             "model": lambda: self.model is not None or self._model_checked > 0,
         }
 
@@ -262,10 +266,11 @@ class SegmentPipeline:
             self.producer = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", [p.partition for p in partitions])
         self.metrics.set_assignment(
             self.metrics.assignment | {(p.topic, p.partition) for p in partitions}
         )
+        # Cooperative rebalancing hands over changes only: say what is owned now too.
+        log.info("assigned %s (now owns %s)", [p.partition for p in partitions], self._owned())
         if not self.settings.pipeline.follow_live_namespace:
             return
         # Start where the namespace's state ends, not where the group committed: the two
@@ -280,14 +285,17 @@ class SegmentPipeline:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The batch in flight finished before poll ran this callback: its offsets are stored.
-        log.info("revoked %s", [p.partition for p in partitions])
         self.metrics.set_assignment(
             self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
         )
+        log.info("revoked %s (now owns %s)", [p.partition for p in partitions], self._owned())
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:
             log.debug("commit on revoke: %s", exc)
+
+    def _owned(self) -> list[int]:
+        return sorted(p for _, p in self.metrics.assignment)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already; commit nothing.
@@ -358,8 +366,10 @@ class SegmentPipeline:
             if version is None or (self.model is not None and version == self.model.model_version):
                 return
             loaded = self.models.load_current()
-        except redis.RedisError as exc:
-            log.warning("cannot check for a new model: %s", exc)
+        except redis.RedisError as exc:  # said once per outage log interval, not per poll
+            if now - self._model_check_failed_at >= _OUTAGE_LOG_SECONDS:
+                self._model_check_failed_at = now
+                log.warning("cannot check for a new model: %s", exc)
             return
         except Exception as exc:  # a bad model must not stop the stream; keep the old one
             log.error("rejected published model: %s", exc)
@@ -1061,6 +1071,7 @@ class SegmentPipeline:
         assert self.consumer is not None
         delay = 0.1
         paused = False
+        since = said_at = measured_at = 0.0
         while True:
             try:
                 work()
@@ -1070,10 +1081,22 @@ class SegmentPipeline:
                 if isinstance(exc, redis.RedisError) and not _redis_is_unavailable(exc):
                     raise
                 self.metrics.redis_errors.inc()
+                now = time.monotonic()
                 if not paused:
                     paused = True
-                    self.metrics.paused.set(1)
+                    since = said_at = now
+                    self.metrics.set_paused(True)
                     log.warning("Redis unavailable (%s); consumption paused", exc)
+                elif now - said_at >= _OUTAGE_LOG_SECONDS:
+                    said_at = now
+                    log.warning(
+                        "Redis still unavailable after %.0f s (%s); consumption paused",
+                        now - since,
+                        exc,
+                    )
+                if now - measured_at >= self.settings.observability.heartbeat_seconds:
+                    measured_at = now
+                    self._measure_lag_paused()
                 self._serve_callbacks_paused()
                 if self._stopping:
                     raise StopRequested from exc
@@ -1081,8 +1104,24 @@ class SegmentPipeline:
                 delay = min(delay * 2, 5.0)
         if paused:
             self.consumer.resume(self.consumer.assignment())
-            self.metrics.paused.set(0)
+            self.metrics.set_paused(False)
             log.info("Redis is back; consumption resumed")
+
+    def _measure_lag_paused(self) -> None:
+        """Set the lag gauge from the brokers' high watermarks and this consumer's positions:
+        paused partitions fetch nothing, so librdkafka's statistics would freeze it just when
+        the lag grows."""
+        assert self.consumer is not None
+        lags: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                if tp.offset >= 0:
+                    lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        except KafkaException as exc:  # the gauge keeps its last value
+            log.debug("lag not measured while paused: %s", exc)
+            return
+        self.metrics.observe_lags(lags)
 
     def _serve_callbacks_paused(self) -> None:
         """Serve rebalance callbacks without consuming: partitions assigned meanwhile are
@@ -1122,6 +1161,10 @@ class SegmentPipeline:
 #: Entries kept in each in-process category cache before it is emptied (bounded memory
 #: under a producer that invents category names).
 _CATEGORY_CACHE_LIMIT = 100_000
+#: Longest wait of a /readyz Redis PING.
+_PROBE_TIMEOUT_SECONDS = 1.0
+#: A Redis outage is logged when it begins and again every this many seconds.
+_OUTAGE_LOG_SECONDS = 30.0
 #: Ignored type names logged per process: the names come from the input, so they are bounded.
 _IGNORED_TYPES_LOGGED = 100
 #: A re-score chunk that took t seconds is followed by the next one no sooner than this * t

@@ -118,8 +118,10 @@ class RedisSettings(BaseModel):
     #: and follows slot moves). Per-user keys share a hash slot; see `consumer.state_store`.
     cluster: bool = False
 
-    def connect(self) -> RedisClient:
-        """A client for this Redis; the URL (with any password) never reaches a log."""
+    def connect(self, timeout_seconds: float | None = None) -> RedisClient:
+        """A client for this Redis; the URL (with any password) never reaches a log.
+        ``timeout_seconds`` replaces ``socket_timeout_seconds`` (a health probe's 1 s)."""
+        timeout = self.socket_timeout_seconds if timeout_seconds is None else timeout_seconds
         tls: dict[str, Any] = {}  # Any: redis-py's stubs type each option differently
         if self.tls_ca_file:
             tls["ssl_ca_certs"] = self.tls_ca_file
@@ -129,8 +131,8 @@ class RedisSettings(BaseModel):
         factory = RedisCluster.from_url if self.cluster else redis.Redis.from_url
         return factory(
             self.url.get_secret_value(),
-            socket_timeout=self.socket_timeout_seconds,
-            socket_connect_timeout=self.socket_timeout_seconds,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             **tls,
         )
 

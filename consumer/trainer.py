@@ -407,7 +407,8 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     lease = TrainerLease(client, keys.trainer_lease, config.lease_seconds)
     stopping = False
     metrics = TrainerMetrics()
-    checks = {"redis": lambda: bool(client.ping())}
+    probe = settings.redis.connect(timeout_seconds=1.0)  # a probe answers within its timeout
+    checks = {"redis": lambda: bool(probe.ping())}
     server = start_metrics_server(
         metrics_port(args, settings, default=DEFAULT_METRICS_PORTS["train"]),
         metrics.registry,

@@ -171,7 +171,7 @@ def test_dockerfile_runs_the_installed_cli() -> None:
 def test_consumer_and_trainer_health_checks_ask_their_readyz_port(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    for name, port in (("consumer", "9108"), ("trainer", "9109")):
+    for name, port in (("consumer", "9108"), ("trainer", "9107")):
         command = _command(services[name])
         assert command[command.index("--metrics-port") + 1] == port
         check = " ".join(services[name]["healthcheck"]["test"])
@@ -193,7 +193,7 @@ def test_prometheus_scrapes_the_metrics_ports_and_grafana_gets_the_dashboard(
         for static in job["static_configs"]
         for target in static["targets"]
     }
-    assert targets == {"consumer:9108", "trainer:9109"}
+    assert targets == {"consumer:9108", "trainer:9107"}
     for volume in services["grafana"]["volumes"]:
         source = volume.split(":")[0]
         assert (REPO_ROOT / source).is_dir(), f"grafana mounts missing {source}"

@@ -38,12 +38,17 @@ def run_through_an_outage(
     stop: Callable[[redis.Redis], None],
     resume: Callable[[], None],
     down_seconds: float,
+    while_down: Callable[[SegmentPipeline], None] | None = None,
 ) -> tuple[SegmentPipeline, redis.Redis]:
     """Run a pipeline over 12,000 events; after 2,000 records ``stop`` Redis, produce the
     second half, wait ``down_seconds``, ``resume`` it, and check the final state."""
     events = make_events(12_000, users=500, seed=seed)
     settings = settings_for(
-        kafka_bootstrap, server.url, topic, namespace, **{"pipeline.batch_size": 200}
+        kafka_bootstrap,
+        server.url,
+        topic,
+        namespace,
+        **{"pipeline.batch_size": 200, "observability.heartbeat_seconds": 1.0},
     )
     settings.redis.socket_timeout_seconds = 1.0
     client = redis.Redis.from_url(server.url)
@@ -62,6 +67,8 @@ def run_through_an_outage(
         stop(client)
         produce(kafka_bootstrap, topic, as_records(events[6000:]))
         time.sleep(down_seconds)
+        if while_down is not None:
+            while_down(pipeline)
         resume()
         worker.join(timeout=120)
         assert not worker.is_alive(), "pipeline did not finish after Redis came back"
@@ -105,16 +112,26 @@ def test_redis_stopped_for_ten_seconds_and_restarted_loses_nothing(
             client.shutdown(save=True)  # what a restart with persistence does
         server.halt()
 
+    def lag_grew(pipeline: SegmentPipeline) -> None:
+        # Paused partitions fetch nothing, so librdkafka's statistics froze the gauge at its
+        # value before the outage; the 6,000 records produced meanwhile must show.
+        lag = pipeline.metrics.registry.get_sample_value(
+            "streamseg_consumer_lag_records", {"topic": topic, "partition": "0"}
+        )
+        assert lag is not None and lag > 6000, lag
+
+    topic = new_topic()
     with RedisServer() as server:
         pipeline, _ = run_through_an_outage(
             kafka_bootstrap,
-            new_topic(),
+            topic,
             namespace,
             server,
             seed=22,
             stop=shut_down,
             resume=server.resume,  # loads the dump from its directory
             down_seconds=10,
+            while_down=lag_grew,
         )
     seen = pipeline.metrics.registry.get_sample_value("streamseg_redis_errors_total")
     assert seen and seen > 0  # the outage was seen
