@@ -501,12 +501,9 @@ class SegmentPipeline:
                     event_times=[r["event_time"] for r in records],
                     computed_at=iso_ms(time.time() * 1000.0),
                 )
-                for user, change in changes:
-                    self._produce(self.settings.kafka.segments_topic, user.encode(), change)
-                self._deliver()
+                self.send_changes(changes)
                 self.redis.hincrby(self.keys.counters, "segment_changes", len(changes))
-                self.metrics.segment_changes.inc(len(changes))
-                self.totals.segment_changes += len(changes)
+                self.count_changes(len(changes))
                 sent += len(changes)
             if cursor == 0:
                 return sent
@@ -984,9 +981,7 @@ class SegmentPipeline:
             rows = keyed_rows(features[idle], [users[i] for i in np.flatnonzero(idle)])
         if not len(changed) and (rows is None or not len(rows)):
             return
-        for user, change in changes:
-            self._produce(self.settings.kafka.segments_topic, user.encode(), change)
-        self._deliver()
+        self.send_changes(changes)
         self.store.write(
             BatchWrite(
                 user_ids=[users[i] for i in changed],
@@ -1001,8 +996,20 @@ class SegmentPipeline:
                 },
             )
         )
-        self.metrics.segment_changes.inc(len(changes))
-        self.totals.segment_changes += len(changes)  # the run's summary line counts them too
+        self.count_changes(len(changes))
+
+    def send_changes(self, changes: Sequence[tuple[str, bytes]]) -> None:
+        """Produce change events made outside a batch (a re-score pass, an announcement, a
+        replay's final scoring) and wait until the broker has them, before the Redis write."""
+        for user, change in changes:
+            self._produce(self.settings.kafka.segments_topic, user.encode(), change)
+        self._deliver()
+
+    def count_changes(self, count: int) -> None:
+        """Count change events sent outside a batch, once their Redis write went through: the
+        metric and the run's summary line (a batch's are counted with its statistics)."""
+        self.metrics.segment_changes.inc(count)
+        self.totals.segment_changes += count
 
     # -- outputs ---------------------------------------------------------------------------
 

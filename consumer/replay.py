@@ -508,9 +508,7 @@ def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) 
             records, size_changes, changes = pipeline._assign(
                 users, states, snapshot.features[chosen]
             )
-            for user, change in changes:
-                pipeline._produce(pipeline.settings.kafka.segments_topic, user.encode(), change)
-            pipeline._deliver()  # before the records: a change event is never missing
+            pipeline.send_changes(changes)  # before the records: an event is never missing
             pipeline.store.write(
                 BatchWrite(
                     user_ids=users,
@@ -520,8 +518,7 @@ def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) 
                     counters={"segment_changes": len(changes)},
                 )
             )
-            pipeline.metrics.segment_changes.inc(len(changes))
-            pipeline.totals.segment_changes += len(changes)
+            pipeline.count_changes(len(changes))
     finally:
         pipeline.producer.flush(10)
         pipeline.producer = None

@@ -91,10 +91,16 @@ _FastInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=_INT64_MAX)]
 _NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
 
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a number written out (a date-time always holds a ':', so that
+    test comes first: the regex runs for almost no real timestamp)."""
+    return ":" not in text and _NUMBER_TEXT.fullmatch(text) is not None
+
+
 def _not_a_number_in_text(value: object) -> object:
     # pydantic reads "1569888016" as a datetime, guessing seconds or milliseconds from its
     # size: the contract's epoch milliseconds are a JSON number, so such a string is refused.
-    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
+    if isinstance(value, str) and _digits(value):
         raise ValueError("digits in a string are not a time")
     return value
 
@@ -302,7 +308,7 @@ _AWARE_DATETIME = TypeAdapter(AwareDatetime)
 
 def is_ts_text(text: str) -> bool:
     """Whether a ``ts`` given as this string is accepted: ISO-8601 with a zone, not digits."""
-    if ":" not in text and _NUMBER_TEXT.fullmatch(text):
+    if _digits(text):
         return False
     try:
         _AWARE_DATETIME.validate_python(text)
@@ -319,7 +325,7 @@ def _iso_stamps_to_epoch_ms(stamps: list[Any]) -> set[int]:
     texts = [p for p, t in enumerate(stamps) if t.__class__ is str]
     if not texts:
         return set()
-    bad = {p for p in texts if ":" not in stamps[p] and _NUMBER_TEXT.fullmatch(stamps[p])}
+    bad = {p for p in texts if _digits(stamps[p])}
     texts = [p for p in texts if p not in bad] if bad else texts
     try:
         moments = _AWARE_DATETIMES.validate_python([stamps[p] for p in texts])
@@ -461,7 +467,9 @@ def _check_columns(
         detail = f"amount: required for type {columns.type_name[row]!r}"
         rejections.append(Rejection(int(index[row]), "invalid_field", detail))
     ignored = index[unmapped].tolist()
-    ignored_types = [columns.type_name[r] for r in np.flatnonzero(unmapped).tolist()]
+    ignored_types = (
+        [columns.type_name[r] for r in np.flatnonzero(unmapped).tolist()] if ignored else []
+    )
 
     rows = np.flatnonzero(~(bad_ts | bad_key | unmapped | bad_amount))
     if len(rows) == n:  # the common case: nothing to drop, no copies

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -409,6 +409,33 @@ def _thread_niceness(pid: int) -> list[int]:
     return values
 
 
+def replay_argv(shadow: str, *options: str) -> list[str]:
+    """``streamseg replay`` of the whole topic into ``shadow``, as a command line."""
+    argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
+    return [*argv, "--from", "earliest", "--namespace-out", shadow, "--no-progress", *options]
+
+
+@contextlib.contextmanager
+def replay_process(
+    env: dict[str, str], argv: list[str], reading: Callable[[], bool]
+) -> Iterator[subprocess.Popen[str]]:
+    """Start ``argv`` and wait until ``reading()`` says it reads (60 s at most); the process
+    is killed on the way out if still running."""
+    proc = subprocess.Popen(
+        argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not reading():
+            assert proc.poll() is None and time.monotonic() < deadline, "replay not reading"
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads niceness from /proc")
 @pytest.mark.parametrize(("options", "raised_by"), [([], 10), (["--nice", "0"], 0)])
 def test_a_replay_runs_at_a_raised_niceness_in_every_thread(
@@ -426,24 +453,11 @@ def test_a_replay_runs_at_a_raised_niceness_in_every_thread(
     produce(kafka_bootstrap, topic, as_records(make_events(2000, users=150, seed=5)))
     shadow = f"{namespace}-shadow"
     env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"trainer.n_clusters": 4})
-    argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
-    argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
-    argv += ["--max-rate", "1000", *options]  # reading lasts ~2 s: seen while it runs
-    proc = subprocess.Popen(
-        argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        # Reading: the Kafka client's threads exist by now.
-        while not redis_client.hget(KeyLayout(shadow).counters, "records"):
-            assert proc.poll() is None and time.monotonic() < deadline, "replay not reading"
-            time.sleep(0.02)
-        niceness = _thread_niceness(proc.pid)
+    argv = replay_argv(shadow, "--max-rate", "1000", *options)  # ~2 s: seen while it runs
+    counters = KeyLayout(shadow).counters
+    with replay_process(env, argv, lambda: bool(redis_client.hget(counters, "records"))) as proc:
+        niceness = _thread_niceness(proc.pid)  # reading: the Kafka client's threads exist
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err[-2000:]
     assert "replayed 2000 records" in out
     expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + raised_by)
@@ -465,28 +479,16 @@ def test_a_replay_stopped_by_sigterm_commits_and_resumes_without_repeats(
     produce(kafka_bootstrap, topic, as_records(events))
     shadow = f"{namespace}-shadow"
     env = service_env(kafka_bootstrap, redis_url, topic, namespace, {"trainer.n_clusters": 4})
-    argv = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING", "replay"]
-    argv += ["--from", "earliest", "--namespace-out", shadow, "--no-progress"]
-    proc = subprocess.Popen(
-        [*argv, "--max-rate", "500"],  # reading lasts ~6 s: stopped while it runs
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = replay_argv(shadow)
     counters = KeyLayout(shadow).counters
-    try:
-        deadline = time.monotonic() + 60
-        while int(redis_client.hget(counters, "records") or 0) < 500:
-            assert proc.poll() is None and time.monotonic() < deadline, "replay not reading"
-            time.sleep(0.02)
+
+    def halfway() -> bool:
+        return int(redis_client.hget(counters, "records") or 0) >= 500
+
+    # At most 500 records/s: reading lasts ~6 s, stopped while it runs.
+    with replay_process(env, [*argv, "--max-rate", "500"], halfway) as proc:
         proc.terminate()
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 143, err[-2000:]
     assert "run the same command again to resume" in out
     first = int(redis_client.hget(counters, "records") or 0)
