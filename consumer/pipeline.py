@@ -500,6 +500,8 @@ class SegmentPipeline:
                     previous_ids=was.tolist(),
                     event_times=[r["event_time"] for r in records],
                     computed_at=iso_ms(time.time() * 1000.0),
+                    namespace=self.keys.namespace,
+                    previous_namespace=previous.namespace,
                 )
                 self.send_changes(changes)
                 self.redis.hincrby(self.keys.counters, "segment_changes", len(changes))
@@ -794,6 +796,7 @@ class SegmentPipeline:
             previous_ids=left.tolist(),
             event_times=[event_times[i] for i in changed.tolist()],
             computed_at=computed_at,
+            namespace=self.keys.namespace,
         )
         return records, {k: v for k, v in size_changes.items() if v}, changes
 

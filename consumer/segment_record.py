@@ -160,24 +160,41 @@ def encode_changes(
     previous_ids: Sequence[int],
     event_times: Sequence[str],
     computed_at: str,
+    namespace: str,
+    previous_namespace: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """(user id, JSON) of segment-change events, for the ``segments`` topic::
 
         {"user_id":"u-42","segment_id":3,"previous_segment_id":1,"segment":"champions",
-         "tier":1,"model_version":7,"event_time":"2026-11-27T10:15:02.113Z",
-         "computed_at":"2026-11-27T10:15:02.345Z"}
+         "tier":1,"model_version":7,"namespace":"streamseg","previous_namespace":"streamseg",
+         "event_time":"2026-11-27T10:15:02.113Z","computed_at":"2026-11-27T10:15:02.345Z"}
 
     ``previous_segment_id`` is null for a user's first segment (``previous_ids`` < 0);
-    ``fields`` holds each user's `change_fields`.
+    ``fields`` holds each user's `change_fields`. Segment ids and model versions count per
+    namespace: ``namespace`` is where the new segment lives, ``previous_namespace`` (default:
+    the same) where ``previous_segment_id`` was looked up; they differ only in the
+    announcement after a promote or rollback.
     """
     dumps = orjson.dumps
     computed = computed_at.encode()
+    where = b'"namespace":%b,"previous_namespace":%b' % (
+        dumps(namespace),
+        dumps(namespace if previous_namespace is None else previous_namespace),
+    )
     return [
         (
             u,
-            b'{"user_id":%b,"segment_id":%b,"previous_segment_id":%b,%b,'
+            b'{"user_id":%b,"segment_id":%b,"previous_segment_id":%b,%b,%b,'
             b'"event_time":"%b","computed_at":"%b"}'
-            % (dumps(u), f[0], b"%d" % p if p >= 0 else b"null", f[1], t.encode(), computed),
+            % (
+                dumps(u),
+                f[0],
+                b"%d" % p if p >= 0 else b"null",
+                f[1],
+                where,
+                t.encode(),
+                computed,
+            ),
         )
         for u, f, p, t in zip(user_ids, fields, previous_ids, event_times, strict=True)
     ]

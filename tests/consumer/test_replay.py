@@ -301,10 +301,16 @@ def test_a_following_pipeline_moves_with_the_pointer_and_catches_up(
         # The live segments topic ends naming each user's segment in the shadow: the switch
         # announced every assigned user (the live namespace, in cold start, had sent none).
         sent = live.totals.segment_changes
-        latest = {
-            (m.key() or b"").decode(): orjson.loads(m.value() or b"{}")
+        messages = [
+            ((m.key() or b"").decode(), orjson.loads(m.value() or b"{}"))
             for m in read_topic(kafka_bootstrap, settings.kafka.segments_topic, sent)
-        }
+        ]
+        latest = dict(messages)
+        # Every event names the namespace its ids count in; the announcement, once per user,
+        # also the namespace its previous_segment_id came from.
+        assert {e["namespace"] for _, e in messages} == {shadow}
+        announced = [u for u, e in messages if e["previous_namespace"] == namespace]
+        assert announced and len(announced) == len(set(announced))
         assert {u: (e["segment_id"], e["model_version"]) for u, e in latest.items()} == {
             u: (r.segment_id, r.model_version)
             for u, r in zip(expected, shadow_records, strict=True)

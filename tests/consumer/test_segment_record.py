@@ -99,6 +99,8 @@ def test_change_events_are_the_documented_json() -> None:
         previous_ids=previous,
         event_times=TIMES,
         computed_at="2026-11-27T10:15:02.345Z",
+        namespace="r1",
+        previous_namespace="streamseg",
     )
     for i, (user, raw) in enumerate(changes):
         segment_id, name, tier = SEGMENTS[i % 3]
@@ -111,7 +113,22 @@ def test_change_events_are_the_documented_json() -> None:
                 "segment": name,
                 "tier": tier,
                 "model_version": 7,
+                "namespace": "r1",
+                "previous_namespace": "streamseg",
                 "event_time": TIMES[i],
                 "computed_at": "2026-11-27T10:15:02.345Z",
             }
         )
+
+
+def test_a_change_event_looks_up_its_previous_segment_in_its_own_namespace_by_default() -> None:
+    [(_, raw)] = encode_changes(
+        ["u-1"],
+        fields=[change_fields(2, "loyal", 2, 3)],
+        previous_ids=[1],
+        event_times=[TIMES[0]],
+        computed_at="2026-11-27T10:15:02.345Z",
+        namespace="streamseg",
+    )
+    event = orjson.loads(raw)
+    assert (event["namespace"], event["previous_namespace"]) == ("streamseg", "streamseg")
