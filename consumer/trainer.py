@@ -2,7 +2,8 @@
 
 Input: the feature vectors the pipeline pushes to ``<ns>:training-samples``: about one row per
 user per training period (``pipeline.training_period_seconds``, a day of event time): at the
-user's first event of a period, or at the watermark from the period's first re-score pass for
+user's first event of a period, or at the re-score time (watermark less the allowed lateness)
+from the period's first re-score pass for
 users idle in it. The trainer never reads users' state, so it does not slow the pipeline. Rows
 name their user (`consumer.training_rows`): whatever it reads, the trainer fits each user once,
 at their newest row, so a consumer catching up on a backlog (idle users' rows come less often
@@ -32,7 +33,9 @@ than once a period) does not over-weight the active users.
    agree and nothing happens, so ids stay stable.
 
 Exactly one trainer is active per namespace: it holds a lease in Redis that it renews; a
-second trainer waits and takes over when the lease expires.
+second trainer waits and takes over when the lease expires. A trainer that starts (or takes
+over) counts the rows pushed since the current model's rows were read as fresh: the model
+carries the ``training_rows`` counter of that moment.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ _REFIT_CHECK_ROWS = 20_000
 #: offline reference. With 3 in the check, 5 of 38 live runs kept a model 5-14% worse than
 #: offline k-means because the few restarts found the same poor basin.
 _KMEANS_INITS = 10
+#: Key in a published model's ``metrics.extra``: the namespace's ``training_rows`` counter
+#: when the model's rows were read, where a resuming trainer counts fresh rows from.
+ROWS_COUNTER_METRIC = "training_rows_counter"
 
 # Renew the lease only if we still hold it: compare-and-extend must be atomic.
 _RENEW = """
@@ -150,11 +156,21 @@ class Trainer:
         self._last_look: tuple[int, int] | None = None
 
     def resume(self) -> None:
-        """Continue from the published model, if any (after a restart or a takeover)."""
+        """Continue from the published model, if any (after a restart or a takeover).
+
+        Rows pushed since that model's rows were read are fresh: the model carries the
+        ``training_rows`` counter as it was then (`ROWS_COUNTER_METRIC`), so a restarted
+        trainer, or ``train --once``, updates on them instead of waiting for as many more.
+        """
         model = self.models.load_current()
+        pushed = self.rows_pushed()
+        self._rows_seen = pushed
         if model is not None:
             self._continue_from(model)
-        self._rows_seen = self.rows_pushed()
+            then = model.metrics.extra.get(ROWS_COUNTER_METRIC)
+            # A counter below it was reset (or the model was imported from elsewhere).
+            if then is not None and 0 <= then <= pushed:
+                self._rows_seen = int(then)
 
     def _continue_from(self, model: SegmentModel) -> None:
         self.preprocessor = model.to_preprocessor()
@@ -229,7 +245,7 @@ class Trainer:
         if self.preprocessor.stale_for(X, self.config.rescale_tolerance):
             return self._refit("scaling")
         Z = self.preprocessor.transform(X)
-        self._set_forgetting(len(X))
+        self._set_forgetting(rows_fitted=len(X), rows_pushed=fresh)
         self.segmenter.partial_fit(Z)
         every = self.config.refit_check_updates
         if every and self.segmenter.n_updates_ % every == 0:
@@ -309,13 +325,17 @@ class Trainer:
         sizes = self.client.hgetall(self.keys.segment_sizes)
         return sum(max(0, int(n)) for n in sizes.values())
 
-    def _set_forgetting(self, rows: int) -> None:
-        """Apply the configured half-life to the next update (the settings win over what a
-        resumed model carries).
+    def _set_forgetting(self, *, rows_fitted: int, rows_pushed: int) -> None:
+        """Apply the configured half-life to the next update of ``rows_fitted`` rows (each
+        user's newest of the ``rows_pushed`` fresh ones); the settings win over what a
+        resumed model carries.
 
         With ``half_life_periods`` the pipeline pushes about one row per user and period, so
-        old weight halves every ``users x half_life_periods`` rows (Spark's points unit).
-        Before the pipeline has counted any user, this update's ``rows`` stand for one period.
+        old weight halves every ``users x half_life_periods`` rows *pushed* (Spark's points
+        unit): an update of three periods' rows decays by three periods, although it fits
+        each user once. The segmenter decays by the rows it fits, so its half-life in points
+        is scaled by ``rows_fitted / rows_pushed``. Before the pipeline has counted any user,
+        the users fitted stand for them.
         """
         assert self.segmenter is not None
         periods = self.config.half_life_periods
@@ -324,8 +344,11 @@ class Trainer:
                 half_life_batches=self.config.half_life_batches, half_life_points=None
             )
         else:
-            users = self._users() or rows
-            self.segmenter.set_params(half_life_batches=None, half_life_points=periods * users)
+            users = self._users() or rows_fitted
+            per_row_fitted = rows_fitted / max(rows_pushed, rows_fitted)
+            self.segmenter.set_params(
+                half_life_batches=None, half_life_points=periods * users * per_row_fitted
+            )
 
     def _new_segmenter(self) -> StreamingSegmenter:
         return StreamingSegmenter(
@@ -378,7 +401,13 @@ class Trainer:
         positions = self.segmenter.predict(Z)
         centers = self.preprocessor.inverse_transform(self.segmenter.cluster_centers_)
         labels = label_segments(centers, X, positions, FEATURE_NAMES)
-        model = SegmentModel.from_fitted(self.segmenter, self.preprocessor, labels, n_rows=len(X))
+        model = SegmentModel.from_fitted(
+            self.segmenter,
+            self.preprocessor,
+            labels,
+            n_rows=len(X),
+            extra_metrics={ROWS_COUNTER_METRIC: float(self._rows_seen)},
+        )
         lease = self.lease
         try:
             model = self.models.publish_next(

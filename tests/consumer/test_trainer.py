@@ -492,6 +492,17 @@ def test_half_life_periods_forgets_per_period_whatever_the_shop_size(
     assert trainer.step() is not None
     assert trainer.segmenter.counts_.sum() == pytest.approx(before * 0.5**0.5 + 2000)
 
+    # Three periods' rows of the same 2,000 users in one update: fitted once each, and
+    # three periods of forgetting (it used to decay by the users fitted, one period).
+    before = trainer.segmenter.counts_.sum()
+    users = [f"u{i}" for i in range(2000)]
+    for _ in range(3):
+        X = rng.lognormal(mean=1.0, sigma=0.3, size=(len(users), len(FEATURE_NAMES)))
+        push_training_rows(redis_client, keys, X, users)
+    model = trainer.step()
+    assert model is not None and model.metrics.n_rows == 2000
+    assert trainer.segmenter.counts_.sum() == pytest.approx(before * 0.5**1.5 + 2000)
+
 
 def test_with_behaviour_unchanged_versions_barely_move_users(
     redis_client: redis.Redis, namespace: str
@@ -603,6 +614,12 @@ def test_train_once_without_enough_data_says_what_is_missing(
     assert main(base) == 1  # resumes v1: an update waits for update_rows new rows
     error = capsys.readouterr().err
     assert "an update needs trainer.update_rows=5,000 new rows; 0 since v1" in error
+    # Rows pushed while no trainer ran are fresh for the next one (a resumed trainer used
+    # to count from the counter as it found it, so --once could never update).
+    push_training_rows(redis_client, KeyLayout(namespace), rows * 1.1, users)
+    monkeypatch.setenv("STREAMSEG_TRAINER__UPDATE_ROWS", "150")
+    assert main(base) == 0
+    assert ModelStore(redis_client, KeyLayout(namespace)).current_version() == 2
 
 
 def test_a_trainer_waiting_for_the_lease_names_its_holder(
