@@ -15,7 +15,8 @@ each term being the segment's fraction of the best segment on that axis; a term 
 denominator is 0 counts as 0, and a ``|v_k| < 1e-9`` (rounding noise of the inverse scaling
 where a centre's revenue and purchases are 0) is 0. So ``v`` is in [-0.5, 1], does not depend
 on the currency unit, and compares segments of one model only. Tier 1 is the highest score;
-ties are broken by net revenue, then purchases, then position.
+ties are broken by net revenue, then purchases (each read as 0 when closer to 0 than 1e-9),
+then position.
 
 Names come from ordered rules, first match wins. ``rank(f)`` is the relative rank of the segment
 among all segments on feature ``f`` (0 = lowest, 1 = highest, average rank on ties, 0.5 when
@@ -212,13 +213,16 @@ def value_scores(net_revenue: npt.ArrayLike, purchases: npt.ArrayLike) -> FloatA
 def value_order(
     scores: npt.ArrayLike, net_revenue: npt.ArrayLike, purchases: npt.ArrayLike
 ) -> npt.NDArray[np.intp]:
-    """Positions sorted from highest to lowest value (ties: revenue, purchases, position)."""
+    """Positions sorted from highest to lowest value (ties: revenue, purchases, position;
+    a revenue or purchase count closer to 0 than 1e-9 counts as 0, as in the score)."""
     s = np.asarray(scores, dtype=np.float64)
     positions = np.arange(s.size)
+    # Non-buyers' centres read -1.3e-15 and -1.5e-15: rounding noise must not rank them.
+    r, p = (np.asarray(v, dtype=np.float64).copy() for v in (net_revenue, purchases))
+    r[np.abs(r) < _ZERO] = 0.0
+    p[np.abs(p) < _ZERO] = 0.0
     # np.lexsort sorts by the last key first; negate for descending order.
-    return np.lexsort(
-        (positions, -np.asarray(purchases, float), -np.asarray(net_revenue, float), -s)
-    )
+    return np.lexsort((positions, -p, -r, -s))
 
 
 def value_tiers(order: npt.ArrayLike, n_tiers: int | None = None) -> IntArray:

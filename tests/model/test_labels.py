@@ -164,6 +164,15 @@ def test_any_centres_get_unique_names_and_a_full_ranking(raw: np.ndarray, refund
     assert np.all(np.diff(scores[order]) <= 0)
 
 
+def test_rounding_noise_does_not_order_segments_of_equal_value() -> None:
+    """Three non-buying centres came back from the scaled space with net revenue -1.32e-15,
+    -1.48e-15 and -1.15e-15: the noise decided their tiers (a walkthrough saw [5, 6, 4])."""
+    revenue = np.array([-1.32e-15, -1.48e-15, -1.15e-15, 250.0])
+    purchases = np.array([1e-16, 0.0, -1e-17, 3.0])
+    scores = value_scores(revenue, purchases)
+    assert value_order(scores, revenue, purchases).tolist() == [3, 0, 1, 2]
+
+
 def test_grouped_tiers_are_even_and_monotone() -> None:
     scores = value_scores(CENTRES[:, COL["net_revenue"]], CENTRES[:, COL["purchases"]])
     order = value_order(scores, CENTRES[:, COL["net_revenue"]], CENTRES[:, COL["purchases"]])
