@@ -977,7 +977,7 @@ class SegmentPipeline:
         records, size_changes, changes = self._assign(users, states, features)
         moved = states[:, COL["segment_id"]] != before
         changed = np.flatnonzero(moved | outdated)
-        # The model assigns idle users at the watermark: the trainer must see them there too.
+        # The model assigns idle users at the pass's time: the trainer must see them there too.
         rows = None
         if self._rescore_samples and self._training_rows_wanted:
             idle = self._period(states[:, COL["last_ts_ms"]]) < self._period(self._rescore_at)

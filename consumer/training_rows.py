@@ -1,10 +1,12 @@
 """The rows the pipeline gives the trainer in ``<ns>:training-samples``, and how they are read.
 
 One list element per row, newest first (LPUSH): the user's feature values as float64 in
-``FEATURE_NAMES`` order, then 8 bytes naming the user: the first 8 bytes of BLAKE2b of the
-user id's UTF-8 (a key, not the id: the buffer holds no personal identifiers). Byte order is
-the machine's (little-endian on x86-64 and ARM64). Elements of exactly the features' size are
-rows written before the key was added; they count as rows of distinct users.
+``FEATURE_NAMES`` order, then 8 bytes naming the user: the raw digest of BLAKE2b with an
+8-byte digest size (``blake2b(id, digest_size=8)``, not a prefix of the 64-byte digest) of the
+user id's UTF-8 (a key, not the id: the buffer holds no personal identifiers). The floats'
+byte order is the machine's (little-endian on x86-64 and ARM64). Elements of exactly the
+features' size are rows written before the key was added; they count as rows of distinct
+users.
 
 The key lets the trainer fit each user once, at their newest row (`newest_row_per_user`). The
 pipeline pushes about one row per user and training period, but a consumer catching up on a

@@ -34,7 +34,8 @@ events came one per batch, so the outcome never depends on batch boundaries and 
 decides the same way. The first copy in offset order is applied, so for identical copies
 the features do not depend on which copy arrives first. Copies further apart than
 ``window`` of the user's applied events are both applied (the window is bounded by design);
-a 52-bit collision (~1e-15 per pair) would drop a distinct event.
+a collision of two distinct ids' 52-bit hashes (`event_id_hashes`; about 2^-52 per pair if
+the checksums behaved like random hashes) would drop the second event.
 
 Features
 --------
@@ -182,7 +183,9 @@ def event_id_hashes(event_ids: Sequence[str]) -> np.ndarray:
 
     ``crc32 << 20 | adler32 & 0xFFFFF`` of the UTF-8 bytes: about 2x cheaper than blake2b,
     which matters once per event; only ids of one user's last few events are ever compared,
-    so a chance collision (about 1 in 2^40) is what a wrongly skipped event would need.
+    so a chance collision (about 2^-52 per pair if the checksums behaved like random hashes;
+    they are not cryptographic, so colliding ids can be crafted) is what a wrongly skipped
+    event would need.
     """
     crc32, adler32 = zlib.crc32, zlib.adler32
     encoded = [e.encode() for e in event_ids]

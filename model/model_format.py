@@ -354,7 +354,8 @@ class SegmentModel(BaseModel):
         positions : ndarray of intp
             Centre positions (index into ``names``, ``tiers``, ``profiles``).
         distances : ndarray of float64
-            Euclidean distance to the chosen centre in the scaled space (1 = one IQR).
+            Euclidean distance to the chosen centre in the scaled space (1 = one
+            ``max(IQR, 1.349 * std)`` of the transformed column, `model.preprocessing`).
 
         Raises
         ------

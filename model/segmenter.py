@@ -224,8 +224,8 @@ class StreamingSegmenter(ClusterMixin, BaseEstimator):
         forgetting at all.
     new_id_distance : float, default 1.0
         Largest distance (units of ``X``; with :class:`~model.preprocessing.Preprocessor`, 1 is
-        one IQR or 1.349 std) at which a centre keeps the id of the previous centre it is
-        matched to.
+        ``max(IQR, 1.349 * std)`` of the transformed column) at which a centre keeps the id of
+        the previous centre it is matched to.
     dying_share : float, default 0.001
         A centre holding less than this share of the total decayed count is dying.
     n_init : int, default 5
