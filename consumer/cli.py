@@ -68,6 +68,98 @@ event of the contract instead (keyed by its user_id; --key-field does not apply)
 """
 
 
+_RUN_EPILOG = """\
+Reads kafka.events_topic in consumer group kafka.group_id, keeps each user's decayed features
+in Redis (namespace redis.namespace), assigns segments with the current model (cold start
+until `streamseg train` publishes one), writes segment changes to kafka.segments_topic and
+bad records to kafka.dead_letter_topic. Stop with SIGTERM or Ctrl-C: the batch in hand is
+finished and committed first.
+
+Examples:
+  streamseg run                                  # the service: run it next to `train`
+  streamseg run --processes 2                    # two consumers of the group, one command
+  streamseg run --idle-exit-seconds 10           # a batch job: stop when the topic is drained
+  STREAMSEG_REDIS__NAMESPACE=shop2 streamseg run --metrics-port 9118
+"""
+
+_TRAIN_EPILOG = """\
+Waits for trainer.bootstrap_rows feature rows from the pipeline, bootstraps (k-means++, 10
+restarts), then every trainer.update_interval_seconds runs one partial_fit step with
+forgetting on at least trainer.update_rows new rows and publishes the next model version;
+consumers pick it up within pipeline.model_poll_seconds. One trainer per namespace holds a
+lease in Redis; a second one waits and takes over when the first stops.
+
+Examples:
+  streamseg train                                # next to `streamseg run`
+  streamseg train --once                         # bootstrap or one update, then exit
+  STREAMSEG_TRAINER__N_CLUSTERS=8 streamseg train
+"""
+
+_STATUS_EPILOG = """\
+Examples:
+  streamseg status
+  streamseg --namespace r1 status --json | jq .segments
+Exit status 2 when Redis or Kafka does not answer.
+"""
+
+_LOOKUP_EPILOG = """\
+Prints each user's stored segment record as one JSON line (the record in the README's
+"Reading segments"), or {"user_id": ..., "status": "unknown"} for a user never seen. Exit
+status 1 when every user asked is unknown.
+
+Examples:
+  streamseg lookup u-42 u-43
+  streamseg lookup --live u-42                   # after a promote: the live namespace
+"""
+
+_MODEL_EPILOG = """\
+Models are versioned JSON in Redis (never pickle); consumers use the current version and
+pick a change up within pipeline.model_poll_seconds.
+
+Examples:
+  streamseg model list --last 5
+  streamseg model show                           # the current version's segments
+  streamseg model rollback 7                     # a running trainer continues from v7
+  streamseg model export model.json --version 7
+  streamseg model import model.json              # published as the next version
+"""
+
+_REPLAY_EPILOG = """\
+Reads the events topic's records from --from to --to (Kafka record times) into the shadow
+namespace NAME with its own consumer group, trains a model there from scratch on a snapshot
+of every user, and scores every user with it; the live namespace is not touched. Segment
+changes go to <segments_topic>.replay-NAME, bad records to <dead_letter_topic>.replay-NAME.
+Stopped (SIGTERM, Ctrl-C, --max-events), it resumes where it stopped when run again with
+the same NAME.
+
+Examples:
+  streamseg replay --from earliest --namespace-out r1
+  streamseg replay --from 2026-11-01T00:00:00Z --to latest --namespace-out nov --n-clusters 8
+  streamseg replay --from earliest --namespace-out r1 --max-rate 5000   # beside a live run
+then: streamseg compare r1; streamseg promote r1 (or streamseg drop r1)
+"""
+
+_COMPARE_EPILOG = """\
+Prints users in both namespaces, the share whose segment differs after matching segments
+by centre, the adjusted Rand index between the two assignments, each one's inertia, and the
+segments side by side with the profile values that moved by more than 20%.
+
+Examples:
+  streamseg compare r1                           # r1 against the live namespace
+  streamseg compare r1 --with r2
+"""
+
+_PROMOTE_EPILOG = """\
+Sets the live pointer (streamseg:live-namespace) in one transaction and remembers the
+previous namespace. Lookups with namespace=None or `lookup --live`, and pipelines with
+pipeline.follow_live_namespace, follow it at once; `streamseg rollback-namespace` (or
+promote --rollback) switches back. Promoting the live namespace changes nothing.
+
+Examples:
+  streamseg promote r1
+  streamseg rollback-namespace
+"""
+
 _REPORT_EPILOG = """\
 Reads the namespace's current state from Redis (nothing is written there) and writes
 DIR/index.html with PNG figures: a profile table of each segment in business units
@@ -109,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace", help="Redis key namespace to use (overrides redis.namespace)"
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="least severe log lines shown (default INFO)",
     )
     parser.add_argument(
         "--log-format",
@@ -124,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         "consumer.pipeline:run_command",
         "consume events, keep features in Redis and assign segments (the main job)",
+        _RUN_EPILOG,
     )
     run.add_argument(
         "--max-events", type=int, default=0, help="stop after this many records (0 = forever)"
@@ -149,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         "consumer.trainer:train_command",
         "keep the model fresh: bootstrap, then partial_fit on recent feature vectors",
+        _TRAIN_EPILOG,
     )
     train.add_argument(
         "--once",
@@ -156,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap or update once, publish, then exit; without enough data yet, exit "
         "status 1 and a line saying what is missing",
     )
-    train.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
+    train.add_argument(
+        "--max-seconds", type=float, default=0.0, help="exit after this long (0 = never)"
+    )
     _metrics_port_option(train, DEFAULT_METRICS_PORTS["train"])
 
     status = _command(
@@ -164,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "consumer.status:status_command",
         "print a running deployment's model, segment sizes, counters, group lag and consumers",
+        _STATUS_EPILOG,
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -172,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lookup",
         "consumer.lookup:lookup_command",
         "print the segment records of users, as a personalization service reads them",
+        _LOOKUP_EPILOG,
     )
     lookup.add_argument(
         "user_ids", nargs="+", metavar="USER_ID", help="user ids as the events carry them"
@@ -187,9 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         "consumer.model_store:model_command",
         "list, show, roll back, export or import models",
+        _MODEL_EPILOG,
     )
     model_actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = model_actions.add_parser("list", help="published versions, newest first")
+    listing = _action(model_actions, "list", "published versions, newest first (* = current)")
     listing.add_argument(
         "--last",
         type=_non_negative_int,
@@ -198,16 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the newest N versions kept (default 20; 0 = all of them, up to "
         "trainer.model_history_versions)",
     )
-    show = model_actions.add_parser("show", help="one version's segments and profiles")
+    show = _action(
+        model_actions, "show", "one version's segments: ids, names, tiers, sizes and profiles"
+    )
     show.add_argument("version", nargs="?", type=int, help="default: the current one")
-    rollback = model_actions.add_parser("rollback", help="make an earlier version current")
+    rollback = _action(
+        model_actions,
+        "rollback",
+        "make an earlier version current (consumers switch within pipeline.model_poll_seconds; "
+        "a running trainer continues from it)",
+    )
     rollback.add_argument("version", type=int, help="a version `model list` shows")
-    export = model_actions.add_parser("export", help="write a version's JSON to a file")
+    export = _action(model_actions, "export", "write a version's JSON to a file")
     export.add_argument("path", type=Path, help="file to write (the model format's JSON)")
     export.add_argument(
         "--version", dest="model_version", type=int, help="default: the current one"
     )
-    imp = model_actions.add_parser("import", help="publish a model JSON file as a new version")
+    imp = _action(
+        model_actions,
+        "import",
+        "publish a model JSON file as the next version (checked first: a bad file changes nothing)",
+    )
     imp.add_argument(
         "path",
         type=Path,
@@ -442,6 +555,7 @@ def _add_replay_commands(commands: Any) -> None:
         "replay",
         "consumer.replay:replay_command",
         "rebuild features from the events topic into a shadow namespace, train and score it",
+        _REPLAY_EPILOG,
     )
     replay.add_argument(
         "--from",
@@ -456,7 +570,12 @@ def _add_replay_commands(commands: Any) -> None:
         metavar="TIME|latest",
         help="stop before this record time; latest = the end of the topic at start (default)",
     )
-    replay.add_argument("--namespace-out", required=True, metavar="NAME", help="shadow namespace")
+    replay.add_argument(
+        "--namespace-out",
+        required=True,
+        metavar="NAME",
+        help="shadow namespace to build (not the configured or the live one)",
+    )
     replay.add_argument(
         "--n-clusters",
         type=_segment_count,
@@ -465,7 +584,11 @@ def _add_replay_commands(commands: Any) -> None:
     )
     replay.add_argument("--seed", type=int, metavar="S", help="default trainer.seed")
     replay.add_argument(
-        "--max-events", type=int, default=0, help="stop after this many records (resume later)"
+        "--max-events",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after this many records; run again to resume (default 0 = all)",
     )
     replay.add_argument(
         "--max-rate",
@@ -495,18 +618,25 @@ def _add_replay_commands(commands: Any) -> None:
         "compare",
         "consumer.replay:compare_command",
         "compare a shadow namespace's segments with the live (or another) namespace",
+        _COMPARE_EPILOG,
     )
-    compare.add_argument("name", metavar="NAME")
+    compare.add_argument("name", metavar="NAME", help="the namespace to judge, e.g. a replay's")
     compare.add_argument(
-        "--with", dest="with_", default="live", metavar="NAMESPACE", help="default: live"
+        "--with",
+        dest="with_",
+        default="live",
+        metavar="NAMESPACE",
+        help="the namespace to compare with (default live: the one the live pointer names, "
+        "else redis.namespace)",
     )
     promote = _command(
         commands,
         "promote",
         "consumer.namespaces:namespace_command",
         "make a namespace live for lookups following streamseg:live-namespace (atomic)",
+        _PROMOTE_EPILOG,
     )
-    promote.add_argument("name", nargs="?", metavar="NAME")
+    promote.add_argument("name", nargs="?", metavar="NAME", help="the namespace to make live")
     promote.add_argument(
         "--rollback", action="store_true", help="switch back to the previous namespace"
     )
@@ -564,11 +694,25 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _command(commands: Any, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+def _command(
+    commands: Any, name: str, handler: str, help_text: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = commands.add_parser(
-        name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.set_defaults(handler=handler)
+    return sub
+
+
+def _action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A ``model`` action whose ``--help`` says what it does, as the commands' do."""
+    sub: argparse.ArgumentParser = actions.add_parser(
+        name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+    )
     return sub
 
 
@@ -616,6 +760,11 @@ def main(argv: list[str] | None = None) -> int:
         # stdout at /dev/null so that the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # what a shell reports for a command ended by SIGPIPE
+    except OSError as exc:
+        # A file that cannot be read or written (`model export /proc/x`): one line, the path
+        # and the system's reason, not a traceback.
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return _fail(args, f"{where}{exc.strerror or exc}")
 
 
 def _fail(args: argparse.Namespace, message: str) -> int:

@@ -301,6 +301,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         if exported is None:
             print("no model published yet", file=sys.stderr)
             return 1
+        args.path.parent.mkdir(parents=True, exist_ok=True)
         args.path.write_bytes(store.load(exported).to_json())
         print(f"wrote model v{exported} to {args.path}")
         return 0

@@ -131,7 +131,10 @@ def rollback(client: RedisClient, pointer: PointerKeys | None = None) -> str:
                     live = _watched_get(pipe, keys.live)
                     previous = _watched_get(pipe, keys.previous)
                 if previous is None or live is None:
-                    raise ConfigError("no previous namespace to roll back to (never promoted)")
+                    raise ConfigError(
+                        "no previous namespace to roll back to (never promoted, or the "
+                        "previous namespace was dropped)"
+                    )
                 pipe.multi()
                 pipe.set(keys.live, previous)
                 if not cluster:

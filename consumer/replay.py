@@ -273,11 +273,16 @@ def replay(
     """
     shadow = shadow_settings(settings, name)
     client = client or settings.redis.connect()
-    if name in (
-        settings.redis.namespace,
-        live_namespace(client, settings.redis.namespace, pointer),
-    ):
-        raise ConfigError(f"--namespace-out {name!r} is a live namespace; replay into another")
+    if name == settings.redis.namespace:
+        raise ConfigError(
+            f"--namespace-out {name!r} is the configured namespace (redis.namespace) that "
+            "consumers write; replay into another"
+        )
+    if name == live_namespace(client, settings.redis.namespace, pointer):
+        raise ConfigError(
+            f"--namespace-out {name!r} is the live namespace (the live pointer names it); "
+            "replay into another"
+        )
     topic = shadow.kafka.events_topic
 
     planner = create_consumer(shadow.kafka)

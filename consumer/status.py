@@ -225,7 +225,7 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         + ("" if live == status["namespace"] else f" (the live pointer names {live})"),
         "model          "
         + (
-            f"v{version} (published {status['model_created_at']})"
+            f"v{version} (created {status['model_created_at']})"
             if version
             else "none (cold start: waiting for the trainer)"
         ),

@@ -319,8 +319,11 @@ def show_lookups(redis_url: str, planted: dict[str, str], keys: KeyLayout) -> No
     if not samples:
         return
     user = next(iter(samples.values()))
-    port = redis_url.rsplit(":", 1)[1].split("/")[0]
-    console.print(f"from any language: redis-cli -p {port} GET '{keys.segment(user)}'")
+    # The demo's Redis stops with the demo: name the key as a deployment would read it.
+    console.print(
+        f"from any language, against a running deployment: "
+        f"redis-cli -u \"$STREAMSEG_REDIS__URL\" GET '{keys.segment(user)}'"
+    )
 
 
 if __name__ == "__main__":

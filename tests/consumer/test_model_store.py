@@ -15,6 +15,7 @@ from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
 from consumer.trainer import Trainer, TrainerLease
+from model.model_format import SegmentModel
 from tests.consumer.test_faults import small_model
 
 pytestmark = [pytest.mark.redis]
@@ -191,6 +192,29 @@ def test_an_import_names_what_is_wrong_with_the_file_before_asking_redis(
     path.write_bytes(model.to_json())
     assert main(["model", "import", str(path)]) == 2
     assert "Redis (redis.url) did not answer" in capsys.readouterr().err
+
+
+def test_an_export_makes_its_directory_and_an_unwritable_path_is_one_line(
+    redis_client: redis.Redis,
+    namespace: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """``model export newdir/m.json`` raised FileNotFoundError with a traceback, exit 1."""
+    model = small_model()
+    ModelStore(redis_client, KeyLayout(namespace)).publish(model)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    path = tmp_path / "newdir" / "m.json"
+    assert main(["--namespace", namespace, "model", "export", str(path)]) == 0
+    assert SegmentModel.from_json(path.read_bytes()).centers == model.centers
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert main(["--namespace", namespace, "model", "export", str(blocked / "m.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("streamseg: error: ") and str(blocked) in error
+    assert "Traceback" not in error
 
 
 def test_model_show_is_a_table_in_tier_order(

@@ -353,6 +353,8 @@ def test_drop_refuses_the_live_namespace_and_deletes_another(
     assert deleted == 3  # two records and the model version
     assert redis_client.get(KeyLayout(green).segment("u1")) is not None
     assert redis_client.get(pointer.previous) is None  # no rollback into a dropped namespace
+    with pytest.raises(ConfigError, match="never promoted, or the previous namespace was dropped"):
+        rollback(redis_client, pointer)  # it said "never promoted" after two promotes
 
 
 def test_the_commands_replay_compare_promote_and_drop(
@@ -533,6 +535,10 @@ def test_replay_arguments_are_checked_before_any_work(
     assert "--to 2026-11-01 is not after --from 2026-11-02" in capsys.readouterr().err
     assert main(["replay", "--from", "earliest", "--namespace-out", "a:b{c}"]) == 2
     assert "--namespace-out 'a:b{c}': must be 1-64 characters" in capsys.readouterr().err
+    # The configured namespace is not called live (the pointer may name another).
+    argv = ["--namespace", "shop", "replay", "--from", "earliest", "--nice", "0"]
+    assert main([*argv, "--namespace-out", "shop"]) == 2
+    assert "'shop' is the configured namespace (redis.namespace)" in capsys.readouterr().err
 
 
 def test_the_first_promote_can_be_rolled_back_to_the_configured_namespace(
