@@ -292,7 +292,11 @@ def replay(
     finally:
         planner.close()
     if not any(len(r) for r in ranges):
-        raise ConfigError(f"{topic} holds no record in the range asked: nothing to replay")
+        raise ConfigError(
+            f"{topic} holds no record in the range asked: nothing to replay (--from and --to "
+            "are Kafka record times, when records were produced unless the producer set them, "
+            "not the events' ts; --from earliest takes the whole topic)"
+        )
     # Only now: a replay refused above leaves no empty namespace in `streamseg namespaces`.
     register_namespace(client, name, pointer)
     resume = {tp.partition: tp.offset for tp in committed if tp.offset not in (OFFSET_INVALID, -1)}
