@@ -67,9 +67,18 @@ def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
     return Producer(config, logger=librdkafka_log)
 
 
-def dead_letter_headers(
-    message: Message, reason: str, detail: str
-) -> list[tuple[str, str | bytes | None]]:
+#: A dead letter (key, value and headers) stays under this many bytes: the producer refuses a
+#: message above ``message.max.bytes`` (1,000,000 by default) and the broker one above its own
+#: limit (1,048,588 by default), and a refused dead letter would stop the consumer.
+DEAD_LETTER_MAX_BYTES = 900_000
+#: Of which the key keeps at most this much, and the source record's headers this much.
+DEAD_LETTER_MAX_KEY_BYTES = 4_096
+DEAD_LETTER_MAX_HEADER_BYTES = 65_536
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
     """Headers naming why a record was rejected and where it came from."""
     return [
         ("streamseg.reason", reason.encode()),
@@ -78,6 +87,48 @@ def dead_letter_headers(
         ("streamseg.source.partition", str(message.partition()).encode()),
         ("streamseg.source.offset", str(message.offset()).encode()),
     ]
+
+
+def dead_letter_message(
+    message: Message, reason: str, detail: str
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """(key, value, headers) of the dead letter of ``message``, at most
+    `DEAD_LETTER_MAX_BYTES` in all.
+
+    The source record's key, value and headers (except ``streamseg.*`` ones: ours say why)
+    follow `dead_letter_headers`. What does not fit is cut: the key to
+    `DEAD_LETTER_MAX_KEY_BYTES` (header ``streamseg.key_truncated_from_bytes``: its length),
+    the source headers left out when above `DEAD_LETTER_MAX_HEADER_BYTES`
+    (``streamseg.headers_dropped_bytes``), and the value to what remains
+    (``streamseg.truncated_from_bytes``).
+    """
+    headers = dead_letter_headers(message, reason, detail)
+    key, value = message.key(), message.value()
+    if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+        headers.append(("streamseg.key_truncated_from_bytes", str(len(key)).encode()))
+        key = key[:DEAD_LETTER_MAX_KEY_BYTES]
+    raw = message.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else raw  # a consumed record: a list
+    source = [(k, v) for k, v in pairs if not k.startswith("streamseg.")]
+    source_bytes = _header_bytes(source)
+    if source_bytes > DEAD_LETTER_MAX_HEADER_BYTES:
+        headers.append(("streamseg.headers_dropped_bytes", str(source_bytes).encode()))
+    else:
+        headers.extend(source)
+    room = DEAD_LETTER_MAX_BYTES - len(key or b"") - _header_bytes(headers) - 64
+    if value is not None and len(value) > room:
+        # Larger than a Kafka message may be: keep the head, say how long it was.
+        headers.append(("streamseg.truncated_from_bytes", str(len(value)).encode()))
+        value = value[:room]
+    return key, value, headers
+
+
+def _header_bytes(headers: Headers) -> int:
+    """Bytes of headers as a Kafka message counts them (names, values, a little framing)."""
+    return sum(
+        len(k.encode()) + len(v.encode() if isinstance(v, str) else v or b"") + 8
+        for k, v in headers
+    )
 
 
 def partition_count(admin: AdminClient, topic: str, *, timeout: float = 10.0) -> int | None:

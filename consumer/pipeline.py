@@ -42,6 +42,7 @@ from consumer.kafka_clients import (
     create_consumer,
     create_producer,
     dead_letter_headers,
+    dead_letter_message,
     ensure_topics,
 )
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
@@ -88,10 +89,6 @@ if TYPE_CHECKING:
     from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
-
-
-#: Dead letters keep at most this much of a record (a Kafka message is at most ~1 MB).
-DEAD_LETTER_MAX_BYTES = 900_000
 
 
 class StopRequested(Exception):
@@ -1023,13 +1020,20 @@ class SegmentPipeline:
         topic = self.settings.kafka.dead_letter_topic
         for rejection in rejections:
             m = records[rejection.index]
-            headers = dead_letter_headers(m, rejection.reason, rejection.detail)
-            value = m.value()
-            if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
-                # Larger than a Kafka message may be: keep the head, say how long it was.
-                headers.append(("streamseg.truncated_from_bytes", str(len(value)).encode()))
-                value = value[:DEAD_LETTER_MAX_BYTES]
-            self._produce(topic, m.key(), value, headers)
+            key, value, headers = dead_letter_message(m, rejection.reason, rejection.detail)
+            try:
+                self._produce(topic, key, value, headers)
+            except KafkaException as exc:
+                # Refused by this client (a size it counts differently, a header it rejects):
+                # the reason and the source position still go, the bytes cannot.
+                log.warning(
+                    "dead letter of %s [%s] @%s refused (%s): sent without its bytes",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    exc,
+                )
+                self._produce(topic, None, None, dead_letter_headers(m, rejection.reason, ""))
             stats.reasons[rejection.reason] += 1
         stats.dead_lettered = len(rejections)
         if rejections:

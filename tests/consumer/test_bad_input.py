@@ -11,6 +11,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from consumer.redis_keys import KeyLayout
 from model.features import FeatureConfig
@@ -120,3 +121,42 @@ def test_kcat_bytes_are_counted_dead_lettered_and_never_crash_the_pipeline(
     applied = [VIEW_U1, BUY_U3]
     expected = recompute(canonical(applied), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+
+
+def test_a_record_too_large_to_dead_letter_as_it_is_is_cut_not_fatal(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A 1,000,000-byte key (compressed, the broker takes it) made the dead letter larger than
+    the producer may send: the consumer died with MSG_SIZE_TOO_LARGE, on every restart, and
+    the good records around it were never applied. The source's own headers are kept."""
+    topic = new_topic()
+    huge_key = b"k" * 1_000_000
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "compression.type": "lz4",
+            "message.max.bytes": 2_000_000,
+        }
+    )
+    before = {**VIEW_U1, "event_id": "b1", "user_id": "before"}
+    after = {**VIEW_U1, "event_id": "a1", "user_id": "after"}
+    producer.produce(topic, key=b"before", value=orjson.dumps(before))
+    producer.produce(topic, key=huge_key, value=b"V" * 10, headers=[("traceparent", b"00-ab-01")])
+    producer.produce(topic, key=b"after", value=orjson.dumps(after))
+    assert producer.flush(30) == 0
+
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    drain(settings, 3)
+
+    expected = recompute(canonical([before, after]), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+    [dead] = read_topic(kafka_bootstrap, settings.kafka.dead_letter_topic, 1)
+    headers = header_values(dead)
+    assert headers["streamseg.reason"] == b"not_json"
+    assert headers["streamseg.key_truncated_from_bytes"] == b"1000000"
+    assert headers["traceparent"] == b"00-ab-01"
+    assert dead.key() == huge_key[:4096] and dead.value() == b"V" * 10
