@@ -202,6 +202,10 @@ class SegmentPipeline:
         those, with ``assign()`` instead of a group subscription: for a bounded replay.
         """
         kafka = self.settings.kafka
+        # Redis first: one that refuses or does not answer stops start-up (one line, exit 2)
+        # before a Kafka client exists; an unclosed librdkafka consumer kept the process
+        # spinning after the error was printed.
+        self.redis.ping()
         ensure_topics(kafka, reading_events=assignment is None)
         # Reports for failures only: a Python callback per delivered change event cost more
         # than producing it; a failure still reaches `_delivered` and stops the write.
@@ -1236,7 +1240,15 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
     # found a SIGTERM there killing the process).
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
-    pipeline.start()
+    try:
+        pipeline.start()
+    except BaseException:
+        # Whatever failed after the Kafka clients were made: close them, or librdkafka's
+        # threads keep the process alive after the error is reported.
+        pipeline.close()
+        if server is not None:
+            server.stop()
+        raise
     # What start-up loaded (numpy, scikit-learn, pydantic, the model) lives as long as the
     # process: out of the collector's sight, a full collection no longer walks it mid-batch.
     gc.collect()

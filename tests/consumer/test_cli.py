@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,28 @@ def test_a_redis_that_refuses_is_not_said_not_to_answer(
         assert main(["lookup", "u1"]) == 2
     said = capsys.readouterr().err
     assert "streamseg: error: Redis (redis.url) refused: " in said and "wrong" not in said
+
+
+def test_run_exits_when_redis_refuses_at_start_up(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """It printed the one line and then never exited: the Kafka consumer it had made before
+    asking Redis was never closed, and librdkafka's threads kept the process alive."""
+    with RedisServer(password="right-" + uuid.uuid4().hex) as server:
+        env = {
+            **os.environ,
+            "STREAMSEG_REDIS__URL": f"redis://:wrong@127.0.0.1:{server.port}/0",
+            "STREAMSEG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "STREAMSEG_KAFKA__EVENTS_TOPIC": new_topic(),
+            "STREAMSEG_OBSERVABILITY__METRICS_PORT": "0",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "consumer.cli", "run"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr.decode(errors="replace")
+    assert b"streamseg: error: Redis (redis.url) refused" in done.stderr
