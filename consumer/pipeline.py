@@ -586,6 +586,7 @@ class SegmentPipeline:
             type_map=self.type_map,
             limits=self.limits,
             record_ts_ms=kafka.timestamp_ms,
+            now_ms=time.time() * 1000.0,
         )
         stats.ignored = len(batch.ignored)
         if batch.ignored_types:

@@ -15,6 +15,7 @@ Schema of one event (a JSON object; unknown fields are ignored):
                (a JSON integer or float; digits in a string are refused, not guessed
                to be seconds or milliseconds). Must lie in [``min_ts_ms``, ``max_ts_ms``)
                and at most ``max_ahead_of_record_ms`` after the Kafka record's timestamp
+               (the consumer's clock where that is unknown, and never after it)
 ``amount``     number in [0, 1e12], in currency units; required for purchase and refund
 ``currency``   optional string, 1-8 characters (recorded, not converted)
 ``category``   optional string, 1-128 characters
@@ -237,6 +238,7 @@ def decode_events(
     type_map: Mapping[str, EventType],
     limits: DecodeLimits = DecodeLimits(),
     record_ts_ms: np.ndarray | None = None,
+    now_ms: float | None = None,
     accelerated: bool = True,
 ) -> tuple[EventBatch, list[Rejection]]:
     """Decode and validate a batch of raw JSON values.
@@ -244,10 +246,11 @@ def decode_events(
     Every input index ends in exactly one place: a row of the batch, ``batch.ignored`` (valid
     event of a type absent from ``type_map``) or the returned rejections. When ``keys`` is
     given, a non-empty key that differs from the UTF-8 ``user_id`` is rejected (``key_mismatch``).
-    When ``record_ts_ms`` (the Kafka record timestamps, epoch ms; values before
-    ``limits.min_ts_ms`` count as unknown) is given, an
-    event more than ``limits.max_ahead_of_record_ms`` ahead of its record is
-    ``ts_out_of_range``.
+    An event more than ``limits.max_ahead_of_record_ms`` ahead of its reference time is
+    ``ts_out_of_range``: the earlier of its Kafka record's timestamp (``record_ts_ms``, epoch
+    ms; values before ``limits.min_ts_ms`` count as unknown: a producer may set 0 or 1) and
+    ``now_ms`` (the consumer's clock), whichever are known. Without the clock, a record
+    stamped 1 would let an event of 2096 through, and its watermark would age every user.
 
     The `Event` schema decides. With ``accelerated`` (the default), a stricter msgspec decoder
     (`_FastEvent`) reads the common case first; it accepts a subset of what `Event` accepts,
@@ -271,7 +274,7 @@ def decode_events(
     if rest:
         columns.add_validated(values, rest, rejections)
         columns.sort_by_index()
-    return _check_columns(columns, keys, type_map, limits, record_ts_ms, rejections)
+    return _check_columns(columns, keys, type_map, limits, record_ts_ms, now_ms, rejections)
 
 
 class _FastEvent(msgspec.Struct, gc=False):
@@ -425,6 +428,7 @@ def _check_columns(
     type_map: Mapping[str, EventType],
     limits: DecodeLimits,
     record_ts_ms: np.ndarray | None,
+    now_ms: float | None,
     rejections: list[Rejection],
 ) -> tuple[EventBatch, list[Rejection]]:
     """Batch-wide checks as numpy masks (time range, key, type, amount), then the batch."""
@@ -438,10 +442,15 @@ def _check_columns(
 
     # Each check as a mask over all rows; a row fails at its first failing check.
     bad_ts = (ts < limits.min_ts_ms) | (ts >= limits.max_ts_ms)
-    if record_ts_ms is not None and limits.max_ahead_of_record_ms > 0 and n:
-        record_ts = np.asarray(record_ts_ms, dtype=np.float64)[index]
-        # A record timestamp before min_ts_ms is no clock reading (unset, or a producer's 0/1).
-        bad_ts |= (record_ts >= limits.min_ts_ms) & (ts > record_ts + limits.max_ahead_of_record_ms)
+    if limits.max_ahead_of_record_ms > 0 and n:
+        reference = np.full(n, np.inf if now_ms is None else now_ms)
+        if record_ts_ms is not None:
+            record_ts = np.asarray(record_ts_ms, dtype=np.float64)[index]
+            # A record timestamp before min_ts_ms is no clock reading (unset, or a producer's
+            # 0/1): the consumer's clock bounds that record alone.
+            known = record_ts >= limits.min_ts_ms
+            reference = np.where(known, np.minimum(record_ts, reference), reference)
+        bad_ts |= ts > reference + limits.max_ahead_of_record_ms
     if keys is None:
         bad_key = np.zeros(n, dtype=bool)
     else:
@@ -457,7 +466,10 @@ def _check_columns(
     for row in np.flatnonzero(bad_ts).tolist():
         detail = f"ts={ts[row]:.0f} ms"
         if limits.min_ts_ms <= ts[row] < limits.max_ts_ms:
-            detail += f", more than {limits.max_ahead_of_record_ms:.0f} ms after the record"
+            detail += (
+                f", more than {limits.max_ahead_of_record_ms:.0f} ms after the record's "
+                "timestamp (or the consumer's clock)"
+            )
         rejections.append(Rejection(int(index[row]), "ts_out_of_range", detail))
     for row in np.flatnonzero(bad_key).tolist():
         rejections.append(

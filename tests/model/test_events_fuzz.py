@@ -395,3 +395,28 @@ def test_an_event_far_ahead_of_its_kafka_record_is_out_of_range() -> None:
     off = DecodeLimits(max_payload_bytes=4096, max_ahead_of_record_ms=0)
     batch, _ = decode_events(values, type_map=TYPE_MAP, limits=off, record_ts_ms=record_ts)
     assert batch.index.tolist() == [0, 1, 2, 3]
+
+
+def test_without_a_record_time_the_consumer_clock_bounds_an_event() -> None:
+    """A producer that stamps its records 1 (or 0) let an event of 2096 through: its
+    watermark aged every user by 70 years at the next re-score. The consumer's clock bounds
+    records without a time, and records stamped after it."""
+    day = 86_400_000
+    now = TS + 10 * day
+    values: list[bytes | None] = [
+        dumps(event(ts=4_000_000_000_000)),  # 2096, record stamped 1
+        dumps(event(ts=now + 2 * day)),  # record stamped 3 days ahead of the clock
+        dumps(event(ts=now - day)),  # record stamped 1: fine against the clock
+        dumps(event(ts=now + 2 * day)),  # record stamped now + 2 days: it is bounded by now
+    ]
+    record_ts = np.array([1, now + 3 * day, 1, now + 2 * day], dtype=np.int64)
+    batch, rejections = decode_events(
+        values, type_map=TYPE_MAP, limits=LIMITS, record_ts_ms=record_ts, now_ms=now
+    )
+    assert batch.index.tolist() == [2]
+    assert [(r.index, r.reason) for r in rejections] == [
+        (0, "ts_out_of_range"),
+        (1, "ts_out_of_range"),
+        (3, "ts_out_of_range"),
+    ]
+    assert "or the consumer's clock" in rejections[0].detail
