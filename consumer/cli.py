@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from confluent_kafka import KafkaError, KafkaException
 
 from consumer import __version__
 from consumer.exceptions import StreamsegError
@@ -753,6 +754,12 @@ def main(argv: list[str] | None = None) -> int:
         # A command that needs Redis and cannot get it (once started, run and train wait
         # instead); redis-py's messages name host and port, never the URL's password.
         return _fail(args, f"Redis (redis.url) did not answer: {exc}")
+    except KafkaException as exc:
+        # One the command did not expect (replay's planning against a broker that does not
+        # answer, or refuses its credentials): one line naming the setting, as for Redis.
+        error = exc.args[0] if exc.args else exc
+        text = error.str() if isinstance(error, KafkaError) else str(error)
+        return _fail(args, f"Kafka (kafka.bootstrap_servers) failed: {text}")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,6 +147,17 @@ class RedisSettings(BaseModel):
             raise ValueError(
                 "not a Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS) "
                 "or unix:///path/to/socket (the value is not shown: it may hold a password)"
+            ) from None
+        try:
+            # Query options become connection arguments: an unknown one failed only at the
+            # first command, with a TypeError. Making a connection object does not connect.
+            redis.Redis.from_url(value.get_secret_value()).connection_pool.make_connection()
+        except TypeError as exc:
+            option = re.search(r"argument '(\w+)'", str(exc))
+            name = option.group(1) if option else "?"
+            raise ValueError(
+                f"the URL's query has an option redis-py does not know: {name} (the value is "
+                "not shown: it may hold a password)"
             ) from None
         return value
 

@@ -99,6 +99,19 @@ def test_a_bad_redis_url_is_named_without_its_password(
     assert "s3cretPW" not in str(caught.value)
 
 
+def test_an_unknown_option_in_the_redis_url_is_named_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`?foo=bar` passed validation and failed at the first command with a TypeError."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://svc:s3cretPW@redis:6379/0?foo=s3cretPW")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert "redis.url: " in said and "does not know: foo" in said and "s3cretPW" not in said
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://redis:6379/0?socket_timeout=3")
+    load_settings()
+
+
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
