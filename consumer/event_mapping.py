@@ -11,7 +11,7 @@ each contract field (``event_id``, ``user_id``, ``type``, ``ts``, ``amount``, ``
 
 a missing or empty value leaves the field out. Source fields that are not mapped are not sent.
 In a JSON object a SOURCE with dots (``customer.id``) names a nested field when the object has
-no field of that exact name.
+no field of that exact name, and a number beyond float range (``1e400``) is read as its text.
 Text values (every CSV cell) are typed as the contract wants them:
 
 - ``amount``: a decimal number (``12.5``); ``quantity`` and ``rating``: whole numbers;
@@ -21,8 +21,10 @@ Text values (every CSV cell) are typed as the contract wants them:
   text is left as it is (ISO-8601 with a zone passes);
 - everything else is sent as text.
 
-A value that cannot be typed is sent as the text it was, so the consumer dead-letters the
-record (``invalid_field``) with its bytes and counts it: nothing is dropped here. Such values,
+A value that cannot be typed is sent as the value it was: text that is no number, or a number
+that orjson cannot write as itself (an integer beyond 64 bits, a ``ts`` that becomes one in
+milliseconds, infinity). The consumer dead-letters the record (``invalid_field``) with its
+bytes and counts it: nothing is dropped here, and no value stops ``produce`` midway. Such values,
 and rows without a ``user_id``, ``type`` or ``ts`` (no source value, no default), are counted
 per field in `MappingProblems` (the first one is logged at once, with its row number), so the
 producer's summary says what the consumer will refuse before it refuses it.
@@ -43,6 +45,7 @@ import codecs
 import csv
 import hashlib
 import io
+import json
 import logging
 import math
 import re
@@ -63,6 +66,7 @@ __all__ = [
     "EventMapping",
     "MappingProblems",
     "check_dialect",
+    "load_json",
     "read_csv_rows",
     "read_json_rows",
 ]
@@ -87,6 +91,8 @@ _TYPED_FIELDS = frozenset({"ts", "amount", "quantity", "rating"})
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 #: Without these the consumer dead-letters the event (``invalid_field``).
 _REQUIRED_FIELDS = ("user_id", "type", "ts")
+#: The integers orjson writes (and the consumer reads): beyond them orjson.dumps raises.
+_JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
 TsUnit = Literal["ms", "s"]
 Row = Mapping[str, object]
 
@@ -245,22 +251,21 @@ class EventMapping:
         if not isinstance(value, str):
             return value
         text = value.strip()
-        try:
-            if name == "amount":
-                amount = float(text)
-                if math.isfinite(amount):
-                    return amount
-            elif name in ("quantity", "rating"):
-                return int(text)
-        except ValueError:
-            pass
-        self.problems.note(name, f"{name} {value!r} is not a number")
+        if name == "amount":
+            number: float | None = _float(text)
+            problem = "is not a number" if number is None else "is not a finite number"
+        else:  # quantity, rating
+            number = _int(text)
+            problem = "is not a whole number" if number is None else "is beyond 64 bits"
+        if number is not None and _fits_json(number):
+            return number
+        self.problems.note(name, f"{name} {value!r} {problem}")
         return value  # sent as it was, for the consumer to judge
 
     def _timestamp(self, value: object) -> object:
         scale = 1000 if self.ts_unit == "s" else 1
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value * scale
+            return self._epoch_ms(value, value * scale)
         if not isinstance(value, str):
             return value
         text = value.strip()
@@ -270,11 +275,40 @@ class EventMapping:
                 return ms
         elif _NUMBER.fullmatch(text):
             number = float(text) * scale
-            return int(number) if number.is_integer() else number
+            return self._epoch_ms(value, int(number) if number.is_integer() else number)
         if not is_ts_text(value):
             expected = f"--ts-format {self.ts_format!r}" if self.ts_format else "a number"
             self.problems.note("ts", f"ts {value!r} is neither {expected} nor ISO-8601 with a zone")
         return value  # ISO-8601 with a zone passes as it is; the consumer judges the rest
+
+    def _epoch_ms(self, value: object, ms: float) -> object:
+        """``ms``, or ``value`` as it was (counted) when JSON cannot carry ``ms``: orjson
+        raises on an integer beyond 64 bits and writes null for infinity."""
+        if _fits_json(ms):
+            return ms
+        self.problems.note("ts", f"ts {value!r} is beyond 64 bits as epoch milliseconds")
+        return value
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:  # also for more than 4300 digits
+        return None
+
+
+def _fits_json(number: float) -> bool:
+    """Whether orjson writes ``number`` as itself: a finite float, a 64-bit integer."""
+    if isinstance(number, float):
+        return math.isfinite(number)
+    return _JSON_INT_MIN <= number <= _JSON_INT_MAX
 
 
 def _nested(row: Row, path: str) -> object:
@@ -365,15 +399,54 @@ def _warn_on_undecodable(lines: Iterable[str], encoding: str) -> Iterator[str]:
 
 
 def read_json_rows(stream: IO[bytes]) -> Iterator[dict[str, object] | bytes]:
-    """Objects of a JSON-lines byte stream; a line that is not a JSON object comes back as
-    its bytes (to be sent as it is, and dead-lettered by the consumer)."""
+    """Objects of a JSON-lines byte stream (read by `load_json`); a line that is not a JSON
+    object comes back as its bytes (to be sent as it is, and dead-lettered by the consumer)."""
     for raw in stream:
         line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue
         try:
-            obj = orjson.loads(line)
+            obj = load_json(line)
         except orjson.JSONDecodeError:
             yield line
             continue
         yield obj if isinstance(obj, dict) else line
+
+
+def load_json(line: bytes) -> object:
+    """``line`` as orjson reads it, except that a number beyond float range (``1e400``),
+    which orjson refuses, is read as its JSON text: the rest of the line is still JSON, so
+    a mapped field gets that text (counted where it cannot be typed) and a record its key.
+
+    Raises orjson.JSONDecodeError for a line that is no JSON (for orjson).
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if "number is infinity" not in str(exc):
+            raise
+        refused = exc
+    try:
+        obj = json.loads(
+            line, parse_float=_json_float, parse_int=_json_int, parse_constant=_no_constant
+        )
+        orjson.dumps(obj)  # what orjson refuses further on (a lone surrogate) stays refused
+    except (ValueError, TypeError, RecursionError):
+        raise refused from None
+    return obj
+
+
+def _json_float(text: str) -> float | str:
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def _json_int(text: str) -> float | str:
+    # As orjson reads it: beyond 64 bits a float, and beyond float range the text.
+    if len(text) <= 20 and _JSON_INT_MIN <= (number := int(text)) <= _JSON_INT_MAX:
+        return number
+    return _json_float(text)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: orjson refuses them too

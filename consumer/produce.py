@@ -65,7 +65,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from consumer.event_mapping import EventMapping, check_dialect, read_csv_rows, read_json_rows
+from consumer.event_mapping import (
+    EventMapping,
+    check_dialect,
+    load_json,
+    read_csv_rows,
+    read_json_rows,
+)
 from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
 from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
@@ -113,7 +119,7 @@ def record_from_line(line: bytes, key_field: str = "user_id") -> tuple[bytes | N
     Raises `JsonLinesFormatError` when a ``_raw_b64`` wrapper does not hold valid base64.
     """
     try:
-        obj = orjson.loads(line)
+        obj = load_json(line)  # a number beyond float range elsewhere leaves the key readable
     except orjson.JSONDecodeError:
         return None, line
     if not isinstance(obj, dict):

@@ -48,6 +48,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict
 
 
@@ -533,17 +534,42 @@ def _validate(objects: list[Any]) -> tuple[list[Event | None], dict[int, str]]:
             out.extend(_EVENT_LIST.validate_python(chunk))
             continue
         except ValidationError as exc:
-            bad: dict[int, str] = {}
-            for err in exc.errors(include_url=False, include_input=False):
-                pos, *where = err["loc"]
-                assert isinstance(pos, int)
-                if where[:1] == ["ts"] and len(where) == 2:  # one member of ts' union
-                    if where[1] in ("int", "float"):
-                        continue  # the date-time member's message says more
-                    bad.setdefault(pos, f"ts: {TS_EXPECTED}: {_lower_first(err['msg'])}")
-                    continue
-                bad.setdefault(pos, f"{'.'.join(map(str, where)) or 'event'}: {err['msg']}")
+            bad = _details(exc.errors(include_url=False, include_input=False))
         good = iter(_EVENT_LIST.validate_python([o for p, o in enumerate(chunk) if p not in bad]))
         out.extend(None if pos in bad else next(good) for pos in range(len(chunk)))
         errors.update({start + pos: msg for pos, msg in bad.items()})
     return out, errors
+
+
+def _details(errors: list[ErrorDetails]) -> dict[int, str]:
+    """The dead-letter detail of each bad object (by position): its first bad field, why."""
+    by_field: dict[int, dict[object, list[ErrorDetails]]] = {}
+    for err in errors:
+        pos, *where = err["loc"]
+        assert isinstance(pos, int)
+        by_field.setdefault(pos, {}).setdefault(where[0] if where else None, []).append(err)
+    return {pos: _detail(next(iter(fields.values()))) for pos, fields in by_field.items()}
+
+
+def _detail(errors: list[ErrorDetails]) -> str:
+    """``field: message`` for the errors of one field (one per member of a union)."""
+    where = errors[0]["loc"][1:]
+    if len(where) < 2:  # no union: the field's one error
+        return f"{'.'.join(map(str, where)) or 'event'}: {errors[0]['msg']}"
+    if where[0] == "ts":  # the date-time member's message says more than int's and float's
+        err = next((e for e in errors if e["loc"][2] not in ("int", "float")), errors[-1])
+        return f"ts: {TS_EXPECTED}: {_lower_first(err['msg'])}"
+    return f"{where[0]}: {_union_message(errors)}"
+
+
+def _union_message(errors: list[ErrorDetails]) -> str:
+    """Why no member of a union took the value. pydantic lists every member's error, and the
+    first (``int`` of ``int | str``) is the wrong one for a string that is too long: the
+    member of the value's type broke a rule of its own (``string_too_long``), the others
+    only name their type (``int_type``). A value of no member's type (1.5, null) is told
+    them all: ``Input should be a valid integer or a valid string``."""
+    for err in errors:
+        if not err["type"].endswith("_type"):
+            return err["msg"]
+    wanted = [err["msg"].removeprefix("Input should be ") for err in errors]
+    return "Input should be " + " or ".join(dict.fromkeys(wanted))

@@ -14,6 +14,7 @@ import redis
 from confluent_kafka import Producer
 
 from consumer.redis_keys import KeyLayout
+from model.events import TS_EXPECTED
 from model.features import FeatureConfig
 from tests.consumer.pipeline_support import (
     T0,
@@ -47,6 +48,8 @@ PLAIN: list[tuple[bytes, bytes | None, bytes | None, str]] = [
      orjson.dumps({**VIEW_U1, "event_id": "k5", "type": "search"}), "ignored"),
     (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k6", "ts": True}), b"u1",
      orjson.dumps({**VIEW_U1, "event_id": "k6", "ts": True}), "invalid_field"),
+    (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k8", "user_id": ""}), b"u1",
+     orjson.dumps({**VIEW_U1, "event_id": "k8", "user_id": ""}), "invalid_field"),
     # 2090: inside the fixed range, but decades after kcat stamped the record.
     (b"u1:" + orjson.dumps({**VIEW_U1, "event_id": "k7", "ts": FAR_AHEAD}), b"u1",
      orjson.dumps({**VIEW_U1, "event_id": "k7", "ts": FAR_AHEAD}), "ts_out_of_range"),
@@ -117,6 +120,13 @@ def test_kcat_bytes_are_counted_dead_lettered_and_never_crash_the_pipeline(
     bad_offsets = [i for i, (*_, o) in enumerate(cases) if o not in ("applied", "ignored")]
     assert [int(h["streamseg.source.offset"]) for h in headers] == bad_offsets
     assert {h["streamseg.source.topic"].decode() for h in headers} == {topic}
+    invalid = [
+        h["streamseg.detail"].decode() for h in headers if h["streamseg.reason"] == b"invalid_field"
+    ]
+    assert invalid == [
+        f"ts: {TS_EXPECTED}: input should be a valid datetime",
+        "user_id: String should have at least 1 character",  # not the int member's error
+    ]
 
     applied = [VIEW_U1, BUY_U3]
     expected = recompute(canonical(applied), FeatureConfig())

@@ -139,6 +139,72 @@ def test_values_that_cannot_be_typed_are_sent_as_text_for_the_consumer_to_reject
     )
 
 
+BEYOND_64_BITS = "99999999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("column", "problem"),
+    [
+        ("ts", "is beyond 64 bits as epoch milliseconds"),
+        ("quantity", "is beyond 64 bits"),
+        ("rating", "is beyond 64 bits"),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_sent_as_text_and_counted(column: str, problem: str) -> None:
+    """orjson cannot write such an int: produce stopped at that row with a TypeError."""
+    mapping = EventMapping.from_options()
+    big = {"user_id": "u1", "type": "review", "ts": "1700000000000", column: BEYOND_64_BITS}
+    good = {**big, "user_id": "u2", column: "1700000000000" if column == "ts" else "5"}
+    data = "".join(",".join(row) + "\n" for row in (big.keys(), big.values(), good.values()))
+    records = list(file_records(io.BytesIO(data.encode()), "csv", mapping))
+    assert [key for key, _ in records] == [b"u1", b"u2"]  # the rows after it are sent too
+    assert orjson.loads(records[0][1])[column] == BEYOND_64_BITS
+    assert mapping.problems.counts == {column: 1}
+    assert mapping.problems.first[column] == f"row 1: {column} {BEYOND_64_BITS!r} {problem}"
+    _, rejections = decode_events([records[0][1]], type_map=TYPE_MAP)
+    assert [r.reason for r in rejections] == ["invalid_field"]
+
+
+@pytest.mark.parametrize(
+    ("unit", "ts"),
+    [
+        ("ms", "9" * 400),  # a float of it is infinity, which orjson writes as null
+        ("s", "20000000000000000"),  # fits 64 bits in seconds, not in milliseconds
+        ("ms", "-99999999999999999999"),
+    ],
+)
+def test_an_epoch_number_json_cannot_carry_is_sent_as_text_and_counted(unit: str, ts: str) -> None:
+    mapping = EventMapping.from_options(ts_unit=unit)  # type: ignore[arg-type]
+    (event,) = _events(mapping, f"user_id,type,ts\nu1,view,{ts}\n".encode())
+    assert event["ts"] == ts
+    assert mapping.problems.counts == {"ts": 1}
+
+
+def test_json_numbers_beyond_range_are_counted_and_the_line_is_still_mapped() -> None:
+    """orjson refuses 1e400: the line was sent unmapped (or, first, taken for a CSV), and a
+    JSON integer in seconds beyond 64 bits as milliseconds stopped produce."""
+    data = (
+        b'{"uid": "u1", "kind": "purchase", "when": 1700000000, "price": 1e400, "x": -1e999}\n'
+        b'{"uid": "u2", "kind": "view", "when": 18446744073709551615}\n'
+        b'{"uid": "u3", "kind": "view", "when": 1e306}\n'
+        b'{"uid": "u4", "kind": "view", "when": 1700000000, "n": 18446744073709551616}\n'
+    )
+    mapping = EventMapping.from_options(
+        ["user_id=uid", "type=kind", "ts=when", "amount=price"], ts_unit="s"
+    )
+    records = list(file_records(io.BytesIO(data), "jsonl", mapping, guessed=True))
+    assert [key for key, _ in records] == [b"u1", b"u2", b"u3", b"u4"]
+    first, second, third, fourth = (orjson.loads(value) for _, value in records)
+    assert (first["amount"], first["ts"]) == ("1e400", 1_700_000_000_000)
+    assert (second["ts"], third["ts"], fourth["ts"]) == (2**64 - 1, 1e306, 1_700_000_000_000)
+    assert mapping.problems.counts == {"amount": 1, "ts": 2}
+
+
+def test_json_lines_that_orjson_refuses_for_more_than_a_number_stay_unread() -> None:
+    lines = [b'{"a": 1e400, "b": "\\ud800"}', b'{"a": 1e400, "b": NaN}', b'{"a": 1e400']
+    assert list(read_json_rows(io.BytesIO(b"\n".join(lines)))) == lines
+
+
 def test_a_time_the_format_misses_is_counted_unless_the_consumer_reads_it_as_it_is() -> None:
     mapping = EventMapping.from_options(ts_format="%Y-%m-%d %H:%M:%S")  # no " %Z"
     data = (

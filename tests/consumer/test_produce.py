@@ -93,6 +93,15 @@ def test_a_hand_written_file_is_keyed_by_its_user_id_or_key_field() -> None:
     ]  # fmt: skip
 
 
+def test_a_number_beyond_float_range_leaves_the_key_readable() -> None:
+    """orjson refuses 1e400, so the line went without its key; the consumer skips such a
+    number in a field it does not know and applies the event, on whatever partition."""
+    line = b'{"user_id": "alice", "type": "view", "ts": 1700000000000, "score": 1e400}'
+    huge = b'{"user_id": "bob", "ts": 99999999999999999999999999}'  # read as a float
+    assert read_back(line + b"\n" + huge) == [(b"alice", line), (b"bob", huge)]
+    assert record_to_line(b"alice", line) == line
+
+
 def test_a_broken_raw_wrapper_names_its_line() -> None:
     data = b'{"user_id": "a"}\n{"_raw_b64": "not base64!", "_key_b64": null}\n'
     with pytest.raises(JsonLinesFormatError, match="line 2"):

@@ -376,6 +376,39 @@ def test_a_bad_ts_detail_says_what_the_contract_expects(ts: Any, why: str) -> No
     assert why in rejections[0].detail
 
 
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"user_id": ""}, "user_id: String should have at least 1 character"),
+        ({"user_id": "u" * 257}, "user_id: String should have at most 256 characters"),
+        ({"event_id": "e" * 129}, "event_id: String should have at most 128 characters"),
+        ({"item_id": ""}, "item_id: String should have at least 1 character"),
+        ({"event_id": 1.5}, "event_id: Input should be a valid integer or a valid string"),
+        ({"user_id": None}, "user_id: Input should be a valid integer or a valid string"),
+        ({"item_id": [7]}, "item_id: Input should be a valid integer or a valid string"),
+        ({"user_id": "", "ts": None}, "user_id: String should have at least 1 character"),
+    ],
+)
+def test_a_bad_identifier_detail_is_that_of_the_member_of_its_type(
+    fields: dict[str, Any], detail: str
+) -> None:
+    """An identifier is ``int | str``: pydantic lists the int member's error first, which
+    for a string said ``user_id.int: Input should be a valid integer``."""
+    _, rejections = decode([dumps(event(**fields))], [None])
+    assert [(r.reason, r.detail) for r in rejections] == [("invalid_field", detail)]
+
+
+@FUZZ
+@given(st.sampled_from(["event_id", "user_id", "item_id"]), json_values | hostile_ids)
+def test_a_bad_identifier_detail_names_the_field_not_a_member_of_its_union(
+    name: str, value: Any
+) -> None:
+    _, rejections = decode([dumps(event(**{name: value}))], [None])
+    for rejection in rejections:
+        if rejection.reason == "invalid_field":
+            assert rejection.detail.startswith(f"{name}: ")
+
+
 def test_an_event_far_ahead_of_its_kafka_record_is_out_of_range() -> None:
     """One clock years ahead must not move the watermark: ts is checked against the record."""
     day = 86_400_000
