@@ -410,7 +410,23 @@ def read_json_rows(stream: IO[bytes]) -> Iterator[dict[str, object] | bytes]:
         except orjson.JSONDecodeError:
             yield line
             continue
-        yield obj if isinstance(obj, dict) else line
+        yield obj if isinstance(obj, dict) and _writable(line, obj) else line
+
+
+#: orjson reads JSON nested up to 1024 levels but writes only 254 (a TypeError).
+_WRITABLE_DEPTH = 254
+
+
+def _writable(line: bytes, obj: object) -> bool:
+    """Can orjson write ``obj`` again? Only a line with that many brackets may be too deep,
+    so the common case costs two byte counts."""
+    if line.count(b"{") + line.count(b"[") < _WRITABLE_DEPTH:
+        return True
+    try:
+        orjson.dumps(obj, default=str)
+    except TypeError:
+        return False
+    return True
 
 
 def load_json(line: bytes) -> object:

@@ -205,6 +205,17 @@ def test_json_lines_that_orjson_refuses_for_more_than_a_number_stay_unread() -> 
     assert list(read_json_rows(io.BytesIO(b"\n".join(lines)))) == lines
 
 
+def test_a_json_line_nested_deeper_than_orjson_writes_passes_through_as_it_is() -> None:
+    """300 levels: orjson reads it but cannot write it again, and produce --map stopped with
+    'TypeError: Recursion limit reached' midway through the file."""
+    deep = b'{"user_id": "u1", "type": "view", "ts": 1, "x": ' + b"[" * 300 + b"]" * 300 + b"}"
+    fine = b'{"user_id": "u2", "type": "view", "ts": 2, "x": ' + b"[" * 10 + b"]" * 10 + b"}"
+    mapping = EventMapping.from_options(["user_id=user_id"])
+    records = list(file_records(io.BytesIO(deep + b"\n" + fine), "jsonl", mapping))
+    assert records[0] == (None, deep)
+    assert records[1][0] == b"u2"
+
+
 def test_a_time_the_format_misses_is_counted_unless_the_consumer_reads_it_as_it_is() -> None:
     mapping = EventMapping.from_options(ts_format="%Y-%m-%d %H:%M:%S")  # no " %Z"
     data = (
