@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-from confluent_kafka import KafkaError, KafkaException
-
 from consumer import __version__
-from consumer.exceptions import StreamsegError
-from consumer.settings import DEFAULT_METRICS_PORTS, REDIS_ERRORS, Settings, load_settings
+from consumer.failures import REPORTED_ERRORS, describe_failure, report_failure
+from consumer.settings import DEFAULT_METRICS_PORTS, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -745,44 +741,15 @@ def main(argv: list[str] | None = None) -> int:
             overrides["pipeline.processes"] = args.processes  # validated like the setting
         settings = load_settings(args.config, **overrides)
         return _resolve(args.handler)(args, settings)
-    except StreamsegError as exc:
-        return _fail(args, str(exc))
-    except (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError) as exc:
-        # An ACL user without a command or key it needs, or a wrong password: not an outage.
-        return _fail(args, f"Redis (redis.url) refused: {exc}")
-    except REDIS_ERRORS as exc:
-        # A command that needs Redis and cannot get it (once started, run and train wait
-        # instead); redis-py's messages name host and port, never the URL's password.
-        return _fail(args, f"Redis (redis.url) did not answer: {exc}")
-    except KafkaException as exc:
-        # One the command did not expect (replay's planning against a broker that does not
-        # answer, or refuses its credentials): one line naming the setting, as for Redis.
-        error = exc.args[0] if exc.args else exc
-        text = error.str() if isinstance(error, KafkaError) else str(error)
-        return _fail(args, f"Kafka (kafka.bootstrap_servers) failed: {text}")
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         # The reader went away (`streamseg model list | head`): not an error to report. Point
         # stdout at /dev/null so that the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # what a shell reports for a command ended by SIGPIPE
-    except OSError as exc:
-        # A file that cannot be read or written (`model export /proc/x`): one line, the path
-        # and the system's reason, not a traceback.
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        return _fail(args, f"{where}{exc.strerror or exc}")
-
-
-def _fail(args: argparse.Namespace, message: str) -> int:
-    """Report what stopped the command on stderr; exit status 2. With ``--log-format json``
-    it is one more JSON log line (level ERROR, logger ``streamseg``), not plain text in a
-    stream that log shippers read as JSON."""
-    if args.log_format == "json":
-        logging.getLogger("streamseg").error("error: %s", message)
-    else:
-        print(f"streamseg: error: {message}", file=sys.stderr)
-    return 2
+    except REPORTED_ERRORS as exc:
+        return report_failure(args, describe_failure(exc))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

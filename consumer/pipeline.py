@@ -202,11 +202,11 @@ class SegmentPipeline:
         those, with ``assign()`` instead of a group subscription: for a bounded replay.
         """
         kafka = self.settings.kafka
-        # Redis first: one that refuses or does not answer stops start-up (one line, exit 2)
-        # before a Kafka client exists; an unclosed librdkafka consumer kept the process
-        # spinning after the error was printed.
-        self.redis.ping()
         ensure_topics(kafka, reading_events=assignment is None)
+        # Redis before the producer and consumer: one that refuses or does not answer stops
+        # start-up (one line, exit 2) before they exist; an unclosed librdkafka consumer
+        # kept the process spinning after the error was printed.
+        self.redis.ping()
         # Reports for failures only: a Python callback per delivered change event cost more
         # than producing it; a failure still reaches `_delivered` and stops the write.
         self.producer = create_producer(kafka, **{"delivery.report.only.error": True})

@@ -33,7 +33,7 @@ from types import FrameType
 
 from confluent_kafka.admin import AdminClient
 
-from consumer.exceptions import StreamsegError
+from consumer.failures import REPORTED_ERRORS, describe_failure, report_failure
 from consumer.health import metrics_port
 from consumer.kafka_clients import partition_count
 from consumer.logs import librdkafka_log
@@ -165,9 +165,8 @@ def _child_main(run_one: RunOne, args: argparse.Namespace, settings: Settings) -
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         code = run_one(args, settings)
-    except StreamsegError as exc:  # as `streamseg run` alone reports it (consumer.cli.main)
-        print(f"streamseg: error: {exc}", file=sys.stderr)
-        code = 2
+    except REPORTED_ERRORS as exc:  # as `streamseg run` alone reports it (consumer.cli.main)
+        code = report_failure(args, describe_failure(exc))
     sys.exit(code)
 
 

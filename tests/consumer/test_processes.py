@@ -230,3 +230,15 @@ def test_a_start_up_error_is_reported_as_streamseg_run_alone_reports_it() -> Non
     assert proc.returncode == 2, err
     assert "streamseg: error: cannot reach Kafka at 127.0.0.1:1" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_redis_that_does_not_answer_is_reported_by_a_child_in_one_line(
+    kafka_bootstrap: str, new_topic: Callable[..., str], namespace: str
+) -> None:
+    env = service_env(kafka_bootstrap, "redis://127.0.0.1:1/0", new_topic(), namespace)
+    proc = start_run(env, "--processes", "2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "streamseg: error: Redis (redis.url) did not answer" in err
+    assert "Traceback" not in err

@@ -1,0 +1,60 @@
+"""How a command reports what stopped it: one line on stderr and exit status 2, never a
+traceback. Shared by ``streamseg`` itself and by each process of ``run --processes N``, so
+that a child says what the command alone would have said."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import redis
+from confluent_kafka import KafkaError, KafkaException
+
+from consumer.exceptions import StreamsegError
+from consumer.settings import REDIS_ERRORS
+
+# Exceptions that `describe_failure` turns into one line; anything else is a bug and keeps
+# its traceback.
+REPORTED_ERRORS: tuple[type[BaseException], ...] = (
+    StreamsegError,
+    *REDIS_ERRORS,
+    KafkaException,
+    OSError,
+)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The one-line message for one of `REPORTED_ERRORS`, naming the setting at fault."""
+    if isinstance(exc, StreamsegError):
+        return str(exc)
+    if isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)):
+        # An ACL user without a command or key it needs, or a wrong password: not an outage.
+        return f"Redis (redis.url) refused: {exc}"
+    if isinstance(exc, REDIS_ERRORS):
+        # A command that needs Redis and cannot get it (once started, run and train wait
+        # instead); redis-py's messages name host and port, never the URL's password.
+        return f"Redis (redis.url) did not answer: {exc}"
+    if isinstance(exc, KafkaException):
+        # One the command did not expect (replay's planning against a broker that does not
+        # answer, or refuses its credentials): one line naming the setting, as for Redis.
+        error = exc.args[0] if exc.args else exc
+        text = error.str() if isinstance(error, KafkaError) else str(error)
+        return f"Kafka (kafka.bootstrap_servers) failed: {text}"
+    if isinstance(exc, OSError):
+        # A file that cannot be read or written (`model export /proc/x`): the path and the
+        # system's reason.
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror or exc}"
+    raise TypeError(f"not a reported error: {type(exc).__name__}")
+
+
+def report_failure(args: argparse.Namespace, message: str) -> int:
+    """Report what stopped the command on stderr; exit status 2. With ``--log-format json``
+    it is one more JSON log line (level ERROR, logger ``streamseg``), not plain text in a
+    stream that log shippers read as JSON."""
+    if getattr(args, "log_format", "text") == "json":
+        logging.getLogger("streamseg").error("error: %s", message)
+    else:
+        print(f"streamseg: error: {message}", file=sys.stderr)
+    return 2
