@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import rankdata
 
 from model.exceptions import InvalidInputError
@@ -127,9 +127,11 @@ class SegmentProfile(BaseModel):
     For a segment with no assigned users (``size == 0``) the values are those of its centre.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are refused: JSON cannot carry them, so a model holding one would not
+    # load again after export.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    size: int
+    size: int = Field(ge=0)
     """Number of users assigned in the profiled snapshot."""
     share: float
     """``size`` over all users of the snapshot, 0..1."""

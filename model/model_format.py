@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -47,6 +48,26 @@ IntArray = npt.NDArray[np.int64]
 #: Version of the JSON layout written by this code; ``from_json`` refuses any other.
 FORMAT_VERSION = 1
 
+# Bounds on what a model document may hold. A model comes from Redis or a file someone hands
+# over: each bound keeps a hostile or corrupt one from costing memory, time or NaN distances.
+#: Largest document `from_json` reads (a K=64, d=10 model is about 30 KB).
+MAX_MODEL_BYTES = 16 * 2**20
+#: Most centres a model may have (the trainer's own limit, trainer.n_clusters, is 64).
+MAX_CENTRES = 1024
+#: Most features a model may read.
+MAX_FEATURES = 256
+#: Longest feature or segment name, in characters: every segment record carries the name.
+MAX_NAME_CHARS = 200
+#: Largest id, version or tier: JavaScript's Number.MAX_SAFE_INTEGER, so that every JSON
+#: reader of a segment record or change event gets the number exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Bound on |centre coordinate|, |preprocessing.center| and preprocessing.scale; the smallest
+#: scale is its reciprocal. Squared distances of in-range values stay finite in float64.
+MAX_ABS_VALUE = 1e100
+
+SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
+
 # Constructor parameters of StreamingSegmenter worth keeping with the model, so a trainer that
 # reloads it keeps updating it the same way.
 _SEGMENTER_PARAMS = (
@@ -61,14 +82,38 @@ _SEGMENTER_PARAMS = (
 )
 
 
+def _check_segmenter_params(params: dict[str, float | int | None]) -> None:
+    """Refuse a stored parameter `StreamingSegmenter` would not take, here rather than when a
+    trainer resumes from the model."""
+    unknown = sorted(set(params) - set(_SEGMENTER_PARAMS))
+    if unknown:
+        raise ValueError(f"segmenter_params: unknown {unknown}; known {list(_SEGMENTER_PARAMS)}")
+    for name, value in params.items():
+        if value is None and name in ("half_life_batches", "half_life_points"):
+            continue  # no forgetting
+        if isinstance(value, bool) or value is None or not math.isfinite(value):
+            raise ValueError(f"segmenter_params.{name} must be a finite number, got {value}")
+        if name in ("n_init", "min_fit_rows", "max_iter"):
+            if value != int(value) or not 1 <= value <= 1_000_000:
+                raise ValueError(f"segmenter_params.{name} must be a whole number in 1..10^6")
+        elif name == "dying_share":
+            if not 0 <= value < 1:
+                raise ValueError(f"segmenter_params.dying_share must be in [0, 1), got {value}")
+        elif name.startswith("half_life"):
+            if value <= 0:
+                raise ValueError(f"segmenter_params.{name} must be > 0 or null, got {value}")
+        elif value < 0:
+            raise ValueError(f"segmenter_params.{name} must be >= 0, got {value}")
+
+
 class PreprocessingParams(BaseModel):
     """Fitted :class:`~model.preprocessing.Preprocessor` parameters (its ``to_dict``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    feature_names: list[str]
-    log_columns: list[str]
-    iqr_floor: float
+    feature_names: list[Name] = Field(max_length=MAX_FEATURES)
+    log_columns: list[Name] = Field(max_length=MAX_FEATURES)
+    iqr_floor: float = Field(gt=0)
     center: list[float]
     scale: list[float]
 
@@ -76,7 +121,7 @@ class PreprocessingParams(BaseModel):
 class TrainingMetrics(BaseModel):
     """How the centres were obtained."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     inertia: float | None = None
     """Inertia of the last fit or batch (scaled units squared); ``None`` when unknown."""
@@ -84,7 +129,7 @@ class TrainingMetrics(BaseModel):
     """Rows of the last fit or batch."""
     n_updates: int = Field(default=0, ge=0)
     """``partial_fit`` steps since the last bootstrap or refit."""
-    extra: dict[str, float] = Field(default_factory=dict)
+    extra: dict[Name, float] = Field(default_factory=dict, max_length=64)
     """Any further numbers (e.g. inertia ratio, ARI against the previous version)."""
 
 
@@ -101,24 +146,24 @@ class SegmentModel(BaseModel):
         :class:`~model.exceptions.ModelFormatError`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     format_version: int = FORMAT_VERSION
-    model_version: int = Field(ge=0)
+    model_version: SafeInt
     created_at: AwareDatetime
     """Creation time, serialised as ISO-8601 UTC (``...Z``)."""
-    feature_names: list[str]
+    feature_names: list[Name] = Field(max_length=MAX_FEATURES)
     preprocessing: PreprocessingParams
-    centers: list[list[float]]
+    centers: list[list[float]] = Field(max_length=MAX_CENTRES)
     """K x d centres in the scaled space of ``preprocessing``."""
     counts: list[float]
     """Decayed weight of each centre (rows)."""
-    ids: list[int]
+    ids: list[SafeInt]
     """Stable segment ids, unique, >= 0."""
-    next_id: int
+    next_id: SafeInt
     """Id the next new segment gets; greater than every id ever used."""
-    names: list[str]
-    tiers: list[int]
+    names: list[Name]
+    tiers: list[SafeInt]
     profiles: list[SegmentProfile]
     metrics: TrainingMetrics = Field(default_factory=TrainingMetrics)
     segmenter_params: dict[str, float | int | None] = Field(default_factory=dict)
@@ -160,8 +205,14 @@ class SegmentModel(BaseModel):
             raise ValueError(f"preprocessing center and scale need {d} values each")
         center = np.asarray(pp.center, dtype=np.float64)
         scale = np.asarray(pp.scale, dtype=np.float64)
-        if not (np.isfinite(center).all() and np.isfinite(scale).all()) or (scale <= 0).any():
-            raise ValueError("preprocessing center/scale must be finite and scale > 0")
+        if (
+            not (np.abs(center) <= MAX_ABS_VALUE).all()
+            or not ((scale >= 1 / MAX_ABS_VALUE) & (scale <= MAX_ABS_VALUE)).all()
+        ):
+            raise ValueError(
+                f"preprocessing center must be within +-{MAX_ABS_VALUE:g} and scale within "
+                f"[{1 / MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}]"
+            )
 
         K = len(self.centers)
         if K == 0:
@@ -171,6 +222,8 @@ class SegmentModel(BaseModel):
         C = np.asarray(self.centers, dtype=np.float64)
         if not np.isfinite(C).all():
             raise ValueError("centers hold NaN or infinite values")
+        if (np.abs(C) > MAX_ABS_VALUE).any():
+            raise ValueError(f"centers hold values beyond +-{MAX_ABS_VALUE:g}")
         for name in ("counts", "ids", "names", "tiers", "profiles"):
             if len(getattr(self, name)) != K:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {K}")
@@ -183,8 +236,9 @@ class SegmentModel(BaseModel):
             raise ValueError(f"ids must be >= 0 and < next_id ({self.next_id}), got {self.ids}")
         if len(set(self.names)) != K:
             raise ValueError(f"names must be unique, got {self.names}")
-        if min(self.tiers) < 1:
-            raise ValueError("tiers start at 1")
+        if min(self.tiers) < 1 or max(self.tiers) > K:
+            raise ValueError(f"tiers run from 1 to at most K={K}, got {self.tiers}")
+        _check_segmenter_params(self.segmenter_params)
         if self.metrics.inertia is not None and not math.isfinite(self.metrics.inertia):
             raise ValueError("metrics.inertia must be finite or null")
 
@@ -273,8 +327,15 @@ class SegmentModel(BaseModel):
         ------
         ModelFormatError
             Invalid JSON, missing or unknown fields, unsupported format version, centres not
-            K x d for the d feature names, duplicate ids, negative counts, NaN or infinity.
+            K x d for the d feature names, duplicate ids, negative counts, NaN or infinity,
+            anything beyond the bounds above (size, K, name length, ids, magnitudes), or a
+            segmenter parameter `StreamingSegmenter` would refuse.
         """
+        if len(data) > MAX_MODEL_BYTES:
+            raise ModelFormatError(
+                f"invalid segment model: {len(data):,} bytes, more than the "
+                f"{MAX_MODEL_BYTES:,} a model may have"
+            )
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:

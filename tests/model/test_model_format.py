@@ -1,5 +1,6 @@
 """SegmentModel: JSON round trip, strict validation, and the consumer's assignment path."""
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from model.exceptions import InvalidInputError, ModelFormatError
 from model.labels import label_segments
-from model.model_format import FORMAT_VERSION, SegmentModel
+from model.model_format import FORMAT_VERSION, MAX_MODEL_BYTES, SegmentModel
 from model.preprocessing import Preprocessor
 from model.segmenter import StreamingSegmenter
 
@@ -141,12 +142,23 @@ BAD_DOCUMENTS: dict[str, tuple[Edit, str]] = {
     "next_id already used": (_set("next_id", 2), "next_id"),
     "negative count": (_set("counts.0", -1.0), "counts must be finite and >= 0"),
     "feature names disagree": (_set("preprocessing.feature_names.0", "x"), "differ"),
-    "zero scale": (_set("preprocessing.scale.3", 0.0), "scale > 0"),
+    "zero scale": (_set("preprocessing.scale.3", 0.0), "scale within"),
     "unknown format": (_set("format_version", 99), "unsupported format_version 99"),
     "missing field": (lambda d: d.pop("ids"), "ids"),
     "unknown field": (_set("pickle", "nope"), "pickle"),
     "naive timestamp": (_set("created_at", "2024-05-01T12:00:00"), "created_at"),
     "duplicate names": (lambda d: d["names"].__setitem__(1, d["names"][0]), "names must be"),
+    "scale so small its reciprocal overflows": (_set("preprocessing.scale.0", 1e-308), "scale"),
+    "centre whose square overflows": (_set("centers.0.0", 1e200), "beyond"),
+    "preprocessing centre out of range": (_set("preprocessing.center.1", -1e300), "center"),
+    "tier beyond K": (_set("tiers.0", 6), "tiers run from 1 to at most K=5"),
+    "name longer than a record should carry": (_set("names.0", "x" * 201), "at most 200"),
+    "negative profile size": (_set("profiles.0.size", -1), "profiles.0.size"),
+    "unknown segmenter parameter": (_set("segmenter_params.evil", 1), "unknown \\['evil'\\]"),
+    "negative half-life": (_set("segmenter_params.half_life_batches", -5), "half_life_batches"),
+    "no k-means++ inits": (_set("segmenter_params.n_init", 0), "n_init"),
+    "dying share of one": (_set("segmenter_params.dying_share", 1.0), "dying_share"),
+    "too many centres": (lambda d: d["centers"].extend([d["centers"][0]] * 1020), "centers"),
 }
 
 
@@ -166,6 +178,34 @@ def test_non_finite_centres_are_rejected(fitted: Any, literal: bytes) -> None:
     data = orjson.dumps(doc).replace(b"12345.678", literal)
     with pytest.raises(ModelFormatError, match="centers"):
         SegmentModel.from_json(data)
+
+
+@pytest.mark.parametrize("field", ["ids.0", "next_id", "tiers.0", "model_version"])
+def test_an_integer_beyond_what_json_readers_keep_exactly_is_refused(
+    fitted: Any, field: str
+) -> None:
+    doc = orjson.loads(fitted[0].to_json())
+    _set(field, 2**70)(doc)  # beyond int64 too: numpy would raise OverflowError, not refuse
+    with pytest.raises(ModelFormatError, match="9007199254740991"):
+        SegmentModel.from_json(json.dumps(doc))
+
+
+def test_a_non_finite_profile_or_metric_is_refused(fitted: Any) -> None:
+    # Accepted, it would be written back as null and the export would not load again.
+    data = fitted[0].to_json()
+    doc = orjson.loads(data)
+    doc["metrics"]["extra"] = {"ratio": 12345.678}
+    with pytest.raises(ModelFormatError, match=r"metrics\.extra\.ratio"):
+        SegmentModel.from_json(orjson.dumps(doc).replace(b"12345.678", b"Infinity"))
+    doc = orjson.loads(data)
+    doc["profiles"][0]["mean_views"] = 12345.678
+    with pytest.raises(ModelFormatError, match=r"profiles\.0\.mean_views"):
+        SegmentModel.from_json(orjson.dumps(doc).replace(b"12345.678", b"NaN"))
+
+
+def test_a_document_larger_than_any_model_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(ModelFormatError, match="more than the 16,777,216 a model may have"):
+        SegmentModel.from_json(b" " * (MAX_MODEL_BYTES + 1))
 
 
 def test_garbage_is_a_model_format_error() -> None:
