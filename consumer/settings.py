@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, get_origin
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import (
@@ -148,6 +149,13 @@ class RedisSettings(BaseModel):
                 "not a Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS) "
                 "or unix:///path/to/socket (the value is not shown: it may hold a password)"
             ) from None
+        url = urlsplit(value.get_secret_value())
+        if url.scheme in ("redis", "rediss") and not re.fullmatch(r"/?(\d+)?", url.path):
+            # redis-py reads a path that is not a number as database 0, silently.
+            raise ValueError(
+                f"the database after the host must be a number (redis://host:port/2), got "
+                f"{url.path!r}"
+            )
         try:
             # Query options become connection arguments: an unknown one failed only at the
             # first command, with a TypeError. Making a connection object does not connect.

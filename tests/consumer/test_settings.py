@@ -112,6 +112,22 @@ def test_an_unknown_option_in_the_redis_url_is_named_at_start_up(
     load_settings()
 
 
+@pytest.mark.parametrize("path", ["/notadb", "/1x", "/0/extra"])
+def test_a_redis_database_that_is_not_a_number_is_named(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py reads such a path as database 0: the service wrote to a database nobody
+    asked for."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", f"redis://svc:s3cretPW@redis:6379{path}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert "redis.url: " in said and "must be a number" in said and "s3cretPW" not in said
+    for fine in ("", "/", "/7"):
+        monkeypatch.setenv("STREAMSEG_REDIS__URL", f"redis://redis:6379{fine}")
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
