@@ -54,6 +54,13 @@ _OTHER_VARIABLES = frozenset({"STREAMSEG_CACHE_DIR"})
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 
+# One entry of kafka.bootstrap_servers: [protocol://]host[:port], host a name, an IPv4
+# address or a bracketed IPv6 address (librdkafka's default port is 9092).
+_BROKER = re.compile(
+    r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/,\[\]]+)(?::(?P<port>\d{1,5}))?"
+)
+
+
 class KafkaSettings(BaseModel):
     """Where events come from and where segment changes and dead letters go."""
 
@@ -76,6 +83,20 @@ class KafkaSettings(BaseModel):
     ssl_ca_location: str | None = None
     #: Extra librdkafka properties passed through verbatim (e.g. {"fetch.max.bytes": "52428800"}).
     extra: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _valid_servers(cls, value: str) -> str:
+        # Checked here: librdkafka takes an empty or malformed list and only reports a
+        # transport failure (and an unparsable port as port 0) at the first request.
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("no broker given: host:port[,host:port...]")
+        for server in servers:
+            match = _BROKER.fullmatch(server)
+            if match is None or not 1 <= int(match.group("port") or 9092) <= 65535:
+                raise ValueError(f"{server!r} is not host:port (port 1-65535)")
+        return value
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka properties shared by every client (consumer, producer, admin)."""

@@ -112,6 +112,27 @@ def test_an_unknown_option_in_the_redis_url_is_named_at_start_up(
     load_settings()
 
 
+@pytest.mark.parametrize("servers", ["", " , ", "broker:notaport", "broker:0", "broker:70000"])
+def test_a_bootstrap_list_librdkafka_cannot_use_is_named_at_start_up(
+    servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka took these and reported a broker transport failure at the first request."""
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", servers)
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_servers: "):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "servers",
+    ["broker", "broker:9092", "SASL_SSL://b1:9093,b2:9093", "[::1]:9092", "10.0.0.1:9092,"],
+)
+def test_the_bootstrap_lists_librdkafka_takes_are_accepted(
+    servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", servers)
+    assert load_settings().kafka.bootstrap_servers == servers
+
+
 @pytest.mark.parametrize("path", ["/notadb", "/1x", "/0/extra"])
 def test_a_redis_database_that_is_not_a_number_is_named(
     path: str, monkeypatch: pytest.MonkeyPatch
