@@ -60,6 +60,8 @@ _BROKER = re.compile(
     r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/,\[\]]+)(?::(?P<port>\d{1,5}))?"
 )
 
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
 
 class KafkaSettings(BaseModel):
     """Where events come from and where segment changes and dead letters go."""
@@ -83,6 +85,26 @@ class KafkaSettings(BaseModel):
     ssl_ca_location: str | None = None
     #: Extra librdkafka properties passed through verbatim (e.g. {"fetch.max.bytes": "52428800"}).
     extra: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("events_topic", "segments_topic", "dead_letter_topic")
+    @classmethod
+    def _valid_topic(cls, value: str) -> str:
+        # Kafka's own rule (Topic.validate); refused by the broker only when the topic is
+        # first created, with an error that named no setting.
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                f"{value!r} is not a Kafka topic name: 1-249 characters of letters, digits, "
+                "'.', '_' and '-'"
+            )
+        return value
+
+    @field_validator("group_id", "group_instance_id")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        # An empty group id aborted the process inside librdkafka (an assertion, no message).
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,28 @@ def test_the_bootstrap_lists_librdkafka_takes_are_accepted(
 ) -> None:
     monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", servers)
     assert load_settings().kafka.bootstrap_servers == servers
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KAFKA__EVENTS_TOPIC", "shop events"),
+        ("KAFKA__SEGMENTS_TOPIC", ""),
+        ("KAFKA__DEAD_LETTER_TOPIC", ".."),
+        ("KAFKA__EVENTS_TOPIC", "t" * 250),
+        ("KAFKA__GROUP_ID", ""),
+        ("KAFKA__GROUP_INSTANCE_ID", " "),
+    ],
+)
+def test_a_topic_or_group_kafka_would_refuse_is_named_at_start_up(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad topic name failed at topic creation, blamed on kafka.bootstrap_servers; an empty
+    group id aborted the process inside librdkafka with an assertion."""
+    monkeypatch.setenv(f"STREAMSEG_{variable}", value)
+    setting = variable.lower().replace("__", ".")
+    with pytest.raises(ConfigError, match=re.escape(f"{setting}: ")):
+        load_settings()
 
 
 @pytest.mark.parametrize("path", ["/notadb", "/1x", "/0/extra"])
