@@ -40,6 +40,9 @@ def describe_failure(exc: BaseException) -> str:
         # answer, or refuses its credentials): one line naming the setting, as for Redis.
         error = exc.args[0] if exc.args else exc
         text = error.str() if isinstance(error, KafkaError) else str(error)
+        if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
+            # librdkafka refused the client configuration itself, before any connection.
+            return f"Kafka client settings (kafka.*, kafka.extra) refused: {text}"
         return f"Kafka (kafka.bootstrap_servers) failed: {text}"
     if isinstance(exc, OSError):
         # A file that cannot be read or written (`model export /proc/x`): the path and the

@@ -106,6 +106,16 @@ class KafkaSettings(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("ssl_ca_location")
+    @classmethod
+    def _readable_ca(cls, value: str | None) -> str | None:
+        # librdkafka's own message for a missing file is an OpenSSL "BIO lib" error. "probe"
+        # asks librdkafka to look in the usual system places; a directory of certificates
+        # is allowed too.
+        if value and value != "probe" and not Path(value).exists():
+            raise ValueError(f"no such file: {value}")
+        return value
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _valid_servers(cls, value: str) -> str:

@@ -31,6 +31,13 @@ from consumer.failures import REPORTED_ERRORS, describe_failure, report_failure
             "Kafka (kafka.bootstrap_servers) failed: broker down",
         ),
         (
+            KafkaException(
+                KafkaError(KafkaError._INVALID_ARG, 'No such configuration property: "x"')
+            ),
+            "Kafka client settings (kafka.*, kafka.extra) refused: "
+            'No such configuration property: "x"',
+        ),
+        (
             OSError(errno.EACCES, "Permission denied", "/root/model.json"),
             "/root/model.json: Permission denied",
         ),

@@ -156,6 +156,17 @@ def test_a_topic_or_group_kafka_would_refuse_is_named_at_start_up(
         load_settings()
 
 
+def test_a_kafka_ca_file_that_does_not_exist_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMSEG_KAFKA__SSL_CA_LOCATION", str(tmp_path / "ca.pem"))
+    with pytest.raises(ConfigError, match=r"kafka\.ssl_ca_location: .*no such file"):
+        load_settings()
+    for fine in ("probe", str(tmp_path)):
+        monkeypatch.setenv("STREAMSEG_KAFKA__SSL_CA_LOCATION", fine)
+        assert load_settings().kafka.ssl_ca_location == fine
+
+
 @pytest.mark.parametrize("path", ["/notadb", "/1x", "/0/extra"])
 def test_a_redis_database_that_is_not_a_number_is_named(
     path: str, monkeypatch: pytest.MonkeyPatch
