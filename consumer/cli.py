@@ -348,13 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shape.add_argument(
         "--activity",
-        type=float,
+        type=_positive_number,
         metavar="X",
         help="multiply every session rate by this (default 1)",
     )
     shape.add_argument(
         "--events-per-user",
-        type=float,
+        type=_positive_number,
         metavar="N",
         help="scale activity so that a user has about N valid events over the span",
     )
@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--k-max", type=int, default=12, metavar="K", help="largest K (default 12)")
     tune.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         default=20000,
         metavar="N",
         help="users read from Redis (default 20000); k-means runs once per K on all of them",
@@ -666,6 +666,28 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (the error names the bad value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (the error names the bad value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
 
 

@@ -253,6 +253,10 @@ _LATE_DELAY_MS = (1 * HOUR_MS, 6 * HOUR_MS)
 _TARGET_CHUNK_EVENTS = 60_000
 
 
+# Beyond this the stream would not fit in memory at any useful number of users.
+_MAX_ACTIVITY = 1e4
+
+
 @dataclass(slots=True)
 class GeneratorConfig:
     """What to simulate. Shares are fractions in [0, 1).
@@ -300,8 +304,8 @@ class GeneratorConfig:
             fail("users", "must be >= 1")
         if not 0 < self.days <= 3650:
             fail("days", "must be in (0, 3650]")
-        if self.activity <= 0:
-            fail("activity", "must be > 0")
+        if not 0 < self.activity <= _MAX_ACTIVITY:  # also refuses NaN
+            fail("activity", f"must be in (0, {_MAX_ACTIVITY:g}] (times the default rates)")
         limits = DecodeLimits()
         end_ms = self.start_ms + self.days * DAY_MS
         if self.start_ms < limits.min_ts_ms or end_ms >= limits.max_ts_ms:

@@ -340,6 +340,27 @@ def test_a_truncated_gzip_file_is_an_error_naming_it_after_what_was_sent(
     assert len(consume_all(kafka_bootstrap, topic, sent)) == sent  # what was read, was sent
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["generate", "--activity", "nan"],
+            "argument --activity: 'nan' must be a finite number > 0",
+        ),
+        (["generate", "--events-per-user", "inf"], "argument --events-per-user: 'inf' must be"),
+        (["tune-k", "--sample", "-5"], "argument --sample: '-5' must be >= 1"),
+    ],
+)
+def test_a_size_that_is_not_one_is_refused_by_the_parser(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """These reached the code as NaN, infinity or a negative count and ended in a traceback."""
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["produce", "generate"])
 @pytest.mark.parametrize("rate", ["-1", "nan"])
 def test_a_rate_that_is_not_a_limit_is_refused(

@@ -250,6 +250,8 @@ def test_expected_record_count_is_a_good_estimate() -> None:
         ({"malformed_share": 1.0}, "malformed_share"),
         ({"drift_type": "vip"}, "drift_type"),
         ({"start_ms": 0}, "start_ms"),
+        ({"activity": float("nan")}, "activity"),
+        ({"activity": 1e9}, "activity"),
     ],
 )
 def test_a_bad_configuration_names_the_setting(overrides: dict, named: str) -> None:
