@@ -219,11 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         _RUN_EPILOG,
     )
     run.add_argument(
-        "--max-events", type=int, default=0, help="stop after this many records (0 = forever)"
+        "--max-events",
+        type=_non_negative_int,
+        default=0,
+        help="stop after this many records (0 = forever)",
     )
     run.add_argument(
         "--idle-exit-seconds",
-        type=float,
+        type=_non_negative,
         default=0.0,
         help="stop when no record arrived for this long (0 = never); for batch jobs and demos",
     )
@@ -251,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status 1 and a line saying what is missing",
     )
     train.add_argument(
-        "--max-seconds", type=float, default=0.0, help="exit after this long (0 = never)"
+        "--max-seconds", type=_non_negative, default=0.0, help="exit after this long (0 = never)"
     )
     _metrics_port_option(train, DEFAULT_METRICS_PORTS["train"])
 
@@ -691,6 +694,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0 = off)."""
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0-65535")
+    return value
+
+
 def _segment_count(text: str) -> int:
     """An argparse type: a number of segments, 2-64 as ``trainer.n_clusters``."""
     try:
@@ -738,7 +749,7 @@ def _action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 def _metrics_port_option(command: argparse.ArgumentParser, default: int) -> None:
     command.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         metavar="PORT",
         help="serve /metrics, /healthz and /readyz on this port (0 = off; default: "
         f"observability.metrics_port, else {default})",

@@ -255,6 +255,7 @@ _TARGET_CHUNK_EVENTS = 60_000
 
 # Beyond this the stream would not fit in memory at any useful number of users.
 _MAX_ACTIVITY = 1e4
+_MAX_USERS = 10_000_000
 
 
 @dataclass(slots=True)
@@ -300,8 +301,8 @@ class GeneratorConfig:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"generator {name}={getattr(self, name)!r}: {why}")
 
-        if self.users < 1:
-            fail("users", "must be >= 1")
+        if not 1 <= self.users <= _MAX_USERS:
+            fail("users", f"must be in 1..{_MAX_USERS:,}")
         if not 0 < self.days <= 3650:
             fail("days", "must be in (0, 3650]")
         if not 0 < self.activity <= _MAX_ACTIVITY:  # also refuses NaN

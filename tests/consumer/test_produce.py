@@ -349,6 +349,10 @@ def test_a_truncated_gzip_file_is_an_error_naming_it_after_what_was_sent(
         ),
         (["generate", "--events-per-user", "inf"], "argument --events-per-user: 'inf' must be"),
         (["tune-k", "--sample", "-5"], "argument --sample: '-5' must be >= 1"),
+        (["run", "--max-events", "-5"], "argument --max-events: '-5' must be >= 0"),
+        (["run", "--idle-exit-seconds", "nan"], "argument --idle-exit-seconds: 'nan' must be"),
+        (["train", "--max-seconds", "-1"], "argument --max-seconds: '-1' must be >= 0"),
+        (["run", "--metrics-port", "70000"], "argument --metrics-port: '70000' must be 0-65535"),
     ],
 )
 def test_a_size_that_is_not_one_is_refused_by_the_parser(

@@ -252,6 +252,7 @@ def test_expected_record_count_is_a_good_estimate() -> None:
         ({"start_ms": 0}, "start_ms"),
         ({"activity": float("nan")}, "activity"),
         ({"activity": 1e9}, "activity"),
+        ({"users": 10**12}, "users"),
     ],
 )
 def test_a_bad_configuration_names_the_setting(overrides: dict, named: str) -> None:
