@@ -789,6 +789,11 @@ def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
     client = settings.redis.connect()
     keys = KeyLayout(settings.redis.namespace)
     snapshot = read_snapshot(client, keys, max_users=args.sample, config=settings.features)
+    if not len(snapshot):
+        raise ConfigError(
+            f"namespace {keys.namespace!r} has no users yet: `streamseg run` writes them as "
+            "events arrive (or pass --namespace)"
+        )
     try:
         result = tune_k_on_snapshot(snapshot, args.k_min, args.k_max, seed=settings.trainer.seed)
     except InsufficientDataError as exc:

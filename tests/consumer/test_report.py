@@ -172,3 +172,16 @@ def test_tune_k_scores_each_k_on_a_snapshot(
     assert 2 <= recommended <= 6
     assert f"plot (inertia and silhouette by K): {plot.resolve()}" in printed
     _assert_real_image(plot)
+
+
+def test_tune_k_on_a_namespace_without_users_says_so(
+    kafka_bootstrap: str,
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said "cannot fit the preprocessing on 0 rows"."""
+    _point_cli_at(monkeypatch, kafka_bootstrap, redis_url)
+    assert main(["--namespace", namespace, "tune-k"]) == 2
+    assert f"namespace {namespace!r} has no users yet" in capsys.readouterr().err
