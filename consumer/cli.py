@@ -107,6 +107,7 @@ status 1 when every user asked is unknown.
 Examples:
   streamseg lookup u-42 u-43
   streamseg lookup --live u-42                   # after a promote: the live namespace
+  cut -d, -f1 users.csv | streamseg lookup - > segments.jsonl   # many users, 5,000 per round trip
 """
 
 _MODEL_EPILOG = """\
@@ -275,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         _LOOKUP_EPILOG,
     )
     lookup.add_argument(
-        "user_ids", nargs="+", metavar="USER_ID", help="user ids as the events carry them"
+        "user_ids",
+        nargs="+",
+        metavar="USER_ID",
+        help="user ids as the events carry them; - alone reads them from stdin, one per line",
     )
     lookup.add_argument(
         "--live",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 
 import redis
 from redis.cluster import RedisCluster
@@ -24,6 +25,9 @@ from consumer.redis_keys import KeyLayout, PointerKeys, escape_user_id
 from consumer.segment_record import SegmentRecord
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
+
+# Ids of `lookup -` per round trip.
+_STDIN_CHUNK = 5000
 
 # Pointer and records in one server-side step, so an answer is never half from one namespace
 # and half from another. The keys are built here from KeyLayout's format: <ns>:{<id>}:seg.
@@ -118,16 +122,41 @@ class SegmentLookup:
 def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg lookup USER_ID...``: print each stored record as it is (the JSON a
     ``GET`` returns), or ``{"user_id":...,"status":"unknown"}`` for a user never seen; exit
-    status 1 when every user is unknown. ``--live``: the namespace the live pointer names."""
+    status 1 when every user is unknown. ``--live``: the namespace the live pointer names.
+    ``-`` as the only id: the ids are the lines of stdin, read and looked up in chunks."""
     configured = settings.redis.namespace
     lookup = SegmentLookup(
         settings.redis.connect(), None if args.live else configured, fallback_namespace=configured
     )
-    missing = 0
-    for user, raw in zip(args.user_ids, lookup.get_many_raw(args.user_ids), strict=True):
-        if raw is None:
-            missing += 1
-            print(json.dumps({"user_id": user, "status": "unknown"}, separators=(",", ":")))
-        else:
-            print(raw.decode(errors="replace"))
-    return 1 if missing == len(args.user_ids) else 0
+    chunks = _stdin_chunks(_STDIN_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
+    asked = missing = 0
+    for users in chunks:
+        asked += len(users)
+        lines = []
+        for user, raw in zip(users, lookup.get_many_raw(users), strict=True):
+            if raw is None:
+                missing += 1
+                lines.append(
+                    json.dumps({"user_id": user, "status": "unknown"}, separators=(",", ":"))
+                )
+            else:
+                lines.append(raw.decode(errors="replace"))
+        print("\n".join(lines), flush=True)
+    if not asked:
+        print("streamseg lookup: no user ids on stdin", file=sys.stderr)
+    return 1 if missing == asked else 0
+
+
+def _stdin_chunks(size: int) -> Iterator[list[str]]:
+    """Lines of stdin without their line ending (blank lines skipped), ``size`` at a time:
+    one round trip per chunk, and a first answer before the input ends."""
+    chunk: list[str] = []
+    for line in sys.stdin:
+        user = line.rstrip("\r\n")
+        if user:
+            chunk.append(user)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

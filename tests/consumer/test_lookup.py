@@ -1,0 +1,47 @@
+"""``streamseg lookup``: segment records as a personalization service reads them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+import consumer.lookup
+from consumer.cli import main
+from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
+
+
+def test_lookup_dash_reads_the_ids_from_stdin_in_chunks(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = new_topic()
+    events = make_events(400, users=30, seed=9)
+    produce(kafka_bootstrap, topic, as_records(events))
+    drain(settings_for(kafka_bootstrap, redis_url, topic, namespace), len(events))
+    users = sorted({e["user_id"] for e in events if "\n" not in e["user_id"]})
+    asked = [*users, "nobody"]
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setattr(consumer.lookup, "_STDIN_CHUNK", 7)  # several round trips
+    # Windows line endings and a blank line, as a file from elsewhere has them.
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("\r\n".join(asked[:10]) + "\r\n\n" + "\n".join(asked[10:]) + "\n")
+    )
+
+    assert main(["--namespace", namespace, "lookup", "-"]) == 0
+    printed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["user_id"] for p in printed] == asked
+    assert all(p.get("status") != "unknown" for p in printed[:-1])
+    assert printed[-1] == {"user_id": "nobody", "status": "unknown"}
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("nobody\nno-one\n"))
+    assert main(["--namespace", namespace, "lookup", "-"]) == 1  # every user unknown
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["--namespace", namespace, "lookup", "-"]) == 1
+    assert "no user ids on stdin" in capsys.readouterr().err
