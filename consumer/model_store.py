@@ -29,7 +29,7 @@ from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
-from model.model_format import SegmentModel
+from model.model_format import MAX_MODEL_BYTES, SegmentModel
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,11 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     imported: SegmentModel | None = None
     if args.action == "import":  # the file first: a bad one is named even if Redis is down
         try:
-            imported = _compatible(SegmentModel.from_json(args.path.read_bytes()))
+            with args.path.open("rb") as file:
+                # One byte past the cap, so that /dev/zero or a huge file is refused by
+                # from_json without being read whole.
+                data = file.read(MAX_MODEL_BYTES + 1)
+            imported = _compatible(SegmentModel.from_json(data))
         except (OSError, ModelFormatError) as exc:
             raise ConfigError(f"cannot import {args.path}: {exc}") from None
     client = settings.redis.connect()

@@ -188,6 +188,9 @@ def test_an_import_names_what_is_wrong_with_the_file_before_asking_redis(
     path.write_text("not json")
     assert main(["model", "import", str(path)]) == 2
     assert "invalid segment model" in capsys.readouterr().err
+    # An endless file is refused after the size cap, not read until memory runs out.
+    assert main(["model", "import", "/dev/zero"]) == 2
+    assert "bytes, more than the 16,777,216 a model may have" in capsys.readouterr().err
     # A good file reaches Redis, which does not answer: one line, not a traceback.
     path.write_bytes(model.to_json())
     assert main(["model", "import", str(path)]) == 2
