@@ -408,12 +408,19 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return settings
 
 
+# A settings file is a few hundred bytes; anything near this is not one.
+_MAX_SETTINGS_CHARS = 1_000_000
+
+
 def _read_settings_file(path: Path) -> dict[str, Any]:
     """The sections of a TOML (or, by its ``.json`` suffix, JSON) settings file."""
     if path.suffix in (".yaml", ".yml"):
         raise ConfigError(f"settings file {path}: YAML is not read; write TOML or JSON")
     try:
-        text = path.read_text()
+        with path.open(encoding="utf-8") as file:
+            text = file.read(_MAX_SETTINGS_CHARS + 1)  # `--config /dev/zero` must not hang
+        if len(text) > _MAX_SETTINGS_CHARS:
+            raise ValueError(f"longer than {_MAX_SETTINGS_CHARS:,} characters")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read settings file {path}: {exc}") from exc

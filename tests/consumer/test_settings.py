@@ -189,6 +189,7 @@ def test_a_redis_database_that_is_not_a_number_is_named(
         ("list.json", "[1, 2]", "the top level must be an object of sections"),
         ("streamseg.yaml", "trainer:\n  n_clusters: 5\n", "YAML is not read; write TOML or JSON"),
         ("broken.toml", "[trainer\n", "cannot read settings file"),
+        ("huge.toml", "# " + "x" * 1_000_000, "longer than 1,000,000 characters"),
     ],
 )
 def test_a_settings_file_that_cannot_be_used_is_named(
