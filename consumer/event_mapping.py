@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -54,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from typing import IO, Literal
+from typing import IO, AnyStr, Literal
 
 import orjson
 
@@ -353,6 +354,36 @@ def check_dialect(delimiter: str | None, encoding: str) -> None:
         ) from None
 
 
+#: Longest input line ``produce`` reads, in bytes (characters for CSV and TSV). A Kafka
+#: broker takes records of about 1 MiB by default, so no sendable line is refused; a file
+#: without line breaks (a binary, /dev/zero) is stopped here instead of filling the memory.
+MAX_LINE_BYTES = 16 * 2**20
+
+
+class LineTooLongError(ValueError):
+    """An input line longer than `MAX_LINE_BYTES`; the message names the line."""
+
+
+def bounded_lines(stream: IO[AnyStr], limit: int | None = None) -> Iterator[AnyStr]:
+    """The lines of ``stream`` (with their line endings), none longer than ``limit``
+    (default `MAX_LINE_BYTES`).
+
+    Raises `LineTooLongError` naming the first longer line, having read at most ``limit`` + 1
+    of it.
+    """
+    limit = MAX_LINE_BYTES if limit is None else limit
+    empty = stream.read(0)  # b"" or "": the end of the stream
+    lines = iter(functools.partial(stream.readline, limit + 1), empty)
+    for number, line in enumerate(lines, 1):
+        if len(line) > limit:
+            unit = "bytes" if isinstance(line, bytes) else "characters"
+            raise LineTooLongError(
+                f"line {number:,} is longer than {limit:,} {unit}: not an event (a file "
+                "without line breaks?)"
+            )
+        yield line
+
+
 def read_csv_rows(
     stream: IO[bytes],
     delimiter: str = ",",
@@ -370,7 +401,9 @@ def read_csv_rows(
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"
     text = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
-    reader = csv.DictReader(_warn_on_undecodable(text, encoding), delimiter=delimiter)
+    reader = csv.DictReader(
+        _warn_on_undecodable(bounded_lines(text), encoding), delimiter=delimiter
+    )
     if check_header is not None:
         check_header(list(reader.fieldnames or ()))
     for row in reader:
@@ -401,7 +434,7 @@ def _warn_on_undecodable(lines: Iterable[str], encoding: str) -> Iterator[str]:
 def read_json_rows(stream: IO[bytes]) -> Iterator[dict[str, object] | bytes]:
     """Objects of a JSON-lines byte stream (read by `load_json`); a line that is not a JSON
     object comes back as its bytes (to be sent as it is, and dead-lettered by the consumer)."""
-    for raw in stream:
+    for raw in bounded_lines(stream):
         line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue

@@ -67,6 +67,8 @@ from rich.text import Text
 
 from consumer.event_mapping import (
     EventMapping,
+    LineTooLongError,
+    bounded_lines,
     check_dialect,
     load_json,
     read_csv_rows,
@@ -168,7 +170,7 @@ def read_jsonl_records(
 
     Raises `JsonLinesFormatError` naming the line number of a broken wrapper.
     """
-    for number, line in enumerate(stream, start=1):
+    for number, line in enumerate(bounded_lines(stream), start=1):
         if line.endswith(b"\n"):
             line = line[:-1]
         if line.endswith(b"\r"):
@@ -691,7 +693,7 @@ def _reading(
         for record in records:
             yield record
             count += 1
-    except (OSError, EOFError, csv.Error) as exc:
+    except (OSError, EOFError, csv.Error, LineTooLongError) as exc:
         raise InputFileError(f"cannot read {name} after {count:,} records: {exc}") from None
 
 
