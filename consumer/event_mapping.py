@@ -378,8 +378,7 @@ def bounded_lines(stream: IO[AnyStr], limit: int | None = None) -> Iterator[AnyS
         if len(line) > limit:
             unit = "bytes" if isinstance(line, bytes) else "characters"
             raise LineTooLongError(
-                f"line {number:,} is longer than {limit:,} {unit}: not an event (a file "
-                "without line breaks?)"
+                f"line {number:,} is longer than {limit:,} {unit} (a file without line breaks?)"
             )
         yield line
 

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 import redis
 from redis.cluster import RedisCluster
 
+from consumer.event_mapping import LineTooLongError, bounded_lines
+from consumer.exceptions import ConfigError
 from consumer.redis_keys import KeyLayout, PointerKeys, escape_user_id
 from consumer.segment_record import SegmentRecord
 from consumer.settings import RedisClient, Settings
@@ -28,6 +30,8 @@ from consumer.state_store import read_values
 
 # Ids of `lookup -` per round trip.
 _STDIN_CHUNK = 5000
+# Longest line `lookup -` reads, in characters.
+_MAX_ID_LINE = 4096
 
 # Pointer and records in one server-side step, so an answer is never half from one namespace
 # and half from another. The keys are built here from KeyLayout's format: <ns>:{<id>}:seg.
@@ -130,18 +134,20 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     chunks = _stdin_chunks(_STDIN_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
     asked = missing = 0
-    for users in chunks:
-        asked += len(users)
-        lines = []
-        for user, raw in zip(users, lookup.get_many_raw(users), strict=True):
-            if raw is None:
-                missing += 1
-                lines.append(
-                    json.dumps({"user_id": user, "status": "unknown"}, separators=(",", ":"))
-                )
-            else:
-                lines.append(raw.decode(errors="replace"))
-        print("\n".join(lines), flush=True)
+    try:
+        for users in chunks:
+            asked += len(users)
+            lines = []
+            for user, raw in zip(users, lookup.get_many_raw(users), strict=True):
+                if raw is None:
+                    missing += 1
+                    unknown = {"user_id": user, "status": "unknown"}
+                    lines.append(json.dumps(unknown, separators=(",", ":")))
+                else:
+                    lines.append(raw.decode(errors="replace"))
+            print("\n".join(lines), flush=True)
+    except LineTooLongError as exc:  # after the answers so far
+        raise ConfigError(f"stdin, after {asked:,} ids: {exc}") from None
     if not asked:
         print("streamseg lookup: no user ids on stdin", file=sys.stderr)
     return 1 if missing == asked else 0
@@ -151,7 +157,18 @@ def _stdin_chunks(size: int) -> Iterator[list[str]]:
     """Lines of stdin without their line ending (blank lines skipped), ``size`` at a time:
     one round trip per chunk, and a first answer before the input ends."""
     chunk: list[str] = []
-    for line in sys.stdin:
+    # An id is at most 256 characters (the event contract): a longer line is no id, and
+    # an endless one must not fill the memory.
+    lines = bounded_lines(sys.stdin, _MAX_ID_LINE)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            break
+        except LineTooLongError:
+            if chunk:
+                yield chunk  # the ids before it are answered first
+            raise
         user = line.rstrip("\r\n")
         if user:
             chunk.append(user)

@@ -45,3 +45,18 @@ def test_lookup_dash_reads_the_ids_from_stdin_in_chunks(
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["--namespace", namespace, "lookup", "-"]) == 1
     assert "no user ids on stdin" in capsys.readouterr().err
+
+
+def test_lookup_dash_answers_the_ids_before_a_line_that_is_no_id_then_names_it(
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An endless line (`streamseg lookup - < /dev/zero`) was read whole into memory."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\nb\n" + "x" * 5000))
+    assert main(["--namespace", namespace, "lookup", "-"]) == 2
+    out, err = capsys.readouterr()
+    assert [orjson.loads(line)["user_id"] for line in out.splitlines()] == ["a", "b"]
+    assert "stdin, after 2 ids: line 3 is longer than 4,096 characters" in err
