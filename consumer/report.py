@@ -57,6 +57,9 @@ _FONT: dict[RcKeyType, Any] = {
     "axes.titlesize": 13,
     "axes.labelsize": 11,
     "legend.fontsize": 9,
+    # Segment names are text, not TeX: a model named "big $\frac$ ers" (an import) made
+    # matplotlib's mathtext parser raise and the report fail.
+    "text.parse_math": False,
 }
 #: Counters shown first, in this order; any other counter (dead_letter.<reason>) follows.
 _MAIN_COUNTERS = ("records", "applied", "duplicates", "ignored", "dead_lettered")

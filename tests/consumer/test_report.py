@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from consumer.cli import main
+from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.report import chart_versions
@@ -109,6 +110,26 @@ def test_report_draws_every_figure_from_the_live_state(
         _assert_real_image(out / name)
     assert "model v2" in page and "mean net revenue" in page
     assert "<td>dead_lettered</td><td>20</td>" in page and "dead_letter." in page
+
+
+def test_a_segment_name_with_dollar_signs_is_drawn_as_text(
+    two_model_versions: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names come from imported models too; matplotlib read "$...$" as TeX and raised."""
+    store = ModelStore(redis_client, KeyLayout(two_model_versions))
+    model = store.load(store.current_version() or 0)
+    names = [r"big $\frac$ spenders", *model.names[1:]]
+    store.publish(model.model_copy(update={"names": names, "model_version": 3}))
+    _point_cli_at(monkeypatch, kafka_bootstrap, redis_url)
+    out = tmp_path / "report"
+    assert main(["--namespace", two_model_versions, "report", "--out", str(out)]) == 0
+    assert "big $\\frac$ spenders" in (out / "index.html").read_text()
+    _assert_real_image(out / "centres.png")
 
 
 def test_report_without_a_model_shows_counters_and_distributions(
