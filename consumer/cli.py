@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--end-now", action="store_true", help="end the span now instead (not reproducible)"
     )
     shape.add_argument(
-        "--seed", type=int, metavar="S", help="random seed; same seed, same bytes (default 0)"
+        "--seed", type=_seed, metavar="S", help="random seed; same seed, same bytes (default 0)"
     )
     shape.add_argument(
         "--activity",
@@ -586,10 +586,10 @@ def _add_replay_commands(commands: Any) -> None:
         metavar="K",
         help="segments, 2-64 (default trainer.n_clusters)",
     )
-    replay.add_argument("--seed", type=int, metavar="S", help="default trainer.seed")
+    replay.add_argument("--seed", type=_seed, metavar="S", help="default trainer.seed")
     replay.add_argument(
         "--max-events",
-        type=int,
+        type=_non_negative_int,
         default=0,
         metavar="N",
         help="stop after this many records; run again to resume (default 0 = all)",
@@ -703,6 +703,14 @@ def _port(text: str) -> int:
     value = _non_negative_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0-65535")
+    return value
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a random seed, 0..2^32-1 (what numpy and scikit-learn take)."""
+    value = _non_negative_int(text)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0..4294967295")
     return value
 
 

@@ -45,7 +45,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, cast
@@ -77,6 +76,7 @@ from consumer.event_mapping import (
 from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
 from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
+from consumer.times import parse_epoch_ms
 
 __all__ = [
     "InputFileError",
@@ -488,19 +488,6 @@ def _log_client_error(err: KafkaError) -> None:
 
 
 # -------------------------------------------------------------------- command handlers
-def _parse_start(text: str) -> int:
-    """``--start``: epoch milliseconds, or an ISO-8601 date or date-time (UTC unless zoned)."""
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--start {text!r}: not epoch milliseconds or ISO-8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000)
-
-
 #: Options of ``streamseg generate`` that map 1:1 onto `GeneratorConfig` fields (None = default).
 _GENERATOR_OPTIONS = {
     "users": "users",
@@ -549,7 +536,7 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.end_now:
         config.start_ms = round(time.time() * 1000 - config.days * 86_400_000)
     elif args.start is not None:
-        config.start_ms = _parse_start(args.start)
+        config.start_ms = parse_epoch_ms(args.start, option="--start")
     config.__post_init__()  # check the span again
     if args.events_per_user:
         natural = EventGenerator(config).expected_valid_events() / config.users

@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import FrameType
 
 import numpy as np
@@ -60,6 +59,7 @@ from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
 from consumer.snapshot import Snapshot, read_snapshot
 from consumer.state_store import BatchWrite, StateStore
+from consumer.times import parse_epoch_ms
 from model.features import FEATURE_NAMES, LOG_FEATURES, FeatureConfig
 from model.labels import label_segments
 from model.model_format import SegmentModel
@@ -103,21 +103,6 @@ class ReplayResult:
     """Offsets already done before this call (committed by an earlier run), per partition."""
     read_seconds: float = 0.0
     """Wall-clock time spent reading and applying the ranges (training excluded)."""
-
-
-def parse_time(text: str, *, option: str) -> int:
-    """Epoch milliseconds, or an ISO-8601 date or date-time (UTC unless zoned)."""
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"{option} {text!r}: not epoch milliseconds, ISO-8601, earliest or latest"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000)
 
 
 def replay_group(settings: Settings, name: str) -> str:
@@ -719,8 +704,13 @@ def lower_own_priority(increment: int) -> int:
 
 def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg replay``: rebuild a shadow namespace from the topic, train, re-score."""
-    from_ms = None if args.from_ == "earliest" else parse_time(args.from_, option="--from")
-    to_ms = None if args.to == "latest" else parse_time(args.to, option="--to")
+    words = ", earliest or latest"
+    from_ms = (
+        None
+        if args.from_ == "earliest"
+        else parse_epoch_ms(args.from_, option="--from", also=words)
+    )
+    to_ms = None if args.to == "latest" else parse_epoch_ms(args.to, option="--to", also=words)
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise ConfigError(f"--to {args.to} is not after --from {args.from_}: nothing to replay")
     niceness = lower_own_priority(args.nice)

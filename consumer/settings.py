@@ -333,7 +333,8 @@ class TrainerSettings(BaseModel):
     #: Keep the newest this many published model versions in Redis (``model list``,
     #: ``rollback``); each publish deletes the ones that fall out, in the same transaction.
     model_history_versions: int = Field(default=1000, ge=2)
-    seed: int = 0
+    #: Random seed of k-means++ (scikit-learn takes 0..2^32-1).
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     lease_seconds: float = Field(default=10.0, gt=1)
 
 
