@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -665,75 +666,47 @@ def _add_replay_commands(commands: Any) -> None:
     drop.add_argument("name", metavar="NAME")
 
 
-def _non_negative(text: str) -> float:
-    """An argparse type: a number >= 0 (the error names the bad value)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
+def _whole_number(low: int, high: int | None, rule: str) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high`` (no upper bound for None); the
+    error names the bad value and ``rule``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
+        return value
+
+    return parse
 
 
-def _positive_number(text: str) -> float:
-    """An argparse type: a finite number > 0 (the error names the bad value)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return value
+def _real_number(accepts: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    """An argparse type: a number that ``accepts`` (NaN never does: comparisons with it are
+    false); the error names the bad value and ``rule``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if math.isnan(value) or not accepts(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (the error names the bad value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 0-65535 (0 = off)."""
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0-65535")
-    return value
-
-
-def _seed(text: str) -> int:
-    """An argparse type: a random seed, 0..2^32-1 (what numpy and scikit-learn take)."""
-    value = _non_negative_int(text)
-    if value > 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0..4294967295")
-    return value
-
-
-def _segment_count(text: str) -> int:
-    """An argparse type: a number of segments, 2-64 as ``trainer.n_clusters``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 2 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 2-64")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0 (the error names the bad value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
+_non_negative_int = _whole_number(0, None, ">= 0")
+_positive_int = _whole_number(1, None, ">= 1")
+_port = _whole_number(0, 65535, "0-65535")
+# What numpy and scikit-learn take as a seed.
+_seed = _whole_number(0, 2**32 - 1, "0..4294967295")
+# As trainer.n_clusters.
+_segment_count = _whole_number(2, 64, "2-64")
+_non_negative = _real_number(lambda v: v >= 0, ">= 0")
+_positive_number = _real_number(lambda v: 0 < v < math.inf, "a finite number > 0")
 
 
 def _command(

@@ -379,7 +379,7 @@ def test_a_truncated_gzip_file_is_an_error_naming_it_after_what_was_sent(
         (["run", "--idle-exit-seconds", "nan"], "argument --idle-exit-seconds: 'nan' must be"),
         (["train", "--max-seconds", "-1"], "argument --max-seconds: '-1' must be >= 0"),
         (["run", "--metrics-port", "70000"], "argument --metrics-port: '70000' must be 0-65535"),
-        (["generate", "--seed", "-1"], "argument --seed: '-1' must be >= 0"),
+        (["generate", "--seed", "-1"], "argument --seed: '-1' must be 0..4294967295"),
         (["replay", "--seed", str(2**32)], "argument --seed: '4294967296' must be 0..4294967295"),
         (["replay", "--max-events", "-1"], "argument --max-events: '-1' must be >= 0"),
     ],
