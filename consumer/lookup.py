@@ -159,21 +159,17 @@ def _stdin_chunks(size: int) -> Iterator[list[str]]:
     chunk: list[str] = []
     # An id is at most 256 characters (the event contract): a longer line is no id, and
     # an endless one must not fill the memory.
-    lines = bounded_lines(sys.stdin, _MAX_ID_LINE)
-    while True:
-        try:
-            line = next(lines)
-        except StopIteration:
-            break
-        except LineTooLongError:
-            if chunk:
-                yield chunk  # the ids before it are answered first
-            raise
-        user = line.rstrip("\r\n")
-        if user:
-            chunk.append(user)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
+    try:
+        for line in bounded_lines(sys.stdin, _MAX_ID_LINE):
+            user = line.rstrip("\r\n")
+            if user:
+                chunk.append(user)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    except LineTooLongError:
+        if chunk:
+            yield chunk  # the ids before it are answered first
+        raise
     if chunk:
         yield chunk
