@@ -63,6 +63,11 @@ class PipelineMetrics:
         self.segment_changes = Counter(
             "streamseg_segment_changes", "Segment-change events produced.", registry=r
         )
+        self.foreign_states = Counter(
+            "streamseg_foreign_states",
+            "Users whose state key held a value of the wrong size, replaced by a fresh state.",
+            registry=r,
+        )
         self.batches = Counter("streamseg_batches", "Batches processed.", registry=r)
         self.batch_size = Histogram(
             "streamseg_batch_size_records",
@@ -127,6 +132,7 @@ class PipelineMetrics:
         ignored: int,
         segment_changes: int,
         reasons: Mapping[str, int],
+        foreign_states: int,
         seconds: float,
         timestamps_ms: Iterable[int],
         written_at_ms: float,
@@ -138,6 +144,7 @@ class PipelineMetrics:
         self.duplicates.inc(duplicates)
         self.ignored.inc(ignored)
         self.segment_changes.inc(segment_changes)
+        self.foreign_states.inc(foreign_states)
         for reason, n in reasons.items():
             self.dead_lettered.labels(reason).inc(n)
         self.batch_size.observe(records)

@@ -128,6 +128,7 @@ class BatchStats:
     dead_lettered: int = 0
     users: int = 0
     segment_changes: int = 0
+    foreign_states: int = 0  # users whose stored state had the wrong size: started afresh
     reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -627,6 +628,7 @@ class SegmentPipeline:
             duplicates=stats.duplicates,
             ignored=stats.ignored,
             segment_changes=stats.segment_changes,
+            foreign_states=stats.foreign_states,
             reasons=stats.reasons,
             seconds=seconds,
             timestamps_ms=kafka.timestamp_ms[::step].tolist(),
@@ -669,6 +671,7 @@ class SegmentPipeline:
             "ignored": stats.ignored,
             "dead_lettered": stats.dead_lettered,
             "segment_changes": stats.segment_changes,
+            "foreign_states": stats.foreign_states,
             "training_rows": len(write.training_rows) if write.training_rows is not None else 0,
             **{f"dead_letter.{r}": n for r, n in stats.reasons.items()},
         }
@@ -684,7 +687,18 @@ class SegmentPipeline:
         row_of = {u: i for i, u in enumerate(users)}
         user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
-        states = self.store.read_states(users, state_keys=[k for k, _ in user_keys])
+        states, foreign = self.store.read_states_checked(
+            users, state_keys=[k for k, _ in user_keys]
+        )
+        stats.foreign_states = int(foreign.sum())
+        if stats.foreign_states:
+            log.warning(
+                "%d users' state keys hold a value that is not a streamseg state of this "
+                "version (wrong size; first: %s): replaced by a fresh state, counted in "
+                "foreign_states",
+                stats.foreign_states,
+                user_keys[int(np.flatnonzero(foreign)[0])][0],
+            )
         if len(self._category_cache) > _CATEGORY_CACHE_LIMIT:
             self._category_cache.clear()  # a cache of hashes: rebuilt as names come back
         codes = category_codes(batch.category, self._category_cache)
@@ -1174,6 +1188,7 @@ class SegmentPipeline:
         t.dead_lettered += stats.dead_lettered
         t.users += stats.users
         t.segment_changes += stats.segment_changes
+        t.foreign_states += stats.foreign_states
         t.reasons.update(stats.reasons)
 
 
@@ -1264,7 +1279,7 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
     elapsed = time.monotonic() - started
     log.info(
         "stopped after %.1f s: records=%d applied=%d duplicates=%d ignored=%d dead_lettered=%d "
-        "segment_changes=%d",
+        "segment_changes=%d foreign_states=%d",
         elapsed,
         totals.records,
         totals.applied,
@@ -1272,5 +1287,6 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
         totals.ignored,
         totals.dead_lettered,
         totals.segment_changes,
+        totals.foreign_states,
     )
     return 0

@@ -132,10 +132,18 @@ class StateStore:
     ) -> np.ndarray:
         """State vectors of ``user_ids`` in order; users never seen get `empty_state`.
 
-        A stored value of the wrong size (written by something else) is treated as empty.
+        A stored value of the wrong size (written by something else) is treated as empty;
+        `read_states_checked` also says which were.
         """
+        return self.read_states_checked(user_ids, state_keys=state_keys)[0]
+
+    def read_states_checked(
+        self, user_ids: Sequence[str], *, state_keys: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`read_states`, and a boolean mask of the users whose stored value was not a state
+        (a value of another size: another program's, or another streamseg state layout)."""
         if not user_ids:
-            return empty_state(0)
+            return empty_state(0), np.zeros(0, dtype=bool)
         if state_keys is None:
             state_keys = [self.keys.state(u) for u in user_ids]
         # The hot path on one server: a single MGET.
@@ -144,8 +152,13 @@ class StateStore:
             if self._cluster is None
             else read_values(self.client, state_keys)
         )
-        blob = b"".join(v if v is not None and len(v) == _STATE_BYTES else _EMPTY for v in raw)
-        return np.frombuffer(blob, dtype=np.float64).reshape(len(user_ids), STATE_WIDTH).copy()
+        sizes = np.fromiter((-1 if v is None else len(v) for v in raw), np.int64, len(raw))
+        foreign = (sizes != _STATE_BYTES) & (sizes != -1)
+        if foreign.any():
+            raw = [_EMPTY if bad else v for v, bad in zip(raw, foreign, strict=True)]
+        blob = b"".join(_EMPTY if v is None else v for v in raw)
+        states = np.frombuffer(blob, dtype=np.float64).reshape(len(user_ids), STATE_WIDTH).copy()
+        return states, foreign
 
     def write(self, batch: BatchWrite) -> None:
         """Write states, records, samples and counters: one MULTI/EXEC round trip on one

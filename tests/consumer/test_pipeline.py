@@ -252,3 +252,35 @@ def test_a_consumer_that_creates_its_events_topic_warns_about_the_name(
         f"the events topic '{namespace}-evnets' did not exist: created it, empty (if producers "
         "write another topic, set kafka.events_topic to its name)"
     ]
+
+
+def test_a_state_key_holding_another_programs_value_is_counted_and_started_afresh(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A value of the wrong size under a user's state key (another program's, or another
+    state layout) is neither read as features nor silently dropped: counted and logged."""
+    topic = new_topic()
+    keys = KeyLayout(namespace)
+    redis_client.set(keys.state("taken"), b"not a streamseg state")
+    events = make_events(300, users=20, seed=3)
+    events += [{"event_id": "t-1", "user_id": "taken", "type": "view", "ts": events[0]["ts"]}]
+    produce(kafka_bootstrap, topic, as_records(events))
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    with caplog.at_level(logging.WARNING, logger="consumer.pipeline"):
+        pipeline = drain(settings, len(events))
+
+    assert pipeline.totals.foreign_states == 1
+    assert int(redis_client.hget(keys.counters, "foreign_states") or 0) == 1
+    assert pipeline.metrics.registry.get_sample_value("streamseg_foreign_states_total") == 1
+    warned = [r.getMessage() for r in caplog.records if "foreign_states" in r.getMessage()]
+    assert len(warned) == 1 and keys.state("taken") in warned[0]
+    # The user's state is now the one event, as for a user never seen.
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(
+        read_state(redis_client, namespace, ["taken"]), {"taken": expected["taken"]}
+    )
