@@ -28,13 +28,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import ValidationError
 
 from consumer.exceptions import ServerUnavailableError
 from consumer.health import metrics_port, start_metrics_server
@@ -52,6 +53,7 @@ from consumer.processes import supervise
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import (
     COLD_START_FIELDS,
+    SegmentRecord,
     change_fields,
     encode_changes,
     encode_records,
@@ -489,18 +491,15 @@ class SegmentPipeline:
         sent, cursor = 0, 0
         while True:
             cursor, found = self.store.scan_state_keys(cursor, count=2000)
-            records = self._assigned_records(found, owned)
-            if records:
-                ids = [r["user_id"] for r in records]
+            assigned = self._assigned_records(found, owned)
+            if assigned:
+                ids = [user for user, _, _ in assigned]
                 was = before.read_states(ids)[:, COL["segment_id"]].astype(np.int64)
                 changes = encode_changes(
                     ids,
-                    fields=[
-                        change_fields(r["segment_id"], r["segment"], r["tier"], r["model_version"])
-                        for r in records
-                    ],
+                    fields=[fields for _, fields, _ in assigned],
                     previous_ids=was.tolist(),
-                    event_times=[r["event_time"] for r in records],
+                    event_times=[event_time for _, _, event_time in assigned],
                     computed_at=iso_ms(time.time() * 1000.0),
                     namespace=self.keys.namespace,
                     previous_namespace=previous.namespace,
@@ -514,9 +513,11 @@ class SegmentPipeline:
 
     def _assigned_records(
         self, state_keys: list[bytes], owned: frozenset[int]
-    ) -> list[dict[str, Any]]:
-        """The stored records (parsed) of the users of ``state_keys`` in ``owned`` partitions
-        that have a segment."""
+    ) -> list[tuple[str, tuple[bytes, bytes], str]]:
+        """The users of ``state_keys`` in ``owned`` partitions that have a segment, each with
+        the change-event fields and event time of their stored record. A record that is not
+        one (edited by hand, or another program's) is left out with a warning: the user's
+        next event or re-score pass rewrites it."""
         users = [self.keys.user_from_state_key(k.decode()) for k in state_keys]
         if not users:
             return []
@@ -525,9 +526,22 @@ class SegmentPipeline:
             states[:, COL["segment_id"]] >= 0
         )
         users = [u for u, m in zip(users, mine, strict=True) if m]
-        raws = read_values(self.redis, [self.keys.segment(u) for u in users]) if users else []
-        records = [orjson.loads(raw) for raw in raws if raw is not None]
-        return [r for r in records if r.get("segment_id") is not None]
+        keys = [self.keys.segment(u) for u in users]
+        found: list[tuple[str, tuple[bytes, bytes], str]] = []
+        for user, key, raw in zip(users, keys, read_values(self.redis, keys), strict=True):
+            if raw is None:
+                continue
+            try:
+                r = SegmentRecord.model_validate_json(raw)
+            except ValidationError:
+                log.warning("not announced: %s does not hold a segment record", key)
+                continue
+            if r.segment_id is None or r.segment is None or r.tier is None:
+                continue  # cold start: nothing to announce
+            fields = change_fields(r.segment_id, r.segment, r.tier, r.model_version or 0)
+            event_time = r.event_time.astimezone(UTC).isoformat(timespec="milliseconds")
+            found.append((user, fields, event_time.replace("+00:00", "Z")))
+        return found
 
     def _applied_offsets(
         self, partitions: Sequence[TopicPartition], keys: KeyLayout | None = None

@@ -23,6 +23,7 @@ sees the events as applied). Statistics, never state.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainErr
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient
 from model.features import STATE_WIDTH, empty_state
+
+log = logging.getLogger(__name__)
 
 _STATE_BYTES = STATE_WIDTH * 8
 _EMPTY = empty_state(1).tobytes()
@@ -357,12 +360,17 @@ class StateStore:
     # -- namespace-wide reads --------------------------------------------------------------
 
     def read_counters(self) -> dict[str, int]:
+        """The namespace's counters (``<ns>:counters``), by name."""
         raw = self.client.hgetall(self.keys.counters)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {
+            name.decode(errors="replace"): n for name, n in integer_fields(raw, self.keys.counters)
+        }
 
     def read_segment_sizes(self) -> dict[int, int]:
+        """Users per segment id (``<ns>:segment-sizes``)."""
         raw = self.client.hgetall(self.keys.segment_sizes)
-        return {int(k): int(v) for k, v in raw.items()}
+        sizes = integer_fields(raw, self.keys.segment_sizes, integer_names=True)
+        return {int(segment): n for segment, n in sizes}
 
     def read_category_names(self) -> dict[float, str]:
         raw = self.client.hgetall(self.keys.categories)
@@ -371,6 +379,27 @@ class StateStore:
     def read_watermark(self) -> float | None:
         score = self.client.zscore(self.keys.watermark, "max")
         return None if score is None else float(score)
+
+
+def integer_fields(
+    raw: Mapping[bytes, bytes], key: str, *, integer_names: bool = False
+) -> list[tuple[bytes, int]]:
+    """The fields of a hash of integers that streamseg keeps (counters; segment sizes, whose
+    names are integers too), read without trusting them: a field that is not what it should
+    be (edited by hand, or another program's) is left out with a warning naming it, so that
+    no reader crashes on it."""
+    out: list[tuple[bytes, int]] = []
+    for name, value in raw.items():
+        if _is_integer(value) and (not integer_names or _is_integer(name)):
+            out.append((name, int(value)))
+        else:
+            log.warning("ignoring field %r = %r of %s: not an integer", name[:40], value[:40], key)
+    return out
+
+
+def _is_integer(text: bytes) -> bool:
+    """Whether ``text`` is a decimal integer as Redis's HINCRBY writes and reads one."""
+    return text.removeprefix(b"-").isdigit() and len(text) <= 20
 
 
 def read_values(client: RedisClient, keys: Sequence[str]) -> list[bytes | None]:

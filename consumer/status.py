@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from consumer.exceptions import ServerUnavailableError
 from consumer.kafka_clients import consumer_config
@@ -30,11 +32,27 @@ from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
+from consumer.state_store import StateStore
 
 if TYPE_CHECKING:
     from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
+
+
+@with_config(ConfigDict(allow_inf_nan=False))
+class HeartbeatRecord(TypedDict):
+    """One consumer's heartbeat, a JSON object in ``<ns>:consumers`` (epoch seconds)."""
+
+    last_batch_at: float | None
+    seen_at: float
+    partitions: list[str]
+    host: str
+    pid: int
+    records: int
+
+
+_HEARTBEAT = TypeAdapter(HeartbeatRecord)
 
 
 class ConsumerHeartbeat:
@@ -87,7 +105,7 @@ class ConsumerHeartbeat:
         self._reasons_seen = Counter(reasons)
         previous = self.member_id
         self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}"
-        beat = {
+        beat: HeartbeatRecord = {
             "last_batch_at": self.last_batch_at,
             "seen_at": time.time(),
             "partitions": sorted(f"{t}[{p}]" for t, p in partitions),
@@ -99,14 +117,12 @@ class ConsumerHeartbeat:
             if previous not in (None, self.member_id):  # joined the group, or rejoined
                 self.client.hdel(self.keys.consumers, previous)
             self.client.hset(self.keys.consumers, self.member_id, orjson.dumps(beat))
-            sizes = self.client.hgetall(self.keys.segment_sizes)
+            sizes = StateStore(self.client, self.keys).read_segment_sizes()
         except redis.RedisError as exc:
             log.debug("heartbeat not written: %s", exc)
             return
         names = dict(zip(model.ids, model.names, strict=True)) if model else {}
-        self.metrics.set_segment_sizes(
-            {int(k): int(v) for k, v in sizes.items() if int(v) > 0}, names
-        )
+        self.metrics.set_segment_sizes({k: v for k, v in sizes.items() if v > 0}, names)
 
     def forget(self) -> None:
         """Remove this consumer's heartbeat (on a clean stop)."""
@@ -126,7 +142,8 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
     client = client or settings.redis.connect()
     keys = KeyLayout(settings.redis.namespace)
     model = ModelStore(client, keys).load_current()
-    sizes = {int(k): int(v) for k, v in client.hgetall(keys.segment_sizes).items()}
+    store = StateStore(client, keys)
+    sizes = store.read_segment_sizes()
     names = dict(zip(model.ids, model.names, strict=True)) if model else {}
     tiers = dict(zip(model.ids, model.tiers, strict=True)) if model else {}
     held = {i for i, n in sizes.items() if n > 0}  # a dropped segment once its users moved: gone
@@ -134,10 +151,8 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
         {"segment_id": i, "segment": names.get(i), "tier": tiers.get(i), "users": sizes.get(i, 0)}
         for i in sorted(held | set(names))
     ]
-    counters = {k.decode(): int(v) for k, v in sorted(client.hgetall(keys.counters).items())}
-    consumers = {
-        k.decode(): orjson.loads(v) for k, v in sorted(client.hgetall(keys.consumers).items())
-    }
+    counters = dict(sorted(store.read_counters().items()))
+    consumers = _read_heartbeats(client, keys)
     return {
         "namespace": keys.namespace,
         "live_namespace": _live_namespace_if_readable(client, keys.namespace),
@@ -150,6 +165,18 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
         "consumers": consumers,
         "heartbeat_seconds": settings.observability.heartbeat_seconds,
     }
+
+
+def _read_heartbeats(client: RedisClient, keys: KeyLayout) -> dict[str, HeartbeatRecord]:
+    """The consumers' heartbeats by member id; a value that is not one (edited by hand, or
+    another program's) is left out with a warning, not fatal to ``status``."""
+    beats: dict[str, HeartbeatRecord] = {}
+    for member, raw in sorted(client.hgetall(keys.consumers).items()):
+        try:
+            beats[member.decode(errors="replace")] = _HEARTBEAT.validate_json(raw)
+        except ValidationError:
+            log.warning("ignoring field %r of %s: not a heartbeat", member[:80], keys.consumers)
+    return beats
 
 
 def _live_namespace_if_readable(client: RedisClient, namespace: str) -> str | None:

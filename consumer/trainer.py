@@ -64,6 +64,7 @@ from consumer.settings import (
     Settings,
     TrainerSettings,
 )
+from consumer.state_store import StateStore, integer_fields
 from consumer.training_rows import newest_row_per_user
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
@@ -201,7 +202,8 @@ class Trainer:
     def rows_pushed(self) -> int:
         """Training rows the pipeline has pushed so far (the namespace's counter)."""
         raw = self.client.hget(self.keys.counters, "training_rows")
-        return int(raw or 0)
+        fields = integer_fields({b"training_rows": raw}, self.keys.counters) if raw else []
+        return fields[0][1] if fields else 0
 
     def missing(self) -> str:
         """What the next bootstrap or update still waits for, in words (for ``--once``)."""
@@ -321,9 +323,8 @@ class Trainer:
 
     def _users(self) -> int:
         """Users counted in the segment sizes (a transient negative count is ignored)."""
-        # HGETALL, not HVALS: the documented least-privilege ACL rule has no HVALS.
-        sizes = self.client.hgetall(self.keys.segment_sizes)
-        return sum(max(0, int(n)) for n in sizes.values())
+        sizes = StateStore(self.client, self.keys).read_segment_sizes()
+        return sum(max(0, n) for n in sizes.values())
 
     def _set_forgetting(self, *, rows_fitted: int, rows_pushed: int) -> None:
         """Apply the configured half-life to the next update of ``rows_fitted`` rows (each

@@ -161,6 +161,27 @@ def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
     assert not redis_client.hgetall(KeyLayout(namespace).consumers)
 
 
+def test_status_leaves_out_a_heartbeat_that_is_not_one(
+    kafka_bootstrap: str, redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    """A hand-edited member of ``<ns>:consumers`` is skipped, not a traceback of `status`."""
+    beat = {"last_batch_at": None, "seen_at": 1.0, "partitions": [], "host": "vm", "pid": 1}
+    redis_client.hset(
+        KeyLayout(namespace).consumers,
+        mapping={
+            "good": orjson.dumps({**beat, "records": 0}),
+            "not-json": b"{",
+            "a-list": b"[1]",
+            "no-records": orjson.dumps(beat),
+            "nan": orjson.dumps({**beat, "records": 0, "seen_at": "NaN"}),
+        },
+    )
+    settings = settings_for(kafka_bootstrap, redis_url, f"{namespace}-events", namespace)
+    status = deployment_status(settings)
+    assert list(status["consumers"]) == ["good"]
+    assert "vm:1" in render_status(status)
+
+
 def test_trainer_metrics_follow_published_versions(
     redis_client: redis.Redis, namespace: str
 ) -> None:

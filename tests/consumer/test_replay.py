@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -311,6 +312,8 @@ def test_a_following_pipeline_moves_with_the_pointer_and_catches_up(
         assert {e["namespace"] for _, e in messages} == {shadow}
         announced = [u for u, e in messages if e["previous_namespace"] == namespace]
         assert announced and len(announced) == len(set(announced))
+        iso_ms = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+        assert all(iso_ms.fullmatch(e["event_time"]) for _, e in messages)
         assert {u: (e["segment_id"], e["model_version"]) for u, e in latest.items()} == {
             u: (r.segment_id, r.model_version)
             for u, r in zip(expected, shadow_records, strict=True)

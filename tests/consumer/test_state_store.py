@@ -96,3 +96,21 @@ def test_lpush_rows_frames_exactly_what_generic_packing_would() -> None:
     expected = _pack([b"LPUSH", key, *_row_bytes(rows)])
     assert _lpush_rows(key, rows) == expected
     assert _lpush_rows(key, rows[::2]) == _pack([b"LPUSH", key, *_row_bytes(rows[::2])])
+
+
+def test_hand_edited_counters_and_sizes_are_left_out_not_fatal(
+    redis_client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`status`, the heartbeat, the trainer and the report read these hashes: a field that is
+    not an integer (a hand edit, another program) is skipped with a warning naming it."""
+    keys = KeyLayout(namespace)
+    store = StateStore(redis_client, keys)
+    store.write(batch([None] * len(USERS)))
+    redis_client.hset(keys.counters, mapping={"bogus": "many", "empty": ""})
+    redis_client.hset(keys.segment_sizes, mapping={"x": "3", "9": "1.5", "-2": "-4"})
+
+    assert store.read_counters() == {"records": 7, "applied": 4}
+    assert store.read_segment_sizes() == {3: 2, 1: -1, -2: -4}
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for field in ("bogus", "empty", "'x'", "'9'"):
+        assert field in warned
