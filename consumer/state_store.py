@@ -373,8 +373,13 @@ class StateStore:
         return {int(segment): n for segment, n in sizes}
 
     def read_category_names(self) -> dict[float, str]:
+        """Category code -> name (``<ns>:categories``); a field that is not a code is left out."""
         raw = self.client.hgetall(self.keys.categories)
-        return {float(int(k)): v.decode() for k, v in raw.items()}
+        return {
+            float(int(code)): name.decode(errors="replace")
+            for code, name in raw.items()
+            if _is_integer(code)
+        }
 
     def read_watermark(self) -> float | None:
         score = self.client.zscore(self.keys.watermark, "max")

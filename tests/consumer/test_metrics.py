@@ -165,7 +165,13 @@ def test_status_leaves_out_a_heartbeat_that_is_not_one(
     kafka_bootstrap: str, redis_url: str, namespace: str, redis_client: redis.Redis
 ) -> None:
     """A hand-edited member of ``<ns>:consumers`` is skipped, not a traceback of `status`."""
-    beat = {"last_batch_at": None, "seen_at": 1.0, "partitions": [], "host": "vm", "pid": 1}
+    beat: dict[str, object] = {
+        "last_batch_at": None,
+        "seen_at": 1.0,
+        "partitions": [],
+        "host": "vm",
+        "pid": 1,
+    }
     redis_client.hset(
         KeyLayout(namespace).consumers,
         mapping={

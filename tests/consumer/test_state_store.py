@@ -111,6 +111,8 @@ def test_hand_edited_counters_and_sizes_are_left_out_not_fatal(
 
     assert store.read_counters() == {"records": 7, "applied": 4}
     assert store.read_segment_sizes() == {3: 2, 1: -1, -2: -4}
+    redis_client.hset(keys.categories, mapping={"shoes": "1234", "77": b"\xff"})
+    assert store.read_category_names() == {1234.0: "shoes", 99.0: "ü", 77.0: "\ufffd"}
     warned = " ".join(r.getMessage() for r in caplog.records)
     for field in ("bogus", "empty", "'x'", "'9'"):
         assert field in warned
