@@ -1,6 +1,6 @@
 """The user's manual matches the code: every ``streamseg`` command line that README.md, docs/
-and the commands' own ``--help`` show is one the CLI accepts, and every ``--option`` the README
-names exists (pure: no servers)."""
+and the commands' own ``--help`` show is one the CLI accepts, and every ``--option`` and every
+setting they name exists (pure: no servers)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from consumer.cli import build_parser
+from consumer.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANUALS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
@@ -42,6 +44,10 @@ _OTHER_PROGRAMS_OPTIONS = {
     "--scale-users",  # benchmarks/run.py
     "--seconds",  # scripts/soak.py
 }
+
+
+# Settings the README misspells on purpose, to show the error a misspelling gets.
+_MISSPELT_ON_PURPOSE = {"trainer.n_cluster", "trainr.n_clusters"}
 
 
 def _code_blocks(text: str) -> Iterator[str]:
@@ -162,6 +168,42 @@ def test_every_option_the_readme_names_exists() -> None:
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
     unknown = named - _cli_options(build_parser()) - _OTHER_PROGRAMS_OPTIONS
     assert not unknown, f"README.md names options no command has: {sorted(unknown)}"
+
+
+def _setting_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """``section.field`` of every setting (``kafka.events_topic``), sections too."""
+    paths: set[str] = set()
+    for name, info in model.model_fields.items():
+        paths.add(prefix + name)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            paths |= _setting_paths(info.annotation, f"{prefix}{name}.")
+    return paths
+
+
+def _help_texts(parser: argparse.ArgumentParser) -> Iterator[str]:
+    yield parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _help_texts(sub)
+
+
+def test_every_setting_the_manuals_name_exists() -> None:
+    """`section.field` in README.md, docs/ and --help, and STREAMSEG_SECTION__FIELD."""
+    settings = _setting_paths(Settings)
+    sections = "|".join(sorted({p.split(".")[0] for p in settings if "." in p}))
+    manuals = "".join(path.read_text() for path in MANUALS)
+    named = set(re.findall(rf"`((?:{sections})\.[a-z_]+)", manuals))
+    named |= set(
+        re.findall(rf"(?<![\w.])((?:{sections})\.[a-z_]+)", "".join(_help_texts(build_parser())))
+    )
+    named |= {
+        f"{section.lower()}.{field.lower()}"
+        for section, field in re.findall(r"STREAMSEG_([A-Z]+)__([A-Z0-9_]+)", manuals)
+    }
+    assert len(named) > 40  # the manual names most settings: the patterns still match
+    unknown = named - settings - _MISSPELT_ON_PURPOSE
+    assert not unknown, f"the manuals name settings that do not exist: {sorted(unknown)}"
 
 
 @pytest.mark.parametrize(
