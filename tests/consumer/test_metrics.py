@@ -3,10 +3,12 @@ operator scrapes must agree with what the stream contained."""
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -15,7 +17,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.health import MetricsServer
-from consumer.metrics import PipelineMetrics
+from consumer.metrics import PipelineMetrics, TrainerMetrics
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
@@ -243,3 +245,14 @@ def test_the_lag_gauge_names_only_assigned_partitions() -> None:
     assert exported() == {"1": 4}
     metrics.observe_kafka_stats(orjson.dumps(stats).decode())  # and stays gone
     assert exported() == {"1": 4}
+
+
+def test_the_readme_metrics_table_lists_exactly_the_metrics_served() -> None:
+    served: set[str] = set()
+    for registry in (PipelineMetrics().registry, TrainerMetrics().registry):
+        for family in registry.collect():
+            served.add(family.name + ("_total" if family.type == "counter" else ""))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(streamseg_[a-z_]+)(?:\{[^`]*\})?` \|", readme, re.M))
+    assert len(served) > 20
+    assert documented == served
