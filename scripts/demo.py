@@ -308,21 +308,24 @@ def show_lookups(redis_url: str, planted: dict[str, str], keys: KeyLayout) -> No
     samples: dict[str, str] = {}
     console.rule("sample lookups (what a personalization service gets)")
     for kind, users in sorted(by_type.items()):
-        # the first user of each planted type that has a record (some never acted)
-        records = lookup.get_many(users[:50])
+        # the first user of each planted type that has a record (some never acted), printed
+        # byte for byte as stored: what GET returns to a service in any language
+        records = lookup.get_many_raw(users[:50])
         found = next(((u, r) for u, r in zip(users, records, strict=False) if r), None)
         if found is None:
             console.print(f"[dim]{kind:>20}[/dim]  no record yet")
             continue
         samples[kind] = found[0]
-        console.print(f"[dim]{kind:>20}[/dim]  {found[1].model_dump_json()}")
+        console.print(f"[dim]{kind}[/dim]")
+        console.print(found[1].decode(), soft_wrap=True, markup=False, highlight=False)
     if not samples:
         return
     user = next(iter(samples.values()))
     # The demo's Redis stops with the demo: name the key as a deployment would read it.
     console.print(
         f"from any language, against a running deployment: "
-        f"redis-cli -u \"$STREAMSEG_REDIS__URL\" GET '{keys.segment(user)}'"
+        f"redis-cli -u \"$STREAMSEG_REDIS__URL\" GET '{keys.segment(user)}'",
+        soft_wrap=True,
     )
 
 
