@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from consumer.exceptions import ConfigError
+from consumer.malformed_records import MALFORMED_KINDS
 from consumer.synthetic import (
-    MALFORMED_KINDS,
     PLANTED_TYPES,
     EventGenerator,
     GeneratorConfig,
