@@ -227,3 +227,25 @@ def test_every_setting_the_manuals_name_exists() -> None:
 )
 def test_command_lines_are_read_as_a_shell_would(line: str, expected: list[list[str]]) -> None:
     assert list(_commands(line)) == expected
+
+
+def test_the_readme_settings_table_has_every_field_with_its_default() -> None:
+    """Each section's row names every field (the features' half-lives: in [Features]), and a
+    default written ``field (value`` is the code's."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", readme, re.M))
+    checked = 0
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        row = rows[section]
+        fields = set(re.findall(r"`(\w+)`", row))
+        if section == "features":  # "the half-lives above"
+            fields |= {f for f in model.model_fields if f"`features.{f}`" in readme}
+        assert set(model.model_fields) <= fields, f"{section}: {set(model.model_fields) - fields}"
+        for name, written in re.findall(r"`(\w+)` \(([-\d.]+|true|false)[:;)\s]", row):
+            value = {"true": True, "false": False}.get(written)
+            default = model.model_fields[name].default
+            assert default == (float(written) if value is None else value), f"{section}.{name}"
+            checked += 1
+    assert checked > 25
