@@ -34,21 +34,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 
 from consumer.exceptions import ServerUnavailableError
 from consumer.health import metrics_port, start_metrics_server
-from consumer.kafka_clients import (
-    create_consumer,
-    create_producer,
-    dead_letter_headers,
-    dead_letter_message,
-    ensure_topics,
-)
+from consumer.kafka_clients import create_consumer, ensure_topics
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
+from consumer.outputs import OutputTopics
 from consumer.processes import supervise
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import (
@@ -69,7 +64,6 @@ from model.events import (
     CANONICAL_TYPES,
     DecodeLimits,
     EventBatch,
-    Rejection,
     decode_events,
     resolve_type_map,
 )
@@ -165,7 +159,6 @@ class SegmentPipeline:
         )
         self._names_by_code: dict[float, str] = {}
         self._ignored_types: set[str] = set()  # type names logged as ignored
-        self._undelivered: list[str] = []
         self._watermark = -np.inf
         self._stopping = False
         self._rescore_cursor: int | None = None  # SCAN cursor of the pass in progress
@@ -178,7 +171,7 @@ class SegmentPipeline:
         self._retired_due = False  # users hold segments the model lacks: a pass is due now
         self._retired_seen: set[int] = set()  # retired segment ids a pass was begun for
         self.consumer: Consumer | None = None
-        self.producer: Producer | None = None
+        self.outputs: OutputTopics | None = None
         self.totals = BatchStats()
         self.metrics = PipelineMetrics()
         self.heartbeat = ConsumerHeartbeat(
@@ -210,9 +203,7 @@ class SegmentPipeline:
         # start-up (one line, exit 2) before they exist; an unclosed librdkafka consumer
         # kept the process spinning after the error was printed.
         self.redis.ping()
-        # Reports for failures only: a Python callback per delivered change event cost more
-        # than producing it; a failure still reaches `_delivered` and stops the write.
-        self.producer = create_producer(kafka, **{"delivery.report.only.error": True})
+        self.outputs = OutputTopics(kafka)
         self.consumer = create_consumer(
             kafka,
             stats_cb=self.metrics.observe_kafka_stats,
@@ -265,9 +256,9 @@ class SegmentPipeline:
             self.consumer.close()
             self.consumer = None
             self.heartbeat.forget()
-        if self.producer is not None:
-            self.producer.flush(10)
-            self.producer = None
+        if self.outputs is not None:
+            self.outputs.close()
+            self.outputs = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.set_assignment(
@@ -584,7 +575,7 @@ class SegmentPipeline:
 
     def process(self, messages: Sequence[Message]) -> BatchStats:
         """Process one batch of Kafka messages end to end (steps 1-6 of the module doc)."""
-        assert self.consumer is not None and self.producer is not None
+        assert self.consumer is not None and self.outputs is not None
         started = time.perf_counter()
         stats = BatchStats(records=len(messages))
         records = [m for m in messages if m.error() is None]
@@ -606,7 +597,8 @@ class SegmentPipeline:
         stats.ignored = len(batch.ignored)
         if batch.ignored_types:
             self._name_ignored_types(batch.ignored_types)
-        self._dead_letter(records, rejections, stats)
+        stats.reasons = self.outputs.send_dead_letters(records, rejections)
+        stats.dead_lettered = len(rejections)
 
         # Retried from the read on a Redis failure. A write that went through with its reply
         # lost is found by its applied offsets and not redone, so counters count it once.
@@ -691,7 +683,8 @@ class SegmentPipeline:
         }
         topic = self.settings.kafka.events_topic
         write.applied_offsets = {f"{topic}:{p}": o for p, o in kafka.next_offsets.items()}
-        self._deliver()
+        assert self.outputs is not None
+        self.outputs.deliver()
         self.store.write(write)
         # Only once written: a failed attempt registers its new category names on the retry.
         self._known_categories.update(write.new_categories)
@@ -751,8 +744,8 @@ class SegmentPipeline:
         )
         records_json, size_changes, changes = self._assign(touched_users, touched_states, features)
         stats.segment_changes = len(changes)
-        for user, change in changes:
-            self._produce(self.settings.kafka.segments_topic, user.encode(), change)
+        assert self.outputs is not None
+        self.outputs.send_changes(changes)
         # A user's first event of a period (or ever: NaN compares False) adds their row.
         first_in_period = ~(
             self._period(last_before[touched]) >= self._period(touched_states[:, COL["last_ts_ms"]])
@@ -1034,80 +1027,15 @@ class SegmentPipeline:
     def send_changes(self, changes: Sequence[tuple[str, bytes]]) -> None:
         """Produce change events made outside a batch (a re-score pass, an announcement, a
         replay's final scoring) and wait until the broker has them, before the Redis write."""
-        for user, change in changes:
-            self._produce(self.settings.kafka.segments_topic, user.encode(), change)
-        self._deliver()
+        assert self.outputs is not None
+        self.outputs.send_changes(changes)
+        self.outputs.deliver()
 
     def count_changes(self, count: int) -> None:
         """Count change events sent outside a batch, once their Redis write went through: the
         metric and the run's summary line (a batch's are counted with its statistics)."""
         self.metrics.segment_changes.inc(count)
         self.totals.segment_changes += count
-
-    # -- outputs ---------------------------------------------------------------------------
-
-    def _dead_letter(
-        self, records: Sequence[Message], rejections: list[Rejection], stats: BatchStats
-    ) -> None:
-        assert self.producer is not None
-        topic = self.settings.kafka.dead_letter_topic
-        for rejection in rejections:
-            m = records[rejection.index]
-            key, value, headers = dead_letter_message(m, rejection.reason, rejection.detail)
-            try:
-                self._produce(topic, key, value, headers)
-            except KafkaException as exc:
-                # Refused by this client (a size it counts differently, a header it rejects):
-                # the reason and the source position still go, the bytes cannot.
-                log.warning(
-                    "dead letter of %s [%s] @%s refused (%s): sent without its bytes",
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    exc,
-                )
-                self._produce(topic, None, None, dead_letter_headers(m, rejection.reason, ""))
-            stats.reasons[rejection.reason] += 1
-        stats.dead_lettered = len(rejections)
-        if rejections:
-            log.debug("dead-lettered %d records: %s", len(rejections), dict(stats.reasons))
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        """Queue one message; a full local queue waits for room instead of failing."""
-        assert self.producer is not None
-        while True:
-            try:
-                self.producer.produce(
-                    topic, key=key, value=value, headers=headers, on_delivery=self._delivered
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.1)
-
-    def _delivered(self, err: KafkaError | None, message: Message) -> None:
-        if err is not None:
-            self._undelivered.append(f"{message.topic()}: {err.str()}")
-
-    def _deliver(self) -> None:
-        """Wait until dead letters and change events are acknowledged by the broker.
-
-        A message the broker finally refused stops the process before the Redis write and
-        before any offset is stored: the batch is redelivered after a restart, never lost.
-        """
-        assert self.producer is not None
-        while self.producer.flush(5.0) > 0:
-            log.warning("waiting for the broker to acknowledge %d messages", len(self.producer))
-        if self._undelivered:
-            failed, self._undelivered = self._undelivered, []
-            raise ServerUnavailableError(
-                f"{len(failed)} message(s) were not delivered, first: {failed[0]}"
-            )
 
     def _until_redis_answers(self, work: Callable[[], None]) -> None:
         """Run ``work``; while Redis fails, pause consumption and retry it with back-off.

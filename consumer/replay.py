@@ -51,9 +51,10 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.exceptions import ConfigError
-from consumer.kafka_clients import create_consumer, create_producer, ensure_topics
+from consumer.kafka_clients import create_consumer, ensure_topics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace, register_namespace
+from consumer.outputs import OutputTopics
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
@@ -490,9 +491,7 @@ def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) 
     """
     pipeline.model = model
     ensure_topics(pipeline.settings.kafka)  # a resumed replay may not have started the pipeline
-    pipeline.producer = create_producer(
-        pipeline.settings.kafka, **{"delivery.report.only.error": True}
-    )
+    pipeline.outputs = OutputTopics(pipeline.settings.kafka)
     rows = np.flatnonzero(np.isfinite(snapshot.features).all(axis=1))
     try:
         for start in range(0, len(rows), _RESCORE_CHUNK):
@@ -514,8 +513,8 @@ def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) 
             )
             pipeline.count_changes(len(changes))
     finally:
-        pipeline.producer.flush(10)
-        pipeline.producer = None
+        pipeline.outputs.close()
+        pipeline.outputs = None
     return len(rows)
 
 
