@@ -46,6 +46,7 @@ from consumer.namespaces import live_namespace
 from consumer.outputs import OutputTopics
 from consumer.processes import supervise
 from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.rescore import IdleRescore
 from consumer.segment_record import (
     COLD_START_FIELDS,
     SegmentRecord,
@@ -159,17 +160,9 @@ class SegmentPipeline:
         )
         self._names_by_code: dict[float, str] = {}
         self._ignored_types: set[str] = set()  # type names logged as ignored
-        self._watermark = -np.inf
+        self.watermark = -np.inf
         self._stopping = False
-        self._rescore_cursor: int | None = None  # SCAN cursor of the pass in progress
-        self._rescore_at = -np.inf  # watermark (ms) the pass in progress scores at
-        self._rescored_at = -np.inf  # watermark of the last finished pass
-        self._rescore_wall = -np.inf  # monotonic time the last pass started
-        self._rescore_next_chunk = 0.0  # monotonic time the next chunk of a pass may run
-        self._rescore_partitions: frozenset[int] = frozenset()  # whose markers were read
-        self._rescore_samples = False  # the pass in progress pushes idle users' rows
-        self._retired_due = False  # users hold segments the model lacks: a pass is due now
-        self._retired_seen: set[int] = set()  # retired segment ids a pass was begun for
+        self.rescore = IdleRescore(self)
         self.consumer: Consumer | None = None
         self.outputs: OutputTopics | None = None
         self.totals = BatchStats()
@@ -222,7 +215,7 @@ class SegmentPipeline:
         if self.settings.pipeline.follow_live_namespace:
             self._follow_live_namespace()
         self.refresh_model(force=True)
-        self._watermark = self.store.read_watermark() or -np.inf
+        self.watermark = self.store.read_watermark() or -np.inf
         log.info(
             "started: topic=%s group=%s namespace=%s model=%s",
             kafka.events_topic,
@@ -308,7 +301,7 @@ class SegmentPipeline:
         while not self._stopping:
             self.refresh_model()
             try:
-                self._rescore_step()
+                self.rescore.step()
             except StopRequested:
                 break
             if self.heartbeat.due():
@@ -374,33 +367,7 @@ class SegmentPipeline:
             log.info("model switch: %s -> %s", previous, loaded.model_version)
             self.model = loaded
             self.metrics.model_version.set(loaded.model_version)
-            self._check_retired_segments(loaded)
-
-    def _check_retired_segments(self, model: SegmentModel) -> None:
-        """Make a re-score pass due now when users hold segments ``model`` does not have.
-
-        A centre that matched no previous one got a new id, or a rollback or an import brought
-        other segments: the idle users of a dropped segment would keep a record naming it until
-        the periodic pass, up to ``rescore_interval_seconds`` of event time later. The segment
-        sizes hash is namespace-wide, so each dropped id starts one pass per process, not one
-        per model version while another consumer's users still hold it.
-        """
-        try:
-            sizes = self.store.read_segment_sizes()
-        except redis.RedisError as exc:  # the periodic pass still comes
-            log.warning("cannot read the segment sizes: %s", exc)
-            return
-        self._retired_seen -= set(model.ids)  # back (a rollback): a later drop counts again
-        retired = {s for s, n in sizes.items() if n > 0 and s not in model.ids}
-        if retired - self._retired_seen:
-            log.info(
-                "%d users hold segments %s that model v%d does not have: re-scoring them now",
-                sum(sizes[s] for s in retired),
-                sorted(retired),
-                model.model_version,
-            )
-            self._retired_due = True
-            self._retired_seen |= retired
+            self.rescore.check_retired_segments(loaded)
 
     # -- the live pointer ------------------------------------------------------------------
 
@@ -426,7 +393,7 @@ class SegmentPipeline:
         target_store = StateStore(self.redis, keys)
         watermark = target_store.read_watermark()
         owned_ids = frozenset(tp.partition for tp in owned)
-        markers = self._rescore_markers(owned_ids, keys)
+        markers = self.rescore.markers(owned_ids, keys)
 
         previous = self.keys.namespace
         for tp in owned:
@@ -451,14 +418,12 @@ class SegmentPipeline:
         self._bind_namespace(target)
         self.heartbeat.keys = self.keys
         self._known_categories = set()  # the categories hash is per namespace
-        self._rescore_cursor = None
         # The target's own time: its users were scored at its watermark (a replay re-scores
         # everyone there), and a catch-up must not re-score them at a later one first.
-        self._watermark = watermark if watermark is not None else -np.inf
+        self.watermark = watermark if watermark is not None else -np.inf
         lateness_ms = self.settings.pipeline.allowed_lateness_seconds * 1000.0
-        self._rescored_at = markers if markers is not None else self._watermark - lateness_ms
-        self._rescore_partitions = owned_ids
-        self._retired_due, self._retired_seen = False, set()
+        scored_at = markers if markers is not None else self.watermark - lateness_ms
+        self.rescore.moved_namespace(scored_at, owned_ids)
         self._model_checked = 0.0
         self.model = None
         log.info("live namespace moved: now writing %s (was %s)", target, previous)
@@ -612,7 +577,7 @@ class SegmentPipeline:
                 return
             self._apply_and_write(kafka, batch, stats)
 
-        self._until_redis_answers(attempt)
+        self.until_redis_answers(attempt)
         written_at_ms = time.time() * 1000.0
         self._store_offsets(kafka.next_offsets)
         self._add_totals(stats)
@@ -732,7 +697,7 @@ class SegmentPipeline:
         stats.duplicate_event_ids = stats.duplicates - redelivered
         touched = np.unique(user_rows[applied])
         stats.users = len(touched)
-        self._watermark = max(self._watermark, float(batch.ts_ms.max()))
+        self.watermark = max(self.watermark, float(batch.ts_ms.max()))
 
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]
@@ -742,13 +707,16 @@ class SegmentPipeline:
         features = derive_features(
             touched_states, touched_states[:, COL["last_ts_ms"]], self.settings.features
         )
-        records_json, size_changes, changes = self._assign(touched_users, touched_states, features)
+        records_json, size_changes, changes = self.assign_segments(
+            touched_users, touched_states, features
+        )
         stats.segment_changes = len(changes)
         assert self.outputs is not None
         self.outputs.send_changes(changes)
         # A user's first event of a period (or ever: NaN compares False) adds their row.
         first_in_period = ~(
-            self._period(last_before[touched]) >= self._period(touched_states[:, COL["last_ts_ms"]])
+            self.training_period(last_before[touched])
+            >= self.training_period(touched_states[:, COL["last_ts_ms"]])
         )
         return BatchWrite(
             user_ids=touched_users,
@@ -760,15 +728,15 @@ class SegmentPipeline:
                     features[first_in_period],
                     [touched_users[i] for i in np.flatnonzero(first_in_period)],
                 )
-                if self._training_rows_wanted
+                if self.wants_training_rows
                 else None
             ),
             size_changes=size_changes,
             new_categories=new_categories,
-            watermark_ms=self._watermark,
+            watermark_ms=self.watermark,
         )
 
-    def _assign(
+    def assign_segments(
         self, users: list[str], states: np.ndarray, features: np.ndarray
     ) -> tuple[list[bytes], dict[int, int], list[tuple[str, bytes]]]:
         """Segment records, segment-size deltas and change events; updates ``states``."""
@@ -891,138 +859,14 @@ class SegmentPipeline:
     # -- the trainer's sample ----------------------------------------------------------------
 
     @property
-    def _training_rows_wanted(self) -> bool:
+    def wants_training_rows(self) -> bool:
         return bool(self.settings.pipeline.training_buffer_rows)
 
-    def _period(self, ts_ms: np.ndarray | float) -> np.ndarray:
+    def training_period(self, ts_ms: np.ndarray | float) -> np.ndarray:
         """Training period of event times (epoch ms): one row per user and period goes to
         the trainer, so the model fits the users, not the events (heavy users would
         otherwise fill the buffer), at their current state."""
         return np.floor(np.asarray(ts_ms) / (self.settings.pipeline.training_period_seconds * 1e3))
-
-    # -- idle users ------------------------------------------------------------------------
-
-    def _rescore_markers(self, partitions: frozenset[int], keys: KeyLayout) -> float | None:
-        """Watermark up to which every user of ``partitions`` was last re-scored: the oldest
-        of the partitions' markers (members ``rescored:<partition>`` of ``<ns>:watermark``,
-        written when a pass ends, so a restart does not begin with a whole pass); None when
-        a partition has none."""
-        if not partitions:
-            return None
-        members = [f"rescored:{p}" for p in sorted(partitions)]
-        scores = self.redis.zmscore(keys.watermark, members)
-        if any(score is None for score in scores):
-            return None
-        return float(min(score for score in scores if score is not None))
-
-    def _rescore_step(self) -> None:
-        """One chunk of a re-score pass, paced to at most a fifth of the loop's time: chunks
-        run back to back held the records behind them, and the backlog of one had no time to
-        drain before the next."""
-        started = time.monotonic()
-        if started < self._rescore_next_chunk:
-            return
-        self._until_redis_answers(self._rescore_chunk)
-        took = time.monotonic() - started
-        self._rescore_next_chunk = started + _RESCORE_PACE * took
-
-    def _rescore_chunk(self) -> None:
-        """Advance the periodic re-score of idle users by one SCAN chunk.
-
-        Users who stop acting still move: every ``rescore_interval_seconds`` of event time
-        (and at most once per ``rescore_min_wall_seconds`` of wall-clock time),
-        the users of this consumer's partitions are scored again at the watermark (largest
-        event time seen less ``allowed_lateness_seconds``), so decay and recency can move them
-        into "lapsed" or "at risk" segments. A model that lacks a segment users hold makes a
-        pass due at once (`_check_retired_segments`). Written: users whose segment changed or
-        whose record names an older model.
-        """
-        interval_ms = self.settings.pipeline.rescore_interval_seconds * 1000.0
-        if not interval_ms or self.model is None or self.consumer is None:
-            return
-        watermark = self._watermark - self.settings.pipeline.allowed_lateness_seconds * 1000.0
-        if not np.isfinite(watermark):
-            return
-        owned = frozenset(p.partition for p in self.consumer.assignment())
-        if not owned:
-            return  # nothing assigned yet (the first loop runs before the first poll)
-        if self._rescore_cursor is not None and owned != self._rescore_partitions:
-            # Partitions came or went mid-pass: the chunks scanned so far skipped the users
-            # of those that came. Begin again, from the markers of what is owned now.
-            self._rescore_cursor, self._rescore_wall = None, -np.inf
-        if self._rescore_cursor is None:
-            if owned != self._rescore_partitions:  # other partitions now: read their markers
-                marker = self._rescore_markers(owned, self.keys)
-                self._rescored_at = -np.inf if marker is None else marker
-                self._rescore_partitions = owned
-            if watermark - self._rescored_at < interval_ms and not self._retired_due:
-                return
-            # A replay moves event time by days per second: bound passes by the wall clock too.
-            wall = time.monotonic()
-            if wall - self._rescore_wall < self.settings.pipeline.rescore_min_wall_seconds:
-                return
-            # The period's first pass also gives the trainer the rows of the users idle in it.
-            self._rescore_samples = bool(self._period(watermark) > self._period(self._rescored_at))
-            self._rescore_cursor, self._rescore_at, self._rescore_wall = 0, watermark, wall
-            self._retired_due = False
-        cursor, found = self.store.scan_state_keys(self._rescore_cursor, count=2000)
-        self._rescore_users(found, owned)
-        self._rescore_cursor = cursor  # only now: a failed chunk is scanned again
-        if cursor == 0:
-            self._rescore_cursor, self._rescored_at = None, self._rescore_at
-            if owned:
-                self.redis.zadd(
-                    self.keys.watermark,
-                    {f"rescored:{p}": self._rescore_at for p in owned},
-                    gt=True,
-                )
-
-    def _rescore_users(self, found: list[bytes], owned: frozenset[int]) -> None:
-        """Score the users of state keys ``found`` that belong to ``owned`` partitions at the
-        pass's watermark; write those whose segment or model version changed."""
-        assert self.model is not None
-        users = [self.keys.user_from_state_key(k.decode()) for k in found]
-        if not users or not owned:
-            return
-        states = self.store.read_states(users)
-        mine = np.isin(states[:, COL["partition"]], list(owned)) & ~np.isnan(
-            states[:, COL["last_ts_ms"]]
-        )
-        if not mine.any():
-            return
-        users = [u for u, m in zip(users, mine, strict=True) if m]
-        states = states[mine]
-        before = states[:, COL["segment_id"]].copy()
-        # A record written by an older model may carry that model's segment name and tier:
-        # rewrite it too, so every record names the model in use after one pass.
-        outdated = states[:, COL["model_version"]] != self.model.model_version
-        features = derive_features(states, self._rescore_at, self.settings.features)
-        records, size_changes, changes = self._assign(users, states, features)
-        moved = states[:, COL["segment_id"]] != before
-        changed = np.flatnonzero(moved | outdated)
-        # The model assigns idle users at the pass's time: the trainer must see them there too.
-        rows = None
-        if self._rescore_samples and self._training_rows_wanted:
-            idle = self._period(states[:, COL["last_ts_ms"]]) < self._period(self._rescore_at)
-            rows = keyed_rows(features[idle], [users[i] for i in np.flatnonzero(idle)])
-        if not len(changed) and (rows is None or not len(rows)):
-            return
-        self.send_changes(changes)
-        self.store.write(
-            BatchWrite(
-                user_ids=[users[i] for i in changed],
-                states=states[changed],
-                segment_records=[records[i] for i in changed],
-                training_rows=rows,
-                size_changes=size_changes,
-                counters={
-                    "rescored_changes": int(moved.sum()),
-                    "segment_changes": len(changes),
-                    "training_rows": 0 if rows is None else len(rows),
-                },
-            )
-        )
-        self.count_changes(len(changes))
 
     def send_changes(self, changes: Sequence[tuple[str, bytes]]) -> None:
         """Produce change events made outside a batch (a re-score pass, an announcement, a
@@ -1037,7 +881,7 @@ class SegmentPipeline:
         self.metrics.segment_changes.inc(count)
         self.totals.segment_changes += count
 
-    def _until_redis_answers(self, work: Callable[[], None]) -> None:
+    def until_redis_answers(self, work: Callable[[], None]) -> None:
         """Run ``work``; while Redis fails, pause consumption and retry it with back-off.
 
         Raises `StopRequested` when asked to stop meanwhile: nothing of the batch was stored,
@@ -1143,9 +987,6 @@ _PROBE_TIMEOUT_SECONDS = 1.0
 _OUTAGE_LOG_SECONDS = 30.0
 #: Ignored type names logged per process: the names come from the input, so they are bounded.
 _IGNORED_TYPES_LOGGED = 100
-#: A re-score chunk that took t seconds is followed by the next one no sooner than this * t
-#: after it started: a pass takes at most a fifth of the pipeline's time.
-_RESCORE_PACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -498,7 +498,7 @@ def rescore(pipeline: SegmentPipeline, snapshot: Snapshot, model: SegmentModel) 
             chosen = rows[start : start + _RESCORE_CHUNK]
             users = [snapshot.user_ids[i] for i in chosen]
             states = snapshot.states[chosen].copy()
-            records, size_changes, changes = pipeline._assign(
+            records, size_changes, changes = pipeline.assign_segments(
                 users, states, snapshot.features[chosen]
             )
             pipeline.send_changes(changes)  # before the records: an event is never missing

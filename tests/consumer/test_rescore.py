@@ -65,12 +65,12 @@ def finish_pass(pipeline: SegmentPipeline, timeout: float = 30.0) -> None:
     """Begin the re-score pass that is due and run its chunks to the end (a shared Redis
     may hold many other keys: a pass can take many SCAN chunks), ignoring the pacing."""
     deadline = time.monotonic() + timeout
-    pipeline._rescore_next_chunk = 0.0
-    pipeline._rescore_step()
-    while pipeline._rescore_cursor is not None:
+    pipeline.rescore.next_chunk_at = 0.0
+    pipeline.rescore.step()
+    while pipeline.rescore.cursor is not None:
         assert time.monotonic() < deadline, "the re-score pass did not finish"
-        pipeline._rescore_next_chunk = 0.0
-        pipeline._rescore_step()
+        pipeline.rescore.next_chunk_at = 0.0
+        pipeline.rescore.step()
 
 
 def test_a_user_who_stops_buying_moves_without_new_events(
@@ -125,7 +125,7 @@ def test_a_user_who_stops_buying_moves_without_new_events(
     # The finished pass is on record: a restarted consumer does not begin with another one.
     marker = redis_client.zscore(keys.watermark, "rescored:0")  # the topic's one partition
     assert marker == T0 + 297 * MS_PER_DAY
-    assert SegmentPipeline(settings)._rescore_markers(frozenset({0}), keys) == marker
+    assert SegmentPipeline(settings).rescore.markers(frozenset({0}), keys) == marker
     # The pass gave the trainer the idle user's row at its watermark, once: the model assigns
     # idle users there, so it is trained on them there too.
     state = StateStore(redis_client, keys).read_states(["idle"])
@@ -168,7 +168,7 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
         store.publish(second)
         time.sleep(0.05)
         pipeline.refresh_model()
-        pipeline._rescored_at = -np.inf  # due now
+        pipeline.rescore.scored_at = -np.inf  # due now
         finish_pass(pipeline)
     finally:
         pipeline.close()
@@ -212,7 +212,7 @@ def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assig
         second = SegmentPipeline(settings)  # the restart, with a model now
         second.start()
         try:
-            second._rescore_step()  # what run's first loop does, before any poll
+            second.rescore.step()  # what run's first loop does, before any poll
             totals = second.run(idle_exit_seconds=3)  # nothing new: the pass, after assignment
         finally:
             second.close()
@@ -271,9 +271,9 @@ def test_users_of_a_segment_the_new_model_dropped_are_re_scored_at_once(
         same = republished(first, first.ids)  # a new version, the same segments
         store.publish(same)
         pipeline.refresh_model(force=True)
-        began = pipeline._rescore_wall
+        began = pipeline.rescore.started_wall
         finish_pass(pipeline)
-        assert pipeline._rescore_wall == began  # no pass: nobody holds a segment it lacks
+        assert pipeline.rescore.started_wall == began  # no pass: nobody holds a segment it lacks
         renamed = republished(same, [first.ids[0], max(first.ids) + 1])  # one id dropped
         store.publish(renamed)
         pipeline.refresh_model(force=True)
