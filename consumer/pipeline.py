@@ -17,6 +17,10 @@ Per batch (the records already fetched when the previous batch is done, at most
 A crash anywhere before 5 redelivers the batch and nothing was applied; a crash between 5
 and 6 redelivers it and every event is skipped by its offset: Redis sees each event's effect
 exactly once. Segment-change events and dead letters are at least once.
+
+Beside the loop, each in its own module: the Kafka writes (`consumer.outputs`), the re-score
+pass of idle users between batches (`consumer.rescore`) and the announcement after a switch of
+the live namespace (`consumer.announcement`).
 """
 
 from __future__ import annotations
@@ -28,15 +32,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from pydantic import ValidationError
 
+from consumer.announcement import announce_segments
 from consumer.exceptions import ServerUnavailableError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.kafka_clients import create_consumer, ensure_topics
@@ -49,7 +52,6 @@ from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.rescore import IdleRescore
 from consumer.segment_record import (
     COLD_START_FIELDS,
-    SegmentRecord,
     change_fields,
     encode_changes,
     encode_records,
@@ -58,7 +60,7 @@ from consumer.segment_record import (
     segment_fields,
 )
 from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings
-from consumer.state_store import BatchWrite, StateStore, read_values
+from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
 from consumer.training_rows import keyed_rows
 from model.events import (
@@ -427,77 +429,10 @@ class SegmentPipeline:
         self._model_checked = 0.0
         self.model = None
         log.info("live namespace moved: now writing %s (was %s)", target, previous)
-        announced = self._announce_namespace(KeyLayout(previous), owned_ids)
+        announced = announce_segments(self, KeyLayout(previous), owned_ids)
         log.info(
             "announced the segments of %d users of %s on the segments topic", announced, target
         )
-
-    def _announce_namespace(self, previous: KeyLayout, owned: frozenset[int]) -> int:
-        """After a promote or rollback moved this pipeline: one change event per user of the
-        ``owned`` partitions with a segment in the namespace now written, naming that record's
-        segment (``previous_segment_id``: the user's segment in ``previous``, null if none).
-
-        Segment ids and versions are per namespace, so without it the segments topic's latest
-        event of an idle user would name the old namespace's segment. It runs before the next
-        batch: the events of this process's partitions stay in order. Returns the count.
-        """
-        if not owned:
-            return 0
-        before = StateStore(self.redis, previous)
-        sent, cursor = 0, 0
-        while True:
-            cursor, found = self.store.scan_state_keys(cursor, count=2000)
-            assigned = self._assigned_records(found, owned)
-            if assigned:
-                ids = [user for user, _, _ in assigned]
-                was = before.read_states(ids)[:, COL["segment_id"]].astype(np.int64)
-                changes = encode_changes(
-                    ids,
-                    fields=[fields for _, fields, _ in assigned],
-                    previous_ids=was.tolist(),
-                    event_times=[event_time for _, _, event_time in assigned],
-                    computed_at=iso_ms(time.time() * 1000.0),
-                    namespace=self.keys.namespace,
-                    previous_namespace=previous.namespace,
-                )
-                self.send_changes(changes)
-                self.redis.hincrby(self.keys.counters, "segment_changes", len(changes))
-                self.count_changes(len(changes))
-                sent += len(changes)
-            if cursor == 0:
-                return sent
-
-    def _assigned_records(
-        self, state_keys: list[bytes], owned: frozenset[int]
-    ) -> list[tuple[str, tuple[bytes, bytes], str]]:
-        """The users of ``state_keys`` in ``owned`` partitions that have a segment, each with
-        the change-event fields and event time of their stored record. A record that is not
-        one (edited by hand, or another program's) is left out with a warning: the user's
-        next event or re-score pass rewrites it."""
-        users = [self.keys.user_from_state_key(k.decode()) for k in state_keys]
-        if not users:
-            return []
-        states = self.store.read_states(users)
-        mine = np.isin(states[:, COL["partition"]], list(owned)) & (
-            states[:, COL["segment_id"]] >= 0
-        )
-        users = [u for u, m in zip(users, mine, strict=True) if m]
-        keys = [self.keys.segment(u) for u in users]
-        found: list[tuple[str, tuple[bytes, bytes], str]] = []
-        for user, key, raw in zip(users, keys, read_values(self.redis, keys), strict=True):
-            if raw is None:
-                continue
-            try:
-                r = SegmentRecord.model_validate_json(raw)
-            except ValidationError:
-                log.warning("not announced: %s does not hold a segment record", key)
-                continue
-            if r.segment_id is None or r.segment is None or r.tier is None:
-                continue  # cold start: nothing to announce
-            fields = change_fields(r.segment_id, r.segment, r.tier, r.model_version or 0)
-            event_time = r.event_time.astimezone(UTC).isoformat(timespec="milliseconds")
-            found.append((user, fields, event_time.replace("+00:00", "Z")))
-        return found
 
     def _applied_offsets(
         self, partitions: Sequence[TopicPartition], keys: KeyLayout | None = None
