@@ -53,7 +53,7 @@ class ModelStore:
 
     def current_version(self) -> int | None:
         raw = self.client.get(self.keys.model_version)
-        return None if raw is None else int(raw)
+        return None if raw is None else _version(raw, self.keys.model_version)
 
     def load_current(self) -> SegmentModel | None:
         """The model in use, validated; None before the first publish."""
@@ -78,17 +78,19 @@ class ModelStore:
     def _missing(self, version: int) -> ConfigError:
         """The error for a version whose JSON is not in the history: pruned, or never there."""
         oldest = self.client.zrange(self.keys.model_versions, 0, 0)
-        if oldest and 1 <= version < int(oldest[0]):  # versions count from 1
+        first = _version(oldest[0], self.keys.model_versions) if oldest else None
+        if first is not None and 1 <= version < first:  # versions count from 1
             return ConfigError(
                 f"model version {version} is no longer kept in namespace "
-                f"{self.keys.namespace!r}: the oldest kept version is {int(oldest[0])} "
+                f"{self.keys.namespace!r}: the oldest kept version is {first} "
                 "(publishes keep the newest trainer.model_history_versions versions)"
             )
         return ConfigError(f"no model version {version} in namespace {self.keys.namespace!r}")
 
     def versions(self, newest: int = 0) -> list[int]:
         """Published versions kept, newest first; only the ``newest`` ones when above 0."""
-        return [int(v) for v in self.client.zrevrange(self.keys.model_versions, 0, newest - 1)]
+        members = self.client.zrevrange(self.keys.model_versions, 0, newest - 1)
+        return [_version(v, self.keys.model_versions) for v in members]
 
     def version_count(self) -> int:
         """How many published versions the history keeps."""
@@ -97,7 +99,7 @@ class ModelStore:
     def next_version(self) -> int:
         """One more than every version published in this namespace."""
         newest = self.client.zrevrange(self.keys.model_versions, 0, 0)
-        return int(newest[0]) + 1 if newest else 1
+        return _version(newest[0], self.keys.model_versions) + 1 if newest else 1
 
     def publish(self, model: SegmentModel) -> None:
         """Store ``model`` in the history and make it current, atomically.
@@ -179,7 +181,7 @@ class ModelStore:
                         raise LeaseLostError(f"trainer lease {lease_key!r} is held by another")
                     if base_version is not None:
                         raw = cast(bytes | None, pipe.get(self.keys.model_version))
-                        current = int(raw or 0)
+                        current = _version(raw, self.keys.model_version) if raw else 0
                         if current != base_version:
                             raise ModelReplacedError(
                                 f"model v{current} became current while v{base_version} was "
@@ -187,7 +189,7 @@ class ModelStore:
                             )
                     # After WATCH the pipeline runs commands at once (the stubs don't know).
                     newest = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, 0))
-                    version = int(newest[0]) + 1 if newest else 1
+                    version = _version(newest[0], self.keys.model_versions) + 1 if newest else 1
                     model = model.model_copy(update={"model_version": version})
                     data = model.to_json()
                     _compatible(SegmentModel.from_json(data))
@@ -237,6 +239,15 @@ def _model_table(m: SegmentModel) -> str:
             f"{p.mean_tenure_days:>8.1f} {p.mean_views:>7.1f}"
         )
     return "\n".join(lines)
+
+
+def _version(raw: bytes | str, key: str) -> int:
+    """A model version read back from ``key`` (the current version, or a member of the
+    history): an integer from 1, else `ModelFormatError` naming the key (a hand edit)."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    if not (text.isascii() and text.isdigit()) or len(text) > 16 or int(text) < 1:
+        raise ModelFormatError(f"{key} holds {text[:40]!r}, not a model version (1, 2, ...)")
+    return int(text)
 
 
 def _compatible(model: SegmentModel) -> SegmentModel:

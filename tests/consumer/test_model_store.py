@@ -237,3 +237,28 @@ def test_model_show_is_a_table_in_tier_order(
     assert columns.split()[:5] == ["id", "tier", "name", "users", "share"]
     assert [int(r.split()[1]) for r in rows] == sorted(model.tiers)
     assert "SegmentProfile" not in "".join(rows) and "mean_" not in "".join(rows)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("model_version", "xyz"), ("model_version", "0"), ("model_versions", "v7")],
+)
+def test_a_hand_edited_version_is_named_not_a_traceback(
+    redis_client: redis.Redis,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    value: str,
+) -> None:
+    keys = KeyLayout(namespace)
+    ModelStore(redis_client, keys).publish(small_model())
+    edited = getattr(keys, key)
+    if key == "model_versions":
+        redis_client.zadd(edited, {value: 99})
+    else:
+        redis_client.set(edited, value)
+    capsys.readouterr()
+    assert main(["--namespace", namespace, "model", "list"]) == 2
+    error = capsys.readouterr().err
+    assert f"{edited} holds '{value}', not a model version" in error
+    assert "Traceback" not in error
