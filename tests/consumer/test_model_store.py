@@ -244,12 +244,15 @@ def test_model_show_is_a_table_in_tier_order(
     [("model_version", "xyz"), ("model_version", "0"), ("model_versions", "v7")],
 )
 def test_a_hand_edited_version_is_named_not_a_traceback(
+    redis_url: str,
     redis_client: redis.Redis,
     namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     key: str,
     value: str,
 ) -> None:
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
     keys = KeyLayout(namespace)
     ModelStore(redis_client, keys).publish(small_model())
     edited = getattr(keys, key)
