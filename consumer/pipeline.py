@@ -153,6 +153,7 @@ class SegmentPipeline:
         self.model: SegmentModel | None = None
         self._model_checked = 0.0
         self._model_check_failed_at = -np.inf  # when a failed model check was last logged
+        self._rejected: tuple[int | None, str] | None = None  # (version, error) last logged
         self._category_cache: dict[str, float] = {}
         self._known_categories: set[float] = set()
         self._fields_of: tuple[SegmentModel | None, list[bytes], list[tuple[bytes, bytes]]] = (
@@ -351,6 +352,7 @@ class SegmentPipeline:
             except redis.RedisError as exc:  # nothing changed: try again at the next poll
                 log.warning("cannot check the live pointer: %s", exc)
                 return
+        version: int | None = None  # unknown until read: the key itself may be unreadable
         try:
             version = self.models.current_version()
             if version is None or (self.model is not None and version == self.model.model_version):
@@ -362,7 +364,10 @@ class SegmentPipeline:
                 log.warning("cannot check for a new model: %s", exc)
             return
         except Exception as exc:  # a bad model must not stop the stream; keep the old one
-            log.error("rejected published model: %s", exc)
+            rejected = (version, str(exc))
+            if rejected != self._rejected:  # once per version, not at every poll
+                self._rejected = rejected
+                log.error("rejected published model: %s", exc)
             return
         if loaded is not None:
             previous = self.model.model_version if self.model else None

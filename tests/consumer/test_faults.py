@@ -300,7 +300,10 @@ def test_a_trainer_killed_while_publishing_never_exposes_a_half_written_model(
 
 
 def test_a_corrupt_model_under_the_current_key_is_rejected_and_the_previous_one_kept(
-    redis_url: str, redis_client: redis.Redis, namespace: str
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys = KeyLayout(namespace)
     store = ModelStore(redis_client, keys)
@@ -320,8 +323,16 @@ def test_a_corrupt_model_under_the_current_key_is_rejected_and_the_previous_one_
     bad_documents = [json.dumps(with_nan).encode(), json.dumps(wrong_shape).encode(), truncated]
     for version, raw in enumerate(bad_documents, start=2):
         redis_client.mset({keys.model_current: raw, keys.model_version: version})
-        pipeline.refresh_model(force=True)
+        for _ in range(3):  # polls go on; the error is logged once per version
+            pipeline.refresh_model(force=True)
         assert pipeline.model is not None and pipeline.model.model_version == 1, version
+    redis_client.set(keys.model_version, "xyz")  # a hand edit: the version itself unreadable
+    pipeline.refresh_model(force=True)
+    assert pipeline.model is not None and pipeline.model.model_version == 1
+    messages = [r.getMessage() for r in caplog.records]
+    rejected = [m for m in messages if "rejected published model" in m]
+    assert len(rejected) == len(bad_documents) + 1
+    assert "holds 'xyz', not a model version" in rejected[-1]
 
     store.publish(good.model_copy(update={"model_version": 5}))
     pipeline.refresh_model(force=True)
