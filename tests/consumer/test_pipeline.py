@@ -284,3 +284,54 @@ def test_a_state_key_holding_another_programs_value_is_counted_and_started_afres
     assert_state_matches(
         read_state(redis_client, namespace, ["taken"]), {"taken": expected["taken"]}
     )
+
+
+def test_a_user_written_by_another_consumer_meanwhile_is_not_overwritten(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """The stale-consumer race: between this consumer's read of a batch's users and its
+    write, the partition's next owner wrote one of them with newer events. The write is
+    discarded, the batch read and applied again, and the newer state stays."""
+    import numpy as np
+
+    from consumer.state_store import StateStore
+    from model.features import COL, STATE_WIDTH
+
+    topic = new_topic()
+    events = make_events(400, users=20, seed=8)
+    produce(kafka_bootstrap, topic, as_records(events))
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    keys = KeyLayout(namespace)
+    victim = str(events[0]["user_id"])
+    pipeline = SegmentPipeline(settings)
+    real_read = pipeline.store.read_states_checked
+    raced: list[bytes] = []
+
+    def read_then_race(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        out = real_read(*args, **kwargs)  # type: ignore[arg-type]
+        if not raced and kwargs.get("watch"):
+            newer = out[0][:1].copy()  # "the next owner applied everything up to offset 10^9"
+            newer[0, COL["partition"]], newer[0, COL["offset"]] = 0, 1e9
+            raced.append(newer.tobytes())
+            redis_client.set(keys.state(victim), raced[0])
+        return out
+
+    pipeline.store.read_states_checked = read_then_race  # type: ignore[method-assign]
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+
+    assert raced and redis_client.get(keys.state(victim)) == raced[0]
+    assert pipeline.metrics.registry.get_sample_value("streamseg_fenced_writes_total") == 1
+    # Everyone else's events were applied once, on the retry.
+    others = [e for e in events if str(e["user_id"]) != victim]
+    expected = recompute(canonical(others), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace, list(expected)), expected)
+    state = StateStore(redis_client, keys).read_states([victim])
+    assert state.shape == (1, STATE_WIDTH) and state[0, COL["offset"]] == 1e9
