@@ -68,12 +68,6 @@ class PipelineMetrics:
             "Users whose state key held a value of the wrong size, replaced by a fresh state.",
             registry=r,
         )
-        self.fenced_writes = Counter(
-            "streamseg_fenced_writes",
-            "Batch writes discarded because another client wrote the batch's users since they "
-            "were read (a rebalance); each is read and applied again.",
-            registry=r,
-        )
         self.batches = Counter("streamseg_batches", "Batches processed.", registry=r)
         self.batch_size = Histogram(
             "streamseg_batch_size_records",

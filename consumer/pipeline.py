@@ -515,7 +515,7 @@ class SegmentPipeline:
             if attempts > 1 and self._batch_landed(kafka):
                 log.info("a batch's write landed though its reply was lost; not redone")
                 return
-            self._apply_and_write_fenced(kafka, batch, stats)
+            self._apply_and_write(kafka, batch, stats)
 
         self.until_redis_answers(attempt)
         written_at_ms = time.time() * 1000.0
@@ -568,35 +568,6 @@ class SegmentPipeline:
             for p, next_offset in kafka.next_offsets.items()
         )
 
-    def _apply_and_write_fenced(
-        self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
-    ) -> None:
-        """`_apply_and_write`, again from a fresh read when its write was discarded because
-        another client wrote one of the batch's users since the read (on one Redis server).
-
-        That client is a consumer that owned these partitions before a rebalance: one that
-        stalled past ``max.poll.interval.ms`` and still finishes a batch, or the new owner
-        while this one is the stalled one. Redone, events already applied by the other are
-        skipped by their offsets, so neither overwrites the other's newer state. The change
-        events of a discarded attempt were already sent (at least once).
-        """
-        for discarded in range(_FENCED_RETRIES + 1):
-            try:
-                self._apply_and_write(kafka, batch, stats)
-                return
-            except redis.WatchError:
-                self.metrics.fenced_writes.inc()
-                log.warning(
-                    "another client wrote users of this batch since it read them (a "
-                    "rebalance?): write discarded, reading and applying again (%d)",
-                    discarded + 1,
-                )
-        raise ServerUnavailableError(
-            f"the users' state in namespace {self.keys.namespace} kept changing under this "
-            f"consumer ({_FENCED_RETRIES + 1} writes discarded in a row): is another program "
-            "or a second group writing it?"
-        )
-
     def _apply_and_write(
         self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
     ) -> None:
@@ -628,10 +599,8 @@ class SegmentPipeline:
         row_of = {u: i for i, u in enumerate(users)}
         user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
-        # Watched: the write is discarded if another consumer wrote one of these users
-        # meanwhile (a rebalance while this one stalled): see `_apply_and_write_fenced`.
         states, foreign = self.store.read_states_checked(
-            users, state_keys=[k for k, _ in user_keys], watch=True
+            users, state_keys=[k for k, _ in user_keys]
         )
         stats.foreign_states = int(foreign.sum())
         if stats.foreign_states:
@@ -949,8 +918,6 @@ class SegmentPipeline:
         t.reasons.update(stats.reasons)
 
 
-#: Discarded (fenced) writes of one batch redone before the consumer gives up.
-_FENCED_RETRIES = 5
 #: Entries kept in each in-process category cache before it is emptied (bounded memory
 #: under a producer that invents category names).
 _CATEGORY_CACHE_LIMIT = 100_000

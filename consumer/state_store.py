@@ -1,9 +1,7 @@
-"""Per-user state and segment records in Redis: one read in, one transaction out, per batch.
+"""Per-user state and segment records in Redis: one MGET in, one transaction out, per batch.
 
-On one Redis server (the default) a batch is one WATCH + MGET of its users' state keys and
-one MULTI/EXEC holding every user's keys and the namespace-wide keys together, on the same
-connection: a write is discarded whole if another client (a consumer that owned the
-partitions before a rebalance) wrote one of those users since the read.
+On one Redis server (the default) a batch is one MGET and one MULTI/EXEC holding every
+user's keys and the namespace-wide keys together.
 
 On a Redis Cluster (``redis.cluster = true``) no command may span hash slots, so a batch is:
 
@@ -20,8 +18,7 @@ offset) and recent event ids it has applied, and it is written atomically with t
 record; a redelivered batch skips what is already applied. What a cluster gives up is the
 batch-wide transaction: after a crash between the user writes and the namespace-wide round,
 the counters and segment sizes miss that one batch (they never count one twice: the retry
-sees the events as applied). Statistics, never state. And there is no WATCH across slots:
-cluster writes are not fenced against a stalled consumer.
+sees the events as applied). Statistics, never state.
 """
 
 from __future__ import annotations
@@ -132,10 +129,6 @@ class StateStore:
         self.user_ttl_seconds = user_ttl_seconds
         self.training_buffer_rows = training_buffer_rows
         self._cluster = client if isinstance(client, RedisCluster) else None
-        #: The connection holding a WATCH from `read_states_checked(watch=True)`, which the
-        #: next `write` uses for its transaction (a redis-py connection: its stubs type the
-        #: pool's connections as Any, and their packed commands as str).
-        self._watching: Any = None
 
     def read_states(
         self, user_ids: Sequence[str], *, state_keys: Sequence[str] | None = None
@@ -148,32 +141,20 @@ class StateStore:
         return self.read_states_checked(user_ids, state_keys=state_keys)[0]
 
     def read_states_checked(
-        self,
-        user_ids: Sequence[str],
-        *,
-        state_keys: Sequence[str] | None = None,
-        watch: bool = False,
+        self, user_ids: Sequence[str], *, state_keys: Sequence[str] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """`read_states`, and a boolean mask of the users whose stored value was not a state
-        (a value of another size: another program's, or another streamseg state layout).
-
-        With ``watch`` (one server only), the keys are read under WATCH, and the next `write`
-        is fenced: if anything else wrote one of them meanwhile (a consumer that owned the
-        partition before a rebalance, stalled, still writing), the write is discarded whole
-        and raises `redis.WatchError`; read again and redo the batch.
-        """
-        self.release_watch()
+        (a value of another size: another program's, or another streamseg state layout)."""
         if not user_ids:
             return empty_state(0), np.zeros(0, dtype=bool)
         if state_keys is None:
             state_keys = [self.keys.state(u) for u in user_ids]
-        # The hot path on one server: a single MGET (WATCH and MGET in one round trip).
-        if self._cluster is not None:
-            raw = read_values(self.client, state_keys)
-        elif watch:
-            raw = self._watch_and_read(state_keys)
-        else:
-            raw = self.client.mget(state_keys)
+        # The hot path on one server: a single MGET.
+        raw = (
+            self.client.mget(state_keys)
+            if self._cluster is None
+            else read_values(self.client, state_keys)
+        )
         sizes = np.fromiter((-1 if v is None else len(v) for v in raw), np.int64, len(raw))
         foreign = (sizes != _STATE_BYTES) & (sizes != -1)
         if foreign.any():
@@ -182,47 +163,9 @@ class StateStore:
         states = np.frombuffer(blob, dtype=np.float64).reshape(len(user_ids), STATE_WIDTH).copy()
         return states, foreign
 
-    def _watch_and_read(self, state_keys: Sequence[str]) -> list[bytes | None]:
-        """WATCH and MGET ``state_keys`` in one round trip, on a connection kept for `write`."""
-        assert isinstance(self.client, redis.Redis)  # the cluster path never gets here
-        body = b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in (k.encode() for k in state_keys))
-        n = len(state_keys) + 1
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command(
-                [b"*%d\r\n$5\r\nWATCH\r\n" % n, body, b"*%d\r\n$4\r\nMGET\r\n" % n, body]
-            )
-            connection.read_response()  # +OK
-            raw: list[bytes | None] = connection.read_response()
-        except BaseException:
-            connection.disconnect()  # replies may be left unread: never reuse it
-            pool.release(connection)
-            raise
-        self._watching = connection
-        return raw
-
-    def release_watch(self) -> None:
-        """Drop a WATCH no write used (a batch that failed between its read and its write)."""
-        connection, self._watching = self._watching, None
-        if connection is None:
-            return
-        assert isinstance(self.client, redis.Redis)
-        try:
-            connection.send_packed_command([b"*1\r\n$7\r\nUNWATCH\r\n"])
-            connection.read_response()
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            self.client.connection_pool.release(connection)
-
     def write(self, batch: BatchWrite) -> None:
         """Write states, records, samples and counters: one MULTI/EXEC round trip on one
-        server; on a cluster each user's state and record atomically, then the rest.
-
-        After a watched read, the transaction runs on that read's connection and is discarded
-        (`redis.WatchError`, nothing written) if a watched key changed since."""
+        server; on a cluster each user's state and record atomically, then the rest."""
         if self._cluster is not None:
             self._write_cluster(self._cluster, batch)
             return
@@ -234,8 +177,6 @@ class StateStore:
         commands += [_pack([_encode(a) for a in args]) for args in self._namespace_commands(batch)]
         if commands:
             self._transaction(commands)
-        else:
-            self.release_watch()
 
     def _user_commands(self, batch: BatchWrite) -> list[bytes]:
         """The users' states and records as packed commands: one MSET, or SET .. EX each."""
@@ -274,9 +215,7 @@ class StateStore:
         """
         assert isinstance(self.client, redis.Redis)  # the cluster path never gets here
         pool = self.client.connection_pool
-        connection, self._watching = self._watching, None
-        if connection is None:
-            connection = pool.get_connection()
+        connection = pool.get_connection()
         try:
             connection.send_packed_command([_MULTI, *commands, _EXEC])
             for _ in range(len(commands) + 1):  # +OK, then +QUEUED per command
@@ -288,9 +227,7 @@ class StateStore:
         finally:
             pool.release(connection)
         if replies is None:
-            raise redis.exceptions.WatchError(
-                "write discarded: a state key read for it was written by another client since"
-            )
+            raise redis.exceptions.WatchError("transaction discarded")
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

@@ -116,36 +116,3 @@ def test_hand_edited_counters_and_sizes_are_left_out_not_fatal(
     warned = " ".join(r.getMessage() for r in caplog.records)
     for field in ("bogus", "empty", "'x'", "'9'"):
         assert field in warned
-
-
-def test_a_watched_read_fences_the_write_against_another_writer(
-    redis_client: redis.Redis, namespace: str
-) -> None:
-    """A consumer that read users, then lost them to another writer (a rebalance while it
-    stalled), must not overwrite that writer's newer state: its write is discarded whole."""
-    keys = KeyLayout(namespace)
-    store = StateStore(redis_client, keys)
-    store.write(batch([None] * len(USERS)))
-    states, _ = store.read_states_checked(USERS, watch=True)
-    newer = b"n" * (STATE_WIDTH * 8)
-    redis_client.set(keys.state(USERS[1]), newer)  # the other writer, in between
-
-    stale = batch([b"{}"] * len(USERS))
-    stale.states = states + 1
-    with pytest.raises(redis.WatchError):
-        store.write(stale)
-    assert redis_client.get(keys.state(USERS[1])) == newer
-    np.testing.assert_array_equal(store.read_states([USERS[0]]), states[:1])  # nothing written
-    assert store.read_counters() == {"records": 7, "applied": 4}
-
-    # Read again: no one writes in between, the write goes through on the same store.
-    states, _ = store.read_states_checked(USERS, watch=True)
-    stale.states = states + 1
-    store.write(stale)
-    np.testing.assert_array_equal(store.read_states(USERS), states + 1)
-    # A watched read whose batch never writes leaves no WATCH behind on a pooled connection.
-    store.read_states_checked(USERS, watch=True)
-    store.release_watch()
-    redis_client.set(keys.state(USERS[0]), newer)
-    store.write(stale)
-    np.testing.assert_array_equal(store.read_states(USERS), states + 1)
