@@ -11,6 +11,11 @@ class ServerUnavailableError(StreamsegError):
     """Kafka or Redis cannot be reached within the allowed time."""
 
 
+class PartitionTakenError(StreamsegError):
+    """Another consumer started writing a partition of the batch in flight: this one stalled
+    past a rebalance. Nothing of the batch is written; the process stops."""
+
+
 class LeaseLostError(StreamsegError):
     """A trainer tried to publish without holding the namespace's trainer lease."""
 
@@ -23,6 +28,7 @@ __all__ = [
     "ConfigError",
     "LeaseLostError",
     "ModelReplacedError",
+    "PartitionTakenError",
     "ServerUnavailableError",
     "StreamsegError",
 ]

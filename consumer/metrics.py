@@ -68,6 +68,12 @@ class PipelineMetrics:
             "Users whose state key held a value of the wrong size, replaced by a fresh state.",
             registry=r,
         )
+        self.fenced_writes = Counter(
+            "streamseg_fenced_writes",
+            "Batch writes discarded because a partition got a new owner (a rebalance) since the "
+            "batch was read; each batch is read and applied again.",
+            registry=r,
+        )
         self.batches = Counter("streamseg_batches", "Batches processed.", registry=r)
         self.batch_size = Histogram(
             "streamseg_batch_size_records",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import signal
 import time
 from collections import Counter
@@ -38,9 +39,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from redis.cluster import RedisCluster
 
 from consumer.announcement import announce_segments
-from consumer.exceptions import ServerUnavailableError
+from consumer.exceptions import PartitionTakenError, ServerUnavailableError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.kafka_clients import create_consumer, ensure_topics
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
@@ -177,6 +179,9 @@ class SegmentPipeline:
     def _bind_namespace(self, name: str) -> None:
         """Point every Redis adapter of this process at namespace ``name``."""
         self.keys = KeyLayout(name)
+        #: ``<topic>:<partition>`` -> this consumer's fencing token in ``<ns>:partition-owners``
+        #: (taken at its first batch of the partition in this namespace; see `_read_fenced`).
+        self._fence_tokens: dict[str, int] = {}
         self.store = StateStore(
             self.redis,
             self.keys,
@@ -280,6 +285,7 @@ class SegmentPipeline:
             self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
         )
         log.info("revoked %s (now owns %s)", [p.partition for p in partitions], self._owned())
+        self._forget_fences(partitions)
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:
@@ -291,9 +297,15 @@ class SegmentPipeline:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already; commit nothing.
         log.warning("lost partitions %s", [p.partition for p in partitions])
+        self._forget_fences(partitions)
         self.metrics.set_assignment(
             self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
         )
+
+    def _forget_fences(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions no longer ours: if one comes back, its first batch takes a new token."""
+        for p in partitions:
+            self._fence_tokens.pop(f"{p.topic}:{p.partition}", None)
 
     def run(self, *, max_records: int = 0, idle_exit_seconds: float = 0.0) -> BatchStats:
         """Loop until stopped, ``max_records`` seen, or idle for ``idle_exit_seconds``."""
@@ -515,7 +527,7 @@ class SegmentPipeline:
             if attempts > 1 and self._batch_landed(kafka):
                 log.info("a batch's write landed though its reply was lost; not redone")
                 return
-            self._apply_and_write(kafka, batch, stats)
+            self._apply_and_write_fenced(kafka, batch, stats)
 
         self.until_redis_answers(attempt)
         written_at_ms = time.time() * 1000.0
@@ -568,6 +580,74 @@ class SegmentPipeline:
             for p, next_offset in kafka.next_offsets.items()
         )
 
+    def _apply_and_write_fenced(
+        self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
+    ) -> None:
+        """`_apply_and_write`, again from a fresh read while its write is discarded because a
+        partition of ``<ns>:partition-owners`` got a new token since the read (one Redis
+        server). Usually another partition's new owner in a rebalance: the retry goes
+        through. If it is one of the batch's partitions, the fresh read says so and
+        `_read_fenced` stops this consumer before it writes anything.
+        """
+        discarded, said_at = 0, -np.inf
+        while True:
+            try:
+                self._apply_and_write(kafka, batch, stats)
+                return
+            except redis.WatchError:
+                discarded += 1
+                self.metrics.fenced_writes.inc()
+                now = time.monotonic()
+                if now - said_at >= _OUTAGE_LOG_SECONDS:
+                    said_at = now
+                    log.info("a partition got a new owner since this batch was read: reading again")
+                if self._stopping:
+                    raise StopRequested from None  # nothing of the batch was written
+                time.sleep(random.uniform(0.0, min(0.01 * discarded, 0.5)))
+
+    def _read_fenced(
+        self, kafka: _KafkaPositions, users: list[str], state_keys: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's users' states, read so that the batch's write is fenced.
+
+        Each partition has a token in ``<ns>:partition-owners``; a consumer takes a new one
+        (HINCRBY) at its first batch of a partition. The states are read under WATCH of that
+        hash, and the write goes on the same connection: a consumer stalled past a rebalance
+        (``max.poll.interval.ms``, session timeout) cannot overwrite what the partition's new
+        owner wrote since. When the stored token of a batch's partition is no longer this
+        consumer's, it stops with `PartitionTakenError`, having written nothing of the batch
+        (the new owner continues from the committed offsets). On a Redis Cluster (no
+        transaction across slots) the read is not fenced.
+        """
+        if isinstance(self.redis, RedisCluster):
+            return self.store.read_states_checked(users, state_keys=state_keys)
+        topic = self.settings.kafka.events_topic
+        fields = [f"{topic}:{p}" for p in kafka.next_offsets]
+        acquire = [f for f in fields if f not in self._fence_tokens]
+        states, foreign, stored = self.store.read_states_fenced(
+            users, state_keys=state_keys, partitions=fields, acquire=acquire
+        )
+        for name in acquire:
+            token = stored[name]
+            assert token is not None  # our own HINCRBY, in the same round trip
+            self._fence_tokens[name] = token
+        taken = [f for f in fields if stored[f] != self._fence_tokens[f]]
+        if taken:
+            self.store.release_watch()
+            missing = [f for f in taken if stored[f] is None]
+            if missing:  # the hash is gone (Redis lost its data): take new tokens and retry
+                log.warning("no owner recorded for %s: taking new fencing tokens", missing)
+                for name in missing:
+                    del self._fence_tokens[name]
+                raise redis.WatchError("partition owners lost")
+            raise PartitionTakenError(
+                f"another consumer took over {', '.join(taken)} in namespace "
+                f"{self.keys.namespace} while this one held a batch of them (stalled past a "
+                "rebalance: max.poll.interval.ms or the session timeout): stopping without "
+                "writing the batch; the new owner continues from the committed offsets"
+            )
+        return states, foreign
+
     def _apply_and_write(
         self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
     ) -> None:
@@ -599,9 +679,7 @@ class SegmentPipeline:
         row_of = {u: i for i, u in enumerate(users)}
         user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
-        states, foreign = self.store.read_states_checked(
-            users, state_keys=[k for k, _ in user_keys]
-        )
+        states, foreign = self._read_fenced(kafka, users, [k for k, _ in user_keys])
         stats.foreign_states = int(foreign.sum())
         if stats.foreign_states:
             log.warning(

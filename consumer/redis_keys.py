@@ -154,6 +154,12 @@ class KeyLayout:
         in this namespace's state. Where a pipeline following the live pointer starts."""
         return f"{self.namespace}:applied-offsets"
 
+    @property
+    def partition_owners(self) -> str:
+        """Hash: ``<topic>:<partition>`` -> fencing token of the partition's latest owner,
+        raised by each consumer that starts writing the partition in this namespace."""
+        return f"{self.namespace}:partition-owners"
+
 
 @dataclass(frozen=True)
 class PointerKeys:

@@ -85,6 +85,17 @@ def _lpush_rows(key: bytes, rows: np.ndarray) -> bytes:
     return command + framed.tobytes()
 
 
+def _decode_states(raw: Sequence[bytes | None], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, STATE_WIDTH) states from MGET replies (missing: `empty_state`), and the mask of
+    values of the wrong size (read as empty too)."""
+    sizes = np.fromiter((-1 if v is None else len(v) for v in raw), np.int64, len(raw))
+    foreign = (sizes != _STATE_BYTES) & (sizes != -1)
+    if foreign.any():
+        raw = [_EMPTY if bad else v for v, bad in zip(raw, foreign, strict=True)]
+    blob = b"".join(_EMPTY if v is None else v for v in raw)
+    return np.frombuffer(blob, dtype=np.float64).reshape(n, STATE_WIDTH).copy(), foreign
+
+
 def _pack(args: Sequence[bytes]) -> bytes:
     """One command in RESP, e.g. ``_pack((b"GET", b"k"))``."""
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
@@ -129,6 +140,9 @@ class StateStore:
         self.user_ttl_seconds = user_ttl_seconds
         self.training_buffer_rows = training_buffer_rows
         self._cluster = client if isinstance(client, RedisCluster) else None
+        #: The connection holding the WATCH of a `read_states_fenced`, which the next `write`
+        #: uses for its transaction (redis-py's stubs type pooled connections as Any).
+        self._watching: Any = None
 
     def read_states(
         self, user_ids: Sequence[str], *, state_keys: Sequence[str] | None = None
@@ -155,13 +169,65 @@ class StateStore:
             if self._cluster is None
             else read_values(self.client, state_keys)
         )
-        sizes = np.fromiter((-1 if v is None else len(v) for v in raw), np.int64, len(raw))
-        foreign = (sizes != _STATE_BYTES) & (sizes != -1)
-        if foreign.any():
-            raw = [_EMPTY if bad else v for v, bad in zip(raw, foreign, strict=True)]
-        blob = b"".join(_EMPTY if v is None else v for v in raw)
-        states = np.frombuffer(blob, dtype=np.float64).reshape(len(user_ids), STATE_WIDTH).copy()
-        return states, foreign
+        return _decode_states(raw, len(user_ids))
+
+    def read_states_fenced(
+        self,
+        user_ids: Sequence[str],
+        *,
+        state_keys: Sequence[str],
+        partitions: Sequence[str],
+        acquire: Sequence[str],
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int | None]]:
+        """`read_states_checked` on one server, with the fencing tokens of ``partitions``
+        (fields ``<topic>:<partition>`` of ``<ns>:partition-owners``), in one round trip:
+        HINCRBY the ``acquire`` ones (a new owner's token), WATCH the hash, HMGET the tokens,
+        MGET the states. The next `write` runs on the same connection and is discarded
+        (`redis.WatchError`) if any partition got a new owner meanwhile. Returns the states,
+        the foreign mask and each partition's stored token (None: no owner recorded).
+        """
+        assert isinstance(self.client, redis.Redis)  # the cluster path is not fenced
+        self.release_watch()
+        owners = self.keys.partition_owners.encode()
+        fields = [f.encode() for f in partitions]
+        keys = [k.encode() for k in state_keys]
+        commands = [_pack((b"HINCRBY", owners, f.encode(), b"1")) for f in acquire]
+        commands += [
+            _pack((b"WATCH", owners)),
+            _pack((b"HMGET", owners, *fields)),
+            _pack((b"MGET", *keys)),
+        ]
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(commands)
+            for _ in range(len(acquire) + 1):  # HINCRBY replies, then WATCH's +OK
+                connection.read_response()
+            tokens = connection.read_response()
+            raw = connection.read_response()
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: never reuse it
+            pool.release(connection)
+            raise
+        self._watching = connection
+        states, foreign = _decode_states(raw, len(user_ids))
+        stored = {f: None if t is None else int(t) for f, t in zip(partitions, tokens, strict=True)}
+        return states, foreign, stored
+
+    def release_watch(self) -> None:
+        """Drop the WATCH of a fenced read that no write used (its batch failed between)."""
+        connection, self._watching = self._watching, None
+        if connection is None:
+            return
+        assert isinstance(self.client, redis.Redis)
+        try:
+            connection.send_packed_command([b"*1\r\n$7\r\nUNWATCH\r\n"])
+            connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            self.client.connection_pool.release(connection)
 
     def write(self, batch: BatchWrite) -> None:
         """Write states, records, samples and counters: one MULTI/EXEC round trip on one
@@ -177,6 +243,8 @@ class StateStore:
         commands += [_pack([_encode(a) for a in args]) for args in self._namespace_commands(batch)]
         if commands:
             self._transaction(commands)
+        else:
+            self.release_watch()
 
     def _user_commands(self, batch: BatchWrite) -> list[bytes]:
         """The users' states and records as packed commands: one MSET, or SET .. EX each."""
@@ -215,7 +283,9 @@ class StateStore:
         """
         assert isinstance(self.client, redis.Redis)  # the cluster path never gets here
         pool = self.client.connection_pool
-        connection = pool.get_connection()
+        connection, self._watching = self._watching, None  # a fenced read's, if any
+        if connection is None:
+            connection = pool.get_connection()
         try:
             connection.send_packed_command([_MULTI, *commands, _EXEC])
             for _ in range(len(commands) + 1):  # +OK, then +QUEUED per command
@@ -227,7 +297,9 @@ class StateStore:
         finally:
             pool.release(connection)
         if replies is None:
-            raise redis.exceptions.WatchError("transaction discarded")
+            raise redis.exceptions.WatchError(
+                "write discarded: a partition of the batch got a new owner since its read"
+            )
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

@@ -284,3 +284,60 @@ def test_a_state_key_holding_another_programs_value_is_counted_and_started_afres
     assert_state_matches(
         read_state(redis_client, namespace, ["taken"]), {"taken": expected["taken"]}
     )
+
+
+def test_a_consumer_stalled_past_a_rebalance_does_not_overwrite_the_new_owner(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """Between this consumer's read of a batch and its write, the partition's next owner
+    (after a rebalance this one slept through) took a fencing token and wrote a user with
+    newer events. This consumer's write is discarded; it stops without writing the batch."""
+    import numpy as np
+
+    from consumer.exceptions import PartitionTakenError
+    from model.features import COL
+
+    topic = new_topic()
+    events = make_events(400, users=20, seed=8)
+    produce(kafka_bootstrap, topic, as_records(events))
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    keys = KeyLayout(namespace)
+    victim = str(events[0]["user_id"])
+    pipeline = SegmentPipeline(settings)
+    real_read = pipeline.store.read_states_fenced
+    newer: list[bytes] = []
+
+    def read_then_lose_the_partition(
+        *args: object, **kwargs: object
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int | None]]:
+        out = real_read(*args, **kwargs)  # type: ignore[arg-type]
+        if not newer:  # the new owner: its token, then its newer state of the victim
+            state = out[0][:1].copy()
+            state[0, COL["partition"]], state[0, COL["offset"]] = 0, 1e9
+            newer.append(state.tobytes())
+            redis_client.hincrby(keys.partition_owners, f"{topic}:0", 1)
+            redis_client.set(keys.state(victim), newer[0])
+        return out
+
+    pipeline.store.read_states_fenced = read_then_lose_the_partition  # type: ignore[method-assign]
+    pipeline.start()
+    try:
+        with pytest.raises(PartitionTakenError, match=f"took over {topic}:0"):
+            pipeline.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+
+    assert redis_client.get(keys.state(victim)) == newer[0]
+    assert pipeline.metrics.registry.get_sample_value("streamseg_fenced_writes_total") == 1
+    # Nothing of the batch was written: no other user has a state, no counter moved.
+    written = [
+        k
+        for k in redis_client.scan_iter(match=keys.state_pattern)
+        if k != keys.state(victim).encode()
+    ]
+    assert written == []
+    assert not redis_client.hgetall(keys.counters)

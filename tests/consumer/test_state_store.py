@@ -116,3 +116,39 @@ def test_hand_edited_counters_and_sizes_are_left_out_not_fatal(
     warned = " ".join(r.getMessage() for r in caplog.records)
     for field in ("bogus", "empty", "'x'", "'9'"):
         assert field in warned
+
+
+def test_a_fenced_write_is_discarded_when_a_partition_gets_a_new_owner(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = KeyLayout(namespace)
+    store = StateStore(redis_client, keys)
+    store.write(batch([None] * len(USERS)))
+    fields = ["events:0", "events:1"]
+    # The first read of a partition takes a token; a later one reads it back.
+    _, _, stored = store.read_states_fenced(
+        USERS, state_keys=[keys.state(u) for u in USERS], partitions=fields, acquire=fields
+    )
+    assert stored == {"events:0": 1, "events:1": 1}
+    store.write(batch([b"{}"] * len(USERS)))  # nobody else: goes through
+    assert store.read_counters()["records"] == 14
+
+    states, _, stored = store.read_states_fenced(
+        USERS, state_keys=[keys.state(u) for u in USERS], partitions=fields, acquire=[]
+    )
+    assert stored == {"events:0": 1, "events:1": 1}
+    redis_client.hincrby(keys.partition_owners, "events:1", 1)  # a new owner, in between
+    stale = batch([b"{}"] * len(USERS))
+    stale.states = states + 1
+    with pytest.raises(redis.WatchError):
+        store.write(stale)
+    np.testing.assert_array_equal(store.read_states(USERS), states)  # nothing written
+    assert store.read_counters()["records"] == 14
+    # A fenced read whose batch never writes leaves no WATCH on a pooled connection.
+    store.read_states_fenced(
+        USERS, state_keys=[keys.state(u) for u in USERS], partitions=fields, acquire=[]
+    )
+    store.release_watch()
+    redis_client.hincrby(keys.partition_owners, "events:0", 1)
+    store.write(stale)
+    np.testing.assert_array_equal(store.read_states(USERS), states + 1)
