@@ -1,7 +1,8 @@
 """Per-user state and segment records in Redis: one MGET in, one transaction out, per batch.
 
 On one Redis server (the default) a batch is one MGET and one MULTI/EXEC holding every
-user's keys and the namespace-wide keys together.
+user's keys and the namespace-wide keys together; the pipeline's batches read under WATCH of
+the partitions' fencing tokens (`StateStore.read_states_fenced`) and write on that connection.
 
 On a Redis Cluster (``redis.cluster = true``) no command may span hash slots, so a batch is:
 
@@ -18,7 +19,8 @@ offset) and recent event ids it has applied, and it is written atomically with t
 record; a redelivered batch skips what is already applied. What a cluster gives up is the
 batch-wide transaction: after a crash between the user writes and the namespace-wide round,
 the counters and segment sizes miss that one batch (they never count one twice: the retry
-sees the events as applied). Statistics, never state.
+sees the events as applied). Statistics, never state. Nor is a cluster write fenced: no
+WATCH spans slots.
 """
 
 from __future__ import annotations
