@@ -31,7 +31,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -180,7 +180,7 @@ class SegmentPipeline:
         """Point every Redis adapter of this process at namespace ``name``."""
         self.keys = KeyLayout(name)
         #: ``<topic>:<partition>`` -> this consumer's fencing token in ``<ns>:partition-owners``
-        #: (taken at its first batch of the partition in this namespace; see `_read_fenced`).
+        #: (taken at its first batch of the partition in this namespace; see `read_fenced`).
         self._fence_tokens: dict[str, int] = {}
         self.store = StateStore(
             self.redis,
@@ -587,7 +587,7 @@ class SegmentPipeline:
         partition of ``<ns>:partition-owners`` got a new token since the read (one Redis
         server). Usually another partition's new owner in a rebalance: the retry goes
         through. If it is one of the batch's partitions, the fresh read says so and
-        `_read_fenced` stops this consumer before it writes anything.
+        `read_fenced` stops this consumer before it writes anything.
         """
         discarded, said_at = 0, -np.inf
         while True:
@@ -605,10 +605,11 @@ class SegmentPipeline:
                     raise StopRequested from None  # nothing of the batch was written
                 time.sleep(random.uniform(0.0, min(0.01 * discarded, 0.5)))
 
-    def _read_fenced(
-        self, kafka: _KafkaPositions, users: list[str], state_keys: list[str]
+    def read_fenced(
+        self, users: list[str], state_keys: list[str], partitions: Iterable[int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's users' states, read so that the batch's write is fenced.
+        """Users' states, read so that the next write is fenced: the users of a batch (of
+        ``partitions``), or of a re-score chunk (``partitions``: those owned).
 
         Each partition has a token in ``<ns>:partition-owners``; a consumer takes a new one
         (HINCRBY) at its first batch of a partition. The states are read under WATCH of that
@@ -622,7 +623,7 @@ class SegmentPipeline:
         if isinstance(self.redis, RedisCluster):
             return self.store.read_states_checked(users, state_keys=state_keys)
         topic = self.settings.kafka.events_topic
-        fields = [f"{topic}:{p}" for p in kafka.next_offsets]
+        fields = [f"{topic}:{p}" for p in sorted(partitions)]
         acquire = [f for f in fields if f not in self._fence_tokens]
         states, foreign, stored = self.store.read_states_fenced(
             users, state_keys=state_keys, partitions=fields, acquire=acquire
@@ -679,7 +680,7 @@ class SegmentPipeline:
         row_of = {u: i for i, u in enumerate(users)}
         user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
-        states, foreign = self._read_fenced(kafka, users, [k for k, _ in user_keys])
+        states, foreign = self.read_fenced(users, [k for k, _ in user_keys], kafka.next_offsets)
         stats.foreign_states = int(foreign.sum())
         if stats.foreign_states:
             log.warning(

@@ -105,7 +105,10 @@ class IdleRescore:
         started = time.monotonic()
         if started < self.next_chunk_at:
             return
-        self.pipeline.until_redis_answers(self._chunk)
+        try:
+            self.pipeline.until_redis_answers(self._chunk)
+        except redis.WatchError:  # a partition got a new owner meanwhile: the chunk is redone
+            self.pipeline.metrics.fenced_writes.inc()
         took = time.monotonic() - started
         self.next_chunk_at = started + _PACE * took
 
@@ -161,11 +164,14 @@ class IdleRescore:
         users = [pipeline.keys.user_from_state_key(k.decode()) for k in found]
         if not users or not owned:
             return
-        states = pipeline.store.read_states(users)
+        # Fenced as a batch is: a consumer stalled past a rebalance must not write a chunk
+        # over what the partitions' new owners wrote meanwhile.
+        states, _ = pipeline.read_fenced(users, [pipeline.keys.state(u) for u in users], owned)
         mine = np.isin(states[:, COL["partition"]], list(owned)) & ~np.isnan(
             states[:, COL["last_ts_ms"]]
         )
         if not mine.any():
+            pipeline.store.release_watch()
             return
         users = [u for u, m in zip(users, mine, strict=True) if m]
         states = states[mine]
@@ -184,6 +190,7 @@ class IdleRescore:
             idle = period(states[:, COL["last_ts_ms"]]) < period(self.scoring_at)
             rows = keyed_rows(features[idle], [users[i] for i in np.flatnonzero(idle)])
         if not len(changed) and (rows is None or not len(rows)):
+            pipeline.store.release_watch()
             return
         pipeline.send_changes(changes)
         pipeline.store.write(

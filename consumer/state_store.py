@@ -161,6 +161,7 @@ class StateStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`read_states`, and a boolean mask of the users whose stored value was not a state
         (a value of another size: another program's, or another streamseg state layout)."""
+        self.release_watch()
         if not user_ids:
             return empty_state(0), np.zeros(0, dtype=bool)
         if state_keys is None:

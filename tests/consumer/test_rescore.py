@@ -291,3 +291,60 @@ def test_users_of_a_segment_the_new_model_dropped_are_re_scored_at_once(
             assert stored_ids() == set(ids)
     finally:
         pipeline.close()
+
+
+def test_a_re_score_chunk_is_fenced_like_a_batch(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A partition that gets a new owner between a chunk's read and its write: the chunk is
+    not written (the idle user keeps the new owner's record), and the consumer, whose
+    partition it no longer is, stops at the next read."""
+    from consumer.exceptions import PartitionTakenError
+
+    topic = new_topic()
+    settings = settings_for(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        **{
+            "pipeline.rescore_interval_seconds": 86_400.0,
+            "pipeline.rescore_min_wall_seconds": 0.0,
+            "pipeline.allowed_lateness_seconds": 0.0,
+        },
+    )
+    keys = KeyLayout(namespace)
+    ModelStore(redis_client, keys).publish(recency_model())
+    events = first_purchases(1) + [
+        {"event_id": f"b{d}", "user_id": "busy", "type": "view", "ts": int(T0 + d * MS_PER_DAY)}
+        for d in range(0, 300, 3)
+    ]
+    produce(kafka_bootstrap, topic, as_records(events))
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+        idle_record = redis_client.get(keys.segment("u0"))
+        real_read = pipeline.store.read_states_fenced
+
+        def read_then_lose_the_partition(*args: Any, **kwargs: Any) -> Any:
+            out = real_read(*args, **kwargs)
+            redis_client.hincrby(keys.partition_owners, f"{topic}:0", 1)
+            return out
+
+        pipeline.store.read_states_fenced = read_then_lose_the_partition  # type: ignore[method-assign]
+        pipeline.rescore.next_chunk_at = 0.0
+        pipeline.rescore.step()  # discarded: counted, nothing written
+        assert pipeline.metrics.registry.get_sample_value("streamseg_fenced_writes_total") == 1
+        assert redis_client.get(keys.segment("u0")) == idle_record
+        pipeline.store.read_states_fenced = real_read  # type: ignore[method-assign]
+        with pytest.raises(PartitionTakenError):
+            pipeline.rescore.next_chunk_at = 0.0
+            pipeline.rescore.step()
+    finally:
+        pipeline.close()
+    assert redis_client.get(keys.segment("u0")) == idle_record
