@@ -31,7 +31,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from redis.cluster import RedisCluster
 
 from consumer.announcement import announce_segments
-from consumer.exceptions import PartitionTakenError, ServerUnavailableError
+from consumer.exceptions import ServerUnavailableError
+from consumer.fencing import PartitionFences
 from consumer.health import metrics_port, start_metrics_server
 from consumer.kafka_clients import create_consumer, ensure_topics
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
@@ -179,9 +179,7 @@ class SegmentPipeline:
     def _bind_namespace(self, name: str) -> None:
         """Point every Redis adapter of this process at namespace ``name``."""
         self.keys = KeyLayout(name)
-        #: ``<topic>:<partition>`` -> this consumer's fencing token in ``<ns>:partition-owners``
-        #: (taken at its first batch of the partition in this namespace; see `read_fenced`).
-        self._fence_tokens: dict[str, int] = {}
+        self.fences = PartitionFences(self)  # tokens count per namespace
         self.store = StateStore(
             self.redis,
             self.keys,
@@ -285,7 +283,7 @@ class SegmentPipeline:
             self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
         )
         log.info("revoked %s (now owns %s)", [p.partition for p in partitions], self._owned())
-        self._forget_fences(partitions)
+        self.fences.forget(partitions)
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:
@@ -297,15 +295,10 @@ class SegmentPipeline:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already; commit nothing.
         log.warning("lost partitions %s", [p.partition for p in partitions])
-        self._forget_fences(partitions)
+        self.fences.forget(partitions)
         self.metrics.set_assignment(
             self.metrics.assignment - {(p.topic, p.partition) for p in partitions}
         )
-
-    def _forget_fences(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions no longer ours: if one comes back, its first batch takes a new token."""
-        for p in partitions:
-            self._fence_tokens.pop(f"{p.topic}:{p.partition}", None)
 
     def run(self, *, max_records: int = 0, idle_exit_seconds: float = 0.0) -> BatchStats:
         """Loop until stopped, ``max_records`` seen, or idle for ``idle_exit_seconds``."""
@@ -587,7 +580,7 @@ class SegmentPipeline:
         partition of ``<ns>:partition-owners`` got a new token since the read (one Redis
         server). Usually another partition's new owner in a rebalance: the retry goes
         through. If it is one of the batch's partitions, the fresh read says so and
-        `read_fenced` stops this consumer before it writes anything.
+        `PartitionFences.read` stops this consumer before it writes anything.
         """
         discarded, said_at = 0, -np.inf
         while True:
@@ -604,50 +597,6 @@ class SegmentPipeline:
                 if self._stopping:
                     raise StopRequested from None  # nothing of the batch was written
                 time.sleep(random.uniform(0.0, min(0.01 * discarded, 0.5)))
-
-    def read_fenced(
-        self, users: list[str], state_keys: list[str], partitions: Iterable[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Users' states, read so that the next write is fenced: the users of a batch (of
-        ``partitions``), or of a re-score chunk (``partitions``: those owned).
-
-        Each partition has a token in ``<ns>:partition-owners``; a consumer takes a new one
-        (HINCRBY) at its first batch of a partition. The states are read under WATCH of that
-        hash, and the write goes on the same connection: a consumer stalled past a rebalance
-        (``max.poll.interval.ms``, session timeout) cannot overwrite what the partition's new
-        owner wrote since. When the stored token of a batch's partition is no longer this
-        consumer's, it stops with `PartitionTakenError`, having written nothing of the batch
-        (the new owner continues from the committed offsets). On a Redis Cluster (no
-        transaction across slots) the read is not fenced.
-        """
-        if isinstance(self.redis, RedisCluster):
-            return self.store.read_states_checked(users, state_keys=state_keys)
-        topic = self.settings.kafka.events_topic
-        fields = [f"{topic}:{p}" for p in sorted(partitions)]
-        acquire = [f for f in fields if f not in self._fence_tokens]
-        states, foreign, stored = self.store.read_states_fenced(
-            users, state_keys=state_keys, partitions=fields, acquire=acquire
-        )
-        for name in acquire:
-            token = stored[name]
-            assert token is not None  # our own HINCRBY, in the same round trip
-            self._fence_tokens[name] = token
-        taken = [f for f in fields if stored[f] != self._fence_tokens[f]]
-        if taken:
-            self.store.release_watch()
-            missing = [f for f in taken if stored[f] is None]
-            if missing:  # the hash is gone (Redis lost its data): take new tokens and retry
-                log.warning("no owner recorded for %s: taking new fencing tokens", missing)
-                for name in missing:
-                    del self._fence_tokens[name]
-                raise redis.WatchError("partition owners lost")
-            raise PartitionTakenError(
-                f"another consumer took over {', '.join(taken)} in namespace "
-                f"{self.keys.namespace} while this one held a batch of them (stalled past a "
-                "rebalance: max.poll.interval.ms or the session timeout): stopping without "
-                "writing the batch; the new owner continues from the committed offsets"
-            )
-        return states, foreign
 
     def _apply_and_write(
         self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
@@ -680,7 +629,7 @@ class SegmentPipeline:
         row_of = {u: i for i, u in enumerate(users)}
         user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
         user_keys = self.keys.state_and_segment(users)  # built once, read and write
-        states, foreign = self.read_fenced(users, [k for k, _ in user_keys], kafka.next_offsets)
+        states, foreign = self.fences.read(users, [k for k, _ in user_keys], kafka.next_offsets)
         stats.foreign_states = int(foreign.sum())
         if stats.foreign_states:
             log.warning(

@@ -166,7 +166,7 @@ class IdleRescore:
             return
         # Fenced as a batch is: a consumer stalled past a rebalance must not write a chunk
         # over what the partitions' new owners wrote meanwhile.
-        states, _ = pipeline.read_fenced(users, [pipeline.keys.state(u) for u in users], owned)
+        states, _ = pipeline.fences.read(users, [pipeline.keys.state(u) for u in users], owned)
         mine = np.isin(states[:, COL["partition"]], list(owned)) & ~np.isnan(
             states[:, COL["last_ts_ms"]]
         )
