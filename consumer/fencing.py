@@ -44,17 +44,12 @@ class PartitionFences:
     def read(
         self, users: list[str], state_keys: list[str], partitions: Iterable[int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Users' states, read so that the next write is fenced: the users of a batch (of
-        ``partitions``), or of a re-score chunk (``partitions``: those owned).
-
-        Each partition has a token in ``<ns>:partition-owners``; a consumer takes a new one
-        (HINCRBY) at its first batch of a partition. The states are read under WATCH of that
-        hash, and the write goes on the same connection: a consumer stalled past a rebalance
-        (``max.poll.interval.ms``, session timeout) cannot overwrite what the partition's new
-        owner wrote since. When the stored token of a batch's partition is no longer this
-        consumer's, it stops with `PartitionTakenError`, having written nothing of the batch
-        (the new owner continues from the committed offsets). On a Redis Cluster (no
-        transaction across slots) the read is not fenced.
+        """Users' states and foreign mask, read so that the store's next write is fenced:
+        the users of a batch (of ``partitions``), or of a re-score chunk (``partitions``:
+        those owned). Takes the tokens of partitions it has none of; raises
+        `PartitionTakenError` when a partition's stored token is another consumer's, and
+        `redis.WatchError` (read again) when the hash was lost. Not fenced on a Redis Cluster
+        (no transaction across slots).
         """
         pipeline = self.pipeline
         if isinstance(pipeline.redis, RedisCluster):

@@ -92,9 +92,7 @@ def _decode_states(raw: Sequence[bytes | None], n: int) -> tuple[np.ndarray, np.
     values of the wrong size (read as empty too)."""
     sizes = np.fromiter((-1 if v is None else len(v) for v in raw), np.int64, len(raw))
     foreign = (sizes != _STATE_BYTES) & (sizes != -1)
-    if foreign.any():
-        raw = [_EMPTY if bad else v for v, bad in zip(raw, foreign, strict=True)]
-    blob = b"".join(_EMPTY if v is None else v for v in raw)
+    blob = b"".join(v if v is not None and len(v) == _STATE_BYTES else _EMPTY for v in raw)
     return np.frombuffer(blob, dtype=np.float64).reshape(n, STATE_WIDTH).copy(), foreign
 
 

@@ -64,7 +64,7 @@ from consumer.settings import (
     Settings,
     TrainerSettings,
 )
-from consumer.state_store import StateStore, integer_fields
+from consumer.state_store import StateStore
 from consumer.training_rows import newest_row_per_user
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
@@ -201,9 +201,7 @@ class Trainer:
 
     def rows_pushed(self) -> int:
         """Training rows the pipeline has pushed so far (the namespace's counter)."""
-        raw = self.client.hget(self.keys.counters, "training_rows")
-        fields = integer_fields({b"training_rows": raw}, self.keys.counters) if raw else []
-        return fields[0][1] if fields else 0
+        return StateStore(self.client, self.keys).read_counters().get("training_rows", 0)
 
     def missing(self) -> str:
         """What the next bootstrap or update still waits for, in words (for ``--once``)."""

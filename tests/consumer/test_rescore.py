@@ -25,6 +25,13 @@ from tests.consumer.pipeline_support import T0, as_records, produce, read_record
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
+#: A re-score pass per day of event time, as soon as one is due, at the latest event time.
+DAILY_PASSES: dict[str, object] = {
+    "pipeline.rescore_interval_seconds": 86_400.0,
+    "pipeline.rescore_min_wall_seconds": 0.0,
+    "pipeline.allowed_lateness_seconds": 0.0,
+}
+
 
 def recency_model() -> SegmentModel:
     """Two segments that differ only in recency: recent buyers and lapsed ones."""
@@ -86,11 +93,7 @@ def test_a_user_who_stops_buying_moves_without_new_events(
         redis_url,
         topic,
         namespace,
-        **{
-            "pipeline.rescore_interval_seconds": 86_400.0,
-            "pipeline.rescore_min_wall_seconds": 0.0,
-            "pipeline.allowed_lateness_seconds": 0.0,
-        },
+        **DAILY_PASSES,
     )
     model = recency_model()
     keys = KeyLayout(namespace)
@@ -311,11 +314,7 @@ def test_a_re_score_chunk_is_fenced_like_a_batch(
         redis_url,
         topic,
         namespace,
-        **{
-            "pipeline.rescore_interval_seconds": 86_400.0,
-            "pipeline.rescore_min_wall_seconds": 0.0,
-            "pipeline.allowed_lateness_seconds": 0.0,
-        },
+        **DAILY_PASSES,
     )
     keys = KeyLayout(namespace)
     ModelStore(redis_client, keys).publish(recency_model())
