@@ -50,7 +50,7 @@ from confluent_kafka import Consumer, Message, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from consumer.kafka_clients import consumer_config  # noqa: E402
-from consumer.pipeline import BatchStats, SegmentPipeline  # noqa: E402
+from consumer.pipeline import BatchStats, SegmentPipeline, freeze_start_up_heap  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
 from consumer.replay import replay  # noqa: E402
 from consumer.segment_record import encode_record, iso_ms  # noqa: E402
@@ -213,6 +213,7 @@ class Bench:
         used_before = _used_memory(client)
         cpu_before = time.process_time()
         pipe.start()
+        freeze_start_up_heap()  # as `streamseg run` does after its start-up
         try:
             totals = pipe.run(max_records=n_records, idle_exit_seconds=10.0)
         finally:
@@ -485,6 +486,7 @@ class Bench:
             live_ns = self.namespace(f"replay-src-{uuid.uuid4().hex[:4]}")
             shadow = self.namespace(f"replay-{uuid.uuid4().hex[:4]}")
             settings = self.settings(topic, live_ns, f"g-{live_ns}")
+            freeze_start_up_heap()  # as `streamseg replay` does
             result = replay(settings, shadow, seed=0, max_records=n_records, client=self.client)
             rates.append(result.records / max(result.read_seconds, 1e-9))
             delete_namespace(self.client, shadow)

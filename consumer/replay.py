@@ -55,7 +55,7 @@ from consumer.kafka_clients import create_consumer, ensure_topics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace, register_namespace
 from consumer.outputs import OutputTopics
-from consumer.pipeline import SegmentPipeline
+from consumer.pipeline import SegmentPipeline, freeze_start_up_heap
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
 from consumer.snapshot import Snapshot, read_snapshot
@@ -726,6 +726,7 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
         log.info("stopping after the batch in hand (again to stop at once)")
 
     handlers = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    freeze_start_up_heap()
     try:
         result = replay(
             settings,
