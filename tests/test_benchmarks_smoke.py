@@ -1,5 +1,5 @@
 """Smoke tests of the benchmarks against the session's servers: `make bench` (benchmarks/run.py
---quick) and benchmarks/live_model.py on its tiny stream."""
+--quick), benchmarks/live_model.py on its tiny stream, benchmarks/two_ways.py on a few records."""
 
 from __future__ import annotations
 
@@ -124,3 +124,23 @@ def test_import_benchmark_prints_both_rates() -> None:
     for row in rows:
         median = float(row.split("|")[2].split("(")[0].replace(",", ""))
         assert median > 0, row
+
+
+def test_two_ways_benchmark_prints_the_four_passes(server_env: dict[str, str]) -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "two_ways.py")]
+    options = ["--events", "6000", "--users", "1500", "--rounds", "1"]
+    proc = subprocess.run(
+        [*command, *options], cwd=ROOT, env=server_env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    medians = proc.stdout.split("medians of 1 rounds")[1].splitlines()[1:]
+    assert [line.split("  ")[1].strip() for line in medians if line.strip()] == [
+        "in-process, 1 partition",
+        "in-process, 6 partitions",
+        "run, 1 partition",
+        "run, 6 partitions",
+    ]
+    for line in medians:
+        if line.strip():
+            assert float(line.split()[-2].replace(",", "")) > 0, line
+    assert proc.stdout.count("users per batch") == 2
