@@ -90,13 +90,32 @@ class IdleRescore:
         retired = {s for s, n in sizes.items() if n > 0 and s not in model.ids}
         if retired - self.retired_seen:
             log.info(
-                "%d users hold segments %s that model v%d does not have: re-scoring them now",
+                "%d users hold segments %s that model v%d does not have: %s",
                 sum(sizes[s] for s in retired),
                 sorted(retired),
                 model.model_version,
+                self._when_rescored(),
             )
             self.retired_due = True
             self.retired_seen |= retired
+
+    def _when_rescored(self) -> str:
+        """When a pass made due now will reach the users, in the words of the log."""
+        settings = self.pipeline.settings.pipeline
+        if not settings.rescore_interval_seconds:
+            return (
+                "they move at their next event (re-score passes are off: "
+                "pipeline.rescore_interval_seconds = 0)"
+            )
+        if self.cursor is not None:
+            return "re-scoring them in a pass after the one in progress"
+        wait = settings.rescore_min_wall_seconds - (time.monotonic() - self.started_wall)
+        if wait <= 0:
+            return "re-scoring them now"
+        return (
+            f"re-scoring them in {wait:.0f} s (passes start at most once per "
+            f"pipeline.rescore_min_wall_seconds = {settings.rescore_min_wall_seconds:g} s)"
+        )
 
     def step(self) -> None:
         """One chunk of a pass, paced to at most a fifth of the loop's time: chunks run back

@@ -347,3 +347,34 @@ def test_a_re_score_chunk_is_fenced_like_a_batch(
     finally:
         pipeline.close()
     assert redis_client.get(keys.segment("u0")) == idle_record
+
+
+@pytest.mark.parametrize(
+    ("rescore", "said"),
+    [
+        ({"pipeline.rescore_min_wall_seconds": 0.0}, "re-scoring them now"),
+        ({"pipeline.rescore_min_wall_seconds": 600.0}, "re-scoring them in 600 s (passes start"),
+        ({"pipeline.rescore_interval_seconds": 0.0}, "they move at their next event"),
+    ],
+)
+def test_the_log_says_when_users_of_a_dropped_segment_will_move(
+    kafka_bootstrap: str,
+    redis_url: str,
+    namespace: str,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    rescore: dict[str, object],
+    said: str,
+) -> None:
+    """A pass held back by `rescore_min_wall_seconds` (or passes turned off) is not "now"."""
+    settings = settings_for(kafka_bootstrap, redis_url, "unused", namespace, **rescore)
+    model = recency_model()
+    dropped = max(model.ids) + 1
+    redis_client.hset(KeyLayout(namespace).segment_sizes, str(dropped), 5)
+    pipeline = SegmentPipeline(settings)
+    pipeline.rescore.started_wall = time.monotonic()  # a pass just began
+    with caplog.at_level("INFO", logger="consumer.rescore"):
+        pipeline.rescore.check_retired_segments(model)
+    [line] = [r.getMessage() for r in caplog.records if "does not have" in r.getMessage()]
+    assert f"5 users hold segments [{dropped}]" in line and said in line, line
+    assert pipeline.rescore.retired_due
