@@ -399,7 +399,18 @@ class Trainer:
         assert self.segmenter is not None and self.preprocessor is not None
         positions = self.segmenter.predict(Z)
         centers = self.preprocessor.inverse_transform(self.segmenter.cluster_centers_)
-        labels = label_segments(centers, X, positions, FEATURE_NAMES)
+        before = (
+            dict(zip(self.published.ids, self.published.names, strict=True))
+            if self.published
+            else {}
+        )
+        labels = label_segments(
+            centers,
+            X,
+            positions,
+            FEATURE_NAMES,
+            previous_names=[before.get(i) for i in self.segmenter.ids_.tolist()],
+        )
         model = SegmentModel.from_fitted(
             self.segmenter,
             self.preprocessor,

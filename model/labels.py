@@ -52,12 +52,16 @@ Non-buyers:
 3. engagement high                                   -> "engaged browsers"
 4. otherwise                                         -> "inactive"
 
-Equal names are made unique deterministically: in tier order (then position) the first keeps the
-name, the next ones get " (2)", " (3)", ...
+Equal names are made unique deterministically. A segment that had a name in the previous model
+(same segment id) and still gets the same rule keeps that name, suffix included; the others, in
+tier order (then position), take the plain name if no segment holds it, else the smallest free
+" (2)", " (3)", ... Without a previous model: the first keeps the name, the next ones get " (2)",
+" (3)", ...
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -293,22 +297,48 @@ def _base_name(
     return "inactive"
 
 
-def deduplicate_names(names: Sequence[str], order: npt.ArrayLike) -> list[str]:
-    """Make names unique: following ``order``, repeats get " (2)", " (3)", ..."""
-    out = list(names)
-    seen: dict[str, int] = {}
-    for pos in np.asarray(order, dtype=np.intp).tolist():
-        n = seen.get(names[pos], 0) + 1
-        seen[names[pos]] = n
-        if n > 1:
-            out[pos] = f"{names[pos]} ({n})"
-    return out
+_SUFFIX = re.compile(r"^(?P<base>.+) \((?P<n>[2-9]|[1-9][0-9]+)\)$")
+
+
+def deduplicate_names(
+    names: Sequence[str],
+    order: npt.ArrayLike,
+    previous: Sequence[str | None] | None = None,
+) -> list[str]:
+    """Make names unique: following ``order``, repeats get " (2)", " (3)", ...
+
+    ``previous`` holds, by position, the name the same segment id had in the previous model
+    (None for a new id). A segment whose rule gives the same name again keeps its previous
+    name, suffix included, so a " (2)" does not move to another id when value scores shift;
+    the others take the plain name or the smallest free suffix.
+    """
+    positions = np.asarray(order, dtype=np.intp).tolist()
+    out: list[str | None] = [None] * len(names)
+    taken: set[str] = set()
+    for pos in positions if previous is not None else []:
+        before = previous[pos] if previous is not None else None
+        if before is None or before in taken:
+            continue
+        suffixed = _SUFFIX.match(before)
+        if (suffixed.group("base") if suffixed else before) == names[pos]:
+            out[pos] = before
+            taken.add(before)
+    for pos in positions:
+        if out[pos] is None:
+            name, n = names[pos], 1
+            while name in taken:
+                n += 1
+                name = f"{names[pos]} ({n})"
+            out[pos] = name
+            taken.add(name)
+    return [name for name in out if name is not None]
 
 
 def name_segments(
     centers_business: npt.ArrayLike,
     feature_names: Sequence[str],
     rules: NamingRules | None = None,
+    previous_names: Sequence[str | None] | None = None,
 ) -> tuple[list[str], FloatArray, npt.NDArray[np.intp]]:
     """Name each segment from its centre with the documented rules (module docstring).
 
@@ -319,6 +349,9 @@ def name_segments(
     feature_names : sequence of str
         Column names; must include :data:`REQUIRED_FEATURES`.
     rules : NamingRules, optional
+    previous_names : sequence of str or None, optional
+        By position, the name each segment's id had in the previous model (None: a new id);
+        see `deduplicate_names`.
 
     Returns
     -------
@@ -346,7 +379,7 @@ def name_segments(
         _base_name(C[k], col, {f: float(r[k]) for f, r in rank_of.items()}, rules, max_abs_revenue)
         for k in range(C.shape[0])
     ]
-    return deduplicate_names(base, order), scores, order
+    return deduplicate_names(base, order, previous_names), scores, order
 
 
 def profile_segments(
@@ -413,6 +446,7 @@ def label_segments(
     *,
     rules: NamingRules | None = None,
     n_tiers: int | None = None,
+    previous_names: Sequence[str | None] | None = None,
 ) -> SegmentLabels:
     """Names, value tiers and profiles of all segments (see the module docstring).
 
@@ -429,8 +463,11 @@ def label_segments(
     rules : NamingRules, optional
     n_tiers : int, optional
         Number of tiers; ``None`` gives every segment its own tier 1..K.
+    previous_names : sequence of str or None, optional
+        By position, the name each segment's id had in the previous model (None: a new id):
+        a segment named by the same rule again keeps it, suffix included.
     """
-    names, scores, order = name_segments(centers_business, feature_names, rules)
+    names, scores, order = name_segments(centers_business, feature_names, rules, previous_names)
     tiers = value_tiers(order, n_tiers)
     profiles = profile_segments(X_raw, positions, centers_business, feature_names, scores)
     return SegmentLabels(names=names, tiers=tiers, value_scores=scores, profiles=profiles)

@@ -106,6 +106,41 @@ def test_equal_names_are_numbered_in_value_order() -> None:
     assert len(set(names)) == len(names)
 
 
+def test_a_numbered_name_stays_with_its_segment_id_when_value_order_flips() -> None:
+    """Two "champions" segments whose value order swaps between two models: each keeps the
+    name its id had, instead of the " (2)" moving to the other id."""
+    weaker_champions = CENTRES[0] * [1, 1, 0.9, 1, 1, 1, 1, 1, 1, 1]
+    before, _, _ = name_segments(np.vstack([weaker_champions, CENTRES]), FEATURES)
+    assert before[:2] == ["champions (2)", "champions"]
+    stronger = CENTRES[0] * [1, 1, 1.2, 1, 1, 1, 1, 1, 1, 1]  # segment 0 now leads
+    centres = np.vstack([stronger, CENTRES])
+    assert name_segments(centres, FEATURES)[0][:2] == ["champions", "champions (2)"]
+    after, _, _ = name_segments(centres, FEATURES, previous_names=before)
+    assert after == before
+    # A new id (None) or a segment whose rule changed takes the first free name.
+    renamed = [None, *before[1:]]
+    assert name_segments(centres, FEATURES, previous_names=renamed)[0][:2] == [
+        "champions (2)",
+        "champions",
+    ]
+    was_loyal = ["loyal (2)", *before[1:]]
+    assert name_segments(centres, FEATURES, previous_names=was_loyal)[0] == before
+
+
+def test_names_stay_unique_whatever_the_previous_names() -> None:
+    """Previous names that collide (a hand-edited model) cannot make two segments share one."""
+    weaker_champions = CENTRES[0] * [1, 1, 0.9, 1, 1, 1, 1, 1, 1, 1]
+    centres = np.vstack([weaker_champions, weaker_champions * 0.99, CENTRES])
+    previous = ["champions", "champions", "champions (2)", *EXPECTED[1:]]
+    names, _, _ = name_segments(centres, FEATURES, previous_names=previous)
+    assert len(set(names)) == len(names)
+    assert sorted(n for n in names if n.startswith("champions")) == [
+        "champions",
+        "champions (2)",
+        "champions (3)",
+    ]
+
+
 def test_without_prices_no_segment_is_named_for_spending() -> None:
     """A shop's data without prices (``--default amount=0``): value comes from purchases
     alone, so frequent buyers who went quiet are "at risk", not "big spenders at risk"."""
