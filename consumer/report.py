@@ -76,10 +76,13 @@ class Figures:
     items: list[tuple[str, str]]
 
 
-def _segment_colour(segment_id: int) -> tuple[float, float, float, float]:
-    """One colour per stable segment id, the same in every figure."""
-    cmap: Colormap = plt.get_cmap("tab10" if segment_id < 10 else "tab20")
-    return cmap(segment_id % cmap.N)
+def segment_colour(segment_id: int) -> tuple[float, float, float, float]:
+    """One colour per stable segment id, the same in every figure and report: ids 0-9 take
+    tab20's strong shades (tab10's colours), 10-19 its light ones, so any 20 consecutive ids
+    differ (tab10 for 0-9 and tab20 by id beyond gave id 5 and id 10 the same brown)."""
+    cmap: Colormap = plt.get_cmap("tab20")
+    k = segment_id % 20
+    return cmap(2 * k if k < 10 else 2 * (k - 10) + 1)
 
 
 def _segment_label(model: SegmentModel, pos: int) -> str:
@@ -205,7 +208,7 @@ def plot_sizes(
             heights,
             bottom=bottom,
             width=0.6,
-            color=_segment_colour(seg),
+            color=segment_colour(seg),
             label=f"{seg}: {names.get(seg, '?')}",
             edgecolor="white",
             linewidth=0.5,
@@ -240,7 +243,7 @@ def plot_pca(model: SegmentModel, features: FloatArray, out_dir: Path, seed: int
             P[mask, 1],
             s=10,
             alpha=0.45,
-            color=_segment_colour(model.ids[pos]),
+            color=segment_colour(model.ids[pos]),
             label=f"{_segment_label(model, pos)}  n={int(mask.sum()):,}",
             edgecolors="none",
         )
@@ -250,7 +253,7 @@ def plot_pca(model: SegmentModel, features: FloatArray, out_dir: Path, seed: int
             C[pos, 1],
             marker="X",
             s=220,
-            color=_segment_colour(model.ids[pos]),
+            color=segment_colour(model.ids[pos]),
             edgecolors="black",
             linewidths=1.2,
             zorder=5,
@@ -270,7 +273,7 @@ def plot_pca(model: SegmentModel, features: FloatArray, out_dir: Path, seed: int
             bbox={
                 "boxstyle": "round,pad=0.2",
                 "fc": "white",
-                "ec": _segment_colour(model.ids[pos]),
+                "ec": segment_colour(model.ids[pos]),
                 "alpha": 0.9,
             },
             arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.8},

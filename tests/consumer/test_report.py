@@ -15,11 +15,18 @@ from consumer.cli import main
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
-from consumer.report import chart_versions
+from consumer.report import chart_versions, segment_colour
 from consumer.snapshot import read_snapshot
 from consumer.trainer import Trainer
 from model.features import FEATURE_NAMES
 from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
+
+
+def test_any_twenty_consecutive_segment_ids_get_distinct_colours() -> None:
+    for first in (0, 5, 13):
+        colours = {segment_colour(i) for i in range(first, first + 20)}
+        assert len(colours) == 20, first
+    assert segment_colour(3) == segment_colour(23)  # stable: a function of the id alone
 
 
 def test_the_sizes_chart_draws_every_version_of_a_short_history() -> None:
