@@ -457,10 +457,12 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        log.info("signal %d: stopping after the step in progress", signum)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
+    published: list[int] = []  # versions this run published
     trainer: Trainer | None = None
     next_step = 0.0
     status = 0
@@ -537,6 +539,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                     next_step = time.monotonic() + config.update_interval_seconds
                     continue
                 if model is not None:
+                    published.append(model.model_version)
                     log.info(
                         "published model v%d: %s",
                         model.model_version,
@@ -558,4 +561,10 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             log.warning("could not release the lease (%s): it expires by itself", exc)
         if server is not None:
             server.stop()
+        log.info(
+            "trainer stopped after %.1f s: published %d model versions%s",
+            time.monotonic() - started,
+            len(published),
+            f" (v{published[0]}-v{published[-1]})" if published else "",
+        )
     return status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -587,6 +588,11 @@ def test_the_trainer_rides_out_a_redis_restart(tmp_path: Path) -> None:
         finally:
             trainer.terminate()
             assert trainer.wait(timeout=30) == 0, log_file.read_text()
+        said = log_file.read_text()
+        assert "signal 15: stopping after the step in progress" in said
+        assert re.search(
+            r"trainer stopped after [\d.]+ s: published \d+ model versions \(v1-v", said
+        )
 
 
 def test_train_once_without_enough_data_says_what_is_missing(
