@@ -90,6 +90,9 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
     console.print(f"topics: {topic} ({PARTITIONS} partitions), {topic}.segments, {topic}.dlq")
 
     streamseg = [sys.executable, "-m", "consumer.cli", "--log-level", "WARNING"]
+    # The services' logs go to files: at INFO they show start-up, models published and
+    # picked up, and the closing summaries, as a deployment's would.
+    service = [sys.executable, "-m", "consumer.cli", "--log-level", "INFO"]
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
     planted_path = args.out / "planted.json"
@@ -118,8 +121,8 @@ def run_demo(args: argparse.Namespace, bootstrap: str, redis_url: str) -> int:
     ]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, command in (
-        ("consumer", [*streamseg, "run"]),
-        ("trainer", [*streamseg, "train"]),
+        ("consumer", [*service, "run"]),
+        ("trainer", [*service, "train"]),
         ("generator", generate),
     ):
         with open(logs / f"{name}.log", "wb") as log_file:  # the child keeps its own handle
@@ -307,6 +310,10 @@ def show_lookups(redis_url: str, planted: dict[str, str], keys: KeyLayout) -> No
         by_type.setdefault(kind, []).append(user)
     samples: dict[str, str] = {}
     console.rule("sample lookups (what a personalization service gets)")
+    console.print(
+        "[dim]each record names the model version that assigned it: a user moves to a newer "
+        "model at their next event or at the re-score pass of idle users[/dim]"
+    )
     for kind, users in sorted(by_type.items()):
         # the first user of each planted type that has a record (some never acted), printed
         # byte for byte as stored: what GET returns to a service in any language
