@@ -177,8 +177,11 @@ Fits a fresh preprocessing (signed log1p on counts and money, median centring,
 max(IQR, 1.349 std) scaling) to a
 snapshot of users' features, runs k-means for every K in --k-min..--k-max and prints
 inertia (always falls with K: look for the elbow), mean silhouette (-1..1, higher is
-better) and the Calinski-Harabasz score (higher is better). The recommended K has the
-highest silhouette; set it as trainer.n_clusters (STREAMSEG_TRAINER__N_CLUSTERS).
+better) and the Calinski-Harabasz score (higher is better). The recommended K follows
+--rule: the highest silhouette (default), the highest Calinski-Harabasz score, or the
+elbow of the inertia curve; the line under the table names each rule's pick, since they
+often disagree (silhouette tends to favour few segments). Set the K you choose as
+trainer.n_clusters (STREAMSEG_TRAINER__N_CLUSTERS).
 
 Example:
   streamseg tune-k --k-min 3 --k-max 10 --sample 10000 --out k.png
@@ -541,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=20000,
         metavar="N",
         help="users read from Redis (default 20000); k-means runs once per K on all of them",
+    )
+    tune.add_argument(
+        "--rule",
+        choices=("silhouette", "calinski-harabasz", "elbow"),
+        default="silhouette",
+        help="how the recommended K is chosen (default silhouette)",
     )
     tune.add_argument(
         "--out",

@@ -20,7 +20,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -46,7 +46,7 @@ from model.exceptions import InsufficientDataError
 from model.features import FEATURE_NAMES, FEATURES, LOG_FEATURES, top_categories
 from model.model_format import SegmentModel
 from model.preprocessing import Preprocessor
-from model.quality import TuneKResult, tune_k
+from model.quality import KRule, TuneKResult, recommend_k, tune_k
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -725,14 +725,28 @@ def report_command(args: argparse.Namespace, settings: Settings) -> int:
 # -- choosing K ------------------------------------------------------------------------------
 
 
+#: What `recommend_k` calls each rule, and how the table's last line says it.
+_RULES: dict[KRule, str] = {
+    "silhouette": "highest silhouette",
+    "calinski_harabasz": "highest Calinski-Harabasz",
+    "elbow": "elbow of the inertia curve",
+}
+
+
 def tune_k_on_snapshot(
-    snapshot: Snapshot, k_min: int, k_max: int, *, sample_size: int = 5000, seed: int = 0
+    snapshot: Snapshot,
+    k_min: int,
+    k_max: int,
+    *,
+    sample_size: int = 5000,
+    seed: int = 0,
+    rule: KRule = "silhouette",
 ) -> TuneKResult:
     """Score K = k_min..k_max on the snapshot's features, preprocessed by a fresh fit."""
     if k_min < 2 or k_max < k_min:
         raise ConfigError(f"need 2 <= --k-min <= --k-max, got {k_min}..{k_max}")
     Z = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit_transform(snapshot.features)
-    return tune_k(Z, range(k_min, k_max + 1), sample_size=sample_size, random_state=seed)
+    return tune_k(Z, range(k_min, k_max + 1), sample_size=sample_size, random_state=seed, rule=rule)
 
 
 def plot_tune_k(result: TuneKResult, path: Path) -> Path:
@@ -764,7 +778,7 @@ def _plot_tune_k(result: TuneKResult, path: Path) -> Path:
         result.recommended_k,
         color="grey",
         linestyle=":",
-        label=f"recommended K = {result.recommended_k} ({result.rule})",
+        label=f"recommended K = {result.recommended_k} ({_RULES[result.rule]})",
     )
     left.set_xticks(ks)
     left.grid(alpha=0.3)
@@ -786,7 +800,9 @@ def format_tune_k(result: TuneKResult) -> str:
             f"{s.k:>3}  {s.inertia:>12.1f}  {s.silhouette:>10.3f}  "
             f"{s.calinski_harabasz:>17.1f}{mark}"
         )
-    lines.append(f"recommended K = {result.recommended_k} (highest {result.rule})")
+    lines.append(f"recommended K = {result.recommended_k} ({_RULES[result.rule]})")
+    picks = ", ".join(f"{words} K = {recommend_k(result.scores, r)}" for r, words in _RULES.items())
+    lines.append(f"each rule's pick: {picks}")
     return "\n".join(lines)
 
 
@@ -801,7 +817,13 @@ def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
             "events arrive (or pass --namespace)"
         )
     try:
-        result = tune_k_on_snapshot(snapshot, args.k_min, args.k_max, seed=settings.trainer.seed)
+        result = tune_k_on_snapshot(
+            snapshot,
+            args.k_min,
+            args.k_max,
+            seed=settings.trainer.seed,
+            rule=cast(KRule, args.rule.replace("-", "_")),
+        )
     except InsufficientDataError as exc:
         raise ConfigError(
             f"namespace {keys.namespace!r} has {len(snapshot)} users: {exc}"

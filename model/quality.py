@@ -195,13 +195,17 @@ class KScore:
     """Between- over within-cluster dispersion, higher is better."""
 
 
+#: How `recommend_k` picks K (documented in `tune_k`).
+KRule = Literal["silhouette", "calinski_harabasz", "elbow"]
+
+
 @dataclass(frozen=True)
 class TuneKResult:
     """Outcome of :func:`tune_k`: one :class:`KScore` per K and the recommended K."""
 
     scores: list[KScore]
     recommended_k: int
-    rule: str
+    rule: KRule
 
 
 def _elbow(ks: FloatArray, inertias: FloatArray) -> int:
@@ -218,7 +222,7 @@ def tune_k(
     k_range: Iterable[int],
     *,
     sample_size: int = 5000,
-    rule: Literal["silhouette", "calinski_harabasz", "elbow"] = "silhouette",
+    rule: KRule = "silhouette",
     n_init: int = 3,
     random_state: int | None = 0,
     n_threads: int | None = 1,
@@ -282,9 +286,7 @@ def tune_k(
     return TuneKResult(scores=scores, recommended_k=recommend_k(scores, rule), rule=rule)
 
 
-def recommend_k(
-    scores: list[KScore], rule: Literal["silhouette", "calinski_harabasz", "elbow"]
-) -> int:
+def recommend_k(scores: list[KScore], rule: KRule) -> int:
     """The K that ``rule`` picks among ``scores`` (rules documented in :func:`tune_k`)."""
     ordered = sorted(scores, key=lambda s: s.k)
     if not ordered:

@@ -197,9 +197,26 @@ def test_tune_k_scores_each_k_on_a_snapshot(
     table = [line.split() for line in printed.splitlines() if re.match(r"\s*\d+\s+\d", line)]
     assert [int(row[0]) for row in table] == [2, 3, 4, 5, 6]
     recommended = int(re.search(r"recommended K = (\d+)", printed).group(1))  # type: ignore[union-attr]
-    assert 2 <= recommended <= 6
+    best_silhouette = max(table, key=lambda row: float(row[2]))
+    assert recommended == int(best_silhouette[0])
     assert f"plot (inertia and silhouette by K): {plot.resolve()}" in printed
     _assert_real_image(plot)
+    picks = dict(
+        re.findall(
+            r"(highest silhouette|highest Calinski-Harabasz|elbow of the inertia curve) K = (\d+)",
+            printed.splitlines()[-2],
+        )
+    )
+    assert picks["highest silhouette"] == str(recommended)
+    assert picks["highest Calinski-Harabasz"] == max(table, key=lambda row: float(row[3]))[0]
+
+    # --rule elbow recommends what the line under the table named for it.
+    assert main([*argv, "--rule", "elbow"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"recommended K = {picks['elbow of the inertia curve']} (elbow of the inertia curve)"
+        in printed
+    )
 
 
 def test_tune_k_on_a_namespace_without_users_says_so(
