@@ -63,6 +63,8 @@ event of the contract instead (keyed by its user_id; --key-field does not apply)
   streamseg produce 2019-Oct.csv --map ts=event_time --map type=event_type \\
       --map amount=price --map category=category_code --map item_id=product_id \\
       --ts-format '%Y-%m-%d %H:%M:%S %Z'
+The summary counts the rows the consumer will dead-letter or ignore; exit status 1 when it
+will apply none of them (they were sent: check a file with --dry-run first).
 """
 
 
@@ -455,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    produce.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read, map and check every row and print the summary (the rows the consumer "
+        "will dead-letter or ignore) without connecting to Kafka or sending anything",
     )
     mapping = produce.add_argument_group(
         "your own export (CSV, TSV or JSON lines with other field names)",

@@ -25,9 +25,12 @@ A value that cannot be typed is sent as the value it was: text that is no number
 that orjson cannot write as itself (an integer beyond 64 bits, a ``ts`` that becomes one in
 milliseconds, infinity). The consumer dead-letters the record (``invalid_field``) with its
 bytes and counts it: nothing is dropped here, and no value stops ``produce`` midway. Such values,
-and rows without a ``user_id``, ``type`` or ``ts`` (no source value, no default), are counted
-per field in `MappingProblems` (the first one is logged at once, with its row number), so the
-producer's summary says what the consumer will refuse before it refuses it.
+rows without a ``user_id``, ``type`` or ``ts`` (no source value, no default), a ``type`` that
+is no text, and a ``ts`` outside the consumer's range (`model.events.ts_within_limits`, judged
+against the time it is mapped, about when it is sent) are counted per field in
+`MappingProblems` (the first one is logged at once, with its row number), and so are the rows
+of a type the consumer ignores (neither canonical nor aliased), so that the producer's summary
+says what the consumer will refuse or ignore before it does.
 
 Without an ``event_id`` (mapped, present or defaulted), the record gets
 ``"h-" + 20 hex digits``: the BLAKE2b-80 hash of the source row (its fields and values, sorted,
@@ -50,6 +53,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +64,17 @@ from typing import IO, AnyStr, Literal
 import orjson
 
 from consumer.exceptions import ConfigError
-from model.events import MONEY_TYPES, is_ts_text
+from model.events import (
+    CANONICAL_TYPES,
+    DEFAULT_ALIASES,
+    MONEY_TYPES,
+    DecodeLimits,
+    EventType,
+    resolve_type_map,
+    ts_out_of_range_detail,
+    ts_text_epoch_ms,
+    ts_within_limits,
+)
 
 __all__ = [
     "CONTRACT_FIELDS",
@@ -98,15 +112,36 @@ TsUnit = Literal["ms", "s"]
 Row = Mapping[str, object]
 
 
+#: How many ignored type names the summary lists.
+_IGNORED_TYPES_SHOWN = 5
+
+
 @dataclass
 class MappingProblems:
-    """Rows whose event the consumer will refuse, counted per contract field while mapping."""
+    """Rows whose event the consumer will refuse, counted per contract field while mapping,
+    and rows it will ignore, counted per type name."""
 
     rows: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     first: dict[str, str] = field(default_factory=dict)  # field -> the first row's problem
+    refused_rows: int = 0  # rows with at least one problem: dead-lettered
+    ignored: Counter[str] = field(default_factory=Counter)  # type name -> rows
+    _last_refused: int = 0  # the row last counted in refused_rows
+
+    @property
+    def refused(self) -> bool:
+        """Whether the row being mapped has a problem already."""
+        return self._last_refused == self.rows
+
+    @property
+    def applied_rows(self) -> int:
+        """Rows the consumer will apply (or count as duplicates): neither refused nor ignored."""
+        return self.rows - self.refused_rows - self.ignored.total()
 
     def note(self, name: str, problem: str) -> None:
+        if not self.refused:
+            self.refused_rows += 1
+            self._last_refused = self.rows
         self.counts[name] += 1
         if name not in self.first:
             self.first[name] = f"row {self.rows:,}: {problem}"
@@ -117,13 +152,38 @@ class MappingProblems:
                 problem,
             )
 
+    def ignore(self, type_name: str) -> None:
+        """Count a row of a type the consumer ignores (its first one is logged)."""
+        if not self.ignored:
+            log.warning(
+                "row %s: type %r is %s; such rows are sent and ignored by the consumer "
+                "(counted in the summary)",
+                f"{self.rows:,}",
+                type_name,
+                _UNKNOWN_TYPE,
+            )
+        self.ignored[type_name] += 1
+
     def summary(self) -> list[str]:
-        """One line per field with problems, for the end of ``streamseg produce``."""
-        return [
+        """One line per field with problems, then one for the ignored types, for the end of
+        ``streamseg produce``."""
+        lines = [
             f"{name}: {count:,} of {self.rows:,} rows will be dead-lettered (first: "
             f"{self.first[name]})"
             for name, count in sorted(self.counts.items())
         ]
+        if self.ignored:
+            common = self.ignored.most_common(_IGNORED_TYPES_SHOWN)
+            names = ", ".join(f"{name!r} {count:,}" for name, count in common)
+            more = ", ..." if len(self.ignored) > len(common) else ""
+            lines.append(
+                f"type: {self.ignored.total():,} of {self.rows:,} rows will be ignored "
+                f"({names}{more}: {_UNKNOWN_TYPE})"
+            )
+        return lines
+
+
+_UNKNOWN_TYPE = f"neither {', '.join(CANONICAL_TYPES)} nor an alias in pipeline.type_aliases"
 
 
 def _parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
@@ -153,8 +213,12 @@ class EventMapping:
     defaults: Mapping[str, str] = field(default_factory=dict)
     ts_format: str | None = None
     ts_unit: TsUnit = "ms"
-    #: Type names whose events need an ``amount`` (purchase, refund and their aliases).
-    money_types: frozenset[str] = frozenset(MONEY_TYPES)
+    #: The consumer's type names (``pipeline.type_aliases`` resolved): the others it ignores.
+    type_map: Mapping[str, EventType] = field(
+        default_factory=lambda: resolve_type_map(DEFAULT_ALIASES)
+    )
+    #: The consumer's bounds (``ts`` range, how far ahead of its record an event may be).
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
     problems: MappingProblems = field(default_factory=MappingProblems, compare=False)
 
     @classmethod
@@ -165,28 +229,52 @@ class EventMapping:
         ts_format: str | None = None,
         ts_unit: TsUnit = "ms",
         type_aliases: Mapping[str, str] | None = None,
+        limits: DecodeLimits | None = None,
     ) -> EventMapping:
-        """From ``--map`` / ``--default`` items (``FIELD=VALUE``), validated; the
-        consumer's ``type_aliases`` say which other type names need an amount."""
+        """From ``--map`` / ``--default`` items (``FIELD=VALUE``), validated. The
+        consumer's ``type_aliases`` (default: `DEFAULT_ALIASES`, as its setting's) and
+        ``limits`` (default: `DecodeLimits`'s) say which rows it will ignore or refuse."""
         sources = _parse_pairs(maps, "--map")
         empty = [name for name, source in sources.items() if not source]
         if empty:
             raise ConfigError(f"--map {empty[0]}= names no source field")
         if ts_format is not None:
             _check_time_format(ts_format)
-        money = {n for n, t in (type_aliases or {}).items() if t in MONEY_TYPES} | MONEY_TYPES
+        type_map = resolve_type_map(DEFAULT_ALIASES if type_aliases is None else type_aliases)
         return cls(
-            sources, _parse_pairs(defaults, "--default"), ts_format, ts_unit, frozenset(money)
+            sources,
+            _parse_pairs(defaults, "--default"),
+            ts_format,
+            ts_unit,
+            type_map,
+            limits or DecodeLimits(),
         )
 
+    @cached_property
+    def money_types(self) -> frozenset[str]:
+        """Type names whose events need an ``amount`` (purchase, refund and their aliases)."""
+        money = {EventType[name.upper()] for name in MONEY_TYPES}
+        return frozenset(name for name, code in self.type_map.items() if code in money)
+
     def check_columns(self, columns: Sequence[str]) -> None:
-        """Refuse a ``--map FIELD=SOURCE`` whose SOURCE is not one of a CSV header's
-        ``columns``: every row would lack FIELD, and be dead-lettered one by one."""
+        """Refuse a CSV header's ``columns`` that lack a ``--map FIELD=SOURCE``'s SOURCE, or
+        the column of a required field that is neither mapped nor defaulted: every row would
+        lack FIELD, and be dead-lettered one by one. A header in another separator is told
+        which ``--delimiter`` reads it."""
+        header = ", ".join(columns) or "empty"
         for name, source in self.sources.items():
             if source not in columns:
                 raise ConfigError(
                     f"--map {name}={source}: the file has no column {source!r} "
-                    f"(its header: {', '.join(columns) or 'empty'})"
+                    f"(its header: {header}){_delimiter_hint(columns, source)}"
+                )
+        for name in _REQUIRED_FIELDS:
+            if name not in self.sources and name not in self.defaults and name not in columns:
+                hint = _delimiter_hint(columns, name) or (
+                    f"; say --map {name}=COLUMN or --default {name}=VALUE"
+                )
+                raise ConfigError(
+                    f"{name}: the file has no column {name!r} (its header: {header}){hint}"
                 )
 
     @cached_property
@@ -233,8 +321,13 @@ class EventMapping:
                     continue
                 value = default
             out[name] = self._typed(name, value) if name in _TYPED_FIELDS else value
-        if "amount" not in out and out.get("type") in self.money_types:
-            self.problems.note("amount", f"no amount for type {out['type']!r}")
+        kind = out.get("type")
+        if kind is not None and not isinstance(kind, str):
+            self.problems.note("type", f"type {kind!r} is not text")
+        elif "amount" not in out and kind in self.money_types:
+            self.problems.note("amount", f"no amount for type {kind!r}")
+        elif kind is not None and kind not in self.type_map and not self.problems.refused:
+            self.problems.ignore(kind)
         if "event_id" not in out:
             return {"event_id": row_hash(row), **out}
         return out
@@ -273,22 +366,34 @@ class EventMapping:
         if self.ts_format is not None:
             ms = self._parse_time(text)
             if ms is not None:
+                self._check_range(value, ms)
                 return ms
         elif _NUMBER.fullmatch(text):
             number = float(text) * scale
             return self._epoch_ms(value, int(number) if number.is_integer() else number)
-        if not is_ts_text(value):
+        iso_ms = ts_text_epoch_ms(value)
+        if iso_ms is None:
             expected = f"--ts-format {self.ts_format!r}" if self.ts_format else "a number"
             self.problems.note("ts", f"ts {value!r} is neither {expected} nor ISO-8601 with a zone")
+        else:
+            self._check_range(value, iso_ms)
         return value  # ISO-8601 with a zone passes as it is; the consumer judges the rest
 
     def _epoch_ms(self, value: object, ms: float) -> object:
         """``ms``, or ``value`` as it was (counted) when JSON cannot carry ``ms``: orjson
         raises on an integer beyond 64 bits and writes null for infinity."""
         if _fits_json(ms):
+            self._check_range(value, ms)
             return ms
         self.problems.note("ts", f"ts {value!r} is beyond 64 bits as epoch milliseconds")
         return value
+
+    def _check_range(self, value: object, ms: float) -> None:
+        """Count a time the consumer will refuse: the record is sent about now, and its
+        timestamp bounds how far ahead the event may be."""
+        if not ts_within_limits(float(ms), self.limits, time.time() * 1000.0):
+            detail = ts_out_of_range_detail(float(ms), self.limits)
+            self.problems.note("ts", f"ts {value!r} is out of range: {detail}")
 
 
 def _float(text: str) -> float | None:
@@ -340,6 +445,24 @@ def row_hash(row: Row) -> str:
         {str(k): v for k, v in row.items()}, option=orjson.OPT_SORT_KEYS, default=str
     )
     return "h-" + hashlib.blake2b(canonical, digest_size=10).hexdigest()
+
+
+#: Separators a header read with another one shows inside its column names, and the option
+#: that reads them.
+_SEPARATORS = {
+    ";": ("';'", "--delimiter ';'"),
+    "\t": ("tabs", "--format tsv"),
+    ",": ("','", "--delimiter ','"),
+}
+
+
+def _delimiter_hint(columns: Sequence[str], missing: str) -> str:
+    """What to say when the ``missing`` column is inside a column name of the header, next
+    to another separator: the file is separated by that one; "" otherwise."""
+    for separator, (name, option) in _SEPARATORS.items():
+        if any(missing in column.split(separator) for column in columns if separator in column):
+            return f"; its columns look separated by {name}: say {option}"
+    return ""
 
 
 def check_dialect(delimiter: str | None, encoding: str) -> None:

@@ -27,6 +27,13 @@ The producer is idempotent (``enable.idempotence``), batches for throughput (``l
 counted by error name in `ProduceStats`; nothing is dropped silently. The last flush waits up
 to ``flush_timeout`` seconds; records still queued then are counted as undelivered. Ctrl-C
 stops reading, flushes what was handed over, and reports.
+
+Checks
+------
+A mapped file's rows are checked as they are mapped: the summary says how many the consumer
+will dead-letter or ignore (`consumer.event_mapping.MappingProblems`). ``--dry-run`` reads,
+maps and checks the whole file without connecting to Kafka; without it, a file of which no
+row will be applied ends with exit status 1 (its rows were sent by then).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from rich.text import Text
 from consumer.event_mapping import (
     EventMapping,
     LineTooLongError,
+    MappingProblems,
     bounded_lines,
     check_dialect,
     load_json,
@@ -77,6 +85,7 @@ from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegEr
 from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
 from consumer.times import parse_epoch_ms
+from model.events import DecodeLimits
 
 __all__ = [
     "InputFileError",
@@ -559,7 +568,8 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         if out is not None:
             records = _write_jsonl(records, out)
         if args.no_kafka:
-            code = _drain(records, show, total)
+            _, interrupted = _drain(records, show, total, "generate -> file")
+            code = 130 if interrupted else 0
         else:
             stats = produce_records(
                 records,
@@ -587,19 +597,23 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
-def _drain(records: Iterable[tuple[bytes | None, bytes]], show: bool, total: int) -> int:
+def _drain(
+    records: Iterable[tuple[bytes | None, bytes]], show: bool, total: int | None, description: str
+) -> tuple[int, bool]:
+    """Read ``records`` to the end without sending them: how many, and whether Ctrl-C
+    stopped the reading."""
     count = 0
-    with _ProgressDisplay(show, "generate -> file", total) as bar:
+    interrupted = False
+    with _ProgressDisplay(show, description, total) as bar:
         try:
             for _ in records:
                 count += 1
                 if count % _PROGRESS_EVERY == 0:
                     bar.update(count)
         except KeyboardInterrupt:
-            bar.finish(count)
-            return 130
+            interrupted = True
         bar.finish(count)
-    return 0
+    return count, interrupted
 
 
 #: --format choice -> CSV delimiter (None = JSON lines).
@@ -622,12 +636,17 @@ def _mapping(args: argparse.Namespace, fmt: str, settings: Settings) -> EventMap
     options = (args.map, args.default, args.ts_format, args.ts_unit)
     if fmt == "jsonl" and not any(options):
         return None
+    pipeline = settings.pipeline
     return EventMapping.from_options(
         args.map or (),
         args.default or (),
         args.ts_format,
         args.ts_unit or "ms",
-        type_aliases=settings.pipeline.type_aliases,
+        type_aliases=pipeline.type_aliases,
+        limits=DecodeLimits(  # as the consumer's (consumer.pipeline)
+            max_payload_bytes=pipeline.max_payload_bytes,
+            max_ahead_of_record_ms=pipeline.max_event_ahead_seconds * 1000.0,
+        ),
     )
 
 
@@ -691,7 +710,10 @@ def _open_input(path: Path) -> IO[bytes]:
 
 
 def produce_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg produce``: send a JSON-lines, CSV or TSV file (or stdin) to a topic."""
+    """``streamseg produce``: send a JSON-lines, CSV or TSV file (or stdin) to a topic, or
+    with ``--dry-run`` only read and check it. Exit status 1 when a record was not delivered,
+    or when the consumer will apply none of a mapped file's rows."""
+    dry_run: bool = getattr(args, "dry_run", False)
     topic = args.topic or settings.kafka.events_topic
     fmt = input_format(args.format, args.file)
     mapping = _mapping(args, fmt, settings)
@@ -717,29 +739,58 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         name = path.name
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
-        stats = produce_records(
-            _reading(
-                file_records(
-                    source,
-                    fmt,
-                    mapping,
-                    args.key_field,
-                    guessed=args.format == "auto",
-                    delimiter=args.delimiter,
-                    encoding=args.encoding,
-                ),
-                name,
+        records = _reading(
+            file_records(
+                source,
+                fmt,
+                mapping,
+                args.key_field,
+                guessed=args.format == "auto",
+                delimiter=args.delimiter,
+                encoding=args.encoding,
             ),
-            settings.kafka,
-            topic,
-            rate=args.rate or None,
-            progress=show,
-            total=total,
-            description=f"{name} -> {topic}",
+            name,
         )
-    print(stats.summary(), file=sys.stderr)
+        if dry_run:
+            read, interrupted = _drain(records, show, total, f"{name} (dry run)")
+            delivered = True
+            print(
+                f"dry run: read {read:,} records of {name}; nothing was sent to {topic!r}",
+                file=sys.stderr,
+            )
+        else:
+            stats = produce_records(
+                records,
+                settings.kafka,
+                topic,
+                rate=args.rate or None,
+                progress=show,
+                total=total,
+                description=f"{name} -> {topic}",
+            )
+            read, interrupted, delivered = stats.sent, stats.interrupted, stats.ok
+            print(stats.summary(), file=sys.stderr)
     for line in mapping.problems.summary() if mapping is not None else ():
         print(line, file=sys.stderr)
-    if stats.interrupted:
+    if interrupted:
         return 130
-    return 0 if stats.ok else 1
+    if dry_run:
+        return 0
+    if mapping is not None and (doomed := _none_applied(mapping.problems, read)):
+        log.error("%s; check a file with --dry-run before sending it", doomed)
+        return 1
+    return 0 if delivered else 1
+
+
+def _none_applied(problems: MappingProblems, records: int) -> str | None:
+    """What to say when the consumer will apply none of the ``records`` sent, each a mapped
+    row (lines passed through unmapped may be events it takes); None otherwise."""
+    if not records or records != problems.rows or problems.applied_rows:
+        return None
+    if not problems.ignored:
+        return f"all {records:,} rows were sent and will be dead-lettered by the consumer"
+    return (
+        f"all {records:,} rows were sent and none will be applied: "
+        f"{problems.refused_rows:,} will be dead-lettered and {problems.ignored.total():,} "
+        "ignored by the consumer"
+    )

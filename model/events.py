@@ -27,12 +27,13 @@ Schema of one event (a JSON object; unknown fields are ignored):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal, NotRequired, cast
+from typing import Annotated, Any, Literal, NotRequired, cast, overload
 
 import msgspec
 import numpy as np
@@ -217,6 +218,40 @@ class DecodeLimits:
     max_ahead_of_record_ms: float = 86_400_000.0  # one day
 
 
+@overload
+def ts_within_limits(ts_ms: float, limits: DecodeLimits, reference_ms: float = ...) -> bool: ...
+@overload
+def ts_within_limits(
+    ts_ms: np.ndarray, limits: DecodeLimits, reference_ms: np.ndarray | float = ...
+) -> np.ndarray: ...
+def ts_within_limits(ts_ms: Any, limits: DecodeLimits, reference_ms: Any = math.inf) -> Any:
+    """Whether an event time ``ts_ms`` (epoch milliseconds) is accepted: in [``min_ts_ms``,
+    ``max_ts_ms``) and at most ``max_ahead_of_record_ms`` after ``reference_ms`` (epoch ms:
+    the earlier of the record's timestamp and the consumer's clock; infinity when neither is
+    known). Element-wise for arrays. The decoder judges with it, and ``streamseg produce``
+    forecasts with it what the decoder will refuse."""
+    within = (ts_ms >= limits.min_ts_ms) & (ts_ms < limits.max_ts_ms)
+    if limits.max_ahead_of_record_ms > 0:
+        within &= ts_ms <= reference_ms + limits.max_ahead_of_record_ms
+    return within
+
+
+def ts_out_of_range_detail(ts_ms: float, limits: DecodeLimits) -> str:
+    """The dead-letter detail of an event time that `ts_within_limits` refuses: the value,
+    and why when that is not plain (ahead of its record, or epoch seconds for milliseconds)."""
+    detail = f"ts={ts_ms:.0f} ms"
+    if limits.min_ts_ms <= ts_ms < limits.max_ts_ms:
+        return detail + (
+            f", more than {limits.max_ahead_of_record_ms:.0f} ms after the record's "
+            "timestamp (or the consumer's clock)"
+        )
+    if limits.min_ts_ms <= ts_ms * 1000.0 < limits.max_ts_ms:
+        return detail + (
+            ", looks like epoch seconds; ts is epoch milliseconds (produce --ts-unit s converts)"
+        )
+    return detail
+
+
 def resolve_type_map(aliases: Mapping[str, str]) -> dict[str, EventType]:
     """Build the name -> `EventType` map from the canonical names plus ``aliases``.
 
@@ -310,15 +345,20 @@ _AWARE_DATETIMES = TypeAdapter(list[AwareDatetime])
 _AWARE_DATETIME = TypeAdapter(AwareDatetime)
 
 
+def ts_text_epoch_ms(text: str) -> float | None:
+    """Epoch milliseconds of a ``ts`` given as this string, as the decoder reads it; None
+    when it is refused (not ISO-8601 with a zone, or digits)."""
+    if _digits(text):
+        return None
+    try:
+        return _epoch_ms(_AWARE_DATETIME.validate_python(text))
+    except ValidationError:
+        return None
+
+
 def is_ts_text(text: str) -> bool:
     """Whether a ``ts`` given as this string is accepted: ISO-8601 with a zone, not digits."""
-    if _digits(text):
-        return False
-    try:
-        _AWARE_DATETIME.validate_python(text)
-    except ValidationError:
-        return False
-    return True
+    return ts_text_epoch_ms(text) is not None
 
 
 def _iso_stamps_to_epoch_ms(stamps: list[Any]) -> set[int]:
@@ -442,16 +482,14 @@ def _check_columns(
     amounts = columns.amount
 
     # Each check as a mask over all rows; a row fails at its first failing check.
-    bad_ts = (ts < limits.min_ts_ms) | (ts >= limits.max_ts_ms)
-    if limits.max_ahead_of_record_ms > 0 and n:
-        reference = np.full(n, np.inf if now_ms is None else now_ms)
-        if record_ts_ms is not None:
-            record_ts = np.asarray(record_ts_ms, dtype=np.float64)[index]
-            # A record timestamp before min_ts_ms is no clock reading (unset, or a producer's
-            # 0/1): the consumer's clock bounds that record alone.
-            known = record_ts >= limits.min_ts_ms
-            reference = np.where(known, np.minimum(record_ts, reference), reference)
-        bad_ts |= ts > reference + limits.max_ahead_of_record_ms
+    reference: np.ndarray | float = np.inf if now_ms is None else now_ms
+    if limits.max_ahead_of_record_ms > 0 and record_ts_ms is not None:
+        record_ts = np.asarray(record_ts_ms, dtype=np.float64)[index]
+        # A record timestamp before min_ts_ms is no clock reading (unset, or a producer's
+        # 0/1): the consumer's clock bounds that record alone.
+        known = record_ts >= limits.min_ts_ms
+        reference = np.where(known, np.minimum(record_ts, reference), reference)
+    bad_ts = ~ts_within_limits(ts, limits, reference)
     if keys is None:
         bad_key = np.zeros(n, dtype=bool)
     else:
@@ -465,12 +503,7 @@ def _check_columns(
     money = (codes == int(EventType.PURCHASE)) | (codes == int(EventType.REFUND))
     bad_amount = no_amount & money & ~bad_ts & ~bad_key
     for row in np.flatnonzero(bad_ts).tolist():
-        detail = f"ts={ts[row]:.0f} ms"
-        if limits.min_ts_ms <= ts[row] < limits.max_ts_ms:
-            detail += (
-                f", more than {limits.max_ahead_of_record_ms:.0f} ms after the record's "
-                "timestamp (or the consumer's clock)"
-            )
+        detail = ts_out_of_range_detail(float(ts[row]), limits)
         rejections.append(Rejection(int(index[row]), "ts_out_of_range", detail))
     for row in np.flatnonzero(bad_key).tolist():
         rejections.append(

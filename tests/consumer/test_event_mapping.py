@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 
 import orjson
 import pytest
@@ -237,7 +238,7 @@ def test_a_time_the_format_misses_is_counted_unless_the_consumer_reads_it_as_it_
 
 def test_rows_without_a_required_field_are_counted() -> None:
     mapping = EventMapping.from_options(["user_id=customer"], defaults=["type=purchase"])
-    data = b"customer,ts,amount\nc1,1,5\n,2,5\n,3,5\n"
+    data = b"customer,ts,amount\nc1,1700000000001,5\n,1700000000002,5\n,1700000000003,5\n"
     _events(mapping, data)
     assert mapping.problems.counts == {"user_id": 2}
     assert mapping.problems.first["user_id"] == (
@@ -272,6 +273,146 @@ def test_a_mapped_column_the_header_lacks_is_named_before_any_row() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("fmt", "data", "value"),
+    [
+        ("csv", b"user_id,type,ts\nu1,view,1700000000\n", "'1700000000'"),
+        ("jsonl", b'{"user_id": "u1", "type": "view", "ts": 1700000000}\n', "1700000000"),
+    ],
+)
+def test_epoch_seconds_taken_for_milliseconds_are_counted_with_a_hint(
+    fmt: str, data: bytes, value: str
+) -> None:
+    """Sent without --ts-unit s, every row was dead-lettered and produce said nothing."""
+    mapping = EventMapping.from_options()
+    list(file_records(io.BytesIO(data), fmt, mapping))
+    assert mapping.problems.summary() == [
+        f"ts: 1 of 1 rows will be dead-lettered (first: row 1: ts {value} is out of range: "
+        "ts=1700000000 ms, looks like epoch seconds; ts is epoch milliseconds "
+        "(produce --ts-unit s converts))"
+    ]
+    seconds = EventMapping.from_options(ts_unit="s")
+    list(file_records(io.BytesIO(data), fmt, seconds))
+    assert seconds.problems.summary() == []
+
+
+def test_times_the_consumer_refuses_are_counted_as_it_judges_them() -> None:
+    """Rows of 1899 and of 2099 were sent uncounted: the consumer dead-letters both (2099
+    is more than a day ahead of the record's timestamp, which is when it is sent)."""
+    mapping = EventMapping.from_options(ts_format="%Y-%m-%d %H:%M:%S")
+    data = (
+        b"user_id,type,ts\n"
+        b"u1,view,2019-10-01 00:00:00\n"
+        b"u2,view,1899-12-31 23:59:59\n"
+        b"u3,view,2099-01-01 00:00:00\n"
+        b"u4,view,1899-12-31T23:59:59Z\n"  # ISO-8601 text is sent as it is, and judged
+        b"u5,view,2099-01-01T00:00:00+01:00\n"
+        b"u6,view,2019-10-01T00:00:00Z\n"
+    )
+    records = list(file_records(io.BytesIO(data), "csv", mapping))
+    batch, rejections = decode_events(
+        [v for _, v in records],
+        [k for k, _ in records],
+        type_map=TYPE_MAP,
+        now_ms=time.time() * 1000,
+    )
+    assert batch.user_id == ["u1", "u6"]
+    assert [r.reason for r in rejections] == ["ts_out_of_range"] * 4
+    assert mapping.problems.counts == {"ts": 4}
+    assert mapping.problems.first["ts"] == (
+        "row 2: ts '1899-12-31 23:59:59' is out of range: ts=-2208988801000 ms"
+    )
+
+
+def test_types_the_consumer_ignores_are_counted_with_the_same_aliases() -> None:
+    aliases = {"addtocart": "cart"}
+    mapping = EventMapping.from_options(type_aliases=aliases)
+    data = (
+        b"user_id,type,ts\n"
+        b"u1,view,1700000000000\n"
+        b"u2,transaction,1700000000000\n"
+        b"u3,addtocart,1700000000000\n"  # aliased: applied
+        b"u4,transaction,1700000000000\n"
+        b"u5,Purchase,1700000000000\n"
+        b"u6,transaction,\n"  # no ts: dead-lettered before its type is looked at
+    )
+    records = list(file_records(io.BytesIO(data), "csv", mapping))
+    batch, rejections = decode_events([v for _, v in records], type_map=resolve_type_map(aliases))
+    assert (len(batch), len(batch.ignored), len(rejections)) == (2, 3, 1)
+    assert mapping.problems.summary() == [
+        "ts: 1 of 6 rows will be dead-lettered (first: row 6: no ts (source field 'ts' is "
+        "missing or empty))",
+        "type: 3 of 6 rows will be ignored ('transaction' 2, 'Purchase' 1: neither view, "
+        "cart, purchase, refund, review, like, share nor an alias in pipeline.type_aliases)",
+    ]
+
+
+def test_a_type_that_is_no_text_is_counted_not_a_crash() -> None:
+    """A JSON type of a list stopped produce with 'unhashable type'."""
+    data = (
+        b'{"user_id": "u1", "type": ["purchase"], "ts": 1700000000000}\n'
+        b'{"user_id": "u2", "type": 2, "ts": 1700000000000}\n'
+    )
+    mapping = EventMapping.from_options()
+    records = list(file_records(io.BytesIO(data), "jsonl", mapping))
+    _, rejections = decode_events([v for _, v in records], type_map=TYPE_MAP)
+    assert [r.reason for r in rejections] == ["invalid_field"] * 2
+    assert mapping.problems.counts == {"type": 2}
+    assert mapping.problems.first["type"] == "row 1: type ['purchase'] is not text"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "header", "maps", "message"),
+    [
+        (
+            "csv",
+            "event_time;user_id;type",
+            ["ts=event_time"],
+            "--map ts=event_time: the file has no column 'event_time' (its header: "
+            "event_time;user_id;type); its columns look separated by ';': say --delimiter ';'",
+        ),
+        (
+            "csv",
+            "user_id;type;ts",
+            [],
+            "user_id: the file has no column 'user_id' (its header: user_id;type;ts); its "
+            "columns look separated by ';': say --delimiter ';'",
+        ),
+        (
+            "csv",
+            "user_id\ttype\tts",
+            [],
+            "user_id: the file has no column 'user_id' (its header: user_id\ttype\tts); its "
+            "columns look separated by tabs: say --format tsv",
+        ),
+        (
+            "tsv",
+            "user_id,type,ts",
+            [],
+            "user_id: the file has no column 'user_id' (its header: user_id,type,ts); its "
+            "columns look separated by ',': say --delimiter ','",
+        ),
+        (
+            "csv",
+            "customer;ts;type",  # ';' in the header, but not between the missing names
+            [],
+            "user_id: the file has no column 'user_id' (its header: customer;ts;type); say "
+            "--map user_id=COLUMN or --default user_id=VALUE",
+        ),
+    ],
+)
+def test_a_header_that_lacks_a_column_is_refused_with_a_delimiter_hint(
+    fmt: str, header: str, maps: list[str], message: str
+) -> None:
+    """A semicolon-separated export is one column when read with ','. Without --map every
+    row lacked user_id, type and ts, and was sent to be dead-lettered."""
+    mapping = EventMapping.from_options(maps)
+    data = f"{header}\n{header.replace('_', '')}\n".encode()
+    with pytest.raises(ConfigError) as caught:
+        list(file_records(io.BytesIO(data), fmt, mapping))
+    assert str(caught.value) == message
+
+
 def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
     data = b'{"uid": 5, "kind": "view", "when": 1700000000}\n[1, 2]\nnot json\n\n'
     assert list(read_json_rows(io.BytesIO(data)))[1:] == [b"[1, 2]", b"not json"]
@@ -291,7 +432,12 @@ def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
 def test_a_purchase_without_amount_is_counted_aliases_included() -> None:
     """What the consumer refuses most often in a dataset without prices."""
     mapping = EventMapping.from_options(type_aliases={"transaction": "purchase"})
-    data = b"user_id,type,ts,amount\nu1,transaction,1,\nu2,purchase,2,5\nu3,view,3,\n"
+    data = (
+        b"user_id,type,ts,amount\n"
+        b"u1,transaction,1700000000001,\n"
+        b"u2,purchase,1700000000002,5\n"
+        b"u3,view,1700000000003,\n"
+    )
     _events(mapping, data)
     assert mapping.problems.counts == {"amount": 1}
     assert mapping.problems.first["amount"] == "row 1: no amount for type 'transaction'"
@@ -302,7 +448,7 @@ def test_dotted_sources_reach_into_nested_json_objects() -> None:
         b'{"id": "e1", "customer": {"id": 7}, "event": {"name": "purchase"}, '
         b'"occurred_at": "2024-03-01T10:00:00Z", "order": {"total": {"amount": "12.5"}}, '
         b'"a.b": "literal"}\n'
-        b'{"id": "e2", "customer": 7, "event": {"name": "view"}, "occurred_at": 1}\n'
+        b'{"id": "e2", "customer": 7, "event": {"name": "view"}, "occurred_at": 1700000000000}\n'
     )
     mapping = EventMapping.from_options(
         [
@@ -340,7 +486,9 @@ def test_a_csv_taken_for_json_lines_is_refused_when_mapped() -> None:
 def test_a_semicolon_latin_1_export_is_read_with_its_dialect(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    data = "user_id;type;ts;category\nu1;view;1;CR\u00c8ME BR\u00dbL\u00c9E\n".encode("latin-1")
+    data = "user_id;type;ts;category\nu1;view;1700000000000;CR\u00c8ME BR\u00dbL\u00c9E\n".encode(
+        "latin-1"
+    )
     mapping = EventMapping.from_options()
     (event,) = (
         orjson.loads(v)

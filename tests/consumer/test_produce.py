@@ -283,6 +283,8 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
         "2019-10-01 00:03:00 UTC,remove_from_cart,17200506,furniture.sofa,543.10,519107250,s3",
         "2019-10-01 00:04:00 UTC,purchase,17200506,furniture.sofa,not-a-price,519107250,s3",
         "01/10/2019,view,17200506,furniture.sofa,543.10,519107250,s3",  # another time format
+        "1899-12-31 23:59:59 UTC,view,17200506,furniture.sofa,543.10,519107250,s3",
+        "2099-10-01 00:00:00 UTC,view,17200506,furniture.sofa,543.10,519107250,s3",  # ahead
     ]
     path = tmp_path / "2019-Oct.csv.gz"
     path.write_bytes(gzip.compress("\n".join([header, *rows, ""]).encode()))
@@ -295,8 +297,10 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
     ]  # fmt: skip
     assert main(["produce", str(path), "--topic", topic, "--no-progress", *mapping]) == 0
     said = capsys.readouterr().err
-    assert "amount: 1 of 7 rows will be dead-lettered (first: row 6: amount 'not-a-price'" in said
-    assert "ts: 1 of 7 rows will be dead-lettered (first: row 7: ts '01/10/2019'" in said
+    # what produce says the consumer will do, it does (the counters below)
+    assert "amount: 1 of 9 rows will be dead-lettered (first: row 6: amount 'not-a-price'" in said
+    assert "ts: 3 of 9 rows will be dead-lettered (first: row 7: ts '01/10/2019'" in said
+    assert "type: 1 of 9 rows will be ignored ('remove_from_cart' 1: neither view," in said
 
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
     pipeline_log = logging.getLogger("consumer.pipeline")
@@ -311,11 +315,72 @@ def test_a_csv_export_is_mapped_produced_and_accounted_for_by_the_consumer(
         "review, like, share nor an alias in pipeline.type_aliases (counted as ignored)"
     ]
     counters = StateStore(redis_client, KeyLayout(namespace)).read_counters()
-    assert counters["records"] == 7
+    assert counters["records"] == 9
     assert (counters["applied"], counters["duplicates"], counters["ignored"]) == (3, 1, 1)
-    assert counters["dead_lettered"] == counters["dead_letter.invalid_field"] == 2
+    assert counters["dead_lettered"] == 4
+    assert counters["dead_letter.invalid_field"] == counters["dead_letter.ts_out_of_range"] == 2
     state = read_state(redis_client, namespace, ["554748717"])["554748717"]
     assert state["purchases"] == pytest.approx(1.0, rel=1e-3)  # the repeated row counted once
+
+
+EPOCH_SECONDS_CSV = "user_id,type,ts\n" + "".join(
+    f"u{i},view,{1_700_000_000 + i}\n" for i in range(3)
+)
+
+
+def test_a_dry_run_reads_and_checks_every_row_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """There was no way to see what the consumer will refuse but to send the file."""
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nobody there
+    path = tmp_path / "export.csv"
+    path.write_text(EPOCH_SECONDS_CSV)
+    assert main(["produce", str(path), "--dry-run", "--no-progress"]) == 0
+    said = capsys.readouterr().err
+    assert "dry run: read 3 records of export.csv; nothing was sent to 'events'" in said
+    assert (
+        "ts: 3 of 3 rows will be dead-lettered (first: row 1: ts '1700000000' is out of range: "
+        "ts=1700000000 ms, looks like epoch seconds; ts is epoch milliseconds "
+        "(produce --ts-unit s converts))"
+    ) in said
+    assert main(["produce", str(path), "--dry-run", "--no-progress", "--ts-unit", "s"]) == 0
+    assert "will be" not in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("rows", "said"),
+    [
+        (
+            EPOCH_SECONDS_CSV,
+            "all 3 rows were sent and will be dead-lettered by the consumer",
+        ),
+        (
+            "user_id,type,ts\nu1,transaction,1700000000000\nu2,view,1\n",
+            "all 2 rows were sent and none will be applied: 1 will be dead-lettered and 1 "
+            "ignored by the consumer",
+        ),
+    ],
+)
+def test_produce_fails_when_no_row_it_sent_will_be_applied(
+    rows: str,
+    said: str,
+    kafka_bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every row of a file in epoch seconds went to the live topic, with exit status 0."""
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    path = tmp_path / "export.csv"
+    path.write_text(rows)
+    topic = new_topic()
+    assert main(["produce", str(path), "--topic", topic, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert said in err
+    assert "check a file with --dry-run before sending it" in err
+    assert len(consume_all(kafka_bootstrap, topic, rows.count("\n") - 1)) == rows.count("\n") - 1
 
 
 @pytest.mark.kafka
