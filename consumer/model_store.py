@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 #: History keys deleted per DEL command when a publish prunes (a first publish after the limit
 #: was set may drop a long backlog; smaller commands keep Redis responsive within the EXEC).
 _PRUNE_CHUNK = 1000
+
+#: Key in a model's ``metrics.extra`` that ``model import`` sets: when it was imported, epoch
+#: milliseconds. ``created_at`` stays the model's own (when it was fitted, elsewhere), so an
+#: import listed beside newer local versions would otherwise look older than them. A number in
+#: the existing ``extra`` map: documents without it load as before, and older readers load it.
+IMPORTED_AT_METRIC = "imported_at_ms"
 
 
 class ModelStore:
@@ -220,12 +228,45 @@ class ModelStore:
         return model
 
 
+def imported_at(model: SegmentModel) -> datetime | None:
+    """When ``model import`` published ``model`` here (UTC); None for a model fitted here, or
+    imported before imports were noted."""
+    ms = model.metrics.extra.get(IMPORTED_AT_METRIC)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _when(moment: datetime) -> str:
+    """A time for reading: ISO-8601 UTC to the second, ``2026-12-07T16:41:02Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _readable(value: float | None) -> str:
+    """A number for reading: 4 significant digits, thousands separated (``698.3``,
+    ``1,648``, ``0.01235``); ``-`` when unknown."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _listing_line(m: SegmentModel, current: int | None) -> str:
+    """``model list``: one version, ``*`` = current."""
+    mark = "*" if m.model_version == current else " "
+    line = (
+        f"{mark} v{m.model_version:<5} created {_when(m.created_at)}  K={len(m.ids)}  "
+        f"rows={m.metrics.n_rows:,}  inertia={_readable(m.metrics.inertia)}"
+    )
+    imported = imported_at(m)
+    return line if imported is None else f"{line}  imported {_when(imported)}"
+
+
 def _model_table(m: SegmentModel) -> str:
     """``model show``: one row per segment in tier order, profiles in business units
     (means over the rows the model was trained on; money in currency units). Top categories
     per segment need the users' states: ``streamseg report``."""
+    imported = imported_at(m)
     lines = [
-        f"model v{m.model_version} created {m.created_at.isoformat()}; profiles over the "
+        f"model v{m.model_version} created {_when(m.created_at)}"
+        f"{'' if imported is None else f', imported {_when(imported)}'}; profiles over the "
         f"{m.metrics.n_rows:,} users of its last training batch (streamseg status: all users)",
         f"  {'id':>4} {'tier':>4}  {'name':<26} {'users':>8} {'share':>6} {'revenue':>10} "
         f"{'orders':>7} {'AOV':>8} {'recency d':>9} {'tenure d':>8} {'views':>7}",
@@ -291,11 +332,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     current = store.current_version()
     if args.action == "list":
         for m in store.load_kept(store.versions(newest=args.last)):
-            mark = "*" if m.model_version == current else " "
-            print(
-                f"{mark} v{m.model_version:<5} {m.created_at.isoformat()}  K={len(m.ids)}  "
-                f"rows={m.metrics.n_rows}  inertia={m.metrics.inertia}"
-            )
+            print(_listing_line(m, current))
         older = store.version_count() - args.last
         if args.last > 0 and older > 0:
             print(f"  ... and {older:,} older (--last 0 lists all)")
@@ -321,7 +358,14 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote model v{exported} to {args.path}")
         return 0
     if imported is not None:
-        model = imported.model_copy(update={"model_version": store.next_version()})
+        # The document keeps its created_at; when it arrived here is noted beside it.
+        noted = {**imported.metrics.extra, IMPORTED_AT_METRIC: float(round(time.time() * 1000))}
+        model = imported.model_copy(
+            update={
+                "model_version": store.next_version(),
+                "metrics": imported.metrics.model_copy(update={"extra": noted}),
+            }
+        )
         store.publish(model)
         print(f"imported {args.path} as model v{model.model_version}")
         return 0

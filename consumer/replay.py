@@ -103,7 +103,14 @@ class ReplayResult:
     skipped: dict[int, int] = field(default_factory=dict)
     """Offsets already done before this call (committed by an earlier run), per partition."""
     read_seconds: float = 0.0
-    """Wall-clock time spent reading and applying the ranges (training excluded)."""
+    """Wall-clock time spent reading and applying the ranges (training excluded), kept
+    current while they are read."""
+
+    @property
+    def records_per_second(self) -> float | None:
+        """``records`` over ``read_seconds``: what the progress bar shows and the summary
+        prints; None before any reading."""
+        return self.records / self.read_seconds if self.read_seconds > 0 else None
 
 
 def replay_group(settings: Settings, name: str) -> str:
@@ -143,6 +150,30 @@ def shadow_settings(settings: Settings, name: str) -> Settings:
             ),
         }
     )
+
+
+def check_namespace_out(
+    settings: Settings,
+    name: str,
+    client: RedisClient | None = None,
+    pointer: PointerKeys | None = None,
+) -> tuple[Settings, RedisClient]:
+    """The settings of a replay into ``name`` (`shadow_settings`) and the Redis client, once
+    ``name`` is known to be a valid namespace other than the configured and the live one;
+    else `ConfigError`. Without ``client`` it connects, after the checks that need no server."""
+    shadow = shadow_settings(settings, name)
+    if name == settings.redis.namespace:
+        raise ConfigError(
+            f"--namespace-out {name!r} is the configured namespace (redis.namespace) that "
+            "consumers write; replay into another"
+        )
+    client = client or settings.redis.connect()
+    if name == live_namespace(client, settings.redis.namespace, pointer):
+        raise ConfigError(
+            f"--namespace-out {name!r} is the live namespace (the live pointer names it); "
+            "replay into another"
+        )
+    return shadow, client
 
 
 def plan_ranges(
@@ -207,21 +238,30 @@ def _committed(
 
 
 class _RateColumn(ProgressColumn):
-    """Events per second."""
+    """Records read and applied per second of reading so far, by this run: the rate the
+    summary prints at the end. Not rich's ``task.speed``, the average of the last 30 s (at
+    most 1,000 batches): when the pace changed (a replay at niceness 10 gets the CPU a live
+    pipeline leaves) the bar and the summary differed by any factor."""
+
+    def __init__(self, result: ReplayResult) -> None:
+        super().__init__()
+        self.result = result
 
     def render(self, task: Task) -> Text:
-        speed = task.speed
-        return Text("-- events/s" if speed is None else f"{speed:,.0f} events/s", style="cyan")
+        rate = self.result.records_per_second
+        return Text("-- records/s" if rate is None else f"{rate:,.0f} records/s", style="cyan")
 
 
-def _progress(enabled: bool) -> Progress | None:
+def _progress(enabled: bool, result: ReplayResult) -> Progress | None:
+    """The bar: records done of the planned range, this run's rate, and the time left at
+    the recent pace (rich's estimate)."""
     if not enabled:
         return None
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        _RateColumn(result),
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
@@ -257,18 +297,7 @@ def replay(
     is the configured or the live namespace, or when no record arrives for
     ``idle_timeout_seconds`` while offsets remain.
     """
-    shadow = shadow_settings(settings, name)
-    client = client or settings.redis.connect()
-    if name == settings.redis.namespace:
-        raise ConfigError(
-            f"--namespace-out {name!r} is the configured namespace (redis.namespace) that "
-            "consumers write; replay into another"
-        )
-    if name == live_namespace(client, settings.redis.namespace, pointer):
-        raise ConfigError(
-            f"--namespace-out {name!r} is the live namespace (the live pointer names it); "
-            "replay into another"
-        )
+    shadow, client = check_namespace_out(settings, name, client, pointer)
     topic = shadow.kafka.events_topic
 
     planner = create_consumer(shadow.kafka)
@@ -303,16 +332,16 @@ def replay(
     total = sum(len(r) for r in ranges)
     already = total - sum(len(t) for t in todo)
     log.info(
-        "replay into %s: %d records in %d partitions (%d done before)",
+        "replay into %s: %d records in %s (%d done before)",
         name,
         total,
-        len(ranges),
+        _count(len(ranges), "partition"),
         already,
     )
 
     pipeline = SegmentPipeline(shadow, client=client)
     remaining = {t.partition: t for t in todo if len(t)}
-    bar = _progress(progress)
+    bar = _progress(progress, result)
     task = bar.add_task(f"replay -> {name}", total=total, completed=already) if bar else None
     if bar:
         bar.start()
@@ -321,7 +350,6 @@ def replay(
             pipeline.start(
                 assignment=[TopicPartition(topic, t.partition, t.start) for t in remaining.values()]
             )
-            began = time.perf_counter()
             _read_ranges(
                 pipeline,
                 topic,
@@ -334,13 +362,14 @@ def replay(
                 task,
                 stop or threading.Event(),
             )
-            result.read_seconds = time.perf_counter() - began
     finally:
         pipeline.close()
         if bar:
             bar.stop()
     if remaining:
-        log.info("replay into %s stopped with %d partitions unfinished", name, len(remaining))
+        log.info(
+            "replay into %s stopped with %s unfinished", name, _count(len(remaining), "partition")
+        )
         return result
     if stop is not None and stop.is_set():  # read to the end, but asked to stop: train later
         log.info("replay into %s read everything; stopped before training", name)
@@ -388,6 +417,11 @@ def _mark_replayed(
         )
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 partition``, ``3 partitions``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _read_ranges(
     pipeline: SegmentPipeline,
     topic: str,
@@ -401,51 +435,59 @@ def _read_ranges(
     stop: threading.Event,
 ) -> None:
     """Process the assigned ranges to their stop offsets (``remaining`` empties as they end)
-    or until ``stop`` is set."""
+    or until ``stop`` is set, keeping ``result.records`` and ``result.read_seconds`` current
+    (the progress bar's rate reads them)."""
     consumer = pipeline.consumer
     assert consumer is not None
     batch_size = pipeline.settings.pipeline.batch_size
     timeout = pipeline.settings.pipeline.batch_timeout_ms / 1000.0
     last_progress = started = time.monotonic()
-    while remaining and not stop.is_set():
-        count = batch_size
-        if max_rate > 0:  # ahead of the allowed pace: wait until the pace catches up
-            ahead = result.records / max_rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-                last_progress = time.monotonic()  # waiting on purpose is not idleness
-            count = max(1, min(batch_size, int(max_rate / 10)))  # ~0.1 s of records at a time
-        messages = consumer.consume(count, timeout)
-        keep = []
-        for m in messages:
-            if m.error() is not None:
-                log.warning("consumer error: %s", m.error())
-                continue
-            bounds = remaining.get(m.partition() or 0)
-            offset = m.offset()
-            if bounds is not None and offset is not None and offset < bounds.stop:
-                keep.append(m)
-        if max_records:
-            keep = keep[: max(0, max_records - result.records)]
-        if keep:
-            pipeline.process(keep)
-            result.records += len(keep)
-            last_progress = time.monotonic()
-            if bar is not None and task is not None:
-                bar.advance(task, len(keep))
-        if max_records and result.records >= max_records:
-            return
-        # Done by position, not by the last offset seen: transaction markers leave gaps.
-        assigned = [TopicPartition(topic, p) for p in remaining]
-        for tp in consumer.position(assigned):
-            if tp.offset >= remaining[tp.partition].stop:
-                consumer.pause([TopicPartition(topic, tp.partition)])
-                del remaining[tp.partition]
-        if remaining and time.monotonic() - last_progress > idle_timeout_seconds:
-            raise ConfigError(
-                f"replay: no record for {idle_timeout_seconds:.0f} s with offsets left in "
-                f"partitions {sorted(remaining)} (deleted by retention?); run it again to resume"
-            )
+    try:
+        while remaining and not stop.is_set():
+            result.read_seconds = time.monotonic() - started
+            count = batch_size
+            if max_rate > 0:  # ahead of the allowed pace: wait until the pace catches up
+                ahead = result.records / max_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+                    last_progress = time.monotonic()  # waiting on purpose is not idleness
+                count = max(1, min(batch_size, int(max_rate / 10)))  # ~0.1 s of records
+            messages = consumer.consume(count, timeout)
+            keep = []
+            for m in messages:
+                if m.error() is not None:
+                    log.warning("consumer error: %s", m.error())
+                    continue
+                bounds = remaining.get(m.partition() or 0)
+                offset = m.offset()
+                if bounds is not None and offset is not None and offset < bounds.stop:
+                    keep.append(m)
+            if max_records:
+                keep = keep[: max(0, max_records - result.records)]
+            if keep:
+                pipeline.process(keep)
+                last_progress = time.monotonic()
+                result.records += len(keep)
+                result.read_seconds = last_progress - started
+                if bar is not None and task is not None:
+                    bar.advance(task, len(keep))
+            if max_records and result.records >= max_records:
+                return
+            # Done by position, not by the last offset seen: transaction markers leave gaps.
+            assigned = [TopicPartition(topic, p) for p in remaining]
+            for tp in consumer.position(assigned):
+                if tp.offset >= remaining[tp.partition].stop:
+                    consumer.pause([TopicPartition(topic, tp.partition)])
+                    del remaining[tp.partition]
+            if remaining and time.monotonic() - last_progress > idle_timeout_seconds:
+                left = ", ".join(map(str, sorted(remaining)))
+                raise ConfigError(
+                    f"replay: no record for {idle_timeout_seconds:.0f} s with offsets left in "
+                    f"{'partition' if len(remaining) == 1 else 'partitions'} {left} (deleted "
+                    "by retention?); run it again to resume"
+                )
+    finally:
+        result.read_seconds = time.monotonic() - started
 
 
 def train_on_snapshot(
@@ -660,15 +702,20 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
             f"inertia of {ns} ({c.shadow}'s scaling)", f"{c.inertia_shadow_scaling[ns]:,.1f}"
         )
     console.print(summary)
-    sizes = Table(title="segments, matched by centre")
-    for heading in (f"{c.shadow} segment", "users", f"{c.other} segment", "users", "moved >20%"):
-        sizes.add_column(heading)
+    # Left to right as a promote would go: from the other (the live) segment to the shadow's,
+    # the columns and the arrows alike.
+    sizes = Table(
+        title="segments, matched by centre",
+        caption=f"moved >20%: profile means of matched segments, {c.other} -> {c.shadow}",
+    )
+    for heading in (f"{c.other} segment", "users", f"{c.shadow} segment", "users", "moved >20%"):
+        sizes.add_column(heading, justify="right" if heading == "users" else "left")
     for pair in c.pairs:
         sizes.add_row(
-            f"{pair.shadow_id} {pair.shadow_name}" if pair.shadow_id is not None else "-",
-            f"{pair.shadow_size:,}",
             f"{pair.other_id} {pair.other_name}" if pair.other_id is not None else "-",
             f"{pair.other_size:,}",
+            f"{pair.shadow_id} {pair.shadow_name}" if pair.shadow_id is not None else "-",
+            f"{pair.shadow_size:,}",
             ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in pair.moved.items()) or "",
         )
     console.print(sizes)
@@ -703,15 +750,18 @@ def lower_own_priority(increment: int) -> int:
 
 def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg replay``: rebuild a shadow namespace from the topic, train, re-score."""
-    words = ", earliest or latest"
+    # Every argument is checked before any work: a refused command leaves no trace.
     from_ms = (
         None
         if args.from_ == "earliest"
-        else parse_epoch_ms(args.from_, option="--from", also=words)
+        else parse_epoch_ms(args.from_, option="--from", words=("earliest",))
     )
-    to_ms = None if args.to == "latest" else parse_epoch_ms(args.to, option="--to", also=words)
+    to_ms = (
+        None if args.to == "latest" else parse_epoch_ms(args.to, option="--to", words=("latest",))
+    )
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise ConfigError(f"--to {args.to} is not after --from {args.from_}: nothing to replay")
+    _, client = check_namespace_out(settings, args.namespace_out)
     niceness = lower_own_priority(args.nice)
     log.info("replay runs at niceness %d", niceness)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -738,6 +788,7 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
             max_records=args.max_events,
             max_rate=args.max_rate,
             progress=show,
+            client=client,
             stop=stop,
         )
     finally:
@@ -752,11 +803,11 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
         return 128 + signalled[0] if signalled else 0
     model = result.model
     assert model is not None
-    rate = result.records / result.read_seconds if result.read_seconds else 0.0
+    rate = result.records_per_second or 0.0
     print(
-        f"replayed {result.records} records into {args.namespace_out} "
-        f"({result.read_seconds:.1f} s, {rate:,.0f} records/s); model v"
-        f"{model.model_version} ({len(model.ids)} segments) scored {result.rescored_users} users"
+        f"replayed {result.records} records into {args.namespace_out} (read and applied in "
+        f"{result.read_seconds:.1f} s: {rate:,.0f} records/s); model v{model.model_version} "
+        f"({len(model.ids)} segments) scored {result.rescored_users} users"
     )
     print(f"next: streamseg compare {args.namespace_out}; streamseg promote {args.namespace_out}")
     return 0

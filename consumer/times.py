@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from consumer.exceptions import ConfigError
@@ -10,9 +11,10 @@ from consumer.exceptions import ConfigError
 MAX_EPOCH_MS = 253_402_300_799_999
 
 
-def parse_epoch_ms(text: str, *, option: str, also: str = "") -> int:
+def parse_epoch_ms(text: str, *, option: str, words: Sequence[str] = ()) -> int:
     """Epoch milliseconds, or an ISO-8601 date or date-time (UTC unless zoned), in
-    0..`MAX_EPOCH_MS`. ``also`` names further words the option takes, for the error.
+    0..`MAX_EPOCH_MS`. ``words`` are the further words this option takes (``("latest",)``
+    for ``--to``), which the caller handles: the error lists them and no others.
 
     A negative time is refused rather than passed on: Kafka reads -1 and -2 as "latest" and
     "earliest".
@@ -28,8 +30,9 @@ def parse_epoch_ms(text: str, *, option: str, also: str = "") -> int:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
+            accepted = ["epoch milliseconds", "ISO-8601", *words]
             raise ConfigError(
-                f"{option} {text!r}: not epoch milliseconds or ISO-8601{also}"
+                f"{option} {text!r}: not {', '.join(accepted[:-1])} or {accepted[-1]}"
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)

@@ -4,6 +4,8 @@ deleting the older ones in its own transaction; rollback to a pruned version say
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,50 @@ def test_the_trainer_and_the_model_command_pass_the_setting(
     assert "oldest kept version is 4" in err and "trainer.model_history_versions" in err
     assert main([*base, "rollback", "4"]) == 0
     assert ModelStore(redis_client, keys).current_version() == 4
+
+
+def test_model_list_is_readable_and_shows_when_a_model_was_imported(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """It printed ``inertia=698.2606954881032``, and an imported model kept its own
+    ``created_at`` only, so v2 (imported today) looked older than v1."""
+    keys = KeyLayout(namespace)
+    trained = small_model()
+    ModelStore(redis_client, keys).publish(trained)  # a document from before imports were noted
+    old = small_model(seed=1).model_copy(
+        update={"created_at": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)}
+    )
+    path = tmp_path / "old.json"
+    path.write_bytes(old.to_json())
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    base = ["--namespace", namespace, "model"]
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert main([*base, "import", str(path)]) == 0
+    capsys.readouterr()
+
+    assert main([*base, "list"]) == 0
+    imported, first = capsys.readouterr().out.splitlines()
+    assert imported.startswith("* v2 ") and "created 2024-01-02T03:04:05Z" in imported
+    when = re.search(r"imported (\S+)", imported)
+    assert when is not None, imported
+    assert before <= datetime.fromisoformat(when[1]) <= datetime.now(UTC)
+    assert first.startswith("  v1 ") and "imported" not in first
+    assert trained.metrics.inertia == pytest.approx(1647.745)
+    assert "inertia=1,648" in first
+    assert f"rows={trained.metrics.n_rows:,}" in first
+    assert not re.search(r"\d\.\d{5,}", imported + first)  # no float at full precision
+
+    # The note is in the stored document, which any reader (and an older one) still loads.
+    stored = ModelStore(redis_client, keys).load(2)
+    assert stored.created_at == old.created_at
+    assert stored.centers == old.centers
+    assert main([*base, "show", "2"]) == 0
+    assert "imported " in capsys.readouterr().out.splitlines()[0]
 
 
 def test_an_import_names_what_is_wrong_with_the_file_before_asking_redis(

@@ -410,6 +410,50 @@ def test_the_commands_replay_compare_promote_and_drop(
         redis_client.srem(pointer.registry, first, second)
 
 
+def test_the_progress_bar_and_the_summary_state_one_rate(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bar showed rich's speed (the last 30 s, at most 1,000 batches) as events/s, the
+    summary the whole reading's average as records/s: 15,324 and 47,903 for one replay whose
+    pace changed. Both now show records read and applied per second of reading. And one
+    partition is one partition, not "1 partitions"."""
+    topic = new_topic(partitions=1)
+    produce(kafka_bootstrap, topic, as_records(make_events(1500, users=120, seed=8)))
+    for name, value in {
+        "KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA__EVENTS_TOPIC": topic,
+        "KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+        "KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "KAFKA__GROUP_ID": f"g-{topic}",
+        "REDIS__URL": redis_url,
+        "REDIS__NAMESPACE": namespace,
+        "TRAINER__N_CLUSTERS": "4",
+    }.items():
+        monkeypatch.setenv(f"STREAMSEG_{name}", value)
+    shadow = f"{namespace}-r"
+    argv = ["replay", "--from", "earliest", "--namespace-out", shadow, "--nice", "0"]
+    try:
+        assert main([*argv, "--max-events", "500", "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert "1500 records in 1 partition (0 done before)" in err
+        assert "stopped with 1 partition unfinished" in err
+        assert main([*argv, "--progress"]) == 0
+    finally:
+        redis_client.srem(PointerKeys().registry, shadow)  # the command's real registry
+    out, err = capsys.readouterr()
+    summary = re.search(r"replayed 1000 records .*?([\d,]+) records/s", out)
+    assert summary is not None, out
+    bar = re.findall(r"([\d,]+) records/s", err)
+    assert bar and bar[-1] == summary[1], (err, out)
+    assert "events/s" not in err
+
+
 def _thread_niceness(pid: int) -> list[int]:
     """The niceness of every thread of process ``pid``, from Linux's /proc."""
     values = []
@@ -530,18 +574,35 @@ def test_a_replay_of_an_empty_range_is_refused_and_registers_nothing(
 def test_replay_arguments_are_checked_before_any_work(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Nothing is done for a command refused: a bad --namespace-out was refused only after the
+    replay had lowered its priority (here the test session's) and logged its niceness."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
     with pytest.raises(SystemExit):
         main(["replay", "--from", "earliest", "--namespace-out", "x", "--n-clusters", "0"])
     assert "argument --n-clusters: '0' must be 2-64" in capsys.readouterr().err
     argv = ["replay", "--from", "2026-11-02", "--to", "2026-11-01", "--namespace-out", "x"]
     assert main(argv) == 2
     assert "--to 2026-11-01 is not after --from 2026-11-02" in capsys.readouterr().err
+    # Each option's error lists the words that option takes, not the other's.
+    assert main(["replay", "--from", "earliest", "--to", "earliest", "--namespace-out", "x"]) == 2
+    assert "--to 'earliest': not epoch milliseconds, ISO-8601 or latest" in (
+        capsys.readouterr().err
+    )
+    assert main(["replay", "--from", "latest", "--namespace-out", "x"]) == 2
+    assert "--from 'latest': not epoch milliseconds, ISO-8601 or earliest" in (
+        capsys.readouterr().err
+    )
     assert main(["replay", "--from", "earliest", "--namespace-out", "a:b{c}"]) == 2
-    assert "--namespace-out 'a:b{c}': must be 1-64 characters" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--namespace-out 'a:b{c}': must be 1-64 characters" in err
+    assert "niceness" not in err
     # The configured namespace is not called live (the pointer may name another).
-    argv = ["--namespace", "shop", "replay", "--from", "earliest", "--nice", "0"]
+    argv = ["--namespace", "shop", "replay", "--from", "earliest"]
     assert main([*argv, "--namespace-out", "shop"]) == 2
-    assert "'shop' is the configured namespace (redis.namespace)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'shop' is the configured namespace (redis.namespace)" in err
+    assert "niceness" not in err
+    assert os.getpriority(os.PRIO_PROCESS, 0) == niceness
 
 
 def test_the_first_promote_can_be_rolled_back_to_the_configured_namespace(

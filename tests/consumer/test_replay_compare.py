@@ -1,0 +1,47 @@
+"""``streamseg compare``'s tables, as a user reads them (no servers: a comparison by hand)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from consumer.replay import Comparison, SegmentPair, print_comparison
+
+
+def test_moved_fields_read_in_the_order_of_the_columns() -> None:
+    """The columns read shadow | live while the arrows read live -> shadow: a user took
+    "revenue 100->150" for the shadow's 100. Columns and arrows now run the same way, and a
+    legend says what the arrow means."""
+    comparison = Comparison(
+        shadow="retrain1",
+        other="shop",
+        common_users=30,
+        compared_users=30,
+        pairs=[
+            SegmentPair(
+                shadow_id=7,
+                shadow_name="champions",
+                shadow_size=10,
+                other_id=2,
+                other_name="loyal",
+                other_size=12,
+                moved={"mean_net_revenue": (100.0, 150.0)},  # (other, shadow)
+            ),
+            SegmentPair(8, "window shoppers", 20, 3, "window shoppers", 18, {}),
+        ],
+        change_share=0.1,
+        adjusted_rand=0.8,
+        inertia_own_scaling={"retrain1": 10.0, "shop": 12.0},
+        inertia_shadow_scaling={"retrain1": 10.0, "shop": 12.5},
+    )
+    out = io.StringIO()
+    print_comparison(comparison, Console(file=out, width=200))
+    text = out.getvalue()
+    header = next(line for line in text.splitlines() if "shop segment" in line)
+    assert header.index("shop segment") < header.index("retrain1 segment")
+    row = next(line for line in text.splitlines() if "champions" in line)
+    assert row.index("2 loyal") < row.index("7 champions")
+    assert "mean_net_revenue 100->150" in row  # the left (shop) column's value first
+    legend = text.rstrip().splitlines()[-1]
+    assert "moved >20%" in legend and "shop -> retrain1" in legend
