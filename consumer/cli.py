@@ -99,7 +99,8 @@ _STATUS_EPILOG = """\
 Examples:
   streamseg status
   streamseg --namespace r1 status --json | jq .segments
-Exit status 2 when Redis or Kafka does not answer.
+Exit status 2 when Redis or Kafka does not answer (what Redis holds is printed first
+when only Kafka is silent) or the namespace holds no data.
 """
 
 _LOOKUP_EPILOG = """\

@@ -12,7 +12,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 
 from consumer.exceptions import StreamsegError
-from consumer.settings import REDIS_ERRORS
+from consumer.settings import PERCENT_ENCODINGS, REDIS_ERRORS, RedisCredentialsError
 
 # Exceptions that `describe_failure` turns into one line; anything else is a bug and keeps
 # its traceback.
@@ -28,8 +28,10 @@ def describe_failure(exc: BaseException) -> str:
     """The one-line message for one of `REPORTED_ERRORS`, naming the setting at fault."""
     if isinstance(exc, StreamsegError):
         return str(exc)
-    if isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)):
-        # An ACL user without a command or key it needs, or a wrong password: not an outage.
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return _credentials_refused(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        # An ACL user without a command or key it needs: not an outage.
         return f"Redis (redis.url) refused: {exc}"
     if isinstance(exc, REDIS_ERRORS):
         # A command that needs Redis and cannot get it (once started, run and train wait
@@ -50,6 +52,32 @@ def describe_failure(exc: BaseException) -> str:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         return f"{where}{exc.strerror or exc}"
     raise TypeError(f"not a reported error: {type(exc).__name__}")
+
+
+#: What Redis answers a client that sent no password where one is needed: NOAUTH to a
+#: command (RESP2), or to the HELLO that opens a RESP3 connection.
+_NO_PASSWORD_SENT = ("NOAUTH", "Authentication required", "HELLO must be called with the client")
+
+
+def _credentials_refused(exc: redis.exceptions.AuthenticationError) -> str:
+    """A password Redis wanted and did not get, or refused (WRONGPASS); the server's
+    address when `RedisSettings.connect` made the connection (a `RedisCredentialsError`).
+    Redis' own reply never holds the password, nor does this message."""
+    address = exc.address if isinstance(exc, RedisCredentialsError) else None
+    text = str(exc)
+    code: str | None = getattr(exc, "status_code", None)  # the reply's prefix: NOAUTH, WRONGPASS
+    if code == "NOAUTH" or text.startswith(_NO_PASSWORD_SENT):
+        where = f"Redis at {address}" if address else "Redis"
+        return (
+            f"{where} requires a password: put it in redis.url (redis://:PASSWORD@host:port/0, "
+            "or user:password for an ACL user; percent-encode reserved characters)"
+        )
+    said = ", ".join(filter(None, [code, f"Redis at {address}" if address else ""]))
+    return (
+        f"Redis (redis.url) refused: {text.rstrip('.')}{f' ({said})' if said else ''}: check "
+        f"the user name and password; percent-encode reserved characters in them "
+        f"({PERCENT_ENCODINGS}), which redis-py decodes"
+    )
 
 
 def report_failure(args: argparse.Namespace, message: str) -> int:

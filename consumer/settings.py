@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 from redis.cluster import RedisCluster
-from redis.connection import parse_url
+from redis.connection import AbstractConnection, parse_url
 from redis.exceptions import RedisClusterException
 
 from consumer.exceptions import ConfigError
@@ -52,6 +52,57 @@ _OTHER_VARIABLES = frozenset({"STREAMSEG_CACHE_DIR"})
 #: What a Redis that does not answer raises: redis-py's errors, and the cluster client's own
 #: (a `RedisClusterException` is not a `redis.RedisError`).
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+#: How a password with reserved characters goes into ``redis.url``: redis-py decodes the
+#: user name and password of the URL (``urllib.parse.unquote``).
+PERCENT_ENCODINGS = "@ as %40, / as %2F, # as %23, ? as %3F, : as %3A, % as %25"
+PASSWORD_ENCODING_HINT = (
+    f"percent-encode reserved characters in the user name and password ({PERCENT_ENCODINGS}), "
+    "which redis-py decodes"
+)
+
+
+class RedisCredentialsError(redis.exceptions.AuthenticationError):
+    """Redis refused the credentials of a connection that `RedisSettings.connect` made, or
+    wanted some and got none. redis-py's own error names no server; this one keeps its
+    ``address`` (``host:port``, or the socket's path) for the message that
+    `consumer.failures.describe_failure` builds. Never the password."""
+
+    def __init__(self, cause: redis.exceptions.AuthenticationError, address: str) -> None:
+        super().__init__(*cause.args)
+        self.status_code: str | None = getattr(cause, "status_code", None)  # NOAUTH, WRONGPASS
+        self.address = address
+
+
+def _handshake_naming_the_server(connection: AbstractConnection) -> None:
+    """redis-py's handshake of a new connection (HELLO or AUTH, SELECT, ...), a refusal
+    raised as `RedisCredentialsError`."""
+    try:
+        connection.on_connect()
+    except redis.exceptions.AuthenticationError as exc:
+        path = getattr(connection, "path", None)
+        host, port = getattr(connection, "host", "?"), getattr(connection, "port", "?")
+        address = path or (f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}")
+        raise RedisCredentialsError(exc, str(address)) from None
+
+
+def _holds_credentials(url: str) -> bool:
+    """True when a Redis URL may hold a password: userinfo (any '@') or a query option."""
+    return "@" in url or re.search(r"(?i)[?&](user(name)?|password)=", url) is not None
+
+
+def _userinfo_cut_short(url: str) -> bool:
+    """True when an '@' follows the host of a ``redis://`` or ``rediss://`` URL.
+
+    The userinfo ends at the last '@' before the first '/', '?' or '#'; an '@' after that
+    is a password that one of these characters cut short. redis-py would connect without
+    the rest of it, or to a host or database made of its pieces.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False  # not a URL at all: refused as such
+    after_host = f"{parts.path}{parts.query}{parts.fragment}"
+    return parts.scheme in ("redis", "rediss") and "@" in after_host
 
 
 # One entry of kafka.bootstrap_servers: [protocol://]host[:port], host a name, an IPv4
@@ -183,42 +234,65 @@ class RedisSettings(BaseModel):
         if self.tls_cert_file and self.tls_key_file:
             tls["ssl_certfile"] = self.tls_cert_file
             tls["ssl_keyfile"] = self.tls_key_file
-        factory = RedisCluster.from_url if self.cluster else redis.Redis.from_url
-        return factory(
+        if self.cluster:
+            # The cluster client runs its own handshake before any hook: its refusals name
+            # no server.
+            return RedisCluster.from_url(
+                self.url.get_secret_value(),
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                **tls,
+            )
+        return redis.Redis.from_url(
             self.url.get_secret_value(),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            redis_connect_func=_handshake_naming_the_server,
             **tls,
         )
 
     @field_validator("url")
     @classmethod
     def _valid_url(cls, value: SecretStr) -> SecretStr:
-        # The message never repeats the URL: it may hold a password.
+        url = value.get_secret_value()
+        # Nothing of a URL that holds credentials is repeated: a '/', '?' or '#' left
+        # unencoded in its password moves where the host, path or query seem to start, so any
+        # part of it may be a piece of the password.
+        secret = _holds_credentials(url)
+        hidden = (
+            f"(the value is not shown: it holds a password; {PASSWORD_ENCODING_HINT})"
+            if secret
+            else "(the value is not shown: it may hold a password)"
+        )
+        if _userinfo_cut_short(url):
+            raise ValueError(
+                "an '@' after the host: a '/', '?' or '#' in the user name or password (or an "
+                f"'@' in a query value) is not percent-encoded; {PASSWORD_ENCODING_HINT} (the "
+                "value is not shown: it holds a password)"
+            )
         try:
-            parse_url(value.get_secret_value())
+            parts = urlsplit(url)
+            parse_url(url)
         except ValueError:
             raise ValueError(
                 "not a Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS) "
-                "or unix:///path/to/socket (the value is not shown: it may hold a password)"
+                f"or unix:///path/to/socket {hidden}"
             ) from None
-        url = urlsplit(value.get_secret_value())
-        if url.scheme in ("redis", "rediss") and not re.fullmatch(r"/?(\d+)?", url.path):
+        if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?(\d+)?", parts.path):
             # redis-py reads a path that is not a number as database 0, silently.
             raise ValueError(
-                f"the database after the host must be a number (redis://host:port/2), got "
-                f"{url.path!r}"
+                "the database after the host must be a number, as in redis://host:port/2 "
+                + (hidden if secret else f"(got {parts.path!r})")
             )
         try:
             # Query options become connection arguments: an unknown one failed only at the
             # first command, with a TypeError. Making a connection object does not connect.
-            redis.Redis.from_url(value.get_secret_value()).connection_pool.make_connection()
+            redis.Redis.from_url(url).connection_pool.make_connection()
         except TypeError as exc:
             option = re.search(r"argument '(\w+)'", str(exc))
-            name = option.group(1) if option else "?"
+            name = "" if secret or option is None else f": {option.group(1)}"
             raise ValueError(
-                f"the URL's query has an option redis-py does not know: {name} (the value is "
-                "not shown: it may hold a password)"
+                f"the URL's query has an option redis-py does not know{name} {hidden}"
             ) from None
         return value
 

@@ -24,14 +24,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from consumer.exceptions import ServerUnavailableError
+from consumer.exceptions import ConfigError
+from consumer.failures import report_failure
 from consumer.kafka_clients import consumer_config
 from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
-from consumer.namespaces import live_namespace
+from consumer.namespaces import known_namespaces, live_namespace
 from consumer.redis_keys import KeyLayout
-from consumer.settings import RedisClient, Settings
+from consumer.settings import RedisClient, RedisSettings, Settings
 from consumer.state_store import StateStore
 
 if TYPE_CHECKING:
@@ -138,8 +139,18 @@ class ConsumerHeartbeat:
 
 
 def deployment_status(settings: Settings, *, client: RedisClient | None = None) -> dict[str, Any]:
-    """Everything `status` prints, as a JSON-able dict (times in epoch seconds)."""
-    client = client or settings.redis.connect()
+    """Everything `status` prints, as a JSON-able dict (times in epoch seconds).
+
+    A Kafka that does not answer, or refuses, does not hide what Redis holds: ``lag`` is then
+    None and ``kafka_error`` says why (it is None otherwise).
+    """
+    status = _redis_status(settings, client or settings.redis.connect())
+    status.update(_kafka_status(settings))
+    return status
+
+
+def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
+    """The part of `deployment_status` that Redis holds."""
     keys = KeyLayout(settings.redis.namespace)
     model = ModelStore(client, keys).load_current()
     store = StateStore(client, keys)
@@ -161,10 +172,28 @@ def deployment_status(settings: Settings, *, client: RedisClient | None = None) 
         "trainer_active": bool(client.exists(keys.trainer_lease)),
         "segments": segments,
         "counters": counters,
-        "lag": group_lag(settings),
         "consumers": consumers,
         "heartbeat_seconds": settings.observability.heartbeat_seconds,
     }
+
+
+def _kafka_status(settings: Settings) -> dict[str, Any]:
+    """``lag`` (`group_lag`) and ``kafka_error``: None, or the line that says why Kafka gave
+    no lag, naming its address as ``run`` does."""
+    try:
+        return {"lag": group_lag(settings, timeout=KAFKA_TIMEOUT_SECONDS), "kafka_error": None}
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        code = error.code() if isinstance(error, KafkaError) else None
+        if code == KafkaError._INVALID_ARG:
+            raise  # the client settings themselves: the CLI's line names kafka.extra
+        verb = "did not answer" if code in _UNANSWERED else "refused"
+        text = error.str() if isinstance(error, KafkaError) else str(error)
+        servers = settings.kafka.bootstrap_servers
+        return {
+            "lag": None,
+            "kafka_error": f"Kafka at {servers} (kafka.bootstrap_servers) {verb}: {text}",
+        }
 
 
 def _read_heartbeats(client: RedisClient, keys: KeyLayout) -> dict[str, HeartbeatRecord]:
@@ -222,6 +251,9 @@ def group_lag(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]
         reader.close()
 
 
+#: How long `status` waits for each answer of Kafka (seconds): a broker that answers at all
+#: does so within milliseconds, and what Redis holds is printed after it.
+KAFKA_TIMEOUT_SECONDS = 5.0
 #: Kafka errors of a broker that did not answer (others, such as an authorisation error, are
 #: the broker refusing).
 _UNANSWERED = frozenset(
@@ -272,7 +304,9 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
     lines += ["", "counters"]
     lines += [f"  {k:<32} {v:>12}" for k, v in status["counters"].items()] or ["  (none yet)"]
     lines += ["", "consumer group lag (committed vs high watermark)"]
-    if status["lag"]:
+    if status.get("kafka_error"):
+        lines.append(f"  {status['kafka_error']}")
+    elif status["lag"]:
         lines.append(f"  {'partition':<28} {'committed':>12} {'high':>12} {'lag':>10}")
         for row in status["lag"]:
             committed = "-" if row["committed"] is None else row["committed"]
@@ -306,16 +340,67 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg status``: print the deployment's state (``--json`` for machines)."""
-    try:
-        status = deployment_status(settings)
-    except KafkaException as exc:  # Redis errors: the CLI's one line, as for every command
-        error = exc.args[0] if exc.args else exc
-        code = error.code() if isinstance(error, KafkaError) else None
-        verb = "did not answer" if code in _UNANSWERED else "refused"
-        raise ServerUnavailableError(f"Kafka (kafka.bootstrap_servers) {verb}: {error}") from None
+    """``streamseg status``: print the deployment's state (``--json`` for machines).
+
+    Exit status 2 (after printing what Redis holds) when Kafka does not answer, and without
+    printing anything when the namespace holds no data and is not a known one (a misspelt
+    ``--namespace``); Redis errors are the CLI's one line, as for every command.
+    """
+    client = settings.redis.connect()
+    status = _redis_status(settings, client)
+    if _holds_nothing(status):
+        _refuse_unknown_namespace(client, status["namespace"])
+    status.update(_kafka_status(settings))
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render_status(status))
+        print(render_status(status), flush=True)  # before the error line, on a terminal too
+    if status["kafka_error"]:
+        return report_failure(args, status["kafka_error"])
     return 0
+
+
+def _holds_nothing(status: Mapping[str, Any]) -> bool:
+    """True when Redis holds nothing of the namespace: no model, counter, segment size,
+    heartbeat or trainer lease."""
+    return not (
+        status["model_version"]
+        or status["counters"]
+        or status["segments"]
+        or status["consumers"]
+        or status["trainer_active"]
+    )
+
+
+def _refuse_unknown_namespace(client: RedisClient, namespace: str) -> None:
+    """Raise `ConfigError` naming the known namespaces, unless ``namespace`` is one: a
+    registered (replayed into), live or previous namespace without a model yet is a cold start,
+    not a misspelling."""
+    try:
+        known = known_namespaces(client)
+    except redis.exceptions.NoPermissionError:  # the least-privilege user reads its own keys
+        raise ConfigError(
+            f"namespace {namespace!r} holds no data (known namespaces: not readable by this "
+            "Redis user): check --namespace or redis.namespace"
+        ) from None
+    if namespace in known:
+        return
+    default = RedisSettings.model_fields["namespace"].default
+    if default != namespace and _written(client, KeyLayout(default)):
+        known = sorted({*known, default})
+    raise ConfigError(
+        f"namespace {namespace!r} holds no data (known namespaces: {', '.join(known) or 'none'})"
+        ": check --namespace or redis.namespace"
+    )
+
+
+def _written(client: RedisClient, keys: KeyLayout) -> bool:
+    """True when a pipeline or trainer has written namespace ``keys.namespace`` (one EXISTS
+    per key: on a cluster they sit in different slots)."""
+    try:
+        return any(
+            client.exists(key)
+            for key in (keys.model_current, keys.counters, keys.segment_sizes, keys.consumers)
+        )
+    except redis.exceptions.NoPermissionError:
+        return False

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from consumer.exceptions import ConfigError
 from consumer.settings import load_settings
+from devstack.redis_server import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -103,14 +105,75 @@ def test_a_bad_redis_url_is_named_without_its_password(
 def test_an_unknown_option_in_the_redis_url_is_named_at_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`?foo=bar` passed validation and failed at the first command with a TypeError."""
+    """`?foo=bar` passed validation and failed at the first command with a TypeError. The
+    option is named only when the URL holds no password."""
     monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://svc:s3cretPW@redis:6379/0?foo=s3cretPW")
     with pytest.raises(ConfigError) as caught:
         load_settings()
     said = str(caught.value)
-    assert "redis.url: " in said and "does not know: foo" in said and "s3cretPW" not in said
+    assert "redis.url: " in said and "does not know" in said
+    assert "s3cretPW" not in said and "foo" not in said
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://redis:6379/0?foo=1")
+    refused("the URL's query has an option redis-py does not know: foo")
     monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://redis:6379/0?socket_timeout=3")
     load_settings()
+
+
+# Each piece between reserved characters is distinctive: none may appear in a message.
+_PASSWORD = "Kq7v@Zx9w/Pm4t:Hy2b#Rj6n?Lc3s%Gd8f"
+_PIECES = re.split(r"[@/:#?%]", _PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Kq7v@Zx9w/Pm4t:Hy2b@127.0.0.1:46379/0",  # the report: '@' and '/' unencoded
+        "redis://:Kq7v#Zx9w@127.0.0.1:46379/0",
+        "redis://:Kq7v?Zx9w@127.0.0.1:46379/0",
+        "redis://:4679#Zx9w@127.0.0.1:46379/0",  # read as a port: localhost:4679, no password
+        "redis://:4679?Zx9w@127.0.0.1:46379/0",
+        "redis://Kq7v:Zx9w/Pm4t@127.0.0.1:46379/0",
+        f"rediss://streamseg:{_PASSWORD}@127.0.0.1:46379/0",
+        "redis://:Kq7v@127.0.0.1:46379/Zx9w",
+        "redis://:Kq7v@127.0.0.1:46379/0?Zx9w=1",
+        "redis://:Kq7v[Zx9w@127.0.0.1:46379/0",
+    ],
+)
+def test_a_redis_url_with_a_password_is_refused_without_any_part_of_it(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unencoded '/', '?' or '#' in the password moved where the host and the database
+    seemed to start: the message showed '/p:w@127.0.0.1:46379/0', half the password."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert said.startswith("invalid settings: redis.url: ")
+    assert not [piece for piece in [*_PIECES, "127.0.0.1", "46379"] if piece in said], said
+    assert "percent-encode reserved characters" in said
+    for encoded in ("@ as %40", "/ as %2F", "# as %23", "? as %3F", ": as %3A"):
+        assert encoded in said
+
+
+@pytest.mark.redis
+def test_a_percent_encoded_password_logs_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the refusal tells the user to write works: redis-py decodes the user name and the
+    password, for the default user and for an ACL user."""
+    user, user_password = "app:1@x", "Zx9w#" + _PASSWORD[::-1]
+    with RedisServer(password=_PASSWORD, acl_users=[f"{user} on >{user_password} ~* +@all"]) as (
+        server
+    ):
+        for name, password in ((None, _PASSWORD), (user, user_password)):
+            credentials = f"{quote(name, safe='') if name else ''}:{quote(password, safe='')}"
+            url = f"redis://{credentials}@127.0.0.1:{server.port}/0"
+            assert "%40" in url and "%2F" in url and "%23" in url and "%3F" in url
+            monkeypatch.setenv("STREAMSEG_REDIS__URL", url)
+            client = load_settings().redis.connect()
+            try:
+                assert client.ping()
+                assert client.acl_whoami() in (name or "default", (name or "default").encode())
+            finally:
+                client.close()
 
 
 @pytest.mark.parametrize("servers", ["", " , ", "broker:notaport", "broker:0", "broker:70000"])

@@ -1,9 +1,16 @@
-"""`streamseg status` text: what an operator reads off it (pure: no servers)."""
+"""`streamseg status`: what an operator reads off it, also when a server or the namespace is
+not what they expected."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.status import RETIRED, STALE, render_status
 
 
@@ -49,3 +56,68 @@ def test_a_namespace_the_live_pointer_moved_from_points_at_the_live_one() -> Non
     assert text.splitlines()[0] == "namespace      shop (the live pointer names retrain1)"
     assert "streamseg --namespace retrain1 status" in text
     assert "no consumer running" not in text
+
+
+def test_a_kafka_that_did_not_answer_takes_the_place_of_the_lag() -> None:
+    error = (
+        "Kafka at 127.0.0.1:1 (kafka.bootstrap_servers) did not answer: Broker transport failure"
+    )
+    consumers = {"m": {"host": "vm", "pid": 1, "seen_at": 1.0, "last_batch_at": None}}
+    text = render_status(status_of(lag=None, kafka_error=error, consumers=consumers), now=2.0)
+    lag = text.split("consumer group lag")[1].splitlines()
+    assert lag[1] == f"  {error}" and "events topic not found" not in text
+    assert "vm:1" in text  # the heartbeats are Redis': still there
+
+
+@pytest.fixture
+def servers(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main()` in-process against the session's Redis and a Kafka that does not answer."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens
+
+
+@pytest.mark.usefixtures("servers")
+def test_status_shows_what_redis_holds_when_kafka_does_not_answer(
+    namespace: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It waited 12 s and printed only `Kafka (kafka.bootstrap_servers) did not answer`."""
+    redis_client.hset(KeyLayout(namespace).counters, mapping={"records": 1234})
+    began = time.monotonic()
+    assert main(["--namespace", namespace, "status"]) == 2
+    assert time.monotonic() - began < 10
+    out, err = capsys.readouterr()
+    assert "records" in out and "1234" in out
+    said = "Kafka at 127.0.0.1:1 (kafka.bootstrap_servers) did not answer"
+    assert f"  {said}" in out and f"streamseg: error: {said}" in err
+
+
+@pytest.mark.usefixtures("servers")
+def test_a_namespace_that_holds_nothing_is_not_shown_as_a_cold_start(
+    namespace: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt --namespace looked like a deployment waiting for its trainer."""
+    redis_client.hset(KeyLayout(f"{namespace}-real").counters, mapping={"records": 1})
+    registry = PointerKeys().registry
+    redis_client.sadd(registry, f"{namespace}-real")
+    try:
+        assert main(["--namespace", f"{namespace}-nosuch", "status"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "cold start" not in err
+        assert f"streamseg: error: namespace '{namespace}-nosuch' holds no data" in err
+        assert f"{namespace}-real" in err.split("(known namespaces: ")[1]
+    finally:
+        redis_client.srem(registry, f"{namespace}-real")
+
+
+@pytest.mark.usefixtures("servers")
+def test_a_registered_namespace_without_a_model_is_a_cold_start(
+    namespace: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = PointerKeys().registry
+    redis_client.sadd(registry, namespace)  # a replay registered it; nothing written yet
+    try:
+        assert main(["--namespace", namespace, "status"]) == 2  # Kafka does not answer
+    finally:
+        redis_client.srem(registry, namespace)
+    out, err = capsys.readouterr()
+    assert "none (cold start: waiting for the trainer)" in out and "holds no data" not in err
