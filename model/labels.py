@@ -52,11 +52,11 @@ Non-buyers:
 3. engagement high                                   -> "engaged browsers"
 4. otherwise                                         -> "inactive"
 
-Equal names are made unique deterministically. A segment that had a name in the previous model
-(same segment id) and still gets the same rule keeps that name, suffix included; the others, in
-tier order (then position), take the plain name if no segment holds it, else the smallest free
-" (2)", " (3)", ... Without a previous model: the first keeps the name, the next ones get " (2)",
-" (3)", ...
+Equal names are made unique deterministically. Among segments that share a name, one that had
+that name in the previous model (same segment id, same rule) keeps it, suffix included; the
+others, in tier order (then position), take the plain name if no segment holds it, else the
+smallest free " (2)", " (3)", ... Without a previous model: the first keeps the name, the next
+ones get " (2)", " (3)", ... A name only one segment gets is plain.
 """
 
 from __future__ import annotations
@@ -308,16 +308,18 @@ def deduplicate_names(
     """Make names unique: following ``order``, repeats get " (2)", " (3)", ...
 
     ``previous`` holds, by position, the name the same segment id had in the previous model
-    (None for a new id). A segment whose rule gives the same name again keeps its previous
-    name, suffix included, so a " (2)" does not move to another id when value scores shift;
-    the others take the plain name or the smallest free suffix.
+    (None for a new id). While several segments share a name, one whose rule gives that name
+    again keeps its previous name, suffix included, so a " (2)" does not move to another id
+    when value scores shift; the others take the plain name or the smallest free suffix. A
+    name no other segment shares is plain: no " (2)" without its first.
     """
     positions = np.asarray(order, dtype=np.intp).tolist()
     out: list[str | None] = [None] * len(names)
     taken: set[str] = set()
+    shared = {name for name in names if names.count(name) > 1}
     for pos in positions if previous is not None else []:
         before = previous[pos] if previous is not None else None
-        if before is None or before in taken:
+        if before is None or before in taken or names[pos] not in shared:
             continue
         suffixed = _SUFFIX.match(before)
         if (suffixed.group("base") if suffixed else before) == names[pos]:

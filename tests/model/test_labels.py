@@ -125,6 +125,11 @@ def test_a_numbered_name_stays_with_its_segment_id_when_value_order_flips() -> N
     ]
     was_loyal = ["loyal (2)", *before[1:]]
     assert name_segments(centres, FEATURES, previous_names=was_loyal)[0] == before
+    # Once no other segment shares it, a numbered name is plain again.
+    alone, _, _ = name_segments(
+        np.vstack([stronger, CENTRES[1:]]), FEATURES, previous_names=before[:1] + before[2:]
+    )
+    assert alone[0] == "champions"
 
 
 def test_names_stay_unique_whatever_the_previous_names() -> None:
