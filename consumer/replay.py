@@ -498,20 +498,26 @@ def train_on_snapshot(
     Deterministic for one snapshot and ``config.seed``.
     """
     X = snapshot.features[np.isfinite(snapshot.features).all(axis=1)]
-    if len(X) <= config.n_clusters:
-        raise ConfigError(
-            f"namespace {store.keys.namespace!r} has {len(X)} users with features: too few "
-            f"for {config.n_clusters} segments"
-        )
-    preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
-    Z = preprocessor.transform(X)
     segmenter = StreamingSegmenter(
         n_clusters=config.n_clusters,
         half_life_batches=config.half_life_batches,
         n_init=5,
         new_id_distance=config.new_id_distance,
         random_state=config.seed,
-    ).fit(Z)
+    )
+    needed = segmenter.fit_rows_needed()
+    if len(X) < needed:
+        # Checked here, not by fit: its message speaks of rows and samples, not of users
+        # and the option that changes the need.
+        raise ConfigError(
+            f"namespace {store.keys.namespace!r} has {len(X)} users with features: "
+            f"{config.n_clusters} segments need at least {needed} (max(10 x segments, "
+            f"{segmenter.min_fit_rows})); what was read stays: run the same replay again "
+            "with fewer --n-clusters to train on it"
+        )
+    preprocessor = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit(X)
+    Z = preprocessor.transform(X)
+    segmenter.fit(Z)
     positions = segmenter.predict(Z)
     centers = preprocessor.inverse_transform(segmenter.cluster_centers_)
     labels = label_segments(centers, X, positions, FEATURE_NAMES)

@@ -571,6 +571,23 @@ def test_a_replay_of_an_empty_range_is_refused_and_registers_nothing(
     assert not redis_client.sismember(pointer.registry, shadow)
 
 
+def test_a_replay_with_too_few_users_for_its_segments_says_so_and_trains_when_asked_for_fewer(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+) -> None:
+    """The check was "more users than segments", but the fit needs max(10 x K, 100) rows: a
+    small import read the whole topic, then failed in the fit with a message about rows."""
+    settings, _, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace, 300)
+    shadow = f"{namespace}-small"
+    with pytest.raises(ConfigError, match=r"20 segments need at least 200 \(max\(10 x segments"):
+        replay(settings, shadow, n_clusters=20, pointer=pointer)
+    result = replay(settings, shadow, n_clusters=4, pointer=pointer)  # resumes: nothing to read
+    assert result.complete and result.records == 0
+    assert result.model is not None and len(result.model.ids) == 4
+
+
 def test_replay_arguments_are_checked_before_any_work(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
