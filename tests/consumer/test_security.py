@@ -59,7 +59,7 @@ def redis_acl_rule(user: str, password: str, namespace: str) -> str:
         "%R~streamseg:live-namespace "
         "resetchannels -@all "
         "+ping +get +mget +set +mset +multi +exec +hget +hmget +hgetall +hset +hdel "
-        "+hincrby +lpush +ltrim +lrange +zadd +zscore +zmscore +zrevrange +exists +scan "
+        "+hincrby +lpush +ltrim +lrange +zadd +zrem +zscore +zmscore +zrevrange +exists +scan "
         "+evalsha +script|load +pexpire +del +watch +unwatch"
     )
 
@@ -220,6 +220,20 @@ def test_pipeline_and_trainer_work_with_a_least_privilege_redis_acl_user(
         done = run_cli(env, "status", "--json")
         logs += done.stderr + done.stdout
         assert done.returncode == 0, done.stderr
+
+        # A trainer that runs long publishes past trainer.model_history_versions and prunes
+        # the oldest versions (ZREM, DEL in the publish's MULTI): its publish, as this user,
+        # with a history of two.
+        models = ModelStore(
+            redis.Redis.from_url(server.user_url("streamseg", user_password)),
+            KeyLayout(namespace),
+            history_versions=2,
+        )
+        latest = models.load_current()
+        assert latest is not None
+        for _ in range(2):
+            latest = models.publish_next(latest, base_version=latest.model_version)
+        assert len(models.versions()) == 2
 
         # Nothing the services sent was refused by the ACL ...
         assert admin.acl_log() == [], admin.acl_log()
