@@ -70,6 +70,7 @@ from model.events import (
     MONEY_TYPES,
     DecodeLimits,
     EventType,
+    decode_events,
     resolve_type_map,
     ts_out_of_range_detail,
     ts_text_epoch_ms,
@@ -112,6 +113,8 @@ TsUnit = Literal["ms", "s"]
 Row = Mapping[str, object]
 
 
+#: Records judged by the decoder at a time (`EventMapping.judged`).
+_JUDGED_CHUNK = 2000
 #: How many ignored type names the summary lists.
 _IGNORED_TYPES_SHOWN = 5
 
@@ -127,6 +130,7 @@ class MappingProblems:
     refused_rows: int = 0  # rows with at least one problem: dead-lettered
     ignored: Counter[str] = field(default_factory=Counter)  # type name -> rows
     _last_refused: int = 0  # the row last counted in refused_rows
+    last_ignored: tuple[int, str] | None = None  # (row, type name) of the last ignored row
 
     @property
     def refused(self) -> bool:
@@ -139,21 +143,36 @@ class MappingProblems:
         return self.rows - self.refused_rows - self.ignored.total()
 
     def note(self, name: str, problem: str) -> None:
+        """Count a problem of the row being mapped (its field's first one is logged)."""
         if not self.refused:
             self.refused_rows += 1
             self._last_refused = self.rows
+        self._count(self.rows, name, problem)
+
+    def note_judged(self, row: int, name: str, problem: str, ignored_type: str | None) -> None:
+        """Count a row mapped without a problem that the consumer's decoder refuses (a value
+        out of the contract's range); one counted as ignored is dead-lettered instead."""
+        self.refused_rows += 1
+        if ignored_type is not None:
+            self.ignored[ignored_type] -= 1
+            if not self.ignored[ignored_type]:
+                del self.ignored[ignored_type]
+        self._count(row, name, problem)
+
+    def _count(self, row: int, name: str, problem: str) -> None:
         self.counts[name] += 1
         if name not in self.first:
-            self.first[name] = f"row {self.rows:,}: {problem}"
+            self.first[name] = f"row {row:,}: {problem}"
             log.warning(
                 "row %s: %s; such rows are sent and dead-lettered by the consumer "
                 "(counted in the summary)",
-                f"{self.rows:,}",
+                f"{row:,}",
                 problem,
             )
 
     def ignore(self, type_name: str) -> None:
         """Count a row of a type the consumer ignores (its first one is logged)."""
+        self.last_ignored = (self.rows, type_name)
         if not self.ignored:
             log.warning(
                 "row %s: type %r is %s; such rows are sent and ignored by the consumer "
@@ -181,6 +200,14 @@ class MappingProblems:
                 f"({names}{more}: {_UNKNOWN_TYPE})"
             )
         return lines
+
+    def outcome(self) -> str:
+        """What becomes of the rows: ``1 of 6 rows will be applied (5 dead-lettered, 0
+        ignored)``."""
+        return (
+            f"{self.applied_rows:,} of {self.rows:,} rows will be applied "
+            f"({self.refused_rows:,} dead-lettered, {self.ignored.total():,} ignored)"
+        )
 
 
 _UNKNOWN_TYPE = f"neither {', '.join(CANONICAL_TYPES)} nor an alias in pipeline.type_aliases"
@@ -338,6 +365,51 @@ class EventMapping:
         user = event.get("user_id")
         key = None if user is None else str(user).encode()
         return key, orjson.dumps(event)
+
+    def judged(
+        self, records: Iterable[tuple[bytes | None, bytes]]
+    ) -> Iterator[tuple[bytes | None, bytes]]:
+        """``records`` (each `record` of the row just mapped) as they are, judged in chunks
+        by the consumer's own decoder (`model.events.decode_events`, same type map and
+        limits): a row mapped without a problem that it refuses (an amount below 0, a rating
+        of 9, a user id over 256 characters) is counted like the mapping's own problems."""
+        chunk: list[tuple[bytes | None, bytes]] = []
+        rows: list[tuple[int, str | None]] = []  # (row number, type counted ignored)
+        for record in records:
+            problems = self.problems
+            # Keyless: a row without user_id (counted already) or a JSON line that is no
+            # object, sent as it is (not a mapped row).
+            if record[0] is not None and not problems.refused:
+                ignored = problems.last_ignored
+                kind = ignored[1] if ignored is not None and ignored[0] == problems.rows else None
+                chunk.append(record)
+                rows.append((problems.rows, kind))
+            if len(chunk) >= _JUDGED_CHUNK:
+                self._judge(chunk, rows)
+                chunk, rows = [], []
+            yield record
+        self._judge(chunk, rows)
+
+    def _judge(
+        self, chunk: list[tuple[bytes | None, bytes]], rows: list[tuple[int, str | None]]
+    ) -> None:
+        if not chunk:
+            return
+        _, rejections = decode_events(
+            [value for _, value in chunk],
+            [key for key, _ in chunk],
+            type_map=self.type_map,
+            limits=self.limits,
+            now_ms=time.time() * 1000.0,
+        )
+        for rejection in rejections:
+            row, ignored_type = rows[rejection.index]
+            name = rejection.detail.split(":", 1)[0]
+            if rejection.reason != "invalid_field" or name not in CONTRACT_FIELDS:
+                name = "ts" if rejection.reason == "ts_out_of_range" else rejection.reason
+            self.problems.note_judged(
+                row, name, f"{rejection.reason}: {rejection.detail}", ignored_type
+            )
 
     def _typed(self, name: str, value: object) -> object:
         if name == "ts":

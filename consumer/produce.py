@@ -675,8 +675,15 @@ def file_records(
             check_header=mapping.check_columns,
             encoding=encoding,
         )
-        yield from (mapping.record(row) for row in rows)
+        yield from mapping.judged(mapping.record(row) for row in rows)
         return
+    yield from mapping.judged(_json_records(source, mapping, guessed))
+
+
+def _json_records(
+    source: IO[bytes], mapping: EventMapping, guessed: bool
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """Each JSON object of ``source`` mapped; lines that are none sent as they are."""
     for item in read_json_rows(source):
         if guessed:
             if isinstance(item, bytes):
@@ -755,7 +762,8 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             read, interrupted = _drain(records, show, total, f"{name} (dry run)")
             delivered = True
             print(
-                f"dry run: read {read:,} records of {name}; nothing was sent to {topic!r}",
+                f"dry run: read {read:,} record{'' if read == 1 else 's'} of {name}; nothing was "
+                f"sent to {topic!r}",
                 file=sys.stderr,
             )
         else:
@@ -770,8 +778,11 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             )
             read, interrupted, delivered = stats.sent, stats.interrupted, stats.ok
             print(stats.summary(), file=sys.stderr)
-    for line in mapping.problems.summary() if mapping is not None else ():
-        print(line, file=sys.stderr)
+    if mapping is not None:
+        for line in mapping.problems.summary():
+            print(line, file=sys.stderr)
+        if mapping.problems.rows:
+            print(mapping.problems.outcome(), file=sys.stderr)
     if interrupted:
         return 130
     if dry_run:

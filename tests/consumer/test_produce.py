@@ -343,8 +343,44 @@ def test_a_dry_run_reads_and_checks_every_row_and_sends_nothing(
         "ts=1700000000 ms, looks like epoch seconds; ts is epoch milliseconds "
         "(produce --ts-unit s converts))"
     ) in said
+    assert "0 of 3 rows will be applied (3 dead-lettered, 0 ignored)" in said
     assert main(["produce", str(path), "--dry-run", "--no-progress", "--ts-unit", "s"]) == 0
-    assert "will be" not in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "dead-lettered (first" not in said
+    assert "3 of 3 rows will be applied (0 dead-lettered, 0 ignored)" in said
+
+
+def test_a_dry_run_counts_values_out_of_the_contracts_range_as_the_consumer_judges_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Values that map cleanly but that the contract refuses (an amount below 0, a rating of
+    9, a user id over 256 characters) passed the dry run as clean, and the consumer then
+    dead-lettered every row. A row of an ignored type that is refused counts as refused."""
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nobody there
+    path = tmp_path / "export.csv"
+    long_user = "u" * 300
+    path.write_text(
+        "user_id,type,ts,amount,quantity,rating\n"
+        "u1,purchase,2026-11-01T10:00:00Z,-5,1,\n"
+        "u2,purchase,2026-11-01T10:00:00Z,2e12,1,\n"
+        "u3,purchase,2026-11-01T10:00:00Z,10,0,\n"
+        "u4,review,2026-11-01T10:00:00Z,,,9\n"
+        f"{long_user},view,2026-11-01T10:00:00Z,,,\n"
+        "u6,wishlist,2026-11-01T10:00:00Z,-3,,\n"
+        "u7,wishlist,2026-11-01T10:00:00Z,,,\n"
+        "u8,view,2026-11-01T10:00:00Z,,,\n"
+    )
+    assert main(["produce", str(path), "--dry-run", "--no-progress"]) == 0
+    said = capsys.readouterr().err
+    assert (
+        "amount: 3 of 8 rows will be dead-lettered (first: row 1: invalid_field: amount: "
+        "Input should be greater than or equal to 0)"
+    ) in said
+    assert "quantity: 1 of 8 rows will be dead-lettered (first: row 3: invalid_field" in said
+    assert "rating: 1 of 8 rows will be dead-lettered (first: row 4: invalid_field" in said
+    assert "user_id: 1 of 8 rows will be dead-lettered (first: row 5: invalid_field" in said
+    assert "type: 1 of 8 rows will be ignored ('wishlist' 1:" in said
+    assert "1 of 8 rows will be applied (6 dead-lettered, 1 ignored)" in said
 
 
 @pytest.mark.kafka
