@@ -118,12 +118,35 @@ class ConsumerHeartbeat:
             if previous not in (None, self.member_id):  # joined the group, or rejoined
                 self.client.hdel(self.keys.consumers, previous)
             self.client.hset(self.keys.consumers, self.member_id, orjson.dumps(beat))
+            self._forget_the_long_silent(beat["seen_at"])
             sizes = StateStore(self.client, self.keys).read_segment_sizes()
         except redis.RedisError as exc:
             log.debug("heartbeat not written: %s", exc)
             return
         names = dict(zip(model.ids, model.names, strict=True)) if model else {}
         self.metrics.set_segment_sizes({k: v for k, v in sizes.items() if v > 0}, names)
+
+    def _forget_the_long_silent(self, now: float) -> None:
+        """Remove the heartbeats silent for `FORGOTTEN_AFTER_SECONDS`: consumers killed
+        without a clean stop, which `status` would otherwise list as stale for ever. A value
+        that is no heartbeat is not ours to remove."""
+        silent = []
+        for member, raw in self.client.hgetall(self.keys.consumers).items():
+            try:
+                seen_at = orjson.loads(raw).get("seen_at")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(seen_at, (int, float)) and now - seen_at > FORGOTTEN_AFTER_SECONDS:
+                silent.append(member)
+        if silent:
+            self.client.hdel(self.keys.consumers, *silent)
+            log.info(
+                "removed %d heartbeats silent for over %d s (consumers stopped without a "
+                "clean stop): %s",
+                len(silent),
+                FORGOTTEN_AFTER_SECONDS,
+                b", ".join(silent).decode(errors="replace"),
+            )
 
     def forget(self) -> None:
         """Remove this consumer's heartbeat (on a clean stop)."""
@@ -164,6 +187,7 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
     ]
     counters = dict(sorted(store.read_counters().items()))
     consumers = _read_heartbeats(client, keys)
+    heartbeat_seconds = settings.observability.heartbeat_seconds
     return {
         "namespace": keys.namespace,
         "live_namespace": _live_namespace_if_readable(client, keys.namespace),
@@ -173,7 +197,8 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
         "segments": segments,
         "counters": counters,
         "consumers": consumers,
-        "heartbeat_seconds": settings.observability.heartbeat_seconds,
+        "stale_consumers": stale_members(consumers, heartbeat_seconds, time.time()),
+        "heartbeat_seconds": heartbeat_seconds,
     }
 
 
@@ -268,6 +293,18 @@ _UNANSWERED = frozenset(
 #: A member silent for this many heartbeats is marked: it ended without a clean stop (a clean
 #: stop removes its heartbeat), and the partitions it names are someone else's by now.
 STALE_HEARTBEATS = 3
+#: A heartbeat silent this long is removed by the next heartbeat of any consumer.
+FORGOTTEN_AFTER_SECONDS = 3600
+
+
+def stale_members(
+    consumers: Mapping[str, Mapping[str, Any]], heartbeat_seconds: float, now: float
+) -> list[str]:
+    """Members silent for more than `STALE_HEARTBEATS` heartbeats at ``now`` (epoch s)."""
+    stale_after = STALE_HEARTBEATS * heartbeat_seconds
+    return [m for m, beat in consumers.items() if now - beat["seen_at"] > stale_after]
+
+
 STALE = "  [stale: no heartbeat since; ended without a clean stop?]"
 #: The name column of a segment the current model does not have (its users move at their next
 #: event or re-score pass).
@@ -318,7 +355,7 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         lines.append("  (events topic not found)")
     lines += ["", "consumers (heartbeat every few seconds)"]
     if status["consumers"]:
-        stale_after = STALE_HEARTBEATS * status.get("heartbeat_seconds", 5.0)
+        stale = set(stale_members(status["consumers"], status.get("heartbeat_seconds", 5.0), now))
         for member, beat in status["consumers"].items():
             last = beat.get("last_batch_at")
             batch = f"last batch {now - last:.0f} s ago" if last else "no batch yet"
@@ -327,7 +364,7 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
                 f"  {member}  {beat.get('host')}:{beat.get('pid')}  seen "
                 f"{silent:.0f} s ago, {batch}, "
                 f"partitions {', '.join(beat.get('partitions', [])) or 'none'}"
-                + (STALE if silent > stale_after else "")
+                + (STALE if member in stale else "")
             )
     elif live != status["namespace"]:
         lines.append(

@@ -4,14 +4,24 @@ not what they expected."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
 from consumer.cli import main
+from consumer.metrics import PipelineMetrics
 from consumer.redis_keys import KeyLayout, PointerKeys
-from consumer.status import RETIRED, STALE, render_status
+from consumer.status import (
+    FORGOTTEN_AFTER_SECONDS,
+    RETIRED,
+    STALE,
+    ConsumerHeartbeat,
+    render_status,
+    stale_members,
+)
 
 
 def status_of(**changes: Any) -> dict[str, Any]:
@@ -49,6 +59,33 @@ def test_a_consumer_silent_for_three_heartbeats_is_marked_stale() -> None:
     lines = render_status(status_of(consumers=consumers), now=now).splitlines()
     assert not next(line for line in lines if "alive" in line).endswith(STALE)
     assert next(line for line in lines if "killed" in line).endswith(STALE)
+
+
+def test_a_heartbeat_silent_for_an_hour_is_removed_by_a_live_consumers_beat(
+    namespace: str, redis_client: redis.Redis
+) -> None:
+    """Consumers killed without a clean stop stayed in `status` as stale for ever."""
+    keys = KeyLayout(namespace)
+    now = time.time()
+    beat = {"host": "vm", "pid": 1, "partitions": [], "last_batch_at": None, "records": 0}
+    redis_client.hset(
+        keys.consumers,
+        mapping={
+            "killed-long-ago": orjson.dumps({**beat, "seen_at": now - FORGOTTEN_AFTER_SECONDS - 5}),
+            "killed-just-now": orjson.dumps({**beat, "seen_at": now - 60}),
+            "not-a-heartbeat": b"[1, 2]",  # another program's: not ours to remove
+        },
+    )
+    ConsumerHeartbeat(redis_client, keys, PipelineMetrics(), 5.0).beat(
+        "alive", [("events", 0)], None, 0, Counter()
+    )
+    left = {m.decode() for m in redis_client.hkeys(keys.consumers)}
+    assert left == {"alive", "killed-just-now", "not-a-heartbeat"}
+    consumers = {
+        "alive": {**beat, "seen_at": now},
+        "killed-just-now": {**beat, "seen_at": now - 60},
+    }
+    assert stale_members(consumers, 5.0, now) == ["killed-just-now"]  # status --json lists it
 
 
 def test_a_namespace_the_live_pointer_moved_from_points_at_the_live_one() -> None:
