@@ -106,7 +106,8 @@ when only Kafka is silent) or the namespace holds no data.
 _LOOKUP_EPILOG = """\
 Prints each user's stored segment record as one JSON line (the record in the README's
 "Reading segments"), or {"user_id": ..., "status": "unknown"} for a user never seen. Exit
-status 1 when every user asked is unknown.
+status 1 when every user asked is unknown, 2 when nothing was ever written in the namespace
+(a misspelt --namespace).
 
 Examples:
   streamseg lookup u-42 u-43

@@ -27,6 +27,7 @@ from consumer.redis_keys import KeyLayout, PointerKeys, escape_user_id
 from consumer.segment_record import SegmentRecord
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
+from consumer.unknown_namespace import refuse_if_nothing_written
 
 # Ids of `lookup -` per round trip.
 _STDIN_CHUNK = 5000
@@ -126,7 +127,8 @@ class SegmentLookup:
 def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg lookup USER_ID...``: print each stored record as it is (the JSON a
     ``GET`` returns), or ``{"user_id":...,"status":"unknown"}`` for a user never seen; exit
-    status 1 when every user is unknown. ``--live``: the namespace the live pointer names.
+    status 1 when every user is unknown, 2 when nothing was ever written in the namespace
+    (a misspelt ``--namespace``). ``--live``: the namespace the live pointer names.
     ``-`` as the only id: the ids are the lines of stdin, read and looked up in chunks."""
     configured = settings.redis.namespace
     lookup = SegmentLookup(
@@ -150,6 +152,8 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"stdin, after {asked:,} ids: {exc}") from None
     if not asked:
         print("streamseg lookup: no user ids on stdin", file=sys.stderr)
+    elif missing == asked:  # a misspelt namespace answers "unknown" for everyone
+        refuse_if_nothing_written(lookup.client, lookup.last_namespace or configured)
     return 1 if missing == asked else 0
 
 

@@ -29,6 +29,7 @@ from consumer.exceptions import ConfigError, LeaseLostError, ModelReplacedError
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
+from consumer.unknown_namespace import refuse_if_nothing_written
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
 from model.model_format import MAX_MODEL_BYTES, SegmentModel
@@ -331,6 +332,9 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     current = store.current_version()
     if args.action == "list":
+        if current is None:
+            refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
+            print("no model published yet (cold start)")
         for m in store.load_kept(store.versions(newest=args.last)):
             print(_listing_line(m, current))
         older = store.version_count() - args.last
@@ -340,6 +344,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "show":
         shown: int | None = args.version if args.version is not None else current
         if shown is None:
+            refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
             print("no model published yet (cold start)")
             return 1
         print(_model_table(store.load(shown)))

@@ -67,15 +67,6 @@ def register_namespace(client: RedisClient, name: str, pointer: PointerKeys | No
     client.sadd((pointer or PointerKeys()).registry, name)
 
 
-def known_namespaces(client: RedisClient, pointer: PointerKeys | None = None) -> list[str]:
-    """The registered namespaces (`register_namespace`: replays) and those the live and
-    previous pointers name, sorted; the configured one is known to its settings only."""
-    keys = pointer or PointerKeys()
-    names = {_text(v) for v in client.smembers(keys.registry)}
-    names.update(_text(client.get(key)) for key in (keys.live, keys.previous))
-    return sorted(name for name in names if name)
-
-
 def promote(
     client: RedisClient,
     name: str,

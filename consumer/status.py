@@ -24,16 +24,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from consumer.exceptions import ConfigError
 from consumer.failures import report_failure
 from consumer.kafka_clients import consumer_config
 from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
-from consumer.namespaces import known_namespaces, live_namespace
+from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
-from consumer.settings import RedisClient, RedisSettings, Settings
+from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
+from consumer.unknown_namespace import refuse_an_unknown_namespace
 
 if TYPE_CHECKING:
     from model.model_format import SegmentModel
@@ -386,7 +386,7 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     client = settings.redis.connect()
     status = _redis_status(settings, client)
     if _holds_nothing(status):
-        _refuse_unknown_namespace(client, status["namespace"])
+        refuse_an_unknown_namespace(client, status["namespace"])
     status.update(_kafka_status(settings))
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -407,37 +407,3 @@ def _holds_nothing(status: Mapping[str, Any]) -> bool:
         or status["consumers"]
         or status["trainer_active"]
     )
-
-
-def _refuse_unknown_namespace(client: RedisClient, namespace: str) -> None:
-    """Raise `ConfigError` naming the known namespaces, unless ``namespace`` is one: a
-    registered (replayed into), live or previous namespace without a model yet is a cold start,
-    not a misspelling."""
-    try:
-        known = known_namespaces(client)
-    except redis.exceptions.NoPermissionError:  # the least-privilege user reads its own keys
-        raise ConfigError(
-            f"namespace {namespace!r} holds no data (known namespaces: not readable by this "
-            "Redis user): check --namespace or redis.namespace"
-        ) from None
-    if namespace in known:
-        return
-    default = RedisSettings.model_fields["namespace"].default
-    if default != namespace and _written(client, KeyLayout(default)):
-        known = sorted({*known, default})
-    raise ConfigError(
-        f"namespace {namespace!r} holds no data (known namespaces: {', '.join(known) or 'none'})"
-        ": check --namespace or redis.namespace"
-    )
-
-
-def _written(client: RedisClient, keys: KeyLayout) -> bool:
-    """True when a pipeline or trainer has written namespace ``keys.namespace`` (one EXISTS
-    per key: on a cluster they sit in different slots)."""
-    try:
-        return any(
-            client.exists(key)
-            for key in (keys.model_current, keys.counters, keys.segment_sizes, keys.consumers)
-        )
-    except redis.exceptions.NoPermissionError:
-        return False
