@@ -29,8 +29,9 @@ _PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*$")
 # redis-server).
 _OTHER_PROGRAMS_OPTIONS = {
     "--alter",  # kafka-topics.sh
+    "--create",  # kafka-topics.sh
     "--build",  # docker compose up
-    "--partitions",  # kafka-topics.sh
+    "--partitions",  # kafka-topics.sh; python -m devstack up
     "--port",  # redis-server
     "--profile",  # docker compose; benchmarks/run.py
     "--scale",  # docker compose up
