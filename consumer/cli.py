@@ -682,7 +682,11 @@ def _add_replay_commands(commands: Any) -> None:
         "consumer.namespaces:namespace_command",
         "delete every key of a namespace (refuses the live and the configured one)",
     )
-    drop.add_argument("name", metavar="NAME")
+    drop.add_argument(
+        "name",
+        metavar="NAME",
+        help="the namespace to delete (a replay's shadow, say; `streamseg namespaces` lists them)",
+    )
 
 
 def _whole_number(low: int, high: int | None, rule: str) -> Callable[[str], int]:
