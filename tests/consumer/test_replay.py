@@ -71,6 +71,27 @@ def replay_setup(
     return settings, events, PointerKeys(root=namespace)  # pointer keys isolated per test
 
 
+def point_cli_at(
+    monkeypatch: pytest.MonkeyPatch,
+    kafka_bootstrap: str,
+    redis_url: str,
+    topic: str,
+    namespace: str,
+) -> None:
+    """`main()` in-process against the session's servers, ``topic`` and ``namespace``."""
+    for name, value in {
+        "KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA__EVENTS_TOPIC": topic,
+        "KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
+        "KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "KAFKA__GROUP_ID": f"g-{topic}",
+        "REDIS__URL": redis_url,
+        "REDIS__NAMESPACE": namespace,
+        "TRAINER__N_CLUSTERS": "4",
+    }.items():
+        monkeypatch.setenv(f"STREAMSEG_{name}", value)
+
+
 def test_replay_from_earliest_rebuilds_the_live_features(
     kafka_bootstrap: str,
     redis_url: str,
@@ -371,17 +392,7 @@ def test_the_commands_replay_compare_promote_and_drop(
 ) -> None:
     topic = new_topic(partitions=2)
     produce(kafka_bootstrap, topic, as_records(make_events(2000, users=150, seed=4)))
-    for name, value in {
-        "KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA__EVENTS_TOPIC": topic,
-        "KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "KAFKA__GROUP_ID": f"g-{topic}",
-        "REDIS__URL": redis_url,
-        "REDIS__NAMESPACE": namespace,
-        "TRAINER__N_CLUSTERS": "4",
-    }.items():
-        monkeypatch.setenv(f"STREAMSEG_{name}", value)
+    point_cli_at(monkeypatch, kafka_bootstrap, redis_url, topic, namespace)
     first, second = f"{namespace}-a", f"{namespace}-b"
     pointer = PointerKeys()  # the commands use the real pointer keys of this test server
     try:
@@ -425,17 +436,7 @@ def test_the_progress_bar_and_the_summary_state_one_rate(
     partition is one partition, not "1 partitions"."""
     topic = new_topic(partitions=1)
     produce(kafka_bootstrap, topic, as_records(make_events(1500, users=120, seed=8)))
-    for name, value in {
-        "KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA__EVENTS_TOPIC": topic,
-        "KAFKA__SEGMENTS_TOPIC": f"{topic}.segments",
-        "KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "KAFKA__GROUP_ID": f"g-{topic}",
-        "REDIS__URL": redis_url,
-        "REDIS__NAMESPACE": namespace,
-        "TRAINER__N_CLUSTERS": "4",
-    }.items():
-        monkeypatch.setenv(f"STREAMSEG_{name}", value)
+    point_cli_at(monkeypatch, kafka_bootstrap, redis_url, topic, namespace)
     shadow = f"{namespace}-r"
     argv = ["replay", "--from", "earliest", "--namespace-out", shadow, "--nice", "0"]
     try:
