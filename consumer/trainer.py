@@ -51,11 +51,13 @@ from types import FrameType
 from typing import Literal
 
 import numpy as np
+import redis
 
 from consumer.exceptions import ModelReplacedError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
+from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.settings import (
     DEFAULT_METRICS_PORTS,
@@ -437,6 +439,53 @@ class Trainer:
         return model
 
 
+#: How often a trainer looks at the live pointer (`LivePointerWatch`).
+POINTER_CHECK_SECONDS = 30.0
+
+
+class LivePointerWatch:
+    """Says in the log when the live pointer names another namespace than the trainer's.
+
+    The trainer does not follow the pointer: after a promote it keeps training a namespace
+    that lookups no longer read, and nothing said so. One warning per namespace the pointer
+    names (and a line when it names the trainer's again); a Redis user that may not read the
+    pointer (the least-privilege rule) is not told.
+    """
+
+    def __init__(
+        self, client: RedisClient, namespace: str, every_seconds: float = POINTER_CHECK_SECONDS
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.every_seconds = every_seconds
+        self.said = namespace  # the namespace last reported live
+        self._due_at = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self._due_at:
+            return
+        self._due_at = now + self.every_seconds
+        try:
+            live = live_namespace(self.client, self.namespace)
+        except redis.exceptions.NoPermissionError:
+            return
+        if live == self.said:
+            return
+        self.said = live
+        if live == self.namespace:
+            log.info("the live pointer names this trainer's namespace %s again", live)
+        else:
+            log.warning(
+                "the live pointer names namespace %s (a promote): lookups read its segments "
+                "while this trainer trains %s; start a trainer with --namespace %s (or "
+                "redis.namespace) and stop this one",
+                live,
+                self.namespace,
+                live,
+            )
+
+
 def train_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg train``: hold the lease, bootstrap, update and publish until stopped."""
     client = settings.redis.connect()
@@ -463,6 +512,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
     published: list[int] = []  # versions this run published
+    pointer = LivePointerWatch(client, keys.namespace)
     trainer: Trainer | None = None
     next_step = 0.0
     status = 0
@@ -529,6 +579,10 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             if redis_down_since is not None:
                 log.info("Redis answers again after %.0f s", time.monotonic() - redis_down_since)
                 redis_down_since = None
+            try:
+                pointer.check()
+            except REDIS_ERRORS as exc:  # the lease's next renewal reports an outage
+                log.debug("live pointer not read: %s", exc)
             if time.monotonic() >= next_step:
                 try:
                     model = trainer.step()

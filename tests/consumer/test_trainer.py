@@ -20,9 +20,9 @@ import redis
 from consumer.cli import main
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
-from consumer.redis_keys import KeyLayout
+from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.settings import TrainerSettings
-from consumer.trainer import Trainer, TrainerLease
+from consumer.trainer import LivePointerWatch, Trainer, TrainerLease
 from devstack.redis_server import RedisServer
 from model.features import FEATURE_NAMES
 from model.model_format import SegmentModel
@@ -668,3 +668,29 @@ def test_train_without_redis_at_start_up_stops_with_one_line(
     assert main(["train", "--max-seconds", "60"]) == 2
     assert time.monotonic() - started < 30
     assert "streamseg: error: Redis (redis.url) did not answer" in capsys.readouterr().err
+
+
+def test_the_trainer_says_when_the_live_pointer_names_another_namespace(
+    redis_client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a promote the trainer went on training a namespace lookups no longer read,
+    without a word."""
+    pointer = PointerKeys()  # the trainer reads the real pointer key of this test server
+    watch = LivePointerWatch(redis_client, namespace, every_seconds=0.0)
+    try:
+        with caplog.at_level("INFO", logger="consumer.trainer"):
+            watch.check()  # no pointer: the trainer's namespace is live
+            redis_client.set(pointer.live, f"{namespace}-retrain")
+            watch.check()
+            watch.check()  # said once per namespace
+            redis_client.set(pointer.live, namespace)
+            watch.check()
+    finally:
+        redis_client.delete(pointer.live)
+    said = [r.getMessage() for r in caplog.records if "live pointer" in r.getMessage()]
+    assert said == [
+        f"the live pointer names namespace {namespace}-retrain (a promote): lookups read its "
+        f"segments while this trainer trains {namespace}; start a trainer with --namespace "
+        f"{namespace}-retrain (or redis.namespace) and stop this one",
+        f"the live pointer names this trainer's namespace {namespace} again",
+    ]
