@@ -26,11 +26,11 @@ that orjson cannot write as itself (an integer beyond 64 bits, a ``ts`` that bec
 milliseconds, infinity). The consumer dead-letters the record (``invalid_field``) with its
 bytes and counts it: nothing is dropped here, and no value stops ``produce`` midway. Such values,
 rows without a ``user_id``, ``type`` or ``ts`` (no source value, no default), a ``type`` that
-is no text, and a ``ts`` outside the consumer's range (`model.events.ts_within_limits`, judged
-against the time it is mapped, about when it is sent) are counted per field in
-`MappingProblems` (the first one is logged at once, with its row number), and so are the rows
-of a type the consumer ignores (neither canonical nor aliased), so that the producer's summary
-says what the consumer will refuse or ignore before it does.
+is no text and a purchase or refund without ``amount`` are counted per field in
+`MappingProblems` (the first one is logged at once, with its row number). Every other row is
+then judged by the consumer's own decoder (`EventMapping.judged`: a ``ts`` out of range, a
+value out of the contract's bounds, a type it ignores), so that the producer's summary says
+what the consumer will refuse or ignore before it does, by the consumer's rules.
 
 Without an ``event_id`` (mapped, present or defaulted), the record gets
 ``"h-" + 20 hex digits``: the BLAKE2b-80 hash of the source row (its fields and values, sorted,
@@ -71,10 +71,8 @@ from model.events import (
     DecodeLimits,
     EventType,
     decode_events,
+    is_ts_text,
     resolve_type_map,
-    ts_out_of_range_detail,
-    ts_text_epoch_ms,
-    ts_within_limits,
 )
 
 __all__ = [
@@ -130,7 +128,6 @@ class MappingProblems:
     refused_rows: int = 0  # rows with at least one problem: dead-lettered
     ignored: Counter[str] = field(default_factory=Counter)  # type name -> rows
     _last_refused: int = 0  # the row last counted in refused_rows
-    last_ignored: tuple[int, str] | None = None  # (row, type name) of the last ignored row
 
     @property
     def refused(self) -> bool:
@@ -149,14 +146,9 @@ class MappingProblems:
             self._last_refused = self.rows
         self._count(self.rows, name, problem)
 
-    def note_judged(self, row: int, name: str, problem: str, ignored_type: str | None) -> None:
-        """Count a row mapped without a problem that the consumer's decoder refuses (a value
-        out of the contract's range); one counted as ignored is dead-lettered instead."""
+    def note_judged(self, row: int, name: str, problem: str) -> None:
+        """Count a row mapped without a problem that the consumer's decoder refuses."""
         self.refused_rows += 1
-        if ignored_type is not None:
-            self.ignored[ignored_type] -= 1
-            if not self.ignored[ignored_type]:
-                del self.ignored[ignored_type]
         self._count(row, name, problem)
 
     def _count(self, row: int, name: str, problem: str) -> None:
@@ -170,14 +162,13 @@ class MappingProblems:
                 problem,
             )
 
-    def ignore(self, type_name: str) -> None:
+    def ignore(self, row: int, type_name: str) -> None:
         """Count a row of a type the consumer ignores (its first one is logged)."""
-        self.last_ignored = (self.rows, type_name)
         if not self.ignored:
             log.warning(
                 "row %s: type %r is %s; such rows are sent and ignored by the consumer "
                 "(counted in the summary)",
-                f"{self.rows:,}",
+                f"{row:,}",
                 type_name,
                 _UNKNOWN_TYPE,
             )
@@ -353,8 +344,6 @@ class EventMapping:
             self.problems.note("type", f"type {kind!r} is not text")
         elif "amount" not in out and kind in self.money_types:
             self.problems.note("amount", f"no amount for type {kind!r}")
-        elif kind is not None and kind not in self.type_map and not self.problems.refused:
-            self.problems.ignore(kind)
         if "event_id" not in out:
             return {"event_id": row_hash(row), **out}
         return out
@@ -371,31 +360,30 @@ class EventMapping:
     ) -> Iterator[tuple[bytes | None, bytes]]:
         """``records`` (each `record` of the row just mapped) as they are, judged in chunks
         by the consumer's own decoder (`model.events.decode_events`, same type map and
-        limits): a row mapped without a problem that it refuses (an amount below 0, a rating
-        of 9, a user id over 256 characters) is counted like the mapping's own problems."""
+        limits): what it refuses in a row mapped without a problem (a ``ts`` out of range, an
+        amount below 0, a rating of 9, a user id over 256 characters) is counted like the
+        mapping's own problems, and what it ignores (a type neither canonical nor aliased)
+        as ignored. The mapping itself counts only what the decoder cannot see: values it
+        could not type, fields missing from the source."""
         chunk: list[tuple[bytes | None, bytes]] = []
-        rows: list[tuple[int, str | None]] = []  # (row number, type counted ignored)
+        rows: list[int] = []  # the row number of each record of the chunk
         for record in records:
             problems = self.problems
             # Keyless: a row without user_id (counted already) or a JSON line that is no
             # object, sent as it is (not a mapped row).
             if record[0] is not None and not problems.refused:
-                ignored = problems.last_ignored
-                kind = ignored[1] if ignored is not None and ignored[0] == problems.rows else None
                 chunk.append(record)
-                rows.append((problems.rows, kind))
+                rows.append(problems.rows)
             if len(chunk) >= _JUDGED_CHUNK:
                 self._judge(chunk, rows)
                 chunk, rows = [], []
             yield record
         self._judge(chunk, rows)
 
-    def _judge(
-        self, chunk: list[tuple[bytes | None, bytes]], rows: list[tuple[int, str | None]]
-    ) -> None:
+    def _judge(self, chunk: list[tuple[bytes | None, bytes]], rows: list[int]) -> None:
         if not chunk:
             return
-        _, rejections = decode_events(
+        batch, rejections = decode_events(
             [value for _, value in chunk],
             [key for key, _ in chunk],
             type_map=self.type_map,
@@ -403,13 +391,14 @@ class EventMapping:
             now_ms=time.time() * 1000.0,
         )
         for rejection in rejections:
-            row, ignored_type = rows[rejection.index]
             name = rejection.detail.split(":", 1)[0]
             if rejection.reason != "invalid_field" or name not in CONTRACT_FIELDS:
                 name = "ts" if rejection.reason == "ts_out_of_range" else rejection.reason
             self.problems.note_judged(
-                row, name, f"{rejection.reason}: {rejection.detail}", ignored_type
+                rows[rejection.index], name, f"{rejection.reason}: {rejection.detail}"
             )
+        for index, type_name in zip(batch.ignored, batch.ignored_types, strict=True):
+            self.problems.ignore(rows[index], type_name)
 
     def _typed(self, name: str, value: object) -> object:
         if name == "ts":
@@ -438,34 +427,22 @@ class EventMapping:
         if self.ts_format is not None:
             ms = self._parse_time(text)
             if ms is not None:
-                self._check_range(value, ms)
                 return ms
         elif _NUMBER.fullmatch(text):
             number = float(text) * scale
             return self._epoch_ms(value, int(number) if number.is_integer() else number)
-        iso_ms = ts_text_epoch_ms(value)
-        if iso_ms is None:
+        if not is_ts_text(value):
             expected = f"--ts-format {self.ts_format!r}" if self.ts_format else "a number"
             self.problems.note("ts", f"ts {value!r} is neither {expected} nor ISO-8601 with a zone")
-        else:
-            self._check_range(value, iso_ms)
         return value  # ISO-8601 with a zone passes as it is; the consumer judges the rest
 
     def _epoch_ms(self, value: object, ms: float) -> object:
         """``ms``, or ``value`` as it was (counted) when JSON cannot carry ``ms``: orjson
         raises on an integer beyond 64 bits and writes null for infinity."""
         if _fits_json(ms):
-            self._check_range(value, ms)
             return ms
         self.problems.note("ts", f"ts {value!r} is beyond 64 bits as epoch milliseconds")
         return value
-
-    def _check_range(self, value: object, ms: float) -> None:
-        """Count a time the consumer will refuse: the record is sent about now, and its
-        timestamp bounds how far ahead the event may be."""
-        if not ts_within_limits(float(ms), self.limits, time.time() * 1000.0):
-            detail = ts_out_of_range_detail(float(ms), self.limits)
-            self.problems.note("ts", f"ts {value!r} is out of range: {detail}")
 
 
 def _float(text: str) -> float | None:

@@ -27,13 +27,12 @@ Schema of one event (a JSON object; unknown fields are ignored):
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal, NotRequired, cast, overload
+from typing import Annotated, Any, Literal, NotRequired, cast
 
 import msgspec
 import numpy as np
@@ -218,18 +217,13 @@ class DecodeLimits:
     max_ahead_of_record_ms: float = 86_400_000.0  # one day
 
 
-@overload
-def ts_within_limits(ts_ms: float, limits: DecodeLimits, reference_ms: float = ...) -> bool: ...
-@overload
-def ts_within_limits(
-    ts_ms: np.ndarray, limits: DecodeLimits, reference_ms: np.ndarray | float = ...
-) -> np.ndarray: ...
-def ts_within_limits(ts_ms: Any, limits: DecodeLimits, reference_ms: Any = math.inf) -> Any:
-    """Whether an event time ``ts_ms`` (epoch milliseconds) is accepted: in [``min_ts_ms``,
+def _ts_within_limits(
+    ts_ms: np.ndarray, limits: DecodeLimits, reference_ms: np.ndarray | float
+) -> np.ndarray:
+    """Which event times ``ts_ms`` (epoch milliseconds) are accepted: in [``min_ts_ms``,
     ``max_ts_ms``) and at most ``max_ahead_of_record_ms`` after ``reference_ms`` (epoch ms:
     the earlier of the record's timestamp and the consumer's clock; infinity when neither is
-    known). Element-wise for arrays. The decoder judges with it, and ``streamseg produce``
-    forecasts with it what the decoder will refuse."""
+    known)."""
     within = (ts_ms >= limits.min_ts_ms) & (ts_ms < limits.max_ts_ms)
     if limits.max_ahead_of_record_ms > 0:
         within &= ts_ms <= reference_ms + limits.max_ahead_of_record_ms
@@ -345,20 +339,15 @@ _AWARE_DATETIMES = TypeAdapter(list[AwareDatetime])
 _AWARE_DATETIME = TypeAdapter(AwareDatetime)
 
 
-def ts_text_epoch_ms(text: str) -> float | None:
-    """Epoch milliseconds of a ``ts`` given as this string, as the decoder reads it; None
-    when it is refused (not ISO-8601 with a zone, or digits)."""
-    if _digits(text):
-        return None
-    try:
-        return _epoch_ms(_AWARE_DATETIME.validate_python(text))
-    except ValidationError:
-        return None
-
-
 def is_ts_text(text: str) -> bool:
     """Whether a ``ts`` given as this string is accepted: ISO-8601 with a zone, not digits."""
-    return ts_text_epoch_ms(text) is not None
+    if _digits(text):
+        return False
+    try:
+        _AWARE_DATETIME.validate_python(text)
+    except ValidationError:
+        return False
+    return True
 
 
 def _iso_stamps_to_epoch_ms(stamps: list[Any]) -> set[int]:
@@ -489,7 +478,7 @@ def _check_columns(
         # 0/1): the consumer's clock bounds that record alone.
         known = record_ts >= limits.min_ts_ms
         reference = np.where(known, np.minimum(record_ts, reference), reference)
-    bad_ts = ~ts_within_limits(ts, limits, reference)
+    bad_ts = ~_ts_within_limits(ts, limits, reference)
     if keys is None:
         bad_key = np.zeros(n, dtype=bool)
     else:

@@ -274,20 +274,20 @@ def test_a_mapped_column_the_header_lacks_is_named_before_any_row() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "data", "value"),
+    ("fmt", "data"),
     [
-        ("csv", b"user_id,type,ts\nu1,view,1700000000\n", "'1700000000'"),
-        ("jsonl", b'{"user_id": "u1", "type": "view", "ts": 1700000000}\n', "1700000000"),
+        ("csv", b"user_id,type,ts\nu1,view,1700000000\n"),
+        ("jsonl", b'{"user_id": "u1", "type": "view", "ts": 1700000000}\n'),
     ],
 )
 def test_epoch_seconds_taken_for_milliseconds_are_counted_with_a_hint(
-    fmt: str, data: bytes, value: str
+    fmt: str, data: bytes
 ) -> None:
     """Sent without --ts-unit s, every row was dead-lettered and produce said nothing."""
     mapping = EventMapping.from_options()
     list(file_records(io.BytesIO(data), fmt, mapping))
     assert mapping.problems.summary() == [
-        f"ts: 1 of 1 rows will be dead-lettered (first: row 1: ts {value} is out of range: "
+        "ts: 1 of 1 rows will be dead-lettered (first: row 1: ts_out_of_range: "
         "ts=1700000000 ms, looks like epoch seconds; ts is epoch milliseconds "
         "(produce --ts-unit s converts))"
     ]
@@ -319,9 +319,7 @@ def test_times_the_consumer_refuses_are_counted_as_it_judges_them() -> None:
     assert batch.user_id == ["u1", "u6"]
     assert [r.reason for r in rejections] == ["ts_out_of_range"] * 4
     assert mapping.problems.counts == {"ts": 4}
-    assert mapping.problems.first["ts"] == (
-        "row 2: ts '1899-12-31 23:59:59' is out of range: ts=-2208988801000 ms"
-    )
+    assert mapping.problems.first["ts"] == ("row 2: ts_out_of_range: ts=-2208988801000 ms")
 
 
 def test_types_the_consumer_ignores_are_counted_with_the_same_aliases() -> None:

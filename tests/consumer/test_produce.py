@@ -339,7 +339,7 @@ def test_a_dry_run_reads_and_checks_every_row_and_sends_nothing(
     said = capsys.readouterr().err
     assert "dry run: read 3 records of export.csv; nothing was sent to 'events'" in said
     assert (
-        "ts: 3 of 3 rows will be dead-lettered (first: row 1: ts '1700000000' is out of range: "
+        "ts: 3 of 3 rows will be dead-lettered (first: row 1: ts_out_of_range: "
         "ts=1700000000 ms, looks like epoch seconds; ts is epoch milliseconds "
         "(produce --ts-unit s converts))"
     ) in said
