@@ -50,9 +50,10 @@ from confluent_kafka import Consumer, Message, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from consumer.kafka_clients import consumer_config  # noqa: E402
-from consumer.pipeline import BatchStats, SegmentPipeline, freeze_start_up_heap  # noqa: E402
+from consumer.pipeline import BatchStats, SegmentPipeline  # noqa: E402
 from consumer.redis_keys import KeyLayout  # noqa: E402
 from consumer.replay import replay  # noqa: E402
+from consumer.run import freeze_start_up_heap  # noqa: E402
 from consumer.segment_record import encode_record, iso_ms  # noqa: E402
 from consumer.settings import Settings, load_settings  # noqa: E402
 from consumer.state_store import StateStore  # noqa: E402

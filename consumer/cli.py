@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = _command(
         commands,
         "run",
-        "consumer.pipeline:run_command",
+        "consumer.run:run_command",
         "consume events, keep features in Redis and assign segments (the main job)",
         _RUN_EPILOG,
     )

@@ -25,43 +25,36 @@ the live namespace (`consumer.announcement`).
 
 from __future__ import annotations
 
-import gc
 import logging
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from consumer.announcement import announce_segments
-from consumer.exceptions import ServerUnavailableError
+from consumer.category_names import CategoryNames
 from consumer.fencing import PartitionFences
-from consumer.health import metrics_port, start_metrics_server
 from consumer.kafka_clients import create_consumer, ensure_topics
+from consumer.kafka_positions import KafkaPositions
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
-from consumer.namespaces import live_namespace
+from consumer.model_watch import ModelWatch
 from consumer.outputs import OutputTopics
-from consumer.processes import supervise
 from consumer.redis_keys import KeyLayout, PointerKeys
-from consumer.rescore import IdleRescore
-from consumer.segment_record import (
-    COLD_START_FIELDS,
-    change_fields,
-    encode_changes,
-    encode_records,
-    iso_ms,
-    iso_ms_array,
-    segment_fields,
+from consumer.redis_outage import (
+    OUTAGE_LOG_SECONDS,
+    StopRequested,
+    retry_while_unavailable,
+    until_redis_answers,
 )
-from consumer.settings import DEFAULT_METRICS_PORTS, RedisClient, Settings
+from consumer.rescore import IdleRescore
+from consumer.segment_assignment import Assignment, SegmentFields, assign_segments
+from consumer.settings import RedisClient, Settings
 from consumer.state_store import BatchWrite, StateStore
 from consumer.status import ConsumerHeartbeat
 from consumer.training_rows import keyed_rows
@@ -73,48 +66,18 @@ from model.events import (
     resolve_type_map,
 )
 from model.features import (
-    CATEGORY_CODES,
     COL,
     EventColumns,
     already_applied,
     apply_events,
-    category_codes,
     derive_features,
     event_id_hashes,
-    top_categories,
 )
 
 if TYPE_CHECKING:
-    import argparse
-
     from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
-
-
-class StopRequested(Exception):
-    """Raised inside the loop when a stop was asked for while waiting on Redis."""
-
-
-# Errors that mean "Redis cannot take this now" (retry later), not "this command is wrong".
-_UNAVAILABLE_PREFIXES = ("OOM", "READONLY", "MISCONF", "EXECABORT", "BUSY", "LOADING", "MASTERDOWN")
-
-
-def _redis_is_unavailable(exc: redis.RedisError) -> bool:
-    transient = (
-        redis.ConnectionError,
-        redis.TimeoutError,
-        redis.BusyLoadingError,
-        redis.exceptions.ReadOnlyError,
-        redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # stubs lag redis-py
-        redis.exceptions.ExecAbortError,
-        # Redis Cluster: a failover or a slot migration in progress.
-        redis.exceptions.ClusterError,
-        redis.exceptions.TryAgainError,
-    )
-    if isinstance(exc, transient):
-        return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
 
 
 @dataclass
@@ -153,17 +116,9 @@ class SegmentPipeline:
             max_ahead_of_record_ms=settings.pipeline.max_event_ahead_seconds * 1000.0,
         )
         self.model: SegmentModel | None = None
-        self._model_checked = 0.0
-        self._model_check_failed_at = -np.inf  # when a failed model check was last logged
-        self._rejected: tuple[int | None, str] | None = None  # (version, error) last logged
-        self._category_cache: dict[str, float] = {}
-        self._known_categories: set[float] = set()
-        self._fields_of: tuple[SegmentModel | None, list[bytes], list[tuple[bytes, bytes]]] = (
-            None,
-            [],
-            [],
-        )
-        self._names_by_code: dict[float, str] = {}
+        self.model_watch = ModelWatch(self)
+        self.categories = CategoryNames()
+        self._segment_fields = SegmentFields()
         self._ignored_types: set[str] = set()  # type names logged as ignored
         self.watermark = -np.inf
         self._stopping = False
@@ -187,6 +142,15 @@ class SegmentPipeline:
             training_buffer_rows=self.settings.pipeline.training_buffer_rows,
         )
         self.models = ModelStore(self.redis, self.keys)
+
+    def switch_namespace(self, name: str) -> None:
+        """Move this process to namespace ``name`` (between batches): its heartbeat and every
+        Redis adapter. What the target's state says (offsets, watermark, model) is for the
+        caller, `ModelWatch.follow_live_namespace`."""
+        self.heartbeat.forget()
+        self._bind_namespace(name)
+        self.heartbeat.keys = self.keys
+        self.categories.forget_registered()  # the categories hash is per namespace
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -219,7 +183,7 @@ class SegmentPipeline:
                 on_lost=self._on_lost,
             )
         if self.settings.pipeline.follow_live_namespace:
-            self._follow_live_namespace()
+            self.model_watch.follow_live_namespace()
         self.refresh_model(force=True)
         self.watermark = self.store.read_watermark() or -np.inf
         log.info(
@@ -239,7 +203,7 @@ class SegmentPipeline:
         return {
             "assigned": lambda: bool(self.metrics.assignment),
             "redis": lambda: bool(probe.ping()),
-            "model": lambda: self.model is not None or self._model_checked > 0,
+            "model": lambda: self.model is not None or self.model_watch.checked_at > 0,
         }
 
     def stop(self) -> None:
@@ -268,10 +232,15 @@ class SegmentPipeline:
         if not self.settings.pipeline.follow_live_namespace:
             return
         # Start where the namespace's state ends, not where the group committed: the two
-        # differ after a promote (see `_follow_live_namespace`). Without an answer from Redis
-        # there is no safe start: wait for it, and give up (exit, nothing stored) after a
-        # minute rather than consume from a position the namespace may not have reached.
-        applied = self._applied_offsets_waiting(partitions, seconds=60.0)
+        # differ after a promote (see `ModelWatch.follow_live_namespace`). Without an answer
+        # from Redis there is no safe start: wait for it, and give up (exit, nothing stored)
+        # after a minute rather than consume from a position the namespace may not have reached.
+        applied = retry_while_unavailable(
+            lambda: self.store.read_applied_offsets([(p.topic, p.partition) for p in partitions]),
+            seconds=60.0,
+            what=f"where namespace {self.keys.namespace} stands (applied offsets) for newly "
+            "assigned partitions",
+        )
         for p in partitions:
             if (p.topic, p.partition) in applied:
                 p.offset = applied[(p.topic, p.partition)]
@@ -345,141 +314,9 @@ class SegmentPipeline:
     # -- model -----------------------------------------------------------------------------
 
     def refresh_model(self, *, force: bool = False) -> None:
-        """Load a newly published model, at most every ``model_poll_seconds``; when following
-        the live pointer, switch namespace first if a promote moved it."""
-        now = time.monotonic()
-        if not force and now - self._model_checked < self.settings.pipeline.model_poll_seconds:
-            return
-        self._model_checked = now
-        if self.settings.pipeline.follow_live_namespace:
-            try:
-                self._follow_live_namespace()
-            except redis.RedisError as exc:  # nothing changed: try again at the next poll
-                log.warning("cannot check the live pointer: %s", exc)
-                return
-        version: int | None = None  # unknown until read: the key itself may be unreadable
-        try:
-            version = self.models.current_version()
-            if version is None or (self.model is not None and version == self.model.model_version):
-                return
-            loaded = self.models.load_current()
-        except redis.RedisError as exc:  # said once per outage log interval, not per poll
-            if now - self._model_check_failed_at >= _OUTAGE_LOG_SECONDS:
-                self._model_check_failed_at = now
-                log.warning("cannot check for a new model: %s", exc)
-            return
-        except Exception as exc:  # a bad model must not stop the stream; keep the old one
-            rejected = (version, str(exc))
-            if rejected != self._rejected:  # once per version, not at every poll
-                self._rejected = rejected
-                log.error("rejected published model: %s", exc)
-            return
-        if loaded is not None:
-            previous = self.model.model_version if self.model else None
-            log.info("model switch: %s -> %s", previous, loaded.model_version)
-            self.model = loaded
-            self.metrics.model_version.set(loaded.model_version)
-            self.rescore.check_retired_segments(loaded)
-
-    # -- the live pointer ------------------------------------------------------------------
-
-    def _follow_live_namespace(self) -> None:
-        """Switch to the namespace the live pointer names, if it changed (between batches).
-
-        The namespace's ``applied-offsets`` hash says up to where each partition is in its
-        state: owned partitions are sought there, so a promoted replay shadow first catches up
-        on the events that arrived after its replay (a rollback likewise catches the old
-        namespace up). Events already in a user's state are skipped as redelivered, so the
-        catch-up applies each event once. A partition without a field continues from where it
-        is (logged). Everything about the target is read before anything changes: a Redis
-        error leaves the pipeline on its old namespace, to try again at the next poll. A seek
-        that fails stops the process (nothing is stored): its restart starts every partition
-        at the namespace's applied offsets.
-        """
-        target = live_namespace(self.redis, self.settings.redis.namespace, self.pointer)
-        if target == self.keys.namespace:
-            return
-        keys = KeyLayout(target)
-        owned = self.consumer.assignment() if self.consumer is not None else []
-        applied = self._applied_offsets(owned, keys)
-        target_store = StateStore(self.redis, keys)
-        watermark = target_store.read_watermark()
-        owned_ids = frozenset(tp.partition for tp in owned)
-        markers = self.rescore.markers(owned_ids, keys)
-
-        previous = self.keys.namespace
-        for tp in owned:
-            offset = applied.get((tp.topic, tp.partition))
-            if offset is None:
-                log.warning(
-                    "namespace %s has no applied offset for %s[%d]: continuing from here",
-                    target,
-                    tp.topic,
-                    tp.partition,
-                )
-                continue
-            assert self.consumer is not None
-            try:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-            except KafkaException as exc:
-                raise ServerUnavailableError(
-                    f"cannot seek {tp.topic}[{tp.partition}] to {offset} for namespace "
-                    f"{target}: {exc}; restart to resume from its applied offsets"
-                ) from exc
-        self.heartbeat.forget()
-        self._bind_namespace(target)
-        self.heartbeat.keys = self.keys
-        self._known_categories = set()  # the categories hash is per namespace
-        # The target's own time: its users were scored at its watermark (a replay re-scores
-        # everyone there), and a catch-up must not re-score them at a later one first.
-        self.watermark = watermark if watermark is not None else -np.inf
-        lateness_ms = self.settings.pipeline.allowed_lateness_seconds * 1000.0
-        scored_at = markers if markers is not None else self.watermark - lateness_ms
-        self.rescore.moved_namespace(scored_at, owned_ids)
-        self._model_checked = 0.0
-        self.model = None
-        log.info("live namespace moved: now writing %s (was %s)", target, previous)
-        announced = announce_segments(self, KeyLayout(previous), owned_ids)
-        log.info(
-            "announced the segments of %d users of %s on the segments topic", announced, target
-        )
-
-    def _applied_offsets(
-        self, partitions: Sequence[TopicPartition], keys: KeyLayout | None = None
-    ) -> dict[tuple[str, int], int]:
-        """Next offset to apply per partition, from a namespace's ``applied-offsets``."""
-        if not partitions:
-            return {}
-        fields = [f"{p.topic}:{p.partition}" for p in partitions]
-        values = self.redis.hmget((keys or self.keys).applied_offsets, fields)
-        found: dict[tuple[str, int], int] = {}
-        for p, v in zip(partitions, values, strict=True):
-            if v is None:
-                continue
-            try:
-                found[(p.topic, p.partition)] = int(v)
-            except ValueError:
-                log.warning("ignoring a malformed applied offset %r of %s", v, p.partition)
-        return found
-
-    def _applied_offsets_waiting(
-        self, partitions: Sequence[TopicPartition], *, seconds: float
-    ) -> dict[tuple[str, int], int]:
-        """`_applied_offsets`, retrying while Redis is unavailable for up to ``seconds``."""
-        deadline = time.monotonic() + seconds
-        delay = 0.1
-        while True:
-            try:
-                return self._applied_offsets(partitions)
-            except redis.RedisError as exc:
-                if not _redis_is_unavailable(exc) or time.monotonic() > deadline:
-                    raise ServerUnavailableError(
-                        f"cannot read where namespace {self.keys.namespace} stands "
-                        f"(applied offsets) for newly assigned partitions: {exc}"
-                    ) from exc
-                log.warning("Redis unavailable (%s) while positioning partitions", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """`ModelWatch.refresh`: a newly published model, or a moved live pointer, is taken
+        up between batches."""
+        self.model_watch.refresh(force=force)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -494,7 +331,7 @@ class SegmentPipeline:
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
         stats.records = len(records)
-        kafka = _KafkaPositions.of(records)
+        kafka = KafkaPositions.of(records)
 
         batch, rejections = decode_events(
             [m.value() for m in records],
@@ -532,7 +369,7 @@ class SegmentPipeline:
     def _observe(
         self,
         stats: BatchStats,
-        kafka: _KafkaPositions,
+        kafka: KafkaPositions,
         seconds: float,
         written_at_ms: float,
     ) -> None:
@@ -563,18 +400,17 @@ class SegmentPipeline:
             member, self.metrics.assignment, self.model, self.totals.records, self.totals.reasons
         )
 
-    def _batch_landed(self, kafka: _KafkaPositions) -> bool:
+    def _batch_landed(self, kafka: KafkaPositions) -> bool:
         """Whether this namespace's applied offsets already cover the whole batch."""
         topic = self.settings.kafka.events_topic
-        partitions = [TopicPartition(topic, p) for p in kafka.next_offsets]
-        applied = self._applied_offsets(partitions)
+        applied = self.store.read_applied_offsets([(topic, p) for p in kafka.next_offsets])
         return all(
             applied.get((topic, p), -1) >= next_offset
             for p, next_offset in kafka.next_offsets.items()
         )
 
     def _apply_and_write_fenced(
-        self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
+        self, kafka: KafkaPositions, batch: EventBatch, stats: BatchStats
     ) -> None:
         """`_apply_and_write`, again from a fresh read while its write is discarded because a
         partition of ``<ns>:partition-owners`` got a new token since the read (one Redis
@@ -591,16 +427,14 @@ class SegmentPipeline:
                 discarded += 1
                 self.metrics.fenced_writes.inc()
                 now = time.monotonic()
-                if now - said_at >= _OUTAGE_LOG_SECONDS:
+                if now - said_at >= OUTAGE_LOG_SECONDS:
                     said_at = now
                     log.info("a partition got a new owner since this batch was read: reading again")
                 if self._stopping:
                     raise StopRequested from None  # nothing of the batch was written
                 time.sleep(random.uniform(0.0, min(0.01 * discarded, 0.5)))
 
-    def _apply_and_write(
-        self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats
-    ) -> None:
+    def _apply_and_write(self, kafka: KafkaPositions, batch: EventBatch, stats: BatchStats) -> None:
         write = BatchWrite(user_ids=[], states=np.empty((0, 0)))
         if len(batch):
             write = self._apply(kafka, batch, stats)
@@ -622,9 +456,9 @@ class SegmentPipeline:
         self.outputs.deliver()
         self.store.write(write)
         # Only once written: a failed attempt registers its new category names on the retry.
-        self._known_categories.update(write.new_categories)
+        self.categories.registered(write.new_categories)
 
-    def _apply(self, kafka: _KafkaPositions, batch: EventBatch, stats: BatchStats) -> BatchWrite:
+    def _apply(self, kafka: KafkaPositions, batch: EventBatch, stats: BatchStats) -> BatchWrite:
         users = list(dict.fromkeys(batch.user_id))  # distinct, in first-seen order
         row_of = {u: i for i, u in enumerate(users)}
         user_rows = np.fromiter(map(row_of.__getitem__, batch.user_id), np.int64, len(batch))
@@ -639,9 +473,7 @@ class SegmentPipeline:
                 stats.foreign_states,
                 user_keys[int(np.flatnonzero(foreign)[0])][0],
             )
-        if len(self._category_cache) > _CATEGORY_CACHE_LIMIT:
-            self._category_cache.clear()  # a cache of hashes: rebuilt as names come back
-        codes = category_codes(batch.category, self._category_cache)
+        codes = self.categories.codes(batch.category)
         cols = EventColumns(
             user=user_rows,
             ts_ms=batch.ts_ms,
@@ -671,7 +503,7 @@ class SegmentPipeline:
         touched_states = states[touched]
         # All users read, not only those this batch changed: after a partial write on a
         # cluster, a retried batch changes no one, and its names must still be registered.
-        new_categories = self._categories_to_register(batch.category, states)
+        new_categories = self.categories.to_register(batch.category, states)
         features = derive_features(
             touched_states, touched_states[:, COL["last_ts_ms"]], self.settings.features
         )
@@ -706,103 +538,19 @@ class SegmentPipeline:
 
     def assign_segments(
         self, users: list[str], states: np.ndarray, features: np.ndarray
-    ) -> tuple[list[bytes], dict[int, int], list[tuple[str, bytes]]]:
-        """Segment records, segment-size deltas and change events; updates ``states``."""
-        computed_at = iso_ms(time.time() * 1000.0)
-        event_times = iso_ms_array(states[:, COL["last_ts_ms"]])
-        names = self._category_names(states)
-        by_spend, by_views = top_categories(states)
-        spend_names = [names.get(c) if c == c else None for c in by_spend.tolist()]
-        view_names = [names.get(c) if c == c else None for c in by_views.tolist()]
-        model = self.model
-        if model is None:
-            records = encode_records(
-                users,
-                fields=[COLD_START_FIELDS] * len(users),
-                distances=None,
-                top_category_spend=spend_names,
-                top_category_views=view_names,
-                event_times=event_times,
-                computed_at=computed_at,
-            )
-            return records, {}, []
-        previous = states[:, COL["segment_id"]].astype(np.int64)
-        ids, positions, distances = model.assign(
-            features, previous_ids=previous, margin=self.settings.pipeline.hysteresis_margin
-        )
-        states[:, COL["segment_id"]] = ids
-        states[:, COL["model_version"]] = model.model_version
-        per_segment, per_segment_change = self._segment_fields(model)
-        records = encode_records(
+    ) -> Assignment:
+        """`consumer.segment_assignment.assign_segments` with this process's model, margin,
+        namespace and category names; updates ``states``."""
+        return assign_segments(
+            self.model,
             users,
-            fields=[per_segment[p] for p in positions.tolist()],
-            distances=np.round(distances, 6).tolist(),
-            top_category_spend=spend_names,
-            top_category_views=view_names,
-            event_times=event_times,
-            computed_at=computed_at,
-        )
-        changed = np.flatnonzero(ids != previous)
-        size_changes: Counter[int] = Counter()
-        joined, counts = np.unique(ids[changed], return_counts=True)
-        size_changes.update(dict(zip(joined.tolist(), counts.tolist(), strict=True)))
-        left = previous[changed]
-        gone, counts = np.unique(left[left >= 0], return_counts=True)
-        size_changes.subtract(dict(zip(gone.tolist(), counts.tolist(), strict=True)))
-        changes = encode_changes(
-            [users[i] for i in changed.tolist()],
-            fields=[per_segment_change[p] for p in positions[changed].tolist()],
-            previous_ids=left.tolist(),
-            event_times=[event_times[i] for i in changed.tolist()],
-            computed_at=computed_at,
+            states,
+            features,
+            category_names=self.categories.names(states, self.redis, self.keys.categories),
+            margin=self.settings.pipeline.hysteresis_margin,
             namespace=self.keys.namespace,
+            fields=self._segment_fields,
         )
-        return records, {k: v for k, v in size_changes.items() if v}, changes
-
-    def _segment_fields(self, model: SegmentModel) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
-        """`segment_fields` and `change_fields` of each centre position of ``model``
-        (computed once per model)."""
-        if self._fields_of[0] is not model:
-            segments = list(
-                zip(model.ids, model.names_array.tolist(), model.tiers_array.tolist(), strict=True)
-            )
-            version = model.model_version
-            self._fields_of = (
-                model,
-                [segment_fields(int(i), name, int(tier), version) for i, name, tier in segments],
-                [change_fields(int(i), name, int(tier), version) for i, name, tier in segments],
-            )
-        return self._fields_of[1], self._fields_of[2]
-
-    def _categories_to_register(
-        self, batch_categories: list[str | None], states: np.ndarray
-    ) -> dict[float, str]:
-        """Code -> name of this batch's categories that ``states`` hold and Redis may not know.
-
-        Only names a user's category slots still hold are registered: a producer inventing a
-        category per event adds at most `model.features` slot-count names per user and batch
-        to ``<ns>:categories``, not one per event.
-        """
-        in_batch = {self._category_cache[n]: n for n in set(batch_categories) if n is not None}
-        if len(self._names_by_code) > _CATEGORY_CACHE_LIMIT:
-            self._names_by_code.clear()
-        self._names_by_code.update(in_batch)
-        held = states[:, CATEGORY_CODES]
-        held_codes = set(np.unique(held[~np.isnan(held)]).tolist())
-        if len(self._known_categories) > _CATEGORY_CACHE_LIMIT:
-            self._known_categories.clear()  # re-registering a name is harmless
-        known = self._known_categories
-        return {c: n for c, n in in_batch.items() if c in held_codes and c not in known}
-
-    def _category_names(self, states: np.ndarray) -> dict[float, str]:
-        """Code -> name for every category code in ``states``, asking Redis for unknown ones."""
-        names = self._names_by_code
-        codes = np.unique(states[:, CATEGORY_CODES])
-        unknown = [c for c in codes.tolist() if c == c and c not in names]
-        if unknown:
-            found = self.redis.hmget(self.keys.categories, [repr(int(c)) for c in unknown])
-            names.update({c: v.decode() for c, v in zip(unknown, found, strict=True) if v})
-        return names
 
     def _name_ignored_types(self, names: Sequence[str]) -> None:
         """Log each type name that is ignored, once per process (the first
@@ -850,77 +598,20 @@ class SegmentPipeline:
         self.totals.segment_changes += count
 
     def until_redis_answers(self, work: Callable[[], None]) -> None:
-        """Run ``work``; while Redis fails, pause consumption and retry it with back-off.
+        """Run ``work``; while Redis fails, pause consumption and retry it with back-off
+        (`consumer.redis_outage.until_redis_answers`).
 
         Raises `StopRequested` when asked to stop meanwhile: nothing of the batch was stored,
         so it is simply redelivered.
         """
         assert self.consumer is not None
-        delay = 0.1
-        paused = False
-        since = said_at = measured_at = 0.0
-        while True:
-            try:
-                work()
-                break
-            except (redis.RedisError, redis.exceptions.SlotNotCoveredError) as exc:
-                # SlotNotCoveredError (a cluster mid-failover) is not a RedisError.
-                if isinstance(exc, redis.RedisError) and not _redis_is_unavailable(exc):
-                    raise
-                self.metrics.redis_errors.inc()
-                now = time.monotonic()
-                if not paused:
-                    paused = True
-                    since = said_at = now
-                    self.metrics.set_paused(True)
-                    log.warning("Redis unavailable (%s); consumption paused", exc)
-                elif now - said_at >= _OUTAGE_LOG_SECONDS:
-                    said_at = now
-                    log.warning(
-                        "Redis still unavailable after %.0f s (%s); consumption paused",
-                        now - since,
-                        exc,
-                    )
-                if now - measured_at >= self.settings.observability.heartbeat_seconds:
-                    measured_at = now
-                    self._measure_lag_paused()
-                self._serve_callbacks_paused()
-                if self._stopping:
-                    raise StopRequested from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        if paused:
-            self.consumer.resume(self.consumer.assignment())
-            self.metrics.set_paused(False)
-            log.info("Redis is back; consumption resumed")
-
-    def _measure_lag_paused(self) -> None:
-        """Set the lag gauge from the brokers' high watermarks and this consumer's positions:
-        paused partitions fetch nothing, so librdkafka's statistics would freeze it just when
-        the lag grows."""
-        assert self.consumer is not None
-        lags: dict[tuple[str, int], int] = {}
-        try:
-            for tp in self.consumer.position(self.consumer.assignment()):
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
-                if tp.offset >= 0:
-                    lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        except KafkaException as exc:  # the gauge keeps its last value
-            log.debug("lag not measured while paused: %s", exc)
-            return
-        self.metrics.observe_lags(lags)
-
-    def _serve_callbacks_paused(self) -> None:
-        """Serve rebalance callbacks without consuming: partitions assigned meanwhile are
-        paused too, and a message poll returns anyway is sought back, not dropped."""
-        assert self.consumer is not None
-        self.consumer.pause(self.consumer.assignment())
-        message = self.consumer.poll(0)
-        if message is not None and message.error() is None:
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if topic is not None and partition is not None and offset is not None:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-        self.consumer.pause(self.consumer.assignment())
+        until_redis_answers(
+            work,
+            consumer=self.consumer,
+            metrics=self.metrics,
+            stopping=lambda: self._stopping,
+            lag_every_seconds=self.settings.observability.heartbeat_seconds,
+        )
 
     def _store_offsets(self, next_offsets: dict[int, int]) -> None:
         assert self.consumer is not None
@@ -946,107 +637,7 @@ class SegmentPipeline:
         t.reasons.update(stats.reasons)
 
 
-#: Entries kept in each in-process category cache before it is emptied (bounded memory
-#: under a producer that invents category names).
-_CATEGORY_CACHE_LIMIT = 100_000
 #: Longest wait of a /readyz Redis PING.
 _PROBE_TIMEOUT_SECONDS = 1.0
-#: A Redis outage is logged when it begins and again every this many seconds.
-_OUTAGE_LOG_SECONDS = 30.0
 #: Ignored type names logged per process: the names come from the input, so they are bounded.
 _IGNORED_TYPES_LOGGED = 100
-
-
-@dataclass(frozen=True, slots=True)
-class _KafkaPositions:
-    """Partition, offset and timestamp of each record of a batch (all from
-    ``kafka.events_topic``), read once per batch, and the offset after the last record of
-    each partition."""
-
-    partition: np.ndarray  # int64
-    offset: np.ndarray  # int64
-    timestamp_ms: np.ndarray  # int64, Kafka record timestamp; <= 0 = not available
-    next_offsets: dict[int, int]
-
-    @classmethod
-    def of(cls, records: Sequence[Message]) -> _KafkaPositions:
-        n = len(records)
-        partition = np.fromiter((m.partition() for m in records), np.int64, n)
-        offset = np.fromiter((m.offset() for m in records), np.int64, n)
-        timestamp = np.fromiter((m.timestamp()[1] for m in records), np.int64, n)
-        # Records of a partition arrive in offset order: the last one per partition wins.
-        next_offsets = dict(zip(partition.tolist(), (offset + 1).tolist(), strict=True))
-        return cls(partition, offset, timestamp, next_offsets)
-
-
-def freeze_start_up_heap() -> None:
-    """Hide what start-up loaded from the garbage collector (`gc.freeze`).
-
-    numpy, scikit-learn, pydantic, the Kafka and Redis clients and the model are ~125k
-    objects that live as long as the process; each full collection, about ten per 300,000
-    records, walked them all mid-batch. Measured in the benchmark's pipeline pass: 0.8-0.9 s
-    of collection per 300,000 records before, 0.14-0.18 s after.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg run``: the main job, until SIGTERM/SIGINT (or the given limits); with
-    ``--processes N`` (``pipeline.processes``) in N consumer processes of one group."""
-    processes = settings.pipeline.processes  # --processes is applied to the settings
-    if processes > 1:
-        return supervise(
-            args, settings, _run_one, processes, default_port=DEFAULT_METRICS_PORTS["run"]
-        )
-    return _run_one(args, settings)
-
-
-def _run_one(args: argparse.Namespace, settings: Settings) -> int:
-    """One consumer process, until SIGTERM/SIGINT (or the given limits)."""
-    pipeline = SegmentPipeline(settings)
-    server = start_metrics_server(
-        metrics_port(args, settings, default=DEFAULT_METRICS_PORTS["run"]),
-        pipeline.metrics.registry,
-        pipeline.readiness_checks(),
-    )
-
-    def _graceful(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the batch in flight", signum)
-        pipeline.stop()
-
-    # Installed before start-up, so a stop during start-up is clean too (the fault tests
-    # found a SIGTERM there killing the process).
-    signal.signal(signal.SIGTERM, _graceful)
-    signal.signal(signal.SIGINT, _graceful)
-    try:
-        pipeline.start()
-    except BaseException:
-        # Whatever failed after the Kafka clients were made: close them, or librdkafka's
-        # threads keep the process alive after the error is reported.
-        pipeline.close()
-        if server is not None:
-            server.stop()
-        raise
-    freeze_start_up_heap()
-    started = time.monotonic()
-    try:
-        totals = pipeline.run(max_records=args.max_events, idle_exit_seconds=args.idle_exit_seconds)
-    finally:
-        pipeline.close()
-        if server is not None:
-            server.stop()
-    elapsed = time.monotonic() - started
-    log.info(
-        "stopped after %.1f s: records=%d applied=%d duplicates=%d ignored=%d dead_lettered=%d "
-        "segment_changes=%d foreign_states=%d",
-        elapsed,
-        totals.records,
-        totals.applied,
-        totals.duplicates,
-        totals.ignored,
-        totals.dead_lettered,
-        totals.segment_changes,
-        totals.foreign_states,
-    )
-    return 0

@@ -55,8 +55,9 @@ from consumer.kafka_clients import create_consumer, ensure_topics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace, register_namespace
 from consumer.outputs import OutputTopics
-from consumer.pipeline import SegmentPipeline, freeze_start_up_heap
+from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.run import freeze_start_up_heap
 from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
 from consumer.snapshot import Snapshot, read_snapshot
 from consumer.state_store import BatchWrite, StateStore

@@ -458,6 +458,25 @@ class StateStore:
         score = self.client.zscore(self.keys.watermark, "max")
         return None if score is None else float(score)
 
+    def read_applied_offsets(
+        self, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Next offset to apply of each (topic, partition) that ``<ns>:applied-offsets``
+        holds; a malformed field is logged and left out."""
+        if not partitions:
+            return {}
+        fields = [f"{topic}:{partition}" for topic, partition in partitions]
+        values = self.client.hmget(self.keys.applied_offsets, fields)
+        found: dict[tuple[str, int], int] = {}
+        for partition, value in zip(partitions, values, strict=True):
+            if value is None:
+                continue
+            try:
+                found[partition] = int(value)
+            except ValueError:
+                log.warning("ignoring a malformed applied offset %r of %s", value, partition)
+        return found
+
 
 def integer_fields(
     raw: Mapping[bytes, bytes], key: str, *, integer_names: bool = False
