@@ -640,7 +640,7 @@ def _add_replay_commands(commands: Any) -> None:
     compare = _command(
         commands,
         "compare",
-        "consumer.replay:compare_command",
+        "consumer.compare:compare_command",
         "compare a shadow namespace's segments with the live (or another) namespace",
         _COMPARE_EPILOG,
     )

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from consumer.cli import main
+from consumer.compare import compare_namespaces
 from consumer.exceptions import ConfigError
 from consumer.lookup import SegmentLookup
 from consumer.namespaces import (
@@ -29,7 +30,7 @@ from consumer.namespaces import (
 )
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
-from consumer.replay import compare_namespaces, replay
+from consumer.replay import replay
 from consumer.segment_record import encode_record
 from consumer.settings import Settings
 from consumer.snapshot import read_snapshot

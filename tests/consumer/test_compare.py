@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from consumer.replay import Comparison, SegmentPair, print_comparison
+from consumer.compare import Comparison, SegmentPair, print_comparison
 
 
 def test_moved_fields_read_in_the_order_of_the_columns() -> None:
