@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = _command(
         commands,
         "tune-k",
-        "consumer.report:tune_k_command",
+        "consumer.tune_k:tune_k_command",
         "score a range of K (number of segments) on the users in Redis and recommend one",
     )
     tune.formatter_class = argparse.RawDescriptionHelpFormatter

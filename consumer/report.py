@@ -1,4 +1,4 @@
-"""``streamseg report`` and ``streamseg tune-k``: what the segments look like, as HTML and PNGs.
+"""``streamseg report``: what the segments look like, as HTML and PNGs.
 
 The report reads the namespace's current state from Redis (a `consumer.snapshot.Snapshot`,
 the published models and the counters) and writes ``index.html`` with one PNG per figure:
@@ -20,7 +20,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import matplotlib
 
@@ -36,23 +36,20 @@ from matplotlib.patches import Patch
 from matplotlib.typing import RcKeyType
 from sklearn.decomposition import PCA
 
-from consumer.exceptions import ConfigError
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.snapshot import Snapshot, read_snapshot
 from consumer.state_store import StateStore
-from model.exceptions import InsufficientDataError
 from model.features import FEATURE_NAMES, FEATURES, LOG_FEATURES, top_categories
 from model.model_format import SegmentModel
-from model.preprocessing import Preprocessor
-from model.quality import KRule, TuneKResult, recommend_k, tune_k
 
 FloatArray = npt.NDArray[np.float64]
 
 _UNITS = {f.name: f.unit for f in FEATURES}
-_DPI = 110
-_FONT: dict[RcKeyType, Any] = {
+#: Resolution and text style of every figure (the report's and `consumer.tune_k`'s plot).
+FIGURE_DPI = 110
+FIGURE_STYLE: dict[RcKeyType, Any] = {
     "font.size": 11,
     "axes.titlesize": 13,
     "axes.labelsize": 11,
@@ -90,7 +87,7 @@ def _segment_label(model: SegmentModel, pos: int) -> str:
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> str:
-    fig.savefig(out_dir / name, dpi=_DPI, bbox_inches="tight")
+    fig.savefig(out_dir / name, dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
     return name
 
@@ -593,7 +590,7 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/index.html`` and its PNGs from the namespace's state; return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with plt.rc_context(_FONT):
+    with plt.rc_context(FIGURE_STYLE):
         return _write_report(client, keys, out_dir, sample=sample, settings=settings)
 
 
@@ -719,117 +716,4 @@ def report_command(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings,
     )
     print(index.resolve())
-    return 0
-
-
-# -- choosing K ------------------------------------------------------------------------------
-
-
-#: What `recommend_k` calls each rule, and how the table's last line says it.
-_RULES: dict[KRule, str] = {
-    "silhouette": "highest silhouette",
-    "calinski_harabasz": "highest Calinski-Harabasz",
-    "elbow": "elbow of the inertia curve",
-}
-
-
-def tune_k_on_snapshot(
-    snapshot: Snapshot,
-    k_min: int,
-    k_max: int,
-    *,
-    sample_size: int = 5000,
-    seed: int = 0,
-    rule: KRule = "silhouette",
-) -> TuneKResult:
-    """Score K = k_min..k_max on the snapshot's features, preprocessed by a fresh fit."""
-    if k_min < 2 or k_max < k_min:
-        raise ConfigError(f"need 2 <= --k-min <= --k-max, got {k_min}..{k_max}")
-    Z = Preprocessor(FEATURE_NAMES, log_columns=LOG_FEATURES).fit_transform(snapshot.features)
-    return tune_k(Z, range(k_min, k_max + 1), sample_size=sample_size, random_state=seed, rule=rule)
-
-
-def plot_tune_k(result: TuneKResult, path: Path) -> Path:
-    """Inertia elbow (left axis) and mean silhouette (right axis) against K."""
-    with plt.rc_context(_FONT):
-        return _plot_tune_k(result, path)
-
-
-def _plot_tune_k(result: TuneKResult, path: Path) -> Path:
-    ks = [s.k for s in result.scores]
-    fig, left = plt.subplots(figsize=(8.5, 5))
-    left.plot(
-        ks, [s.inertia for s in result.scores], "o-", color="tab:blue", label="inertia (left axis)"
-    )
-    left.set_xlabel("number of segments K")
-    left.set_ylabel("inertia (scaled units squared)", color="tab:blue")
-    left.tick_params(axis="y", labelcolor="tab:blue")
-    right = left.twinx()
-    right.plot(
-        ks,
-        [s.silhouette for s in result.scores],
-        "s--",
-        color="tab:orange",
-        label="mean silhouette (right axis)",
-    )
-    right.set_ylabel("mean silhouette (-1..1, higher is better)", color="tab:orange")
-    right.tick_params(axis="y", labelcolor="tab:orange")
-    line = left.axvline(
-        result.recommended_k,
-        color="grey",
-        linestyle=":",
-        label=f"recommended K = {result.recommended_k} ({_RULES[result.rule]})",
-    )
-    left.set_xticks(ks)
-    left.grid(alpha=0.3)
-    handles = [*left.get_lines()[:1], *right.get_lines(), line]
-    left.legend(handles=handles, labels=[str(h.get_label()) for h in handles], loc="upper center")
-    left.set_title("Choosing K: inertia elbow and silhouette")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def format_tune_k(result: TuneKResult) -> str:
-    """The scores as a plain-text table, with the recommendation."""
-    lines = [f"{'K':>3}  {'inertia':>12}  {'silhouette':>10}  {'Calinski-Harabasz':>17}"]
-    for s in result.scores:
-        mark = "  <- recommended" if s.k == result.recommended_k else ""
-        lines.append(
-            f"{s.k:>3}  {s.inertia:>12.1f}  {s.silhouette:>10.3f}  "
-            f"{s.calinski_harabasz:>17.1f}{mark}"
-        )
-    lines.append(f"recommended K = {result.recommended_k} ({_RULES[result.rule]})")
-    picks = ", ".join(f"{words} K = {recommend_k(result.scores, r)}" for r, words in _RULES.items())
-    lines.append(f"each rule's pick: {picks}")
-    return "\n".join(lines)
-
-
-def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg tune-k``: score a range of K on a snapshot, print a table, save a plot."""
-    client = settings.redis.connect()
-    keys = KeyLayout(settings.redis.namespace)
-    snapshot = read_snapshot(client, keys, max_users=args.sample, config=settings.features)
-    if not len(snapshot):
-        raise ConfigError(
-            f"namespace {keys.namespace!r} has no users yet: `streamseg run` writes them as "
-            "events arrive (or pass --namespace)"
-        )
-    try:
-        result = tune_k_on_snapshot(
-            snapshot,
-            args.k_min,
-            args.k_max,
-            seed=settings.trainer.seed,
-            rule=cast(KRule, args.rule.replace("-", "_")),
-        )
-    except InsufficientDataError as exc:
-        raise ConfigError(
-            f"namespace {keys.namespace!r} has {len(snapshot)} users: {exc}"
-        ) from None
-    print(f"{len(snapshot):,} users sampled of {snapshot.total_users:,}")
-    print(format_tune_k(result))
-    path = plot_tune_k(result, Path(args.out))
-    print(f"plot (inertia and silhouette by K): {path.resolve()}")
     return 0

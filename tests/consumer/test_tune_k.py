@@ -1,0 +1,85 @@
+"""`streamseg tune-k` on the state the real pipeline and trainer wrote."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.redis_keys import KeyLayout
+from consumer.snapshot import read_snapshot
+from model.features import FEATURE_NAMES
+from tests.consumer.pipeline_support import assert_real_image, point_cli_at_servers
+
+
+def test_tune_k_scores_each_k_on_a_snapshot(
+    two_model_versions: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    snapshot = read_snapshot(redis_client, KeyLayout(two_model_versions), max_users=300)
+    assert len(snapshot) == 300 and snapshot.total_users == 500
+    assert snapshot.user_ids == sorted(snapshot.user_ids)
+    assert snapshot.features.shape == (300, len(FEATURE_NAMES))
+    assert (snapshot.segment_ids >= 0).any()
+
+    point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
+    plot = tmp_path / "k.png"
+    argv = [
+        "--namespace",
+        two_model_versions,
+        "tune-k",
+        "--k-min",
+        "2",
+        "--k-max",
+        "6",
+        "--sample",
+        "400",
+        "--out",
+        str(plot),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    table = [line.split() for line in printed.splitlines() if re.match(r"\s*\d+\s+\d", line)]
+    assert [int(row[0]) for row in table] == [2, 3, 4, 5, 6]
+    recommended = int(re.search(r"recommended K = (\d+)", printed).group(1))  # type: ignore[union-attr]
+    best_silhouette = max(table, key=lambda row: float(row[2]))
+    assert recommended == int(best_silhouette[0])
+    assert f"plot (inertia and silhouette by K): {plot.resolve()}" in printed
+    assert_real_image(plot)
+    picks = dict(
+        re.findall(
+            r"(highest silhouette|highest Calinski-Harabasz|elbow of the inertia curve) K = (\d+)",
+            printed.splitlines()[-2],
+        )
+    )
+    assert picks["highest silhouette"] == str(recommended)
+    assert picks["highest Calinski-Harabasz"] == max(table, key=lambda row: float(row[3]))[0]
+
+    # --rule elbow recommends what the line under the table named for it.
+    assert main([*argv, "--rule", "elbow"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"recommended K = {picks['elbow of the inertia curve']} (elbow of the inertia curve)"
+        in printed
+    )
+
+
+def test_tune_k_on_a_namespace_without_users_says_so(
+    kafka_bootstrap: str,
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said "cannot fit the preprocessing on 0 rows"."""
+    point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
+    assert main(["--namespace", namespace, "tune-k"]) == 2
+    assert f"namespace {namespace!r} has no users yet" in capsys.readouterr().err
