@@ -68,6 +68,12 @@ class PipelineMetrics:
             "Users whose state key held a value of the wrong size, replaced by a fresh state.",
             registry=r,
         )
+        self.cross_partition_users = Counter(
+            "streamseg_cross_partition_users",
+            "Users, counted once per batch, whose events came from more than one partition "
+            "(records without a key, or not keyed by user id).",
+            registry=r,
+        )
         self.fenced_writes = Counter(
             "streamseg_fenced_writes",
             "Batch writes discarded because a partition got a new owner (a rebalance) since the "
@@ -139,6 +145,7 @@ class PipelineMetrics:
         segment_changes: int,
         reasons: Mapping[str, int],
         foreign_states: int,
+        cross_partition_users: int,
         seconds: float,
         timestamps_ms: Iterable[int],
         written_at_ms: float,
@@ -151,6 +158,7 @@ class PipelineMetrics:
         self.ignored.inc(ignored)
         self.segment_changes.inc(segment_changes)
         self.foreign_states.inc(foreign_states)
+        self.cross_partition_users.inc(cross_partition_users)
         for reason, n in reasons.items():
             self.dead_lettered.labels(reason).inc(n)
         self.batch_size.observe(records)

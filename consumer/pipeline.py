@@ -72,6 +72,7 @@ from model.features import (
     apply_events,
     derive_features,
     event_id_hashes,
+    users_on_several_partitions,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class BatchStats:
     users: int = 0
     segment_changes: int = 0
     foreign_states: int = 0  # users whose stored state had the wrong size: started afresh
+    cross_partition_users: int = 0  # users whose events came from more than one partition
     reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -120,6 +122,7 @@ class SegmentPipeline:
         self.categories = CategoryNames()
         self._segment_fields = SegmentFields()
         self._ignored_types: set[str] = set()  # type names logged as ignored
+        self._cross_partition_said_at = -np.inf
         self.watermark = -np.inf
         self._stopping = False
         self.rescore = IdleRescore(self)
@@ -382,6 +385,7 @@ class SegmentPipeline:
             ignored=stats.ignored,
             segment_changes=stats.segment_changes,
             foreign_states=stats.foreign_states,
+            cross_partition_users=stats.cross_partition_users,
             reasons=stats.reasons,
             seconds=seconds,
             timestamps_ms=kafka.timestamp_ms[::step].tolist(),
@@ -447,6 +451,7 @@ class SegmentPipeline:
             "dead_lettered": stats.dead_lettered,
             "segment_changes": stats.segment_changes,
             "foreign_states": stats.foreign_states,
+            "cross_partition_users": stats.cross_partition_users,
             "training_rows": len(write.training_rows) if write.training_rows is not None else 0,
             **{f"dead_letter.{r}": n for r, n in stats.reasons.items()},
         }
@@ -486,6 +491,7 @@ class SegmentPipeline:
         )
         redelivered = int(already_applied(states, cols).sum())
         last_before = states[:, COL["last_ts_ms"]].copy()
+        partition_before = states[:, COL["partition"]].copy()
         applied = apply_events(
             states,
             cols,
@@ -495,6 +501,10 @@ class SegmentPipeline:
         stats.applied = int(applied.sum())
         stats.duplicates = len(batch) - stats.applied
         stats.duplicate_event_ids = stats.duplicates - redelivered
+        mixed = users_on_several_partitions(partition_before, cols, applied)
+        stats.cross_partition_users = len(mixed)
+        if len(mixed):
+            self._say_cross_partition(mixed, users, partition_before, cols, applied)
         touched = np.unique(user_rows[applied])
         stats.users = len(touched)
         self.watermark = max(self.watermark, float(batch.ts_ms.max()))
@@ -550,6 +560,36 @@ class SegmentPipeline:
             margin=self.settings.pipeline.hysteresis_margin,
             namespace=self.keys.namespace,
             fields=self._segment_fields,
+        )
+
+    def _say_cross_partition(
+        self,
+        mixed: np.ndarray,
+        users: list[str],
+        partition_before: np.ndarray,
+        cols: EventColumns,
+        applied: np.ndarray,
+    ) -> None:
+        """Warn, at most every `_CROSS_PARTITION_LOG_SECONDS`, that users get events from
+        several partitions, naming the first one: the guarantees assume one partition per
+        user, and nothing else would show that the producer's keys are not user ids."""
+        now = time.monotonic()
+        if now - self._cross_partition_said_at < _CROSS_PARTITION_LOG_SECONDS:
+            return
+        self._cross_partition_said_at = now
+        row = int(mixed[0])
+        seen = set(cols.partition[applied & (cols.user == row)].tolist())
+        if partition_before[row] >= 0:
+            seen.add(int(partition_before[row]))
+        log.warning(
+            "%d users of this batch got events from more than one partition (first: %r, "
+            "partitions %s): records without a key, or keyed by something other than the user "
+            "id? Such a user's redeliveries are caught only by the event-id window, and two "
+            "consumers can write the same user; key records by user id (counted in "
+            "cross_partition_users)",
+            len(mixed),
+            users[row],
+            ", ".join(str(p) for p in sorted(seen)),
         )
 
     def _name_ignored_types(self, names: Sequence[str]) -> None:
@@ -634,10 +674,13 @@ class SegmentPipeline:
         t.users += stats.users
         t.segment_changes += stats.segment_changes
         t.foreign_states += stats.foreign_states
+        t.cross_partition_users += stats.cross_partition_users
         t.reasons.update(stats.reasons)
 
 
 #: Longest wait of a /readyz Redis PING.
 _PROBE_TIMEOUT_SECONDS = 1.0
+#: Users on several partitions are logged at most this often.
+_CROSS_PARTITION_LOG_SECONDS = 300.0
 #: Ignored type names logged per process: the names come from the input, so they are bounded.
 _IGNORED_TYPES_LOGGED = 100

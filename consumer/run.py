@@ -80,7 +80,7 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
     elapsed = time.monotonic() - started
     log.info(
         "stopped after %.1f s: records=%d applied=%d duplicates=%d ignored=%d dead_lettered=%d "
-        "segment_changes=%d foreign_states=%d",
+        "segment_changes=%d foreign_states=%d cross_partition_users=%d",
         elapsed,
         totals.records,
         totals.applied,
@@ -89,5 +89,6 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
         totals.dead_lettered,
         totals.segment_changes,
         totals.foreign_states,
+        totals.cross_partition_users,
     )
     return 0

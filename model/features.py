@@ -239,6 +239,30 @@ def already_applied(state: np.ndarray, events: EventColumns) -> np.ndarray:
     )
 
 
+def users_on_several_partitions(
+    partition_before: np.ndarray, events: EventColumns, applied: np.ndarray
+) -> np.ndarray:
+    """Rows of the users whose events come from more than one Kafka partition: this batch's
+    applied events, and the event their state last applied before it (``partition_before``,
+    the state's ``partition`` column before `apply_events`; -1 = none).
+
+    Such a user's redeliveries from another partition escape the (partition, offset) rule
+    (only the event-id window catches them), and two consumers can write the user.
+    """
+    rows = events.user[applied].astype(np.int64)
+    if not len(rows):
+        return np.empty(0, dtype=np.int64)
+    partitions = events.partition[applied].astype(np.int64)
+    users = np.unique(rows)
+    before = partition_before[users]
+    known = before >= 0
+    rows = np.concatenate([rows, users[known]])
+    partitions = np.concatenate([partitions, before[known].astype(np.int64)])
+    # One int64 per distinct (row, partition): partitions are < 2^31.
+    pairs = np.unique((rows << 32) | partitions)
+    return np.flatnonzero(np.bincount(pairs >> 32) > 1)
+
+
 def apply_events(
     state: np.ndarray,
     events: EventColumns,

@@ -341,3 +341,37 @@ def test_a_consumer_stalled_past_a_rebalance_does_not_overwrite_the_new_owner(
     ]
     assert written == []
     assert not redis_client.hgetall(keys.counters)
+
+
+def test_users_whose_events_come_from_several_partitions_are_counted_and_named(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Records keyed by user id keep each user on one partition: nothing counted. Records
+    without a key land on any partition: the guarantees' premise breaks, and it shows."""
+    topic = new_topic(partitions=2)
+    keys = KeyLayout(namespace)
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    keyed = make_events(600, users=30, seed=21)
+    produce(kafka_bootstrap, topic, as_records(keyed))
+    assert drain(settings, len(keyed)).totals.cross_partition_users == 0
+    assert redis_client.hget(keys.counters, "cross_partition_users") is None
+
+    keyless = [{**e, "event_id": f"k-{i}"} for i, e in enumerate(make_events(600, 30, seed=22))]
+    produce(kafka_bootstrap, topic, [(None, v) for _, v in as_records(keyless)])
+    with caplog.at_level(logging.WARNING, logger="consumer.pipeline"):
+        pipeline = drain(settings, len(keyless))
+
+    counted = pipeline.totals.cross_partition_users
+    assert counted > 0
+    assert int(redis_client.hget(keys.counters, "cross_partition_users") or 0) == counted
+    metric = "streamseg_cross_partition_users_total"
+    assert pipeline.metrics.registry.get_sample_value(metric) == counted
+    warned = [r.getMessage() for r in caplog.records if "more than one partition" in r.getMessage()]
+    assert len(warned) == 1  # at most one per five minutes
+    assert "partitions 0, 1" in warned[0] and "key records by user id" in warned[0]
+    assert pipeline.totals.applied == len(keyless)  # counted, and still applied

@@ -22,6 +22,7 @@ from model.features import (
     empty_state,
     state_as_dict,
     top_categories,
+    users_on_several_partitions,
 )
 from tests.reference_features import recompute
 
@@ -112,6 +113,32 @@ def test_redelivered_events_are_not_applied_twice() -> None:
     # a crash before the offset commit redelivers from offset 100: 100..299 must be skipped
     run_batches(events[100:], [400], state, rows)
     assert_matches_reference(state, rows, events)
+
+
+def test_users_whose_events_come_from_several_partitions_are_found() -> None:
+    """Within the batch, or between the batch and the partition the state last applied."""
+    state = empty_state(5)
+    state[3, COL["partition"]] = 2  # user 3 last applied an event of partition 2
+    state[4, COL["partition"]] = 1
+    user = np.array([0, 0, 1, 1, 2, 3, 4, 4])
+    partition = np.array([0, 0, 0, 1, 5, 0, 1, 1])
+    cols = EventColumns(
+        user=user,
+        ts_ms=np.full(len(user), T0),
+        type_code=np.zeros(len(user), dtype=np.int8),
+        amount=np.zeros(len(user)),
+        category_code=np.full(len(user), np.nan),
+        partition=partition,
+        offset=np.arange(len(user)),
+    )
+    applied = np.ones(len(user), dtype=bool)
+    found = users_on_several_partitions(state[:, COL["partition"]], cols, applied)
+    assert found.tolist() == [1, 3]  # 0: one partition; 2: first event; 4: same as before
+    # Only applied events count: user 1's event of partition 1 skipped as a duplicate.
+    applied[3] = False
+    found = users_on_several_partitions(state[:, COL["partition"]], cols, applied)
+    assert found.tolist() == [3]
+    assert users_on_several_partitions(state[:, COL["partition"]], cols, applied & False).size == 0
 
 
 def test_arrival_order_does_not_change_the_state_beyond_rounding() -> None:
