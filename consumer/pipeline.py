@@ -18,9 +18,12 @@ A crash anywhere before 5 redelivers the batch and nothing was applied; a crash 
 and 6 redelivers it and every event is skipped by its offset: Redis sees each event's effect
 exactly once. Segment-change events and dead letters are at least once.
 
-Beside the loop, each in its own module: the Kafka writes (`consumer.outputs`), the re-score
-pass of idle users between batches (`consumer.rescore`) and the announcement after a switch of
-the live namespace (`consumer.announcement`).
+Beside the loop, each in its own module: the Kafka writes (`consumer.outputs`), scoring
+users into records and change events (`consumer.segment_assignment`), the fencing tokens
+(`consumer.fencing`), waiting out a Redis outage (`consumer.redis_outage`), the model and
+live-pointer checks (`consumer.model_watch`), the re-score pass of idle users between batches
+(`consumer.rescore`) and the announcement after a switch of the live namespace
+(`consumer.announcement`). ``streamseg run`` itself is `consumer.run`.
 """
 
 from __future__ import annotations
