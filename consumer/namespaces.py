@@ -27,7 +27,7 @@ from redis.cluster import RedisCluster
 
 from consumer.exceptions import ConfigError
 from consumer.model_store import ModelStore
-from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.redis_keys import KeyLayout, PointerKeys, namespace_text
 from consumer.settings import RedisClient, Settings
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,15 @@ class NamespaceInfo:
     live: bool
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _watched_get(pipe: Any, key: str) -> str | None:
     """GET on a pipeline in WATCH mode (immediate, but typed as buffered by redis-py)."""
     value: bytes | None = pipe.get(key)
-    return _text(value)
+    return namespace_text(value)
 
 
 def live_namespace(client: RedisClient, default: str, pointer: PointerKeys | None = None) -> str:
     """The namespace the pointer names, or ``default`` when it is unset."""
-    return _text(client.get((pointer or PointerKeys()).live)) or default
+    return namespace_text(client.get((pointer or PointerKeys()).live)) or default
 
 
 def register_namespace(client: RedisClient, name: str, pointer: PointerKeys | None = None) -> None:
@@ -125,7 +121,7 @@ def rollback(client: RedisClient, pointer: PointerKeys | None = None) -> str:
                 if cluster:  # previous is in another slot: read, not watched
                     pipe.watch(keys.live)
                     live = _watched_get(pipe, keys.live)
-                    previous = _text(client.get(keys.previous))
+                    previous = namespace_text(client.get(keys.previous))
                 else:
                     pipe.watch(keys.live, keys.previous)
                     live = _watched_get(pipe, keys.live)
@@ -163,8 +159,8 @@ def list_namespaces(
     keys = pointer or PointerKeys()
     live = live_namespace(client, configured, keys)
     names = {configured, live}
-    names.update(n for n in (_text(v) for v in client.smembers(keys.registry)) if n)
-    previous = _text(client.get(keys.previous))
+    names.update(n for n in (namespace_text(v) for v in client.smembers(keys.registry)) if n)
+    previous = namespace_text(client.get(keys.previous))
     if previous:
         names.add(previous)
     return [
@@ -199,7 +195,7 @@ def drop_namespace(
     for pattern in (f"{name}:*", f"{layout.model_current[: -len('current')]}*"):
         batch: list[bytes] = []
         for key in client.scan_iter(match=pattern, count=1000):
-            if _text(key) in protected:
+            if namespace_text(key) in protected:
                 continue
             batch.append(key)
             if len(batch) >= _UNLINK_CHUNK:
@@ -208,7 +204,7 @@ def drop_namespace(
         if batch:
             deleted += int(client.unlink(*batch))
     client.srem(keys.registry, name)
-    if _text(client.get(keys.previous)) == name:
+    if namespace_text(client.get(keys.previous)) == name:
         client.delete(keys.previous)  # a rollback must not point at nothing
     log.info("dropped namespace %s (%d keys)", name, deleted)
     return deleted

@@ -181,3 +181,8 @@ class PointerKeys:
     def registry(self) -> str:
         """Set of namespace names written by replays."""
         return f"{self.root}:namespaces"
+
+
+def namespace_text(value: bytes | str | None) -> str | None:
+    """A namespace name as a pointer key or the registry stores it, as text (None: unset)."""
+    return value.decode() if isinstance(value, bytes) else value

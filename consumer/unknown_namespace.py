@@ -10,20 +10,16 @@ from __future__ import annotations
 import redis
 
 from consumer.exceptions import ConfigError
-from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.redis_keys import KeyLayout, PointerKeys, namespace_text
 from consumer.settings import RedisClient, RedisSettings
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def known_namespaces(client: RedisClient, pointer: PointerKeys | None = None) -> list[str]:
     """The registered namespaces (`register_namespace`: replays) and those the live and
     previous pointers name, sorted; the configured one is known to its settings only."""
     keys = pointer or PointerKeys()
-    names = {_text(v) for v in client.smembers(keys.registry)}
-    names.update(_text(client.get(key)) for key in (keys.live, keys.previous))
+    names = {namespace_text(v) for v in client.smembers(keys.registry)}
+    names.update(namespace_text(client.get(key)) for key in (keys.live, keys.previous))
     return sorted(name for name in names if name)
 
 
