@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import redis
+from confluent_kafka import TopicPartition
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,6 +27,7 @@ from consumer.trainer import Trainer
 from model.features import FEATURE_NAMES
 from tests.consumer.pipeline_support import (
     as_records,
+    drain,
     make_events,
     produce,
     push_training_rows,
@@ -263,6 +265,39 @@ def test_lag_counts_from_the_stored_offset_not_the_last_commit() -> None:
     assert consumer_lag_from_stats(orjson.dumps(stats)) == {("events", 0): 0}
     older = {"topics": {"events": {"partitions": {"0": {"consumer_lag": 7}}}}}  # no _stored
     assert consumer_lag_from_stats(orjson.dumps(older)) == {("events", 0): 7}
+
+
+def test_the_lag_gauge_reads_zero_once_records_are_in_redis_though_not_yet_committed(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+) -> None:
+    """The same as the test above, with a real broker's statistics: 1,000 records written
+    to Redis and stored, the last commit 1,000 records back."""
+    topic = new_topic()
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    settings.observability.heartbeat_seconds = 0.5  # librdkafka statistics twice a second
+    settings.kafka.extra = {"auto.commit.interval.ms": "600000"}  # no commit but close()'s
+    produce(kafka_bootstrap, topic, as_records(make_events(500, users=50, seed=5)))
+    drain(settings, 500)  # closing commits offset 500
+    produce(kafka_bootstrap, topic, as_records(make_events(1000, users=50, seed=6)))
+
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=1000, idle_exit_seconds=20)
+        assert pipeline.totals.records == 1000
+        pipeline.run(idle_exit_seconds=2.0)  # idle polls serve the statistics callback
+        assert pipeline.consumer is not None
+        committed = pipeline.consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        assert committed[0].offset == 500  # the commit is behind: a lag from it says 1,000
+        lag = pipeline.metrics.registry.get_sample_value(
+            "streamseg_consumer_lag_records", {"topic": topic, "partition": "0"}
+        )
+        assert lag == 0
+    finally:
+        pipeline.close()
 
 
 def test_the_readme_metrics_table_lists_exactly_the_metrics_served() -> None:
