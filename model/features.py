@@ -249,18 +249,17 @@ def users_on_several_partitions(
     Such a user's redeliveries from another partition escape the (partition, offset) rule
     (only the event-id window catches them), and two consumers can write the user.
     """
-    rows = events.user[applied].astype(np.int64)
+    rows = events.user[applied]
     if not len(rows):
         return np.empty(0, dtype=np.int64)
-    partitions = events.partition[applied].astype(np.int64)
-    users = np.unique(rows)
-    before = partition_before[users]
-    known = before >= 0
-    rows = np.concatenate([rows, users[known]])
-    partitions = np.concatenate([partitions, before[known].astype(np.int64)])
-    # One int64 per distinct (row, partition): partitions are < 2^31.
-    pairs = np.unique((rows << 32) | partitions)
-    return np.flatnonzero(np.bincount(pairs >> 32) > 1)
+    partitions = events.partition[applied]
+    before = partition_before[rows]
+    found = rows[(before >= 0) & (before != partitions)]  # not the partition stored
+    if partitions.min() != partitions.max():  # a batch of several partitions: within it too
+        # One int64 per distinct (row, partition): partitions are < 2^31.
+        pairs = np.unique((rows.astype(np.int64) << 32) | partitions.astype(np.int64))
+        found = np.concatenate([found, np.flatnonzero(np.bincount(pairs >> 32) > 1)])
+    return np.unique(found).astype(np.int64)
 
 
 def apply_events(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from typing import Any
@@ -139,6 +140,10 @@ def test_users_whose_events_come_from_several_partitions_are_found() -> None:
     found = users_on_several_partitions(state[:, COL["partition"]], cols, applied)
     assert found.tolist() == [3]
     assert users_on_several_partitions(state[:, COL["partition"]], cols, applied & False).size == 0
+    # A batch of one partition (the usual case) checks against the stored partitions alone.
+    one = dataclasses.replace(cols, partition=np.ones(len(user), dtype=np.int64))
+    found = users_on_several_partitions(state[:, COL["partition"]], one, np.ones(len(user), bool))
+    assert found.tolist() == [3]
 
 
 def test_arrival_order_does_not_change_the_state_beyond_rounding() -> None:
