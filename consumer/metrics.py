@@ -71,7 +71,7 @@ class PipelineMetrics:
         self.cross_partition_users = Counter(
             "streamseg_cross_partition_users",
             "Users, counted once per batch, whose events came from more than one partition "
-            "(records without a key, or not keyed by user id).",
+            "(records without a key, or partitions added to the topic).",
             registry=r,
         )
         self.fenced_writes = Counter(

@@ -586,9 +586,9 @@ class SegmentPipeline:
             seen.add(int(partition_before[row]))
         log.warning(
             "%d users of this batch got events from more than one partition (first: %r, "
-            "partitions %s): records without a key, or keyed by something other than the user "
-            "id? Such a user's redeliveries are caught only by the event-id window, and two "
-            "consumers can write the same user; key records by user id (counted in "
+            "partitions %s): records without a key, or partitions added to the topic (keys "
+            "moved)? Such a user's redeliveries are caught only by the event-id window, and "
+            "two consumers can write the same user; key records by user id (counted in "
             "cross_partition_users)",
             len(mixed),
             users[row],
