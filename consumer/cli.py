@@ -75,6 +75,10 @@ until `streamseg train` publishes one), writes segment changes to kafka.segments
 bad records to kafka.dead_letter_topic. Stop with SIGTERM or Ctrl-C: the batch in hand is
 finished and committed first.
 
+Key records by user id: exactly-once holds for a user whose events arrive on one partition
+(a key other than the user id is dead-lettered as key_mismatch; users of records without a
+key that land on several partitions are counted in cross_partition_users and warned about).
+
 Examples:
   streamseg run                                  # the service: run it next to `train`
   streamseg run --processes 2                    # two consumers of the group, one command
