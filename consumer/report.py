@@ -60,6 +60,9 @@ FIGURE_STYLE: dict[RcKeyType, Any] = {
 }
 #: Counters shown first, in this order; any other counter (dead_letter.<reason>) follows.
 _MAIN_COUNTERS = ("records", "applied", "duplicates", "ignored", "dead_lettered")
+#: Counters of records (with every ``dead_letter.<reason>``): their share of ``records`` means
+#: something.
+_RECORD_COUNTERS = frozenset({*_MAIN_COUNTERS, "duplicate_event_ids"})
 _TIER_CMAP = "viridis"
 #: Versions drawn in sizes.png at most; the history keeps up to 1000 (hours at a 10 s update
 #: interval), and a bar per version would make a figure too wide for matplotlib to save.
@@ -384,7 +387,7 @@ def plot_tiers(model: SegmentModel, mean_revenue: FloatArray, out_dir: Path) -> 
 
 
 def plot_counters(counters: dict[str, int], out_dir: Path) -> str:
-    """Horizontal bars of the consumers' running counters (records)."""
+    """Horizontal bars of the consumers' running counters (records, and other activity)."""
     names = ordered_counters(counters)
     values = np.array([counters[n] for n in names], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(9, max(3.0, 0.45 * len(names) + 1.5)))
@@ -399,7 +402,7 @@ def plot_counters(counters: dict[str, int], out_dir: Path) -> str:
     if values.max() > 0:
         ax.set_xscale("log")
         ax.set_xlim(0.7, values.max() * 4)
-    ax.set_xlabel("records (log scale)")
+    ax.set_xlabel("count (log scale)")
     ax.set_ylabel("counter")
     ax.set_title("Data quality: consumer counters since the namespace was created")
     ax.legend(
@@ -561,15 +564,20 @@ def _counter_table(counters: dict[str, int]) -> str:
     records = counters.get("records", 0)
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{counters[n]:,}</td>"
-        f"<td>{counters[n] / records:.2%}</td></tr>"
-        if records
-        else f"<tr><td>{html.escape(n)}</td><td>{counters[n]:,}</td><td>-</td></tr>"
+        f"<td>{_share_of_records(n, counters[n], records)}</td></tr>"
         for n in ordered_counters(counters)
     )
     return (
-        "<table><tr><th>counter</th><th>records</th><th>share of records consumed</th></tr>"
+        "<table><tr><th>counter</th><th>count</th><th>share of records consumed</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _share_of_records(name: str, count: int, records: int) -> str:
+    """A counter of records as a share of those consumed; "-" for counters of something else
+    (users, change events, training rows)."""
+    counts_records = name in _RECORD_COUNTERS or name.startswith("dead_letter.")
+    return f"{count / records:.2%}" if records and counts_records else "-"
 
 
 _CSS = """

@@ -14,9 +14,9 @@ from consumer.cli import main
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.report import chart_versions, segment_colour
+from tests.consumer.figure_support import assert_real_image
 from tests.consumer.pipeline_support import (
     as_records,
-    assert_real_image,
     drain,
     make_events,
     point_cli_at_servers,
@@ -75,6 +75,9 @@ def test_report_draws_every_figure_from_the_live_state(
         assert_real_image(out / name)
     assert "model v2" in page and "mean net revenue" in page
     assert "<td>dead_lettered</td><td>20</td>" in page and "dead_letter." in page
+    # counters of records are a share of the records consumed; others (change events) are not
+    assert re.search(r"<td>dead_lettered</td><td>20</td><td>\d+\.\d\d%</td>", page)
+    assert re.search(r"<td>segment_changes</td><td>[\d,]+</td><td>-</td>", page)
 
 
 def test_a_segment_name_with_dollar_signs_is_drawn_as_text(
