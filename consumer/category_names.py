@@ -52,7 +52,7 @@ class CategoryNames:
             self._registered.clear()
         return {c: n for c, n in in_batch.items() if c in held_codes and c not in self._registered}
 
-    def registered(self, codes: Iterable[float]) -> None:
+    def mark_registered(self, codes: Iterable[float]) -> None:
         """``codes`` are in the namespace's categories hash now (their write went through)."""
         self._registered.update(codes)
 

@@ -22,14 +22,13 @@ from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
-from consumer.snapshot import read_snapshot
+from consumer.snapshot import ALL_USERS, read_snapshot
 from model.features import FEATURE_NAMES, FeatureConfig
 from model.model_format import SegmentModel
 from model.preprocessing import remap_centers
 from model.quality import adjusted_rand, inertia, model_inertia, segment_change_share
 from model.segmenter import match_centers
 
-_ALL_USERS = 1 << 40  # snapshot size meaning "every user"
 _PROFILE_CHANGE = 0.2  # a profile field "moved" when it changed by more than this share
 _NOISE = 1e-9  # profile values closer to zero than this are rounding noise
 
@@ -78,8 +77,8 @@ def compare_namespaces(
             raise ConfigError(f"namespace {ns!r} has no published model")
         models[ns] = model
     ms, mo = models[shadow], models[other]
-    snap_s = read_snapshot(client, KeyLayout(shadow), _ALL_USERS, config)
-    snap_o = read_snapshot(client, KeyLayout(other), _ALL_USERS, config)
+    snap_s = read_snapshot(client, KeyLayout(shadow), ALL_USERS, config)
+    snap_o = read_snapshot(client, KeyLayout(other), ALL_USERS, config)
     index_o = {u: i for i, u in enumerate(snap_o.user_ids)}
     pairs_idx = [(i, index_o[u]) for i, u in enumerate(snap_s.user_ids) if u in index_o]
     rows_s = np.array([i for i, _ in pairs_idx], dtype=np.intp)

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelWatch:
-    """The model checks of one `SegmentPipeline`."""
+    """The model checks of one `SegmentPipeline`, and its move to the namespace the live
+    pointer names (seek, switch, watermark, re-score pass, announcement)."""
 
     def __init__(self, pipeline: SegmentPipeline) -> None:
         self.pipeline = pipeline

@@ -464,7 +464,7 @@ class SegmentPipeline:
         self.outputs.deliver()
         self.store.write(write)
         # Only once written: a failed attempt registers its new category names on the retry.
-        self.categories.registered(write.new_categories)
+        self.categories.mark_registered(write.new_categories)
 
     def _apply(self, kafka: KafkaPositions, batch: EventBatch, stats: BatchStats) -> BatchWrite:
         users = list(dict.fromkeys(batch.user_id))  # distinct, in first-seen order
@@ -575,7 +575,8 @@ class SegmentPipeline:
     ) -> None:
         """Warn, at most every `_CROSS_PARTITION_LOG_SECONDS`, that users get events from
         several partitions, naming the first one: the guarantees assume one partition per
-        user, and nothing else would show that the producer's keys are not user ids."""
+        user, and nothing else shows records without a key, or keys moved by partitions
+        added to the topic."""
         now = time.monotonic()
         if now - self._cross_partition_said_at < _CROSS_PARTITION_LOG_SECONDS:
             return

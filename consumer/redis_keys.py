@@ -184,5 +184,6 @@ class PointerKeys:
 
 
 def namespace_text(value: bytes | str | None) -> str | None:
-    """A namespace name as a pointer key or the registry stores it, as text (None: unset)."""
+    """A namespace name or key name as Redis returns it (pointer values, registry members,
+    SCAN results), as text (None: unset)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -2,8 +2,9 @@
 
 An error that means "Redis cannot take this now" (connection lost, timeout, loading,
 read-only after a failover, out of memory, a cluster mid-failover or mid-migration) pauses;
-any other error (a command Redis refuses) is a bug and is raised. Nothing is stored to Kafka
-while the work has not gone through, so an outage delays events and never loses one.
+any other error (a command Redis refuses) is a bug and is raised (by `retry_while_unavailable`
+as `ServerUnavailableError`, naming what was being read). Nothing is stored to Kafka while the
+work has not gone through, so an outage delays events and never loses one.
 """
 
 from __future__ import annotations

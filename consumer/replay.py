@@ -1,4 +1,4 @@
-"""Replay the events topic into a shadow namespace, train a fresh model there, compare it.
+"""Replay the events topic into a shadow namespace and train a fresh model there.
 
 ``streamseg replay --from TIME|earliest [--to TIME|latest] --namespace-out NAME``:
 
@@ -59,7 +59,7 @@ from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.run import freeze_start_up_heap
 from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
-from consumer.snapshot import Snapshot, read_snapshot
+from consumer.snapshot import ALL_USERS, Snapshot, read_snapshot
 from consumer.state_store import BatchWrite, StateStore
 from consumer.times import parse_epoch_ms
 from model.features import FEATURE_NAMES, LOG_FEATURES
@@ -70,7 +70,6 @@ from model.segmenter import StreamingSegmenter
 
 log = logging.getLogger(__name__)
 
-_ALL_USERS = 1 << 40  # snapshot size meaning "every user"
 _RESCORE_CHUNK = 5000
 
 
@@ -379,7 +378,7 @@ def replay(
             **({"seed": seed} if seed is not None else {}),
         }
     )
-    snapshot = read_snapshot(client, pipeline.keys, max_users=_ALL_USERS, config=shadow.features)
+    snapshot = read_snapshot(client, pipeline.keys, max_users=ALL_USERS, config=shadow.features)
     result.model = train_on_snapshot(ModelStore(client, pipeline.keys), snapshot, trainer_config)
     result.rescored_users = rescore(pipeline, snapshot, result.model)
     _mark_replayed(client, pipeline.keys, topic, ranges, snapshot.watermark_ms)

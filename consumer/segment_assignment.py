@@ -41,6 +41,7 @@ class SegmentFields:
         self._changes: list[tuple[bytes, bytes]] = []
 
     def of(self, model: SegmentModel) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+        """Record fields and change-event fields of each of ``model``'s centre positions."""
         if self._model is not model:
             segments = list(
                 zip(model.ids, model.names_array.tolist(), model.tiers_array.tolist(), strict=True)

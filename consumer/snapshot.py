@@ -41,6 +41,10 @@ class Snapshot:
         return len(self.user_ids)
 
 
+#: ``max_users`` of `read_snapshot` meaning "every user".
+ALL_USERS = 1 << 40
+
+
 def read_snapshot(
     client: RedisClient,
     keys: KeyLayout,

@@ -468,13 +468,15 @@ class StateStore:
         fields = [f"{topic}:{partition}" for topic, partition in partitions]
         values = self.client.hmget(self.keys.applied_offsets, fields)
         found: dict[tuple[str, int], int] = {}
-        for partition, value in zip(partitions, values, strict=True):
+        for (topic, partition), value in zip(partitions, values, strict=True):
             if value is None:
                 continue
             try:
-                found[partition] = int(value)
+                found[(topic, partition)] = int(value)
             except ValueError:
-                log.warning("ignoring a malformed applied offset %r of %s", value, partition)
+                log.warning(
+                    "ignoring a malformed applied offset %r of %s[%d]", value, topic, partition
+                )
         return found
 
 

@@ -247,7 +247,9 @@ def users_on_several_partitions(
     the state's ``partition`` column before `apply_events`; -1 = none).
 
     Such a user's redeliveries from another partition escape the (partition, offset) rule
-    (only the event-id window catches them), and two consumers can write the user.
+    (only the event-id window catches them), and two consumers can write the user. Events
+    skipped (redeliveries, duplicate event ids) do not count. Partitions are Kafka's: >= 0
+    and below 2^31.
     """
     rows = events.user[applied]
     if not len(rows):

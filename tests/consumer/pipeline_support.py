@@ -6,10 +6,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import matplotlib.image as mpimg
 import numpy as np
 import orjson
 import pytest
@@ -176,11 +174,3 @@ def point_cli_at_servers(
     """`main()` in-process against the session's Kafka and Redis (default topics and namespace)."""
     monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
     monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
-
-
-def assert_real_image(path: Path) -> None:
-    """``path`` is a picture of some size with more than a few colours, not a blank."""
-    image = mpimg.imread(path)
-    assert image.shape[0] >= 200 and image.shape[1] >= 200, (path.name, image.shape)
-    pixels = image.reshape(-1, image.shape[-1])
-    assert len(np.unique(pixels[::7], axis=0)) > 10, f"{path.name} is a single colour"

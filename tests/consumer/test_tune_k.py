@@ -12,7 +12,8 @@ from consumer.cli import main
 from consumer.redis_keys import KeyLayout
 from consumer.snapshot import read_snapshot
 from model.features import FEATURE_NAMES
-from tests.consumer.pipeline_support import assert_real_image, point_cli_at_servers
+from tests.consumer.figure_support import assert_real_image
+from tests.consumer.pipeline_support import point_cli_at_servers
 
 
 def test_tune_k_scores_each_k_on_a_snapshot(
