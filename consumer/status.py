@@ -130,14 +130,8 @@ class ConsumerHeartbeat:
         """Remove the heartbeats silent for `FORGOTTEN_AFTER_SECONDS`: consumers killed
         without a clean stop, which `status` would otherwise list as stale for ever. A value
         that is no heartbeat is not ours to remove."""
-        silent = []
-        for member, raw in self.client.hgetall(self.keys.consumers).items():
-            try:
-                seen_at = orjson.loads(raw).get("seen_at")
-            except (orjson.JSONDecodeError, AttributeError):
-                continue
-            if isinstance(seen_at, (int, float)) and now - seen_at > FORGOTTEN_AFTER_SECONDS:
-                silent.append(member)
+        beats = _read_heartbeats(self.client, self.keys, warn=False)
+        silent = silent_members(beats, FORGOTTEN_AFTER_SECONDS, now)
         if silent:
             self.client.hdel(self.keys.consumers, *silent)
             log.info(
@@ -145,7 +139,7 @@ class ConsumerHeartbeat:
                 "clean stop): %s",
                 len(silent),
                 FORGOTTEN_AFTER_SECONDS,
-                b", ".join(silent).decode(errors="replace"),
+                ", ".join(silent),
             )
 
     def forget(self) -> None:
@@ -221,15 +215,18 @@ def _kafka_status(settings: Settings) -> dict[str, Any]:
         }
 
 
-def _read_heartbeats(client: RedisClient, keys: KeyLayout) -> dict[str, HeartbeatRecord]:
+def _read_heartbeats(
+    client: RedisClient, keys: KeyLayout, *, warn: bool = True
+) -> dict[str, HeartbeatRecord]:
     """The consumers' heartbeats by member id; a value that is not one (edited by hand, or
-    another program's) is left out with a warning, not fatal to ``status``."""
+    another program's) is left out, with a warning for ``status`` (``warn``), not fatal."""
     beats: dict[str, HeartbeatRecord] = {}
     for member, raw in sorted(client.hgetall(keys.consumers).items()):
         try:
             beats[member.decode(errors="replace")] = _HEARTBEAT.validate_json(raw)
         except ValidationError:
-            log.warning("ignoring field %r of %s: not a heartbeat", member[:80], keys.consumers)
+            if warn:
+                log.warning("ignoring field %r of %s: not a heartbeat", member[:80], keys.consumers)
     return beats
 
 
@@ -297,12 +294,18 @@ STALE_HEARTBEATS = 3
 FORGOTTEN_AFTER_SECONDS = 3600
 
 
+def silent_members(
+    consumers: Mapping[str, Mapping[str, Any]], seconds: float, now: float
+) -> list[str]:
+    """Members whose last heartbeat is more than ``seconds`` before ``now`` (epoch s)."""
+    return [m for m, beat in consumers.items() if now - beat["seen_at"] > seconds]
+
+
 def stale_members(
     consumers: Mapping[str, Mapping[str, Any]], heartbeat_seconds: float, now: float
 ) -> list[str]:
     """Members silent for more than `STALE_HEARTBEATS` heartbeats at ``now`` (epoch s)."""
-    stale_after = STALE_HEARTBEATS * heartbeat_seconds
-    return [m for m, beat in consumers.items() if now - beat["seen_at"] > stale_after]
+    return silent_members(consumers, STALE_HEARTBEATS * heartbeat_seconds, now)
 
 
 STALE = "  [stale: no heartbeat since; ended without a clean stop?]"
