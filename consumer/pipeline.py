@@ -33,7 +33,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -99,6 +99,15 @@ class BatchStats:
     foreign_states: int = 0  # users whose stored state had the wrong size: started afresh
     cross_partition_users: int = 0  # users whose events came from more than one partition
     reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: BatchStats) -> None:
+        """Add ``other``'s counts to these (a run's totals), every field of the class."""
+        for counted in fields(self):
+            if counted.name != "reasons":
+                setattr(
+                    self, counted.name, getattr(self, counted.name) + getattr(other, counted.name)
+                )
+        self.reasons.update(other.reasons)
 
 
 class SegmentPipeline:
@@ -368,7 +377,7 @@ class SegmentPipeline:
         self.until_redis_answers(attempt)
         written_at_ms = time.time() * 1000.0
         self._store_offsets(kafka.next_offsets)
-        self._add_totals(stats)
+        self.totals.add(stats)
         self._observe(stats, kafka, time.perf_counter() - started, written_at_ms)
         return stats
 
@@ -666,20 +675,6 @@ class SegmentPipeline:
                 self.consumer.store_offsets(offsets=offsets)
             except Exception as exc:  # partition revoked meanwhile: the new owner redoes it
                 log.info("offsets not stored (%s)", exc)
-
-    def _add_totals(self, stats: BatchStats) -> None:
-        t = self.totals
-        t.records += stats.records
-        t.applied += stats.applied
-        t.duplicates += stats.duplicates
-        t.duplicate_event_ids += stats.duplicate_event_ids
-        t.ignored += stats.ignored
-        t.dead_lettered += stats.dead_lettered
-        t.users += stats.users
-        t.segment_changes += stats.segment_changes
-        t.foreign_states += stats.foreign_states
-        t.cross_partition_users += stats.cross_partition_users
-        t.reasons.update(stats.reasons)
 
 
 #: Longest wait of a /readyz Redis PING.
