@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +78,9 @@ DEAD_LETTER_MAX_HEADER_BYTES = 65_536
 
 Headers = list[tuple[str, str | bytes | None]]
 
+#: ``message.headers()`` through the C API, which checks the result (see `_source_headers`).
+_READ_HEADERS = operator.methodcaller("headers")
+
 
 def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
     """Headers naming why a record was rejected and where it came from."""
@@ -99,7 +103,8 @@ def dead_letter_message(
     follow `dead_letter_headers`. What does not fit is cut: the key to
     `DEAD_LETTER_MAX_KEY_BYTES` (header ``streamseg.key_truncated_from_bytes``: its length),
     the source headers left out when above `DEAD_LETTER_MAX_HEADER_BYTES`
-    (``streamseg.headers_dropped_bytes``), and the value to what remains
+    (``streamseg.headers_dropped_bytes``) or when a header name is not UTF-8, which the
+    client cannot decode (``streamseg.headers_dropped``), and the value to what remains
     (``streamseg.truncated_from_bytes``).
     """
     headers = dead_letter_headers(message, reason, detail)
@@ -107,11 +112,12 @@ def dead_letter_message(
     if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
         headers.append(("streamseg.key_truncated_from_bytes", str(len(key)).encode()))
         key = key[:DEAD_LETTER_MAX_KEY_BYTES]
-    raw = message.headers() or []
-    pairs = list(raw.items()) if isinstance(raw, dict) else raw  # a consumed record: a list
-    source = [(k, v) for k, v in pairs if not k.startswith("streamseg.")]
+    pairs = _source_headers(message)
+    source = [(k, v) for k, v in pairs or [] if not k.startswith("streamseg.")]
     source_bytes = _header_bytes(source)
-    if source_bytes > DEAD_LETTER_MAX_HEADER_BYTES:
+    if pairs is None:
+        headers.append(("streamseg.headers_dropped", b"a header name is not UTF-8"))
+    elif source_bytes > DEAD_LETTER_MAX_HEADER_BYTES:
         headers.append(("streamseg.headers_dropped_bytes", str(source_bytes).encode()))
     else:
         headers.extend(source)
@@ -121,6 +127,23 @@ def dead_letter_message(
         headers.append(("streamseg.truncated_from_bytes", str(len(value)).encode()))
         value = value[:room]
     return key, value, headers
+
+
+def _source_headers(message: Message) -> Headers | None:
+    """The record's headers as (name, value) pairs; None when confluent-kafka cannot decode
+    them (a header name that is not UTF-8).
+
+    confluent-kafka 2.x then returns a half-built list *with* the exception set. Called
+    through the C API (`_READ_HEADERS`) that is raised as `SystemError`; a plain
+    ``message.headers()`` in a loop the interpreter has specialised returns the list
+    unchecked, and reading it crashes the process (measured). Never call it twice on one
+    message: the second call returns the cached half-built list without an error.
+    """
+    try:
+        raw = _READ_HEADERS(message) or []
+    except (SystemError, UnicodeDecodeError):
+        return None
+    return list(raw.items()) if isinstance(raw, dict) else raw  # a consumed record: a list
 
 
 def _header_bytes(headers: Headers) -> int:
