@@ -304,17 +304,26 @@ class EventMapping:
         )
 
     @cached_property
-    def _parse_time(self) -> Callable[[str], int | None]:
-        """Epoch ms of a text in ``ts_format`` (None when it does not match), cached: exports
-        repeat each second's text many times, and strptime is most of a row's cost."""
+    def _parse_time(self) -> Callable[[str], int | str | None]:
+        """Epoch ms of a text in ``ts_format`` (None when it does not match; the zone name
+        when ``%Z`` matched one other than UTC or GMT), cached: exports repeat each second's
+        text many times, and strptime is most of a row's cost."""
         fmt = self.ts_format or ""
 
+        names_zone = "%Z" in fmt
+
         @lru_cache(maxsize=1 << 16)
-        def parse(text: str) -> int | None:
+        def parse(text: str) -> int | str | None:
             try:
                 when = datetime.strptime(text, fmt)
             except ValueError:
                 return None
+            if names_zone:
+                # %Z also matches this machine's own zone names (CET, EST...), but strptime
+                # keeps no offset for them: read as UTC they would shift silently.
+                zone = time.strptime(text, fmt).tm_zone
+                if zone is not None and zone.upper() not in _UTC_NAMES:
+                    return zone
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
             return round(when.timestamp() * 1000)
@@ -426,6 +435,13 @@ class EventMapping:
         text = value.strip()
         if self.ts_format is not None:
             ms = self._parse_time(text)
+            if isinstance(ms, str):
+                self.problems.note(
+                    "ts",
+                    f"ts {value!r}: the zone {ms!r} has no known offset (%Z reads only UTC "
+                    "and GMT; for an offset such as +0100 use %z)",
+                )
+                return value  # sent as text: the consumer refuses it, nothing shifts
             if ms is not None:
                 return ms
         elif _NUMBER.fullmatch(text):
@@ -526,6 +542,9 @@ def check_dialect(delimiter: str | None, encoding: str) -> None:
         ) from None
 
 
+#: The only zone names ``%Z`` reads (strptime also matches the local zone's, without offset).
+_UTC_NAMES = frozenset({"UTC", "GMT"})
+
 #: Longest input line ``produce`` reads, in bytes (characters for CSV and TSV). A Kafka
 #: broker takes records of about 1 MiB by default, so no sendable line is refused; a file
 #: without line breaks (a binary, /dev/zero) is stopped here instead of filling the memory.
@@ -540,6 +559,9 @@ def bounded_lines(stream: IO[AnyStr], limit: int | None = None) -> Iterator[AnyS
     """The lines of ``stream`` (with their line endings), none longer than ``limit``
     (default `MAX_LINE_BYTES`).
 
+    A UTF-8 byte-order mark before the first line is left out: it marks the file's encoding
+    (editors on Windows write one), it is not part of the first record.
+
     Raises `LineTooLongError` naming the first longer line, having read at most ``limit`` + 1
     of it.
     """
@@ -552,7 +574,15 @@ def bounded_lines(stream: IO[AnyStr], limit: int | None = None) -> Iterator[AnyS
             raise LineTooLongError(
                 f"line {number:,} is longer than {limit:,} {unit} (a file without line breaks?)"
             )
+        if number == 1:
+            line = _without_bom(line)
         yield line
+
+
+def _without_bom(line: AnyStr) -> AnyStr:
+    if isinstance(line, bytes):
+        return line.removeprefix(codecs.BOM_UTF8)
+    return line.removeprefix("\ufeff")
 
 
 def read_csv_rows(
@@ -572,12 +602,30 @@ def read_csv_rows(
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"
     text = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
+    # The csv module's own cell limit (128 Ki characters) would stop a file midway on one
+    # long cell; lines are bounded anyway, and the consumer dead-letters what is too long.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
     reader = csv.DictReader(
         _warn_on_undecodable(bounded_lines(text), encoding), delimiter=delimiter
     )
+    header = list(reader.fieldnames or ())  # read now: line numbers count from the header
     if check_header is not None:
-        check_header(list(reader.fieldnames or ()))
+        check_header(header)
+    line_after, warned = reader.line_num + 1, False
     for row in reader:
+        if reader.line_num > line_after and not warned:
+            # Legal (a quoted cell may hold line breaks), but usually an unclosed quote
+            # that swallowed the rows after it: say where, once.
+            warned = True
+            log.warning(
+                "lines %d-%d are one row: a cell that starts with a quote runs on to the next "
+                "closing quote, line breaks included (a cell such as '\"12 inch' without its "
+                "closing quote takes the rows after it); check line %d",
+                line_after,
+                reader.line_num,
+                line_after,
+            )
+        line_after = reader.line_num + 1
         extra = row.pop(None, None)
         cells: dict[str, object] = {k: v for k, v in row.items() if v is not None}
         if extra:

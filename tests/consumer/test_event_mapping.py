@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import re
 import time
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -567,3 +569,66 @@ def test_a_time_format_that_cannot_work_is_refused(fmt: str, message: str) -> No
 )
 def test_the_format_follows_the_file_name(choice: str, file: str, fmt: str) -> None:
     assert input_format(choice, file) == fmt
+
+
+@pytest.fixture
+def berlin_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process in a zone whose names strptime's %Z matches (CET, CEST)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_local_zone_name_is_counted_and_sent_as_text_not_read_as_utc(berlin_time: None) -> None:
+    """strptime's %Z matches the machine's own zone names but keeps no offset: 00:00 CET was
+    sent as 00:00 UTC, an hour off, without a word."""
+    mapping = EventMapping.from_options(ts_format=STORE_TS)
+    cet, utc = _events(
+        mapping,
+        b"user_id,type,ts\nu1,view,2024-01-01 00:00:00 CET\nu1,view,2024-01-01 00:00:00 UTC\n",
+    )
+    assert cet["ts"] == "2024-01-01 00:00:00 CET"
+    assert utc["ts"] == 1_704_067_200_000
+    assert "the zone 'CET' has no known offset" in mapping.problems.first["ts"]
+    assert mapping.problems.counts["ts"] == 1
+
+
+def test_a_byte_order_mark_before_json_lines_is_left_out() -> None:
+    line = b'{"event_id":"j1","user_id":"u1","type":"view","ts":1700000000000}'
+    data = codecs.BOM_UTF8 + line + b"\n" + codecs.BOM_UTF8 + line + b"\n"
+    # Only before the first line: elsewhere the bytes are the record's own.
+    assert list(file_records(io.BytesIO(data), "jsonl", None)) == [
+        (b"u1", line),
+        (None, codecs.BOM_UTF8 + line),
+    ]
+    mapping = EventMapping.from_options([])
+    records = list(file_records(io.BytesIO(data), "jsonl", mapping, guessed=True))
+    assert orjson.loads(records[0][1])["event_id"] == "j1"
+
+
+def test_a_cell_longer_than_the_csv_modules_limit_is_read() -> None:
+    long = "y" * 140_000  # the csv module stops at 131,072 characters by default
+    data = f"user_id,type,ts,category\nu1,view,1,x\nu2,view,1,{long}\nu3,view,1,z\n".encode()
+    rows = list(read_csv_rows(io.BytesIO(data)))
+    assert [row["category"] for row in rows] == ["x", long, "z"]
+
+
+def test_a_row_that_spans_lines_is_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    """An unclosed quote takes the rows after it into its cell: legal CSV, so the rows are
+    read as the format says, but the lines it took are logged."""
+    data = (
+        b"user_id,type,ts,category\n"
+        b'u1,view,1,"12 inch tablets\n'
+        b"u2,view,1,books\n"
+        b'u3,view,1,24" monitors\n'
+        b"u4,view,1,toys\n"
+        b'u5,view,1,"two\nlines"\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="consumer.event_mapping"):
+        rows = list(read_csv_rows(io.BytesIO(data)))
+    assert [row["user_id"] for row in rows] == ["u1", "u4", "u5"]
+    assert rows[0]["category"] == "12 inch tablets\nu2,view,1,books\nu3,view,1,24 monitors"
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("lines 2-4 are one row") and warning.endswith("check line 2")
