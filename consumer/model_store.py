@@ -312,6 +312,25 @@ def _compatible(model: SegmentModel) -> SegmentModel:
     return model
 
 
+def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
+    """How an import's segments took ids: those matched to a centre of ``before`` keep that
+    segment's id, the others are new."""
+    kept = [i for i in model.ids if i in set(before.ids)]
+    new = [i for i in model.ids if i not in set(before.ids)]
+    gone = [i for i in before.ids if i not in set(model.ids)]
+    lines = [
+        f"segment ids: {len(kept)} of {len(model.ids)} matched a segment of "
+        f"v{before.model_version} (trainer.new_id_distance) and keep its id: {kept or 'none'}; "
+        f"new: {new or 'none'}"
+    ]
+    if gone:
+        lines.append(
+            f"v{before.model_version}'s segments {gone} have no match: the consumers re-score "
+            "their users now"
+        )
+    return "\n".join(lines)
+
+
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg model list|show|rollback|export|import``."""
     imported: SegmentModel | None = None
@@ -363,6 +382,11 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote model v{exported} to {args.path}")
         return 0
     if imported is not None:
+        # Its ids mean other segments here: matched to the current model's centres, so that
+        # a kept id keeps its meaning, and the rest new (never one used here before).
+        before = store.load(current) if current is not None else None
+        if before is not None:
+            imported = imported.with_ids_of(before, settings.trainer.new_id_distance)
         # The document keeps its created_at; when it arrived here is noted beside it.
         noted = {**imported.metrics.extra, IMPORTED_AT_METRIC: float(round(time.time() * 1000))}
         model = imported.model_copy(
@@ -373,5 +397,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         )
         store.publish(model)
         print(f"imported {args.path} as model v{model.model_version}")
+        if before is not None:
+            print(_id_matching(model, before))
         return 0
     raise ConfigError(f"unknown model action {args.action!r}")

@@ -40,10 +40,19 @@ from pydantic import (
 from model.exceptions import ModelFormatError
 from model.labels import SegmentLabels, SegmentProfile
 from model.preprocessing import Preprocessor, as_feature_matrix, scale_rows
-from model.segmenter import StreamingSegmenter, assign_with_hysteresis, squared_norms
+from model.segmenter import (
+    StreamingSegmenter,
+    assign_with_hysteresis,
+    match_centers,
+    squared_norms,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+#: Where `SegmentModel.with_ids_of` puts a coordinate beyond float range: farther than any
+#: centre (|centre| <= 1e100), yet its square stays finite.
+_FAR = 1e150
 
 #: Version of the JSON layout written by this code; ``from_json`` refuses any other.
 FORMAT_VERSION = 1
@@ -359,6 +368,39 @@ class SegmentModel(BaseModel):
             version=self.model_version,
             **merged,
         )
+
+    def with_ids_of(self, previous: SegmentModel, max_distance: float) -> SegmentModel:
+        """This model with segment ids that keep their meaning in ``previous``'s namespace.
+
+        For a model made elsewhere (`streamseg model import`): its own ids mean other segments
+        here. Its centres are taken to business units with its own preprocessing and into
+        ``previous``'s scaled space, then matched to ``previous``'s centres
+        (`model.segmenter.match_centers`, Hungarian on Euclidean distance): a centre within
+        ``max_distance`` takes the id of its match, every other centre a new id from
+        ``previous.next_id`` on, so no id is reused. Models over other features share no
+        space: every centre gets a new id.
+        """
+        matched = np.full(len(self.ids), -1, dtype=np.int64)
+        if self.feature_names == previous.feature_names and len(self.centers):
+            with np.errstate(over="ignore", invalid="ignore"):
+                raw = self.to_preprocessor().inverse_transform(self._centers)
+                here = scale_rows(raw, previous._log_index, previous._center, previous._inv_scale)
+            # A centre beyond float range in the other space is far from every centre.
+            here = np.nan_to_num(here, nan=_FAR, posinf=_FAR, neginf=-_FAR)
+            matched = match_centers(previous._centers, here, max_distance)
+        ids, next_id = [], previous.next_id
+        for position in matched.tolist():
+            if position >= 0:
+                ids.append(previous.ids[position])
+            else:
+                ids.append(next_id)
+                next_id += 1
+        return self.model_copy(update={"ids": ids, "next_id": next_id}).revalidated()
+
+    def revalidated(self) -> SegmentModel:
+        """The same fields, validated again and with the hot path's arrays rebuilt (what
+        `model_copy` skips)."""
+        return type(self).model_validate(self.model_dump())
 
     # -- the hot path -----------------------------------------------------------------------
 

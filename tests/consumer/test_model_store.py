@@ -311,3 +311,37 @@ def test_a_hand_edited_version_is_named_not_a_traceback(
     error = capsys.readouterr().err
     assert f"{edited} holds '{value}', not a model version" in error
     assert "Traceback" not in error
+
+
+def test_an_import_keeps_the_ids_of_the_segments_it_matches(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """An imported model kept its own ids, which here meant other segments: records and
+    `status` sizes named the wrong segments, and no re-score began because every id held
+    still existed."""
+    keys = KeyLayout(namespace)
+    current = small_model()
+    ModelStore(redis_client, keys).publish(current)
+    k = len(current.ids)
+    data = current.model_dump(mode="json")
+    far = [c + 100.0 for c in data["centers"][0]]  # a segment this namespace does not have
+    data.update(
+        centers=[far, *data["centers"][1:]],
+        ids=[40 + i for i in range(k)],
+        next_id=40 + k,
+    )
+    path = tmp_path / "elsewhere.json"
+    path.write_bytes(SegmentModel.model_validate(data).to_json())
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["--namespace", namespace, "model", "import", str(path)]) == 0
+    out = capsys.readouterr().out
+    imported = ModelStore(redis_client, keys).load(2)
+    assert imported.ids == [current.next_id, *current.ids[1:]]
+    assert imported.next_id == current.next_id + 1
+    assert f"{k - 1} of {k} matched a segment of v1" in out
+    assert f"v1's segments [{current.ids[0]}] have no match" in out

@@ -222,3 +222,65 @@ def test_from_fitted_refuses_inconsistent_parts(fitted: Any) -> None:
     with pytest.raises(ModelFormatError, match="names has 4 entries"):
         SegmentModel.from_fitted(seg, pre, labels)
     assert model.created_at.tzinfo == UTC
+
+
+def test_an_imported_model_takes_the_ids_of_the_segments_it_matches(fitted: Any) -> None:
+    """A model made elsewhere numbers its segments its own way: matched to the current
+    model's centres it gets their ids back; an unmatched centre gets a new id, never one
+    used before, and a model of other features matches nothing."""
+    model, _, _, X = fitted
+    k = len(model.ids)
+    order = list(reversed(range(k)))
+    elsewhere = SegmentModel.model_validate(
+        {
+            **model.model_dump(),
+            "centers": [model.centers[i] for i in order],
+            "counts": [model.counts[i] for i in order],
+            "ids": [100 + i for i in range(k)],  # ids of another namespace
+            "next_id": 100 + k,
+            "names": [model.names[i] for i in order],
+            "tiers": [model.tiers[i] for i in order],
+            "profiles": [model.profiles[i] for i in order],
+        }
+    )
+    matched = elsewhere.with_ids_of(model, max_distance=1.0)
+    assert matched.ids == [model.ids[i] for i in order]
+    assert matched.next_id == model.next_id
+    assert (matched.assign(X)[0] == model.assign(X)[0]).all()  # the ids live in the cache too
+
+    moved = SegmentModel.model_validate(
+        {
+            **elsewhere.model_dump(),
+            "centers": [[c + 50.0 for c in elsewhere.centers[0]], *elsewhere.centers[1:]],
+        }
+    )
+    matched = moved.with_ids_of(model, max_distance=1.0)
+    assert matched.ids == [model.next_id] + [model.ids[i] for i in order[1:]]
+    assert matched.next_id == model.next_id + 1
+
+    renamed = elsewhere.model_dump()
+    names = ["other_" + n for n in model.feature_names]
+    renamed["feature_names"] = renamed["preprocessing"]["feature_names"] = names
+    renamed["preprocessing"]["log_columns"] = [
+        "other_" + n for n in model.preprocessing.log_columns
+    ]
+    matched = SegmentModel.model_validate(renamed).with_ids_of(model, max_distance=1.0)
+    assert matched.ids == list(range(model.next_id, model.next_id + k))
+
+
+def test_ids_are_matched_in_business_units_across_scalings(fitted: Any) -> None:
+    """Two fits of the same population scale it differently: their centres are compared
+    after both are taken to one scaled space, not coordinate by coordinate."""
+    model, _, _, X = fitted
+    rng = np.random.default_rng(7)
+    other_rows = raw_users(rng, 6000) * np.where(np.isin(FEATURES, HEAVY), 3.0, 1.0)
+    pre = Preprocessor(FEATURES, log_columns=HEAVY).fit(other_rows)
+    # The same centres in business units, expressed in the other scaling.
+    centres = pre.transform(model.to_preprocessor().inverse_transform(np.array(model.centers)))
+    seg = StreamingSegmenter.from_state(
+        centres, model.counts, np.arange(len(model.ids)) + 50, next_id=60, version=1
+    )
+    labels = label_segments(pre.inverse_transform(centres), X, model.assign(X)[1], FEATURES)
+    elsewhere = SegmentModel.from_fitted(seg, pre, labels, created_at=model.created_at, n_rows=1)
+    assert not np.allclose(elsewhere.centers, model.centers)  # other coordinates
+    assert elsewhere.with_ids_of(model, max_distance=1e-6).ids == model.ids
