@@ -364,6 +364,13 @@ class EventMapping:
         key = None if user is None else str(user).encode()
         return key, orjson.dumps(event)
 
+    def passed_through(self, line: bytes) -> tuple[None, bytes]:
+        """The record of a JSON line that is no JSON object the mapping can read, sent as it
+        is (keyless): a row like any other for the counts, judged by the consumer's decoder
+        in `judged` (usually ``not_json`` or ``not_object``)."""
+        self.problems.rows += 1
+        return None, line
+
     def judged(
         self, records: Iterable[tuple[bytes | None, bytes]]
     ) -> Iterator[tuple[bytes | None, bytes]]:
@@ -378,9 +385,9 @@ class EventMapping:
         rows: list[int] = []  # the row number of each record of the chunk
         for record in records:
             problems = self.problems
-            # Keyless: a row without user_id (counted already) or a JSON line that is no
-            # object, sent as it is (not a mapped row).
-            if record[0] is not None and not problems.refused:
+            # A row the mapping refused is counted already; any other, a JSON line sent as it
+            # is included, goes as the consumer will read it.
+            if not problems.refused:
                 chunk.append(record)
                 rows.append(problems.rows)
             if len(chunk) >= _JUDGED_CHUNK:

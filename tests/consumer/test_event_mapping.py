@@ -427,6 +427,11 @@ def test_json_lines_are_mapped_and_non_objects_pass_through() -> None:
         "ts": 1_700_000_000_000,
     }
     assert records[1:] == [(None, b"[1, 2]"), (None, b"not json")]
+    # They were sent unannounced and the summary said every row would be applied.
+    problems = mapping.problems
+    assert problems.rows == 3 and problems.refused_rows == 2
+    assert problems.counts == {"not_object": 1, "not_json": 1}
+    assert problems.first["not_json"].startswith("row 3: not_json")
 
 
 def test_a_purchase_without_amount_is_counted_aliases_included() -> None:
