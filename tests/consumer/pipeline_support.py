@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer
 
 from consumer.pipeline import SegmentPipeline
-from consumer.redis_keys import KeyLayout
+from consumer.redis_keys import KeyLayout, namespace_text
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
 from consumer.training_rows import keyed_rows
@@ -100,8 +100,16 @@ def header_values(message: Message) -> dict[str, bytes]:
     return values
 
 
-def read_state(client: RedisClient, namespace: str, users: list[str]) -> dict[str, dict[str, Any]]:
-    store = StateStore(client, KeyLayout(namespace))
+def read_state(
+    client: RedisClient, namespace: str, users: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The stored states of ``users`` (default: every user with a state key in ``namespace``,
+    so a comparison also catches users written that should not have been)."""
+    keys = KeyLayout(namespace)
+    if users is None:
+        found = client.scan_iter(match=keys.state_pattern, count=1000)
+        users = sorted(keys.user_from_state_key(str(namespace_text(k))) for k in found)
+    store = StateStore(client, keys)
     states = store.read_states(users)
     names = {float(c): n for n, c in zip(CATEGORIES, category_codes(CATEGORIES, {}), strict=True)}
     return {u: state_as_dict(states[i], names) for i, u in enumerate(users)}

@@ -12,19 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 import redis
 from confluent_kafka import TopicPartition
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import consumer.metrics
 from consumer.health import MetricsServer
 from consumer.metrics import PipelineMetrics, TrainerMetrics, consumer_lag_from_stats
+from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
 from consumer.status import deployment_status, render_status
 from consumer.trainer import Trainer
 from model.features import FEATURE_NAMES
+from model.model_format import SegmentModel
 from tests.consumer.pipeline_support import (
     as_records,
     drain,
@@ -193,7 +197,7 @@ def test_status_leaves_out_a_heartbeat_that_is_not_one(
 
 
 def test_trainer_metrics_follow_published_versions(
-    redis_client: redis.Redis, namespace: str
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bootstrap then one update: two versions counted, inertia, centre movement and the share
     of users changing segment set from the trainer's own rows."""
@@ -209,19 +213,33 @@ def test_trainer_metrics_follow_published_versions(
     )
     trainer = Trainer(redis_client, keys, config)
     trainer.resume()
+    trained_on: list[np.ndarray] = []
+    real_model_change = consumer.metrics.model_change
+
+    def spy(previous: SegmentModel, current: SegmentModel, X: np.ndarray) -> tuple[float, float]:
+        trained_on.append(X.copy())
+        return real_model_change(previous, current, X)
+
+    monkeypatch.setattr(consumer.metrics, "model_change", spy)
     push(600, 0.0)
     assert trainer.step() is not None
     push(400, 0.3)
-    assert trainer.step() is not None
+    v2 = trainer.step()
+    assert v2 is not None
 
     samples = {
         s.name: s.value for family in trainer.metrics.registry.collect() for s in family.samples
     }
     assert samples["streamseg_trainer_models_published_total"] == 2
     assert samples["streamseg_trainer_model_version"] == 2
-    assert samples["streamseg_trainer_inertia"] > 0
+    assert samples["streamseg_trainer_inertia"] == pytest.approx(v2.metrics.inertia)
     assert 0 < samples["streamseg_trainer_centre_movement"] < 10
-    assert 0 <= samples["streamseg_trainer_users_changed_ratio"] <= 1
+    # The share, recomputed here from the two published versions and the update's rows.
+    [X] = trained_on
+    v1 = ModelStore(redis_client, keys).load(1)
+    assert len(X) >= config.update_rows
+    share = float(np.mean(v1.assign(X)[0] != v2.assign(X)[0]))
+    assert samples["streamseg_trainer_users_changed_ratio"] == pytest.approx(share)
 
 
 def test_the_lag_gauge_names_only_assigned_partitions() -> None:

@@ -102,9 +102,9 @@ def test_change_events_are_the_documented_json() -> None:
         namespace="r1",
         previous_namespace="streamseg",
     )
+    assert [user for user, _ in changes] == USERS
     for i, (user, raw) in enumerate(changes):
         segment_id, name, tier = SEGMENTS[i % 3]
-        assert user == USERS[i]
         assert raw == orjson.dumps(
             {
                 "user_id": user,
