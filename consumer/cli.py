@@ -206,22 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"streamseg {__version__}")
-    parser.add_argument("--config", type=Path, help="settings file (TOML or JSON)")
-    parser.add_argument(
-        "--namespace", help="Redis key namespace to use (overrides redis.namespace)"
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="least severe log lines shown (default INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="log lines as text or as one JSON object per line (default text)",
-    )
+    _add_global_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = _command(
@@ -319,18 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
     show = _action(
         model_actions, "show", "one version's segments: ids, names, tiers, sizes and profiles"
     )
-    show.add_argument("version", nargs="?", type=int, help="default: the current one")
+    show.add_argument(
+        "version", nargs="?", type=_model_version, help="3 or v3 (default: the current one)"
+    )
     rollback = _action(
         model_actions,
         "rollback",
         "make an earlier version current (consumers switch within pipeline.model_poll_seconds; "
         "a running trainer continues from it)",
     )
-    rollback.add_argument("version", type=int, help="a version `model list` shows")
+    rollback.add_argument(
+        "version", type=_model_version, help="a version `model list` shows (3 or v3)"
+    )
     export = _action(model_actions, "export", "write a version's JSON to a file")
     export.add_argument("path", type=Path, help="file to write (the model format's JSON)")
     export.add_argument(
-        "--version", dest="model_version", type=int, help="default: the current one"
+        "--version",
+        dest="model_version",
+        type=_model_version,
+        help="3 or v3 (default: the current one)",
     )
     imp = _action(
         model_actions,
@@ -380,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument(
         "--drift",
         metavar="TYPE",
-        help="planted type that changes behaviour, e.g. loyal_high_spender (default none)",
+        help="planted type that changes behaviour, e.g. loyal_high_spender (default none; a "
+        "wrong name is answered with the list)",
     )
     shape.add_argument(
         "--drift-at", type=float, metavar="FRACTION", help="from this fraction of the span on (0.6)"
@@ -736,6 +729,37 @@ _non_negative = _real_number(lambda v: v >= 0, ">= 0")
 _positive_number = _real_number(lambda v: 0 < v < math.inf, "a finite number > 0")
 
 
+def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--config, --namespace, --log-level, --log-format: on ``streamseg`` itself (with their
+    defaults) and again on every command, without defaults, so that ``streamseg lookup
+    --namespace shop u1`` works as well as ``streamseg --namespace shop lookup u1``."""
+
+    def default(value: str | None) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config", type=Path, default=default(None), help="settings file (TOML or JSON)"
+    )
+    parser.add_argument(
+        "--namespace",
+        default=default(None),
+        help="Redis key namespace to use (overrides redis.namespace)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default("INFO"),
+        type=str.upper,  # --log-level info works too
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="least severe log lines shown (default INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=default("text"),
+        choices=["text", "json"],
+        help="log lines as text or as one JSON object per line (default text)",
+    )
+
+
 def _command(
     commands: Any, name: str, handler: str, help_text: str, epilog: str | None = None
 ) -> argparse.ArgumentParser:
@@ -746,6 +770,7 @@ def _command(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_global_options(sub, defaults=False)
     sub.set_defaults(handler=handler)
     return sub
 
@@ -755,7 +780,19 @@ def _action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = actions.add_parser(
         name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
     )
+    _add_global_options(sub, defaults=False)
     return sub
+
+
+def _model_version(text: str) -> int:
+    """A model version as `model list` prints it (``v3``) or as a number (``3``)."""
+    try:
+        version = int(text.removeprefix("v"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a model version: {text!r} (e.g. 3 or v3)") from None
+    if version < 1:
+        raise argparse.ArgumentTypeError(f"model versions start at 1, got {text!r}")
+    return version
 
 
 def _metrics_port_option(command: argparse.ArgumentParser, default: int) -> None:

@@ -33,6 +33,10 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, redis.exceptions.NoPermissionError):
         # An ACL user without a command or key it needs: not an outage.
         return f"Redis (redis.url) refused: {exc}"
+    if isinstance(exc, redis.exceptions.ResponseError):
+        # Redis answered with an error: the URL's database index beyond its databases, a
+        # command an ACL or a proxy refuses. Not an outage.
+        return f"Redis (redis.url) refused: {exc}"
     if isinstance(exc, REDIS_ERRORS):
         # A command that needs Redis and cannot get it (once started, run and train wait
         # instead); redis-py's messages name host and port, never the URL's password.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.cli import main
+from consumer.cli import build_parser, main
 from devstack.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +79,28 @@ def test_run_exits_when_redis_refuses_at_start_up(
         )
     assert done.returncode == 2, done.stderr.decode(errors="replace")
     assert b"streamseg: error: Redis (redis.url) refused" in done.stderr
+
+
+def test_the_global_options_work_after_the_command_too() -> None:
+    """``streamseg lookup --namespace shop u1`` said "unrecognized arguments"; a level in
+    lower case was an invalid choice; ``model show v3`` (as `model list` prints versions)
+    was not an int."""
+    parser = build_parser()
+    after = parser.parse_args(["lookup", "--namespace", "shop", "--log-level", "debug", "u1"])
+    assert (after.namespace, after.log_level, after.log_format) == ("shop", "DEBUG", "text")
+    before = parser.parse_args(["--namespace", "shop", "lookup", "u1"])
+    assert (before.namespace, before.log_level, before.config) == ("shop", "INFO", None)
+    nested = parser.parse_args(["model", "show", "v3", "--namespace", "shop"])
+    assert (nested.version, nested.namespace) == (3, "shop")
+    assert parser.parse_args(["model", "export", "m.json", "--version", "v2"]).model_version == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["model", "rollback", "v0"])
+
+
+def test_a_database_index_redis_refuses_is_not_said_not_to_answer(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url.rsplit("/", 1)[0] + "/99")
+    assert main(["lookup", "u1"]) == 2
+    said = capsys.readouterr().err
+    assert "streamseg: error: Redis (redis.url) refused: " in said and "index" in said
