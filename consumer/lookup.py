@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -28,6 +29,8 @@ from consumer.segment_record import SegmentRecord
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
 from consumer.unknown_namespace import refuse_if_nothing_written
+
+log = logging.getLogger(__name__)
 
 # Ids of `lookup -` per round trip.
 _STDIN_CHUNK = 5000
@@ -136,14 +139,27 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     chunks = _stdin_chunks(_STDIN_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
     asked = missing = 0
+    said_not_text = False
     try:
         for users in chunks:
             asked += len(users)
             lines = []
-            for user, raw in zip(users, lookup.get_many_raw(users), strict=True):
+            readable = [u for u in users if _is_text(u)]
+            if len(readable) < len(users) and not said_not_text:
+                said_not_text = True
+                log.warning(
+                    "user id %r is not valid UTF-8 (a file in another encoding?): no event can "
+                    "carry it, so it is unknown; convert the ids to UTF-8 (iconv -t utf-8)",
+                    next(u for u in users if not _is_text(u)),
+                )
+            answers = iter(lookup.get_many_raw(readable))
+            for user in users:
+                raw = next(answers) if _is_text(user) else None
                 if raw is None:
                     missing += 1
-                    unknown = {"user_id": user, "status": "unknown"}
+                    # An undecodable byte as U+FFFD: strict JSON holds no lone surrogate.
+                    printable = user.encode(errors="surrogateescape").decode(errors="replace")
+                    unknown = {"user_id": printable, "status": "unknown"}
                     lines.append(json.dumps(unknown, separators=(",", ":")))
                 else:
                     lines.append(raw.decode(errors="replace"))
@@ -151,10 +167,20 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     except LineTooLongError as exc:  # after the answers so far
         raise ConfigError(f"stdin, after {asked:,} ids: {exc}") from None
     if not asked:
-        print("streamseg lookup: no user ids on stdin", file=sys.stderr)
-    elif missing == asked:  # a misspelt namespace answers "unknown" for everyone
+        raise ConfigError("no user ids on stdin (one per line)")
+    if missing == asked:  # a misspelt namespace answers "unknown" for everyone
         refuse_if_nothing_written(lookup.client, lookup.last_namespace or configured)
     return 1 if missing == asked else 0
+
+
+def _is_text(user_id: str) -> bool:
+    """Whether ``user_id`` is text an event can carry: ids read from the command line or
+    stdin hold undecodable bytes as lone surrogates, which no UTF-8 key can."""
+    try:
+        user_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stdin_chunks(size: int) -> Iterator[list[str]]:
