@@ -51,6 +51,18 @@ def tune_k_on_snapshot(
     return tune_k(Z, range(k_min, k_max + 1), sample_size=sample_size, random_state=seed, rule=rule)
 
 
+def _check_figure_format(path: Path) -> None:
+    """Refuse a file name matplotlib cannot write (``k.txt``) before any work is done."""
+    supported = plt.gcf().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in supported:
+        raise ConfigError(
+            f"--out {path}: cannot write a figure as {suffix or 'a file without an extension'!r}; "
+            f"name it .png, .svg or .pdf (any of {', '.join(sorted(supported))})"
+        )
+
+
 def plot_tune_k(result: TuneKResult, path: Path) -> Path:
     """Inertia elbow (left axis) and mean silhouette (right axis) against K."""
     with plt.rc_context(FIGURE_STYLE):
@@ -110,6 +122,8 @@ def format_tune_k(result: TuneKResult) -> str:
 
 def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg tune-k``: score a range of K on a snapshot, print a table, save a plot."""
+    out = Path(args.out)
+    _check_figure_format(out)  # before the fits, not after them
     client = settings.redis.connect()
     keys = KeyLayout(settings.redis.namespace)
     snapshot = read_snapshot(client, keys, max_users=args.sample, config=settings.features)
@@ -126,12 +140,23 @@ def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
             seed=settings.trainer.seed,
             rule=cast(KRule, args.rule.replace("-", "_")),
         )
-    except InsufficientDataError as exc:
+    except InsufficientDataError:
+        sampled = (
+            f"a sample of {len(snapshot):,} users (--sample) of its {snapshot.total_users:,}"
+            if len(snapshot) < snapshot.total_users
+            else f"{len(snapshot):,} users"
+        )
         raise ConfigError(
-            f"namespace {keys.namespace!r} has {len(snapshot)} users: {exc}"
+            f"namespace {keys.namespace!r}: K up to {args.k_max} needs more than {args.k_max} "
+            f"users, and tune-k has {sampled}"
         ) from None
     print(f"{len(snapshot):,} users sampled of {snapshot.total_users:,}")
     print(format_tune_k(result))
-    path = plot_tune_k(result, Path(args.out))
+    if result.recommended_k == args.k_max and args.k_max < len(snapshot) - 1:
+        print(
+            f"the recommended K is the largest tried: a larger one may score better "
+            f"(try --k-max {2 * args.k_max})"
+        )
+    path = plot_tune_k(result, out)
     print(f"plot (inertia and silhouette by K): {path.resolve()}")
     return 0

@@ -58,7 +58,7 @@ def test_tune_k_scores_each_k_on_a_snapshot(
     picks = dict(
         re.findall(
             r"(highest silhouette|highest Calinski-Harabasz|elbow of the inertia curve) K = (\d+)",
-            printed.splitlines()[-2],
+            next(line for line in printed.splitlines() if line.startswith("each rule's pick")),
         )
     )
     assert picks["highest silhouette"] == str(recommended)
@@ -71,6 +71,26 @@ def test_tune_k_scores_each_k_on_a_snapshot(
         f"recommended K = {picks['elbow of the inertia curve']} (elbow of the inertia curve)"
         in printed
     )
+
+    # The edge of the range is no answer: say so. A sample too small names the sample.
+    assert main([*argv, "--k-max", "2"]) == 0
+    assert "the recommended K is the largest tried" in capsys.readouterr().out
+    assert main([*argv, "--sample", "5"]) == 2
+    assert (
+        "K up to 6 needs more than 6 users, and tune-k has a sample of 5 users (--sample) "
+        "of its 500" in capsys.readouterr().err
+    )
+
+
+def test_tune_k_refuses_a_figure_it_cannot_write_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--out k.txt`` failed with a matplotlib traceback after every fit had run; now it is
+    refused before Redis is even asked (nothing answers at this URL)."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", "redis://127.0.0.1:1/0")
+    assert main(["tune-k", "--out", str(tmp_path / "k.txt")]) == 2
+    error = capsys.readouterr().err
+    assert "cannot write a figure as 'txt'; name it .png, .svg or .pdf" in error
 
 
 def test_tune_k_on_a_namespace_without_users_says_so(
