@@ -556,8 +556,7 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.planted:
         generator.write_planted_types(args.planted)
     if args.no_kafka and not args.out:
-        print("streamseg generate: --no-kafka needs --out FILE", file=sys.stderr)
-        return 2
+        raise ConfigError("--no-kafka needs --out FILE (where the events go instead)")
 
     topic = args.topic or settings.kafka.events_topic
     total = generator.expected_records()
@@ -742,8 +741,7 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             if show and path.is_file():
                 total = _count_lines(path) - (fmt != "jsonl")  # not the header line
         except OSError as exc:
-            print(f"streamseg produce: cannot read {args.file}: {exc}", file=sys.stderr)
-            return 2
+            raise InputFileError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         name = path.name
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
         records = _reading(
@@ -785,23 +783,23 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             print(mapping.problems.outcome(), file=sys.stderr)
     if interrupted:
         return 130
-    if dry_run:
-        return 0
-    if mapping is not None and (doomed := _none_applied(mapping.problems, read)):
-        log.error("%s; check a file with --dry-run before sending it", doomed)
+    if mapping is not None and (doomed := _none_applied(mapping.problems, read, dry_run)):
+        # Status 1 for a dry run too: a script can gate the real run on it.
+        log.error("%s", doomed if dry_run else f"{doomed}; check a file with --dry-run first")
         return 1
-    return 0 if delivered else 1
+    return 0 if dry_run or delivered else 1
 
 
-def _none_applied(problems: MappingProblems, records: int) -> str | None:
-    """What to say when the consumer will apply none of the ``records`` sent, each a mapped
+def _none_applied(problems: MappingProblems, records: int, dry_run: bool) -> str | None:
+    """What to say when the consumer will apply none of the ``records`` read, each a mapped
     row (lines passed through unmapped may be events it takes); None otherwise."""
     if not records or records != problems.rows or problems.applied_rows:
         return None
+    sent = "would be sent" if dry_run else "were sent"
     if not problems.ignored:
-        return f"all {records:,} rows were sent and will be dead-lettered by the consumer"
+        return f"all {records:,} rows {sent} and will be dead-lettered by the consumer"
     return (
-        f"all {records:,} rows were sent and none will be applied: "
+        f"all {records:,} rows {sent} and none will be applied: "
         f"{problems.refused_rows:,} will be dead-lettered and {problems.ignored.total():,} "
         "ignored by the consumer"
     )

@@ -335,8 +335,10 @@ def test_a_dry_run_reads_and_checks_every_row_and_sends_nothing(
     monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nobody there
     path = tmp_path / "export.csv"
     path.write_text(EPOCH_SECONDS_CSV)
-    assert main(["produce", str(path), "--dry-run", "--no-progress"]) == 0
+    # Status 1: the consumer would apply none of them (a script can gate the real run on it).
+    assert main(["produce", str(path), "--dry-run", "--no-progress"]) == 1
     said = capsys.readouterr().err
+    assert "all 3 rows would be sent and will be dead-lettered by the consumer" in said
     assert "dry run: read 3 records of export.csv; nothing was sent to 'events'" in said
     assert (
         "ts: 3 of 3 rows will be dead-lettered (first: row 1: ts_out_of_range: "
@@ -415,7 +417,7 @@ def test_produce_fails_when_no_row_it_sent_will_be_applied(
     assert main(["produce", str(path), "--topic", topic, "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert said in err
-    assert "check a file with --dry-run before sending it" in err
+    assert "check a file with --dry-run first" in err
     assert len(consume_all(kafka_bootstrap, topic, rows.count("\n") - 1)) == rows.count("\n") - 1
 
 
