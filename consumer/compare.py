@@ -23,6 +23,7 @@ from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.snapshot import ALL_USERS, read_snapshot
+from consumer.unknown_namespace import refuse_if_nothing_written
 from model.features import FEATURE_NAMES, FeatureConfig
 from model.model_format import SegmentModel
 from model.preprocessing import remap_centers
@@ -74,6 +75,7 @@ def compare_namespaces(
     for ns in (shadow, other):
         model = ModelStore(client, KeyLayout(ns)).load_current()
         if model is None:
+            refuse_if_nothing_written(client, ns)  # a misspelt name: say which exist
             raise ConfigError(f"namespace {ns!r} has no published model")
         models[ns] = model
     ms, mo = models[shadow], models[other]

@@ -369,6 +369,9 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         print(_model_table(store.load(shown)))
         return 0
     if args.action == "rollback":
+        if args.version == current:
+            print(f"model v{current} is current already: nothing changed")
+            return 0
         store.rollback(args.version)
         print(f"model v{args.version} is current")
         return 0

@@ -187,7 +187,9 @@ def drop_namespace(
     keys = pointer or PointerKeys()
     live = live_namespace(client, configured, keys)
     if name in (live, configured):
-        which = "live" if name == live else "configured (the pipeline writes it)"
+        # Without a live pointer the configured namespace is also the live one: name the
+        # reason the user can act on first.
+        which = "configured (the pipeline writes it)" if name == configured else "live"
         raise ConfigError(f"refusing to drop namespace {name!r}: it is the {which} namespace")
     layout = KeyLayout(name)
     protected = {keys.live, keys.previous, keys.registry}

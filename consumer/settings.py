@@ -134,8 +134,23 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
-    #: Extra librdkafka properties passed through verbatim (e.g. {"fetch.max.bytes": "52428800"}).
+    #: Extra librdkafka properties passed through verbatim (e.g. {"fetch.max.bytes": "52428800"});
+    #: numbers and booleans (as a TOML file writes them) are passed as librdkafka's text.
     extra: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _extra_as_text(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        return {
+            k: ("true" if v else "false")
+            if isinstance(v, bool)
+            else str(v)
+            if isinstance(v, int | float)
+            else v
+            for k, v in value.items()
+        }
 
     @field_validator("events_topic", "segments_topic", "dead_letter_topic")
     @classmethod

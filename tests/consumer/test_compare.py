@@ -1,11 +1,15 @@
-"""``streamseg compare``'s tables, as a user reads them (no servers: a comparison by hand)."""
+"""``streamseg compare``'s tables, as a user reads them (a comparison by hand), and what it
+says of a namespace that does not exist (real Redis). Comparisons of replayed namespaces:
+test_replay."""
 
 from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
+from consumer.cli import main
 from consumer.compare import Comparison, SegmentPair, print_comparison
 
 
@@ -45,3 +49,17 @@ def test_moved_fields_read_in_the_order_of_the_columns() -> None:
     assert "mean_net_revenue 100->150" in row  # the left (shop) column's value first
     legend = text.rstrip().splitlines()[-1]
     assert "moved >20%" in legend and "shop -> retrain1" in legend
+
+
+@pytest.mark.redis
+def test_compare_with_a_misspelt_namespace_names_those_that_exist(
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said "has no published model", as for a namespace that holds users but no model."""
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["--namespace", namespace, "compare", f"{namespace}-typo"]) == 2
+    error = capsys.readouterr().err
+    assert f"namespace '{namespace}-typo' holds no data (known namespaces:" in error

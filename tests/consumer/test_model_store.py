@@ -212,6 +212,9 @@ def test_model_list_is_readable_and_shows_when_a_model_was_imported(
     assert stored.centers == old.centers
     assert main([*base, "show", "2"]) == 0
     assert "imported " in capsys.readouterr().out.splitlines()[0]
+    # It logged "rolled back to model version 2" for the version already current.
+    assert main([*base, "rollback", "v2"]) == 0
+    assert capsys.readouterr().out == "model v2 is current already: nothing changed\n"
 
 
 def test_an_import_names_what_is_wrong_with_the_file_before_asking_redis(

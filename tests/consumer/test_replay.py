@@ -370,6 +370,10 @@ def test_drop_refuses_the_live_namespace_and_deletes_another(
         drop_namespace(redis_client, green, configured=blue, pointer=pointer)
     with pytest.raises(ConfigError, match="configured"):
         drop_namespace(redis_client, blue, configured=blue, pointer=pointer)
+    # Without a pointer the configured namespace is also the live one: it said "live".
+    unset = PointerKeys(root=f"{namespace}-unset")
+    with pytest.raises(ConfigError, match=r"it is the configured \(the pipeline writes it\)"):
+        drop_namespace(redis_client, blue, configured=blue, pointer=unset)
     listed = {n.name: n for n in list_namespaces(redis_client, "streamseg-unused", pointer)}
     assert listed[green].live and listed[green].model_version == 2
 

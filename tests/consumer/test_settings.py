@@ -37,6 +37,23 @@ def test_the_environment_wins_over_the_file(
     assert (settings.trainer.n_clusters, settings.trainer.update_rows) == (7, 300)
 
 
+def test_kafka_extra_takes_numbers_and_booleans_as_a_toml_file_writes_them(
+    tmp_path: Path,
+) -> None:
+    """librdkafka takes text; `fetch.max.bytes = 1048576` was refused as not a string."""
+    config = tmp_path / "streamseg.toml"
+    config.write_text(
+        '[kafka.extra]\n"fetch.max.bytes" = 1048576\n"enable.idempotence" = true\n'
+        '"socket.timeout.ms" = "60000"\n'
+    )
+    extra = load_settings(config).kafka.extra
+    assert extra == {
+        "fetch.max.bytes": "1048576",
+        "enable.idempotence": "true",
+        "socket.timeout.ms": "60000",
+    }
+
+
 def test_a_misspelt_field_is_refused_in_a_file_and_in_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
