@@ -37,9 +37,9 @@ from pydantic import (
     model_validator,
 )
 
-from model.exceptions import ModelFormatError
+from model.exceptions import InvalidInputError, ModelFormatError
 from model.labels import SegmentLabels, SegmentProfile
-from model.preprocessing import Preprocessor, as_feature_matrix, scale_rows
+from model.preprocessing import Preprocessor, as_feature_matrix, remap_centers, scale_rows
 from model.segmenter import (
     StreamingSegmenter,
     assign_with_hysteresis,
@@ -49,10 +49,6 @@ from model.segmenter import (
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-#: Where `SegmentModel.with_ids_of` puts a coordinate beyond float range: farther than any
-#: centre (|centre| <= 1e100), yet its square stays finite.
-_FAR = 1e150
 
 #: Version of the JSON layout written by this code; ``from_json`` refuses any other.
 FORMAT_VERSION = 1
@@ -382,12 +378,15 @@ class SegmentModel(BaseModel):
         """
         matched = np.full(len(self.ids), -1, dtype=np.int64)
         if self.feature_names == previous.feature_names and len(self.centers):
-            with np.errstate(over="ignore", invalid="ignore"):
-                raw = self.to_preprocessor().inverse_transform(self._centers)
-                here = scale_rows(raw, previous._log_index, previous._center, previous._inv_scale)
-            # A centre beyond float range in the other space is far from every centre.
-            here = np.nan_to_num(here, nan=_FAR, posinf=_FAR, neginf=-_FAR)
-            matched = match_centers(previous._centers, here, max_distance)
+            try:
+                with np.errstate(over="ignore"):
+                    here = remap_centers(
+                        self._centers, self.to_preprocessor(), previous.to_preprocessor()
+                    )
+            except InvalidInputError:  # a centre beyond float range in business units
+                here = None
+            if here is not None:
+                matched = match_centers(previous._centers, here, max_distance)
         ids, next_id = [], previous.next_id
         for position in matched.tolist():
             if position >= 0:
