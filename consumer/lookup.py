@@ -4,7 +4,8 @@
     segments = SegmentLookup.from_url("redis://localhost:6379/0")
     segments.get("u-42")            # SegmentRecord or None
     segments.get_many(["u-1", "u-2"])  # one round trip
-    live = SegmentLookup.from_url(url, namespace=None)  # follows streamseg:live-namespace
+    live = SegmentLookup.from_url(url, namespace=None, fallback_namespace="shop1")
+    # ^ follows streamseg:live-namespace; before the first promote, reads shop1
     clustered = SegmentLookup.from_url(url, cluster=True)  # a node of a Redis Cluster
 
 The same read from any language is a plain GET of ``<ns>:{<user>}:seg`` (JSON), e.g.
@@ -89,11 +90,21 @@ class SegmentLookup:
 
     @classmethod
     def from_url(
-        cls, url: str, namespace: str | None = "streamseg", *, cluster: bool = False
+        cls,
+        url: str,
+        namespace: str | None = "streamseg",
+        *,
+        cluster: bool = False,
+        fallback_namespace: str = "streamseg",
     ) -> SegmentLookup:
-        """A lookup on the Redis at ``url``; ``cluster=True`` when it is a Redis Cluster node."""
+        """A lookup on the Redis at ``url``; ``cluster=True`` when it is a Redis Cluster node.
+
+        Following the live pointer (``namespace=None``), pass the deployment's
+        ``redis.namespace`` as ``fallback_namespace``: it is what the pointer means before the
+        first promote (what ``streamseg namespaces`` and ``lookup --live`` read then).
+        """
         client: RedisClient = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
-        return cls(client, namespace)
+        return cls(client, namespace, fallback_namespace=fallback_namespace)
 
     def get(self, user_id: str | int) -> SegmentRecord | None:
         """The user's record (`consumer.segment_record.SegmentRecord`), or None if the user

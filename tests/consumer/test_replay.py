@@ -675,9 +675,18 @@ def test_streamseg_lookup_live_follows_promote_and_rollback(
             assert main([*base, *live, "u1"]) == 0
             return int(orjson.loads(capsys.readouterr().out)["model_version"])
 
+        # Before any promote the pointer means the configured namespace; the library said
+        # "never seen" for everyone, reading its own default, streamseg.
+        assert version("--live") == 1
+        following = SegmentLookup.from_url(server.url, None, fallback_namespace="shop")
+        record = following.get("u1")
+        assert record is not None and record.model_version == 1
+
         assert main(["--namespace", "shop", "promote", "shop-rebuilt"]) == 0
         capsys.readouterr()
         assert (version("--live"), version()) == (2, 1)
+        record = following.get("u1")
+        assert record is not None and record.model_version == 2
         assert main(["--namespace", "shop", "rollback-namespace"]) == 0
         capsys.readouterr()
         assert version("--live") == 1
