@@ -47,6 +47,7 @@ from consumer.kafka_positions import KafkaPositions
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.model_watch import ModelWatch
+from consumer.namespaces import register_namespace
 from consumer.outputs import OutputTopics
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.redis_outage import (
@@ -181,6 +182,7 @@ class SegmentPipeline:
         # start-up (one line, exit 2) before they exist; an unclosed librdkafka consumer
         # kept the process spinning after the error was printed.
         self.redis.ping()
+        self._register_namespace()
         self.outputs = OutputTopics(kafka)
         self.consumer = create_consumer(
             kafka,
@@ -208,6 +210,16 @@ class SegmentPipeline:
             self.keys.namespace,
             self.model.model_version if self.model else "none (cold start)",
         )
+
+    def _register_namespace(self) -> None:
+        """Name this namespace in the registry that `streamseg namespaces` and the
+        misspelt-namespace hint read (before, only replays did: a namespace that only a
+        pipeline wrote was missing from both). A Redis user without the registry key (the
+        least-privilege ACL of the README) skips it."""
+        try:
+            register_namespace(self.redis, self.keys.namespace)
+        except redis.exceptions.NoPermissionError:
+            log.debug("not registering namespace %s: no permission", self.keys.namespace)
 
     def readiness_checks(self) -> dict[str, Callable[[], bool]]:
         """What ``/readyz`` asks: partitions assigned, Redis answers PING, and a model loaded

@@ -41,6 +41,7 @@ from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.snapshot import Snapshot, read_snapshot
 from consumer.state_store import StateStore
+from consumer.unknown_namespace import refuse_if_nothing_written
 from model.features import FEATURE_NAMES, FEATURES, LOG_FEATURES, top_categories
 from model.model_format import SegmentModel
 
@@ -716,6 +717,7 @@ def _write_report(
 def report_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg report``: write the HTML report and print its path."""
     client = settings.redis.connect()
+    refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt? not an empty report
     index = write_report(
         client,
         KeyLayout(settings.redis.namespace),

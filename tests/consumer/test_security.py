@@ -52,13 +52,14 @@ SCRAM_PASSWORD = "kafka-Pw-" + uuid.uuid4().hex  # unique: a hit in a log cannot
 
 def redis_acl_rule(user: str, password: str, namespace: str) -> str:
     """The least-privilege ACL rule of the service (``redis.conf`` ``user`` line, without
-    ``user``): its namespace's keys and model keys, the live pointer read-only, and only the
-    commands it sends."""
+    ``user``): its namespace's keys and model keys, the live pointer read-only, the
+    namespace registry (a pipeline names its namespace there), and only the commands it
+    sends."""
     return (
         f"{user} on >{password} resetkeys ~{namespace}:* ~{{{namespace}:model}}:* "
-        "%R~streamseg:live-namespace "
+        "%R~streamseg:live-namespace ~streamseg:namespaces "
         "resetchannels -@all "
-        "+ping +get +mget +set +mset +multi +exec +hget +hmget +hgetall +hset +hdel "
+        "+ping +get +mget +set +mset +multi +exec +hget +hmget +hgetall +hset +hdel +sadd "
         "+hincrby +lpush +ltrim +lrange +zadd +zrem +zscore +zmscore +zrevrange +exists +scan "
         "+evalsha +script|load +pexpire +del +watch +unwatch"
     )

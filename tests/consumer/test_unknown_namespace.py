@@ -1,13 +1,17 @@
-"""A misspelt --namespace is named as such by lookup and model, not shown as unknown users
-or a cold start (status: tests/consumer/test_status.py)."""
+"""A misspelt --namespace is named as such by lookup, model and report, not shown as unknown
+users, a cold start or an empty report (status: tests/consumer/test_status.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 
 from consumer.cli import main
 from consumer.redis_keys import KeyLayout, PointerKeys
+from tests.consumer.pipeline_support import as_records, drain, make_events, produce, settings_for
 
 
 @pytest.fixture
@@ -47,3 +51,33 @@ def test_a_command_reading_a_namespace_that_holds_nothing_says_so(
         assert ("unknown" if command[0] == "lookup" else "cold start") in captured.out
     finally:
         redis_client.srem(registry, real)
+
+
+def test_a_namespace_a_pipeline_wrote_is_named_in_the_hint(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """Only replays, pointers and the default were named: a namespace with 395 users that a
+    pipeline wrote was missing from "known namespaces" and from `streamseg namespaces`. And
+    `report` of a namespace that holds nothing wrote an empty report."""
+    topic = new_topic()
+    events = make_events(20, users=5, seed=3)
+    produce(kafka_bootstrap, topic, as_records(events))
+    drain(settings_for(kafka_bootstrap, redis_url, topic, namespace), len(events))
+    registry = PointerKeys().registry
+    try:
+        assert redis_client.sismember(registry, namespace)
+        monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+        assert main(["--namespace", f"{namespace}-typo", "report", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"namespace '{namespace}-typo' holds no data" in err
+        assert namespace in err.split("(known namespaces: ")[1].split(")")[0].split(", ")
+        assert not any(tmp_path.iterdir())
+    finally:
+        redis_client.srem(registry, namespace)
