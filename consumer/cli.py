@@ -119,6 +119,20 @@ Examples:
   cut -d, -f1 users.csv | streamseg lookup - > segments.jsonl   # many users, 5,000 per round trip
 """
 
+_FORGET_EPILOG = """\
+Erases users for a data-subject request: in the namespace (or, with --all-namespaces, in
+every namespace `streamseg namespaces` lists) their state and segment record are deleted,
+their segment's size loses them, their rows leave the trainer's buffer; and a tombstone per
+user goes to the segments topic (compacted: Kafka drops their change events there at the
+next compaction). Not erased: their events on the events topic (its retention or your
+source; a replay brings them back), copies others made of the segments topic. Run it once
+their events have stopped: a batch being applied at that moment may write them again.
+
+Examples:
+  streamseg forget u-42
+  cut -d, -f1 erasures.csv | streamseg forget --all-namespaces -
+"""
+
 _MODEL_EPILOG = """\
 Models are versioned JSON in Redis (never pickle); consumers use the current version and
 pick a change up within pipeline.model_poll_seconds.
@@ -282,6 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--live",
         action="store_true",
         help="read the namespace the live pointer names (after a promote), not redis.namespace",
+    )
+
+    forget = _command(
+        commands,
+        "forget",
+        "consumer.forget:forget_command",
+        "erase users (a data-subject request): state, record, training rows, change events",
+        _FORGET_EPILOG,
+    )
+    forget.add_argument(
+        "user_ids",
+        nargs="+",
+        metavar="USER_ID",
+        help="user ids as the events carry them; - alone reads them from stdin, one per line",
+    )
+    forget.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        help="also in every other namespace (replays, the live and the previous one)",
+    )
+    forget.add_argument(
+        "--no-tombstones",
+        action="store_true",
+        help="leave the segments topic alone (e.g. it is not compacted, or Kafka is not here)",
     )
 
     model = _command(

@@ -148,24 +148,24 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     lookup = SegmentLookup(
         settings.redis.connect(), None if args.live else configured, fallback_namespace=configured
     )
-    chunks = _stdin_chunks(_STDIN_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
+    chunks = stdin_user_ids(_STDIN_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
     asked = missing = 0
     said_not_text = False
     try:
         for users in chunks:
             asked += len(users)
             lines = []
-            readable = [u for u in users if _is_text(u)]
+            readable = [u for u in users if is_utf8_text(u)]
             if len(readable) < len(users) and not said_not_text:
                 said_not_text = True
                 log.warning(
                     "user id %r is not valid UTF-8 (a file in another encoding?): no event can "
                     "carry it, so it is unknown; convert the ids to UTF-8 (iconv -t utf-8)",
-                    next(u for u in users if not _is_text(u)),
+                    next(u for u in users if not is_utf8_text(u)),
                 )
             answers = iter(lookup.get_many_raw(readable))
             for user in users:
-                raw = next(answers) if _is_text(user) else None
+                raw = next(answers) if is_utf8_text(user) else None
                 if raw is None:
                     missing += 1
                     # An undecodable byte as U+FFFD: strict JSON holds no lone surrogate.
@@ -184,7 +184,7 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if missing == asked else 0
 
 
-def _is_text(user_id: str) -> bool:
+def is_utf8_text(user_id: str) -> bool:
     """Whether ``user_id`` is text an event can carry: ids read from the command line or
     stdin hold undecodable bytes as lone surrogates, which no UTF-8 key can."""
     try:
@@ -194,7 +194,7 @@ def _is_text(user_id: str) -> bool:
     return True
 
 
-def _stdin_chunks(size: int) -> Iterator[list[str]]:
+def stdin_user_ids(size: int) -> Iterator[list[str]]:
     """Lines of stdin without their line ending (blank lines skipped), ``size`` at a time:
     one round trip per chunk, and a first answer before the input ends."""
     chunk: list[str] = []

@@ -15,7 +15,7 @@ Keys outside every namespace (`PointerKeys`, root ``streamseg``) say which names
 
     streamseg:live-namespace      string: the namespace lookups following the pointer read
     streamseg:previous-namespace  string: the one live before the last promote (for rollback)
-    streamseg:namespaces          set: namespaces written by `streamseg replay`
+    streamseg:namespaces          set: namespaces written by `streamseg replay` or `run`
 
 ``streamseg promote NAME`` changes the first two in one MULTI; ``SegmentLookup(client)``
 (``namespace=None``) reads the pointer and the records in one Lua call. The pipeline

@@ -23,23 +23,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-_KEY_BYTES = 8
+#: Bytes of the user key that ends each row.
+KEY_BYTES = 8
 
 
-def _digest(user_id: str) -> bytes:
-    return hashlib.blake2b(user_id.encode(), digest_size=_KEY_BYTES).digest()
+def user_digest(user_id: str) -> bytes:
+    """The key bytes that end ``user_id``'s rows: BLAKE2b-64 of the id's UTF-8."""
+    return hashlib.blake2b(user_id.encode(), digest_size=KEY_BYTES).digest()
 
 
 def user_key(user_id: str) -> int:
     """The 64-bit key of ``user_id`` in its rows: BLAKE2b-64 of the id's UTF-8, as an
     unsigned integer in the machine's byte order."""
-    return int(np.frombuffer(_digest(user_id), dtype=np.uint64)[0])
+    return int(np.frombuffer(user_digest(user_id), dtype=np.uint64)[0])
 
 
 def keyed_rows(features: np.ndarray, user_ids: Sequence[str]) -> np.ndarray:
     """``features`` (one row per user of ``user_ids``) with each user's key appended as one
     more float64 column holding the key's bytes: what the pipeline pushes."""
-    keys = np.frombuffer(b"".join(map(_digest, user_ids)), dtype=np.float64).reshape(-1, 1)
+    keys = np.frombuffer(b"".join(map(user_digest, user_ids)), dtype=np.float64).reshape(-1, 1)
     return np.hstack([np.asarray(features, dtype=np.float64), keys])
 
 
@@ -47,13 +49,13 @@ def decode_rows(raw: Sequence[bytes], width: int) -> tuple[np.ndarray, np.ndarra
     """(features ``(n, width)``, keys ``(n,)`` uint64, keyed ``(n,)`` bool) of the elements
     ``raw`` in their order. Elements of any other size than a row (with or without its key)
     were not written by the pipeline and are left out."""
-    keyed_size, plain_size = 8 * width + _KEY_BYTES, 8 * width
+    keyed_size, plain_size = 8 * width + KEY_BYTES, 8 * width
     rows = [r for r in raw if len(r) in (keyed_size, plain_size)]
     has_key = np.fromiter((len(r) == keyed_size for r in rows), dtype=bool, count=len(rows))
     if has_key.all():
         blob = b"".join(rows)
     else:  # rows from before the key (the first buffer after an upgrade): pad them
-        blob = b"".join(r if len(r) == keyed_size else r + bytes(_KEY_BYTES) for r in rows)
+        blob = b"".join(r if len(r) == keyed_size else r + bytes(KEY_BYTES) for r in rows)
     table = np.frombuffer(blob, dtype=np.float64).reshape(-1, width + 1)
     return table[:, :width], table[:, width].view(np.uint64), has_key
 
