@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -14,60 +14,7 @@ from model.labels import label_segments
 from model.model_format import FORMAT_VERSION, MAX_MODEL_BYTES, SegmentModel
 from model.preprocessing import Preprocessor
 from model.segmenter import StreamingSegmenter
-
-FEATURES = [
-    "recency_days",
-    "purchases",
-    "net_revenue",
-    "avg_order_value",
-    "views",
-    "carts",
-    "cart_to_purchase",
-    "view_to_purchase",
-    "engagement",
-    "tenure_days",
-]
-HEAVY = ["purchases", "net_revenue", "avg_order_value", "views", "carts", "engagement"]
-
-
-def raw_users(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Plausible feature rows in business units: three behaviours, heavy tails."""
-    kind = rng.integers(0, 3, n)
-    purchases = np.where(kind == 0, 0.0, rng.gamma(2.0, 2.0 + 3 * kind, n))
-    aov = np.where(purchases > 0, rng.lognormal(3.5 + kind, 0.5, n), 0.0)
-    revenue = purchases * aov - rng.exponential(5.0, n)
-    views = rng.gamma(2.0, 10.0 + 20 * kind, n)
-    carts = views * rng.uniform(0.05, 0.3, n)
-    return np.column_stack(
-        [
-            np.where(purchases > 0, rng.uniform(0, 90, n), 365.0),
-            purchases,
-            revenue,
-            aov,
-            views,
-            carts,
-            np.minimum(purchases / np.maximum(carts, 1), 1.0),
-            np.minimum(purchases / np.maximum(views, 1), 1.0),
-            rng.exponential(1.0 + kind, n),
-            rng.uniform(0, 1000, n),
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-def fitted() -> tuple[SegmentModel, StreamingSegmenter, Preprocessor, np.ndarray]:
-    rng = np.random.default_rng(0)
-    X = raw_users(rng, 6000)
-    pre = Preprocessor(FEATURES, log_columns=HEAVY).fit(X)
-    Z = pre.transform(X)
-    seg = StreamingSegmenter(5, random_state=0).fit(Z[:3000])
-    for start in range(3000, 6000, 1000):
-        seg.partial_fit(Z[start : start + 1000])
-    centres = pre.inverse_transform(seg.cluster_centers_)
-    labels = label_segments(centres, X, seg.predict(Z), FEATURES)
-    created = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-    model = SegmentModel.from_fitted(seg, pre, labels, created_at=created, n_rows=len(X))
-    return model, seg, pre, X
+from tests.model.model_support import FEATURES, HEAVY, raw_users
 
 
 def test_json_round_trip_is_exact(fitted: Any) -> None:
