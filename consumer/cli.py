@@ -119,6 +119,17 @@ Examples:
   cut -d, -f1 users.csv | streamseg lookup - > segments.jsonl   # many users, 5,000 per round trip
 """
 
+_EXPLAIN_EPILOG = """\
+For support and product teams: the user's stored segment record, their features (business
+units, at the namespace's event clock, as the re-score computes them), the nearest segments
+with their distances, and a table of features beside the nearest and next-nearest centres,
+ordered by how much each decides between the two (its share of the margin; the README's
+"Explaining a user's segment" gives the formula). Exit status 1 for a user without state.
+
+Example:
+  streamseg explain u-42
+"""
+
 _FORGET_EPILOG = """\
 Erases users for a data-subject request: in the namespace (or, with --all-namespaces, in
 every namespace `streamseg namespaces` lists) their state and segment record are deleted,
@@ -297,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the namespace the live pointer names (after a promote), not redis.namespace",
     )
+
+    explain = _command(
+        commands,
+        "explain",
+        "consumer.explain:explain_command",
+        "print a user's features and why the model puts them in their segment",
+        _EXPLAIN_EPILOG,
+    )
+    explain.add_argument("user_id", metavar="USER_ID", help="a user id as the events carry it")
 
     forget = _command(
         commands,

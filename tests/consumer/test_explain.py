@@ -1,0 +1,56 @@
+"""`streamseg explain` on what the real pipeline and trainer wrote."""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from consumer.settings import PipelineSettings
+from consumer.state_store import StateStore
+from model.features import COL, FeatureConfig, derive_features
+from tests.consumer.pipeline_support import point_cli_at_servers
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def test_explain_names_the_nearest_segments_and_the_features_that_decide(
+    two_model_versions: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = KeyLayout(two_model_versions)
+    user = "u7"
+    store = StateStore(redis_client, keys)
+    state = store.read_states([user])
+    clock = store.read_watermark()
+    assert clock is not None
+    lateness = PipelineSettings().allowed_lateness_seconds * 1000.0
+    at = max(float(state[0, COL["last_ts_ms"]]), clock - lateness)
+    features = derive_features(state, at, FeatureConfig())
+    model = ModelStore(redis_client, keys).load_current()
+    assert model is not None
+    [segment], positions, _ = model.assign(features)
+
+    point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
+    assert main(["--namespace", two_model_versions, "explain", user]) == 0
+    out = capsys.readouterr().out
+    stored = orjson.loads(redis_client.get(keys.segment(user)) or b"{}")
+    assert f"stored record: {orjson.dumps(stored).decode()}" in out
+    nearest = re.search(r"nearest segments \(id, name, distance in scaled units\): (\d+) ", out)
+    assert nearest is not None and int(nearest[1]) == segment
+    assert f"why {model.names[positions[0]]!r} and not " in out
+    assert all(name in out for name in model.feature_names)  # one row per feature
+
+    assert main(["--namespace", two_model_versions, "explain", "nobody"]) == 1
+    assert "user 'nobody' has no state in namespace" in capsys.readouterr().out
+    assert main(["--namespace", f"{two_model_versions}-typo", "explain", user]) == 2
+    assert "holds no data" in capsys.readouterr().err
