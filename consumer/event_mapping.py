@@ -364,6 +364,12 @@ class EventMapping:
         key = None if user is None else str(user).encode()
         return key, orjson.dumps(event)
 
+    def as_is(self, record: tuple[bytes | None, bytes]) -> tuple[bytes | None, bytes]:
+        """A record sent as it is (JSON lines without a mapping), counted as a row for
+        `judged` to judge as the consumer will."""
+        self.problems.rows += 1
+        return record
+
     def passed_through(self, line: bytes) -> tuple[None, bytes]:
         """The record of a JSON line that is no JSON object the mapping can read, sent as it
         is (keyless): a row like any other for the counts, judged by the consumer's decoder

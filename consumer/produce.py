@@ -50,7 +50,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +75,7 @@ from consumer.event_mapping import (
     EventMapping,
     LineTooLongError,
     MappingProblems,
+    TsUnit,
     bounded_lines,
     check_dialect,
     load_json,
@@ -635,12 +636,23 @@ def _mapping(args: argparse.Namespace, fmt: str, settings: Settings) -> EventMap
     options = (args.map, args.default, args.ts_format, args.ts_unit)
     if fmt == "jsonl" and not any(options):
         return None
+    return _consumer_view(settings, args.map, args.default, args.ts_format, args.ts_unit)
+
+
+def _consumer_view(
+    settings: Settings,
+    maps: Sequence[str] | None = None,
+    defaults: Sequence[str] | None = None,
+    ts_format: str | None = None,
+    ts_unit: TsUnit | None = None,
+) -> EventMapping:
+    """A mapping that judges rows as the consumer will (its aliases and limits)."""
     pipeline = settings.pipeline
     return EventMapping.from_options(
-        args.map or (),
-        args.default or (),
-        args.ts_format,
-        args.ts_unit or "ms",
+        maps or (),
+        defaults or (),
+        ts_format,
+        ts_unit or "ms",
         type_aliases=pipeline.type_aliases,
         limits=DecodeLimits(  # as the consumer's (consumer.pipeline)
             max_payload_bytes=pipeline.max_payload_bytes,
@@ -743,19 +755,23 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             raise InputFileError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         name = path.name
+    # Lines sent as they are to the events topic are judged too: a CSV on stdin was sent
+    # line by line as junk, with nothing said and status 0. Another topic may hold anything.
+    checker = mapping or _consumer_view(settings)
+    judge_as_is = mapping is None and topic == settings.kafka.events_topic
     with contextlib.closing(source) if source is not sys.stdin.buffer else contextlib.nullcontext():
-        records = _reading(
-            file_records(
-                source,
-                fmt,
-                mapping,
-                args.key_field,
-                guessed=args.format == "auto",
-                delimiter=args.delimiter,
-                encoding=args.encoding,
-            ),
-            name,
+        read_records = file_records(
+            source,
+            fmt,
+            mapping,
+            args.key_field,
+            guessed=args.format == "auto",
+            delimiter=args.delimiter,
+            encoding=args.encoding,
         )
+        if judge_as_is:
+            read_records = checker.judged(checker.as_is(r) for r in read_records)
+        records = _reading(read_records, name)
         if dry_run:
             read, interrupted = _drain(records, show, total, f"{name} (dry run)")
             delivered = True
@@ -776,16 +792,20 @@ def produce_command(args: argparse.Namespace, settings: Settings) -> int:
             )
             read, interrupted, delivered = stats.sent, stats.interrupted, stats.ok
             print(stats.summary(), file=sys.stderr)
-    if mapping is not None:
-        for line in mapping.problems.summary():
-            print(line, file=sys.stderr)
-        if mapping.problems.rows:
-            print(mapping.problems.outcome(), file=sys.stderr)
+    for line in checker.problems.summary():
+        print(line, file=sys.stderr)
+    if checker.problems.rows:
+        print(checker.problems.outcome(), file=sys.stderr)
     if interrupted:
         return 130
-    if mapping is not None and (doomed := _none_applied(mapping.problems, read, dry_run)):
+    if doomed := _none_applied(checker.problems, read, dry_run):
         # Status 1 for a dry run too: a script can gate the real run on it.
         log.error("%s", doomed if dry_run else f"{doomed}; check a file with --dry-run first")
+        if mapping is None and checker.problems.counts["not_json"] == read:
+            log.error(
+                "no line is JSON: for a CSV or TSV file say --format csv (or tsv) and --map its "
+                "columns (see produce --help)"
+            )
         return 1
     return 0 if dry_run or delivered else 1
 

@@ -521,3 +521,23 @@ def test_a_dialect_that_cannot_apply_is_refused_before_reading(
 ) -> None:
     assert main(["produce", "-", *options]) == 2
     assert f"streamseg: error: {message}" in capsys.readouterr().err
+
+
+def test_lines_sent_as_they_are_to_the_events_topic_are_judged_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV piped in without --format csv went out line by line as junk, with status 0 and
+    nothing said; every line was dead-lettered by the consumer."""
+    monkeypatch.setenv("STREAMSEG_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nobody there
+    csv_text = "user_id,type,ts\nu1,view,1700000000000\nu2,view,1700000000000\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(csv_text.encode())))
+    assert main(["produce", "-", "--dry-run", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not_json: 3 of 3 rows will be dead-lettered (first: row 1: not_json" in err
+    assert "no line is JSON: for a CSV or TSV file say --format csv" in err
+
+    event = b'{"event_id":"e1","user_id":"u1","type":"view","ts":1700000000000}'
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(event + b"\n[1]\n")))
+    assert main(["produce", "-", "--dry-run", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 rows will be applied (1 dead-lettered, 0 ignored)" in err
