@@ -180,3 +180,62 @@ def test_a_write_whose_reply_is_lost_is_not_counted_twice(
     assert counters["records"] == len(events)
     assert counters["applied"] == len(events)
     assert counters.get("duplicates", 0) == 0
+
+
+def test_a_redis_out_of_memory_pauses_the_pipeline_and_loses_nothing(
+    kafka_bootstrap: str, new_topic: Callable[..., str], namespace: str
+) -> None:
+    """maxmemory below what Redis holds: every write is refused with OOM (and the batch's
+    MULTI with EXECABORT) while reads still work. Not a bad command: the pipeline waits,
+    and when memory is raised again every event is applied once."""
+    with RedisServer() as server:
+        admin = redis.Redis.from_url(server.url)
+        pipeline, _ = run_through_an_outage(
+            kafka_bootstrap,
+            new_topic(),
+            namespace,
+            server,
+            seed=23,
+            stop=lambda client: client.config_set("maxmemory", 1),
+            resume=lambda: admin.config_set("maxmemory", 0),
+            down_seconds=3,
+        )
+    refused = pipeline.metrics.registry.get_sample_value("streamseg_redis_errors_total")
+    assert refused and refused > 0  # the refusals were seen, and waited out
+
+
+def test_a_command_redis_refuses_for_good_stops_the_pipeline(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A key of the wrong type (a hand edit made the counters a string): WRONGTYPE is no
+    outage, retrying cannot help, so the pipeline stops with the error instead of waiting
+    forever. Redis runs the rest of that MULTI (states and applied offsets together), so once
+    the key is mended a restart applies every event exactly once."""
+    topic = new_topic()
+    events = make_events(300, users=20, seed=24)
+    produce(kafka_bootstrap, topic, as_records(events))
+    redis_client.set(f"{namespace}:counters", "not a hash")
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            pipeline.run(max_records=len(events), idle_exit_seconds=20)
+    finally:
+        pipeline.close()
+    assert time.monotonic() - started < 15
+
+    redis_client.delete(f"{namespace}:counters")
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=5)
+    finally:
+        pipeline.close()
+    expected = recompute(canonical(events), FeatureConfig())
+    assert_state_matches(read_state(redis_client, namespace), expected)
