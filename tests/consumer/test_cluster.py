@@ -159,10 +159,18 @@ def test_a_slot_moved_behind_the_clients_back_is_followed(
     store = StateStore(cluster, keys)
     users = [f"m{i}" for i in range(200)]
     store.write(_batch(users))
-    mover = f"moved-{cluster_namespace}"
-    slot = cluster.keyslot(keys.state(mover))
-    old = cluster.get_node_from_key(keys.state(mover))
-    assert old is not None
+    # A user whose slot holds no key yet (of any test on this shared cluster): only such a
+    # slot can move by decree. A fixed id collided now and then with another test's keys.
+    for attempt in range(1000):
+        mover = f"moved-{attempt}-{cluster_namespace}"
+        slot = cluster.keyslot(keys.state(mover))
+        old = cluster.get_node_from_key(keys.state(mover))
+        assert old is not None
+        owner = cluster.get_redis_connection(old)
+        if owner.execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0:
+            break
+    else:
+        raise AssertionError("no empty slot among 1,000 candidate users")
     new = next(n for n in cluster.get_primaries() if n.name != old.name)
     new_id = cluster.get_redis_connection(new).execute_command("CLUSTER MYID")
     # The slot holds no key yet, so it can move by decree; the client's map is now stale.
