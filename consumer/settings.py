@@ -10,6 +10,7 @@ environment wins over the file. A wrong setting stops start-up with a message na
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tomllib
@@ -48,6 +49,8 @@ RedisClient: TypeAlias = redis.Redis | RedisCluster
 _SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
 _PREFIX = "STREAMSEG_"
 #: Variables with the settings' prefix that are not settings (the development stack's cache).
+log = logging.getLogger(__name__)
+
 _OTHER_VARIABLES = frozenset({"STREAMSEG_CACHE_DIR"})
 #: What a Redis that does not answer raises: redis-py's errors, and the cluster client's own
 #: (a `RedisClusterException` is not a `redis.RedisError`).
@@ -550,6 +553,16 @@ def _check_environment(environ: Mapping[str, str]) -> None:
                 f"{variable}: not a setting; did you mean {meant} "
                 "(two underscores between section and field)?"
             )
+        # A field's name without its section (STREAMSEG_NAMESPACE): maybe the user's own
+        # variable, so a warning, not a refusal.
+        owners = [
+            section
+            for section, info in Settings.model_fields.items()
+            if rest.lower() in getattr(info.annotation, "model_fields", {})
+        ]
+        if owners:
+            meant = " or ".join(f"{_PREFIX}{o.upper()}__{rest}" for o in owners)
+            log.warning("%s is not a setting and is ignored: did you mean %s?", variable, meant)
 
 
 def _unparsable(environ: Mapping[str, str]) -> str | None:

@@ -81,10 +81,26 @@ def test_a_variable_that_looks_like_a_setting_but_names_none_is_refused(
     refused(message)
 
 
-def test_other_variables_with_the_prefix_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_variables_with_the_prefix_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("STREAMSEG_CACHE_DIR", "/tmp")  # the development stack's
     monkeypatch.setenv("STREAMSEG_RELEASE", "2026.11")  # a deployment's own
     assert load_settings().trainer.n_clusters == 6
+    assert not caplog.records
+
+
+def test_a_field_name_without_its_section_is_named_with_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """STREAMSEG_NAMESPACE=foo was ignored without a word (the namespace stayed streamseg)."""
+    monkeypatch.setenv("STREAMSEG_NAMESPACE", "foo")
+    assert load_settings().redis.namespace == "streamseg"
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning == (
+        "STREAMSEG_NAMESPACE is not a setting and is ignored: did you mean "
+        "STREAMSEG_REDIS__NAMESPACE?"
+    )
 
 
 @pytest.mark.parametrize(
