@@ -119,6 +119,18 @@ Examples:
   cut -d, -f1 users.csv | streamseg lookup - > segments.jsonl   # many users, 5,000 per round trip
 """
 
+_SETTINGS_EPILOG = """\
+Every setting with the value this command line would run with: defaults, then --config FILE,
+then STREAMSEG_<SECTION>__<FIELD> variables, then options such as --namespace. Secrets are
+shown as ***: kafka.sasl_password, kafka.extra properties named like secrets (password,
+secret, token, credential, .pem, sasl.jaas, oauthbearer), and the user name and password of
+redis.url (its host, port and database are kept).
+
+Examples:
+  streamseg --config prod.toml settings
+  STREAMSEG_TRAINER__N_CLUSTERS=8 streamseg settings | jq .trainer
+"""
+
 _EXPLAIN_EPILOG = """\
 For support and product teams: the user's stored segment record, their features (business
 units, at the namespace's event clock, as the re-score computes them), the nearest segments
@@ -307,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--live",
         action="store_true",
         help="read the namespace the live pointer names (after a promote), not redis.namespace",
+    )
+
+    _command(
+        commands,
+        "settings",
+        "consumer.show_settings:settings_command",
+        "print the settings in effect (file, environment, options) as JSON, secrets hidden",
+        _SETTINGS_EPILOG,
     )
 
     explain = _command(
