@@ -119,6 +119,22 @@ Examples:
   cut -d, -f1 users.csv | streamseg lookup - > segments.jsonl   # many users, 5,000 per round trip
 """
 
+_DEAD_LETTERS_EPILOG = """\
+Reads kafka.dead_letter_topic from its oldest record to its end (no consumer group, nothing
+committed) and prints, per reason, how many there are, the first and last one's source
+position and detail, and the newest --examples records. --resend sends the selected ones back
+to kafka.events_topic with their original key, value and headers, plus
+streamseg.resent_from = <topic>[partition]@offset: worth it once a setting that refused them
+changed (pipeline.max_event_ahead_seconds for ts_out_of_range, pipeline.max_payload_bytes for
+oversize). A dead letter cut to fit is not sent; one still bad is dead-lettered again; sending
+twice sends twice.
+
+Examples:
+  streamseg dead-letters
+  streamseg dead-letters --reason not_json --examples 5
+  streamseg dead-letters --reason ts_out_of_range --resend
+"""
+
 _SETTINGS_EPILOG = """\
 Every setting with the value this command line would run with: defaults, then --config FILE,
 then STREAMSEG_<SECTION>__<FIELD> variables, then options such as --namespace. Secrets are
@@ -319,6 +335,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--live",
         action="store_true",
         help="read the namespace the live pointer names (after a promote), not redis.namespace",
+    )
+
+    dead = _command(
+        commands,
+        "dead-letters",
+        "consumer.dead_letters:dead_letters_command",
+        "count the dead-letter topic's records by reason, show examples, or send them back",
+        _DEAD_LETTERS_EPILOG,
+    )
+    dead.add_argument(
+        "--reason",
+        action="append",
+        metavar="REASON",
+        help="only this reason (repeatable), e.g. ts_out_of_range, oversize, not_json",
+    )
+    dead.add_argument(
+        "--examples",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help="show the newest N records of each reason (default 1; 0 = none)",
+    )
+    dead.add_argument(
+        "--resend",
+        action="store_true",
+        help="send the selected records back to kafka.events_topic (after fixing the "
+        "setting that refused them)",
     )
 
     _command(

@@ -78,7 +78,7 @@ DEAD_LETTER_MAX_HEADER_BYTES = 65_536
 
 Headers = list[tuple[str, str | bytes | None]]
 
-#: ``message.headers()`` through the C API, which checks the result (see `_source_headers`).
+#: ``message.headers()`` through the C API, which checks the result (see `readable_headers`).
 _READ_HEADERS = operator.methodcaller("headers")
 
 
@@ -112,7 +112,7 @@ def dead_letter_message(
     if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
         headers.append(("streamseg.key_truncated_from_bytes", str(len(key)).encode()))
         key = key[:DEAD_LETTER_MAX_KEY_BYTES]
-    pairs = _source_headers(message)
+    pairs = readable_headers(message)
     source = [(k, v) for k, v in pairs or [] if not k.startswith("streamseg.")]
     source_bytes = _header_bytes(source)
     if pairs is None:
@@ -129,9 +129,9 @@ def dead_letter_message(
     return key, value, headers
 
 
-def _source_headers(message: Message) -> Headers | None:
-    """The record's headers as (name, value) pairs; None when confluent-kafka cannot decode
-    them (a header name that is not UTF-8).
+def readable_headers(message: Message) -> Headers | None:
+    """A consumed record's headers as (name, value) pairs; None when confluent-kafka cannot
+    decode them (a header name that is not UTF-8).
 
     confluent-kafka 2.x then returns a half-built list *with* the exception set. Called
     through the C API (`_READ_HEADERS`) that is raised as `SystemError`; a plain

@@ -1,0 +1,213 @@
+"""``streamseg dead-letters``: what the dead-letter topic holds, and sending records back.
+
+Reads ``kafka.dead_letter_topic`` from its oldest record to its end as it stands when the
+command starts (every partition; no consumer group, nothing committed), and prints one line per
+reason: how many, and the first and last record's source position and detail, then the newest
+``--examples`` records per reason with the head of their bytes.
+
+``--resend`` sends the selected dead letters (``--reason``, default all) back to
+``kafka.events_topic``: the original key, value and headers (without the ``streamseg.*`` ones),
+plus ``streamseg.resent_from`` = ``<dead-letter topic>[partition]@offset``. Worth it after a
+setting that refused them changed (``pipeline.max_event_ahead_seconds`` for
+``ts_out_of_range``, ``pipeline.max_payload_bytes`` for ``oversize``); a record that is still
+bad is dead-lettered again. A dead letter cut to fit (a ``streamseg.truncated_from_bytes`` or
+``streamseg.key_truncated_from_bytes`` header) no longer holds the original and is not sent.
+Sending twice sends twice: the consumer drops a repeat only within a user's last
+``pipeline.dedupe_window_events`` events.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from consumer.exceptions import ConfigError, ServerUnavailableError
+from consumer.kafka_clients import create_producer, readable_headers
+from consumer.logs import librdkafka_log
+from consumer.settings import KafkaSettings, Settings
+
+_CUT = ("streamseg.truncated_from_bytes", "streamseg.key_truncated_from_bytes")
+
+
+@dataclass
+class ReasonSummary:
+    """The dead letters of one reason."""
+
+    count: int = 0
+    first: str = ""  # source position and detail of the oldest
+    last: str = ""  # and of the newest
+    examples: list[str] = field(default_factory=list)  # newest last
+
+
+def read_dead_letters(kafka: KafkaSettings, *, timeout: float = 30.0) -> Iterator[Message]:
+    """Every record of the dead-letter topic up to its end when called, partition by
+    partition in offset order."""
+    topic = kafka.dead_letter_topic
+    consumer = Consumer(
+        {
+            **kafka.client_config(),
+            "group.id": "streamseg-dead-letters",  # required, never joined nor committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        },
+        logger=librdkafka_log,
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise ConfigError(f"kafka.dead_letter_topic {topic!r}: no such topic")
+        for partition in sorted(metadata.partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, partition, low)])
+            position = low
+            while position < high:
+                # No more than remain: consume() waits for as many as it is asked for.
+                batch = consumer.consume(min(1000, high - position), timeout)
+                for message in batch:
+                    offset = message.offset()
+                    if message.error() is not None or offset is None or offset >= high:
+                        continue
+                    yield message
+                # By the consumer's position, not the last offset seen: transaction markers
+                # leave gaps that no message fills.
+                (now,) = consumer.position([TopicPartition(topic, partition)])
+                if now.offset > position:
+                    position = now.offset
+                elif not batch:
+                    raise ServerUnavailableError(
+                        f"Kafka (kafka.bootstrap_servers) sent nothing of {topic}[{partition}] "
+                        f"after offset {position} in {timeout:.0f} s (end: {high})"
+                    )
+            consumer.unassign()
+    finally:
+        consumer.close()
+
+
+def header_map(message: Message) -> dict[str, bytes]:
+    """Headers by name (the last of a repeated name); none when they cannot be decoded."""
+    pairs = readable_headers(message) or []
+    return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in pairs}
+
+
+def _position(headers: dict[str, bytes]) -> str:
+    """Where the record was read: ``topic[partition]@offset``."""
+    source = headers.get("streamseg.source.topic", b"?").decode(errors="replace")
+    partition = headers.get("streamseg.source.partition", b"?").decode(errors="replace")
+    offset = headers.get("streamseg.source.offset", b"?").decode(errors="replace")
+    return f"{source}[{partition}]@{offset}"
+
+
+class DeadLetterPass:
+    """One pass over the dead letters: counts and examples per reason, and with a producer,
+    the selected ones sent back to the events topic as they are read."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        reasons: set[str] | None,
+        examples: int,
+        producer: Producer | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.reasons = reasons
+        self.examples = examples
+        self.producer = producer
+        self.total = 0
+        self.summaries: dict[str, ReasonSummary] = {}
+        self.sent: Counter[str] = Counter()
+        self.cut = 0  # selected, but cut to fit: not sent
+        self.failed: list[str] = []
+
+    def add(self, message: Message) -> None:
+        self.total += 1
+        headers = header_map(message)
+        reason = headers.get("streamseg.reason", b"unknown").decode(errors="replace")
+        if self.reasons is not None and reason not in self.reasons:
+            return
+        summary = self.summaries.setdefault(reason, ReasonSummary())
+        summary.count += 1
+        position = _position(headers)
+        where = f"{position}: {headers.get('streamseg.detail', b'').decode(errors='replace')}"
+        summary.first = summary.first or where
+        summary.last = where
+        if self.examples:
+            value = message.value() or b""
+            head = value[:120].decode(errors="replace")
+            more = f" ... ({len(value):,} bytes)" if len(value) > 120 else ""
+            summary.examples = [*summary.examples, f"{position}: {head!r}{more}"][-self.examples :]
+        if self.producer is not None:
+            self._send_back(message, headers, reason)
+
+    def _send_back(self, message: Message, headers: dict[str, bytes], reason: str) -> None:
+        assert self.producer is not None
+        if any(name in headers for name in _CUT):
+            self.cut += 1
+            return
+        own: list[tuple[str, str | bytes | None]] = [
+            (k, v) for k, v in headers.items() if not k.startswith("streamseg.")
+        ]
+        origin = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        own.append(("streamseg.resent_from", origin.encode()))
+        self.producer.produce(
+            self.kafka.events_topic,
+            key=message.key(),
+            value=message.value(),
+            headers=own,
+            on_delivery=self._delivered,
+        )
+        self.producer.poll(0)
+        self.sent[reason] += 1
+
+    def _delivered(self, err: object, _message: object) -> None:
+        if err is not None:
+            self.failed.append(str(err))
+
+    def finish(self) -> None:
+        """Wait for what was sent back; raise when Kafka did not take all of it."""
+        if self.producer is not None and (self.producer.flush(60) > 0 or self.failed):
+            raise ServerUnavailableError(
+                f"Kafka did not take every record sent back to {self.kafka.events_topic!r}: "
+                f"{self.failed[0] if self.failed else 'no answer in 60 s'}"
+            )
+
+    def report(self) -> list[str]:
+        chosen = self.reasons
+        shown = sum(s.count for s in self.summaries.values())
+        lines = [
+            f"{shown:,} dead letters in {self.kafka.dead_letter_topic!r}"
+            + (f" of reasons {', '.join(sorted(chosen))} ({self.total:,} in all)" if chosen else "")
+        ]
+        for reason, summary in sorted(self.summaries.items(), key=lambda item: -item[1].count):
+            lines.append(f"  {reason}: {summary.count:,}")
+            lines.append(f"    first: {summary.first}")
+            if summary.count > 1:
+                lines.append(f"    last:  {summary.last}")
+            lines += [f"    e.g. {example}" for example in summary.examples]
+        if self.producer is not None:
+            sent = ", ".join(f"{r} {n:,}" for r, n in self.sent.most_common()) or "none"
+            line = f"sent {sum(self.sent.values()):,} back to {self.kafka.events_topic!r} ({sent})"
+            if self.cut:
+                line += f"; {self.cut:,} cut to fit are no longer the original and were not sent"
+            lines.append(line)
+        return lines
+
+
+def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``streamseg dead-letters [--reason R]... [--examples N] [--resend]``."""
+    kafka = settings.kafka
+    producer = create_producer(kafka) if args.resend else None
+    reasons = set(args.reason) if args.reason else None
+    dead = DeadLetterPass(kafka, reasons, args.examples, producer)
+    for message in read_dead_letters(kafka):
+        dead.add(message)
+    dead.finish()
+    print("\n".join(dead.report()))
+    return 0
