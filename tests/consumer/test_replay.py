@@ -37,6 +37,7 @@ from consumer.snapshot import read_snapshot
 from devstack.redis_server import RedisServer
 from devstack.stack import service_env
 from model.features import FeatureConfig
+from model.model_format import SegmentModel
 from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
@@ -164,6 +165,35 @@ def test_two_replays_with_one_seed_agree_exactly(
     assert comparison.change_share == 0.0
     assert comparison.adjusted_rand == pytest.approx(1.0)
     assert all(p.shadow_size == p.other_size and not p.moved for p in comparison.pairs)
+
+    # A replay with one segment more: compared with the first, its extra segment matches none,
+    # the sizes still add up on both sides, and a moved field is one that changed by > 20%.
+    settings.trainer.n_clusters = 5
+    third = f"{namespace}-c"
+    five = replay(settings, third, seed=7, pointer=pointer)
+    assert five.model is not None and one.model is not None
+    wider = compare_namespaces(redis_client, third, first)
+    assert wider.compared_users == len(a)
+    assert len(wider.pairs) == 5
+    assert [p.shadow_id for p in wider.pairs if p.other_id is None] != []
+    assert sum(p.shadow_size for p in wider.pairs) == len(a)
+    assert sum(p.other_size for p in wider.pairs) == len(a)
+    assert wider.change_share > 0 and wider.adjusted_rand < 1
+
+    def profiles(model: SegmentModel) -> dict[tuple[int | None, str], float]:
+        return {
+            (model.ids[i], name): value
+            for i, profile in enumerate(model.profiles)
+            for name, value in profile.model_dump().items()
+        }
+
+    shadow_profiles, other_profiles = profiles(five.model), profiles(one.model)
+    for pair in wider.pairs:
+        for name, (was, now) in pair.moved.items():
+            assert was == pytest.approx(other_profiles[(pair.other_id, name)], abs=1e-9)
+            assert now == pytest.approx(shadow_profiles[(pair.shadow_id, name)], abs=1e-9)
+            assert abs(now - was) > 0.2 * abs(was)
+    assert any(pair.moved for pair in wider.pairs)
 
 
 def test_an_interrupted_replay_resumes_without_double_counting(
