@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
 from consumer.cli import main
+from consumer.exceptions import ConfigError
 from consumer.redis_keys import KeyLayout
-from consumer.snapshot import read_snapshot
-from model.features import FEATURE_NAMES
+from consumer.snapshot import Snapshot, read_snapshot
+from consumer.tune_k import tune_k_on_snapshot
+from model.features import FEATURE_NAMES, STATE_WIDTH
 from tests.consumer.figure_support import assert_real_image
 from tests.consumer.pipeline_support import point_cli_at_servers
 
@@ -104,3 +107,17 @@ def test_tune_k_on_a_namespace_without_users_says_so(
     point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
     assert main(["--namespace", namespace, "tune-k"]) == 2
     assert f"namespace {namespace!r} has no users yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("k_min", "k_max"), [(1, 5), (6, 5)])
+def test_a_k_range_that_cannot_be_scored_is_named(k_min: int, k_max: int) -> None:
+    snapshot = Snapshot(
+        user_ids=[],
+        states=np.empty((0, STATE_WIDTH)),
+        features=np.empty((0, len(FEATURE_NAMES))),
+        segment_ids=np.empty(0, dtype=np.int64),
+        watermark_ms=None,
+        total_users=0,
+    )
+    with pytest.raises(ConfigError, match=rf"need 2 <= --k-min <= --k-max, got {k_min}..{k_max}"):
+        tune_k_on_snapshot(snapshot, k_min, k_max)
