@@ -67,6 +67,8 @@ librdkafka_log.addFilter(RetriedNotice())
 class JsonFormatter(logging.Formatter):
     """One JSON object per log record (UTC time in ISO-8601 with milliseconds)."""
 
+    with_process_name = False  # set in a child of run --processes N
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": iso_ms(record.created * 1000.0),
@@ -75,9 +77,14 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "pid": os.getpid(),
         }
+        if self.with_process_name:
+            entry["process"] = record.processName
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] | str = "text") -> None:
@@ -86,5 +93,19 @@ def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] | str = 
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def name_this_process_in_logs() -> None:
+    """In a child of ``run --processes N``: text lines name the process after the level
+    (``INFO [streamseg-run-1] consumer.pipeline: ...``), JSON lines carry ``"process"``;
+    the pid alone said nothing about which of the N a line came from."""
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, JsonFormatter):
+            formatter.with_process_name = True
+        else:
+            handler.setFormatter(
+                logging.Formatter(_TEXT_FORMAT.replace("%(name)s", "[%(processName)s] %(name)s"))
+            )

@@ -36,7 +36,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.failures import REPORTED_ERRORS, describe_failure, report_failure
 from consumer.health import metrics_port
 from consumer.kafka_clients import partition_count
-from consumer.logs import librdkafka_log
+from consumer.logs import librdkafka_log, name_this_process_in_logs
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ def _child_main(run_one: RunOne, args: argparse.Namespace, settings: Settings) -
     # until `run_one` installs its graceful ones.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    name_this_process_in_logs()
     try:
         code = run_one(args, settings)
     except REPORTED_ERRORS as exc:  # as `streamseg run` alone reports it (consumer.cli.main)

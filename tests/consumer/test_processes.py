@@ -32,7 +32,10 @@ from tests.consumer.pipeline_support import (
 from tests.reference_features import recompute
 
 _STARTED = re.compile(r"started (\d+) consumer processes \(pids ([\d, ]+)\)")
-_STOPPED = re.compile(r"stopped after [\d.]+ s: records=(\d+)")
+# Each child's closing line, named by its process (the pid alone said nothing of which).
+_STOPPED = re.compile(
+    r"\[(streamseg-run-\d+)\] consumer\.run: stopped after [\d.]+ s: records=(\d+)"
+)
 
 
 def start_run(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
@@ -122,9 +125,9 @@ def test_two_processes_share_the_partitions_and_apply_every_event_once(
     assert proc.returncode == 0, log
 
     assert len(set(pids)) == 2 and proc.pid not in pids
-    per_process = [int(n) for n in _STOPPED.findall(log)]
-    assert len(per_process) == 2, log
-    assert all(n > 0 for n in per_process), f"one process got no partition: {per_process}"
+    per_process = dict(_STOPPED.findall(log))
+    assert sorted(per_process) == ["streamseg-run-0", "streamseg-run-1"], log
+    assert all(int(n) > 0 for n in per_process.values()), f"one got no partition: {per_process}"
     expected = recompute(canonical(events), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace), expected)
     assert int(redis_client.hget(f"{namespace}:counters", "applied") or 0) == len(events)
