@@ -35,6 +35,7 @@ def consumer_config(kafka: KafkaSettings, group_id: str | None = None) -> dict[s
     }
     if kafka.group_instance_id:
         config["group.instance.id"] = kafka.group_instance_id
+    config.update(kafka.consumer_extra)
     return config
 
 
@@ -57,12 +58,15 @@ def create_consumer(
 
 
 def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
-    """Idempotent producer: broker retries never duplicate or reorder a message."""
+    """Idempotent producer: broker retries never duplicate or reorder a message.
+    ``kafka.producer_extra`` may change the rest; ``overrides`` (what the caller relies on)
+    win over it."""
     config = {
         **kafka.client_config(),
         "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
+        **kafka.producer_extra,
         **overrides,
     }
     return Producer(config, logger=librdkafka_log)

@@ -345,7 +345,8 @@ class ProduceStats:
 
 
 def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka producer properties: throughput defaults, then the settings (which win)."""
+    """librdkafka producer properties: throughput defaults, then the settings (which win:
+    ``kafka.*``, ``kafka.extra``, then ``kafka.producer_extra``)."""
     config: dict[str, Any] = {
         "enable.idempotence": True,
         "linger.ms": 10,
@@ -356,6 +357,7 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 512 * 1024,
     }
     config.update(kafka.client_config())
+    config.update(kafka.producer_extra)
     return config
 
 

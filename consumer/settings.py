@@ -140,8 +140,13 @@ class KafkaSettings(BaseModel):
     #: Extra librdkafka properties passed through verbatim (e.g. {"fetch.max.bytes": "52428800"});
     #: numbers and booleans (as a TOML file writes them) are passed as librdkafka's text.
     extra: dict[str, str] = Field(default_factory=dict)
+    #: Extra librdkafka properties for the consumers only (fetch.*, max.poll.interval.ms...):
+    #: in ``extra`` the producers warned at every start that they ignore them.
+    consumer_extra: dict[str, str] = Field(default_factory=dict)
+    #: Extra librdkafka properties for the producers only (linger.ms, batch.size...).
+    producer_extra: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("extra", mode="before")
+    @field_validator("extra", "consumer_extra", "producer_extra", mode="before")
     @classmethod
     def _extra_as_text(cls, value: object) -> object:
         if not isinstance(value, dict):
