@@ -36,8 +36,9 @@ Examples:
   streamseg generate --planted planted.json
   # a small, clean file for a unit of work; nothing sent
   streamseg generate --users 200 --days 14 --valid-only --no-kafka --out events.jsonl
-  # a live-looking feed at 500 records/s where loyal high spenders stop buying halfway
-  streamseg generate --users 5000 --rate 500 --drift loyal_high_spender --drift-at 0.5
+  # a live-looking feed at 500 records/s, event times ending now, where loyal high
+  # spenders stop buying halfway (without --end-now the span is a fixed one, in 2024)
+  streamseg generate --users 5000 --rate 500 --end-now --drift loyal_high_spender --drift-at 0.5
   # send the same stream again later, byte for byte
   streamseg generate --seed 7 --out run7.jsonl && streamseg produce run7.jsonl --topic replay
 
