@@ -32,7 +32,7 @@ from redis.cluster import RedisCluster
 from consumer.exceptions import ConfigError, ServerUnavailableError
 from consumer.kafka_clients import create_producer
 from consumer.lookup import is_utf8_text, stdin_user_ids
-from consumer.namespaces import list_namespaces
+from consumer.namespaces import namespace_names
 from consumer.redis_keys import KeyLayout
 from consumer.settings import KafkaSettings, RedisClient, Settings
 from consumer.state_store import read_values
@@ -137,11 +137,7 @@ def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg forget USER_ID... | -``."""
     client = settings.redis.connect()
     configured = settings.redis.namespace
-    namespaces = (
-        [info.name for info in list_namespaces(client, configured)]
-        if args.all_namespaces
-        else [configured]
-    )
+    namespaces = namespace_names(client, configured) if args.all_namespaces else [configured]
     chunks = stdin_user_ids(_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
     totals = {ns: Erased(ns) for ns in namespaces}
     users: list[str] = []

@@ -152,17 +152,24 @@ def count_users(client: RedisClient, name: str) -> int:
     return sum(1 for _ in client.scan_iter(match=KeyLayout(name).state_pattern, count=1000))
 
 
-def list_namespaces(
+def namespace_names(
     client: RedisClient, configured: str, pointer: PointerKeys | None = None
-) -> list[NamespaceInfo]:
-    """The configured namespace, the live and previous ones and every registered one."""
+) -> list[str]:
+    """The configured namespace, the live and previous ones and every registered one, sorted."""
     keys = pointer or PointerKeys()
-    live = live_namespace(client, configured, keys)
-    names = {configured, live}
+    names = {configured, live_namespace(client, configured, keys)}
     names.update(n for n in (namespace_text(v) for v in client.smembers(keys.registry)) if n)
     previous = namespace_text(client.get(keys.previous))
     if previous:
         names.add(previous)
+    return sorted(names)
+
+
+def list_namespaces(
+    client: RedisClient, configured: str, pointer: PointerKeys | None = None
+) -> list[NamespaceInfo]:
+    """`namespace_names`, each with its user count (a SCAN) and model version."""
+    live = live_namespace(client, configured, pointer)
     return [
         NamespaceInfo(
             name=name,
@@ -170,7 +177,7 @@ def list_namespaces(
             model_version=ModelStore(client, KeyLayout(name)).current_version(),
             live=name == live,
         )
-        for name in sorted(names)
+        for name in namespace_names(client, configured, pointer)
     ]
 
 

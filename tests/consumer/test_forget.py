@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from consumer.cli import main
-from consumer.redis_keys import KeyLayout
+from consumer.namespaces import register_namespace
+from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.state_store import StateStore
 from consumer.training_rows import decode_rows, user_key
 from model.features import FEATURE_NAMES
@@ -83,3 +84,31 @@ def test_forget_erases_the_users_and_only_them(
     assert main(["--namespace", two_model_versions, "forget", *gone, "--no-tombstones"]) == 0
     assert "deleted 0 states, 0 segment records, 0 training rows" in capsys.readouterr().out
     assert int(redis_client.hget(keys.counters, "forgotten_users") or 0) == 2
+
+
+def test_forget_all_namespaces_reaches_replays_too(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shadow = f"{namespace}-shadow"
+    register_namespace(redis_client, shadow)  # as a replay registers it
+    try:
+        for ns in (namespace, shadow):
+            keys = KeyLayout(ns)
+            redis_client.set(keys.segment("u1"), b'{"segment_id": 3}')
+            redis_client.set(keys.state("u1"), b"\0" * 8)
+            redis_client.hset(keys.segment_sizes, "3", 10)
+        monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+        argv = ["--namespace", namespace, "forget", "--all-namespaces", "--no-tombstones", "u1"]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        for ns in (namespace, shadow):
+            keys = KeyLayout(ns)
+            assert f"namespace {ns}: deleted 1 states, 1 segment records" in out
+            assert redis_client.exists(keys.segment("u1"), keys.state("u1")) == 0
+            assert redis_client.hget(keys.segment_sizes, "3") == b"9"
+    finally:
+        redis_client.srem(PointerKeys().registry, shadow)
