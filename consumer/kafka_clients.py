@@ -20,22 +20,26 @@ RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
 
 def consumer_config(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
-    """Offsets are stored by the pipeline after its Redis write and committed automatically."""
+    """Offsets are stored by the pipeline after its Redis write and committed automatically.
+
+    ``kafka.consumer_extra`` may change the tuning (fetch sizes and waits, the offset reset);
+    the guarantees (`consumer.settings.CONSUMER_GUARANTEES`) come last and are never changed.
+    """
     config = {
         **kafka.client_config(),
-        "group.id": group_id or kafka.group_id,
         "session.timeout.ms": kafka.session_timeout_ms,
-        "enable.auto.commit": True,
-        "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "enable.partition.eof": False,
         "fetch.wait.max.ms": 50,
         "queued.max.messages.kbytes": 65536,
+        **kafka.consumer_extra,
+        "group.id": group_id or kafka.group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
     }
     if kafka.group_instance_id:
         config["group.instance.id"] = kafka.group_instance_id
-    config.update(kafka.consumer_extra)
     return config
 
 
@@ -63,11 +67,11 @@ def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
     win over it."""
     config = {
         **kafka.client_config(),
-        "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
         **kafka.producer_extra,
         **overrides,
+        "enable.idempotence": True,
     }
     return Producer(config, logger=librdkafka_log)
 

@@ -48,9 +48,9 @@ RedisClient: TypeAlias = redis.Redis | RedisCluster
 #: No NaN or infinity either: ``inf`` seconds would silently mean "never".
 _SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
 _PREFIX = "STREAMSEG_"
-#: Variables with the settings' prefix that are not settings (the development stack's cache).
 log = logging.getLogger(__name__)
 
+#: Variables with the settings' prefix that are not settings (the development stack's cache).
 _OTHER_VARIABLES = frozenset({"STREAMSEG_CACHE_DIR"})
 #: What a Redis that does not answer raises: redis-py's errors, and the cluster client's own
 #: (a `RedisClusterException` is not a `redis.RedisError`).
@@ -160,6 +160,16 @@ class KafkaSettings(BaseModel):
             for k, v in value.items()
         }
 
+    @field_validator("consumer_extra")
+    @classmethod
+    def _consumer_keeps_its_guarantees(cls, value: dict[str, str]) -> dict[str, str]:
+        return _without_guarantees(value, CONSUMER_GUARANTEES, "consumer_extra")
+
+    @field_validator("producer_extra")
+    @classmethod
+    def _producer_keeps_its_guarantees(cls, value: dict[str, str]) -> dict[str, str]:
+        return _without_guarantees(value, PRODUCER_GUARANTEES, "producer_extra")
+
     @field_validator("events_topic", "segments_topic", "dead_letter_topic")
     @classmethod
     def _valid_topic(cls, value: str) -> str:
@@ -220,6 +230,34 @@ class KafkaSettings(BaseModel):
             config["ssl.ca.location"] = self.ssl_ca_location
         config.update(self.extra)
         return config
+
+
+#: librdkafka properties the exactly-once rule rests on (offsets stored only after the Redis
+#: write, committed by the group; the group and its protocol), not for kafka.consumer_extra.
+CONSUMER_GUARANTEES = frozenset(
+    {
+        "group.id",
+        "group.instance.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "enable.partition.eof",
+        "partition.assignment.strategy",
+    }
+)
+#: And the producers' (no duplicated or reordered message), not for kafka.producer_extra.
+PRODUCER_GUARANTEES = frozenset({"enable.idempotence"})
+
+
+def _without_guarantees(
+    value: dict[str, str], guarantees: frozenset[str], setting: str
+) -> dict[str, str]:
+    taken = sorted(k for k in value if k in guarantees)
+    if taken:
+        raise ValueError(
+            f"{', '.join(taken)} cannot be changed in kafka.{setting}: streamseg's delivery "
+            "guarantees rest on them (kafka.group_id and kafka.group_instance_id are settings)"
+        )
+    return value
 
 
 class RedisSettings(BaseModel):

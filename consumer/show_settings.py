@@ -18,7 +18,8 @@ _SECRET_WORDS = ("password", "secret", "token", "credential", ".pem", "sasl.jaas
 
 def shown_settings(settings: Settings) -> dict[str, object]:
     """``settings`` as JSON-ready data; secrets (``kafka.sasl_password``, the credentials of
-    ``redis.url``, ``kafka.extra`` properties named like secrets) replaced by `HIDDEN`, the
+    ``redis.url``, properties of the ``kafka.*extra`` dicts named like secrets) replaced by
+    `HIDDEN`, the
     rest of the URL kept (host, port, database)."""
     data: dict[str, object] = settings.model_dump(mode="json")
     redis_section = data["redis"]
@@ -28,13 +29,14 @@ def shown_settings(settings: Settings) -> dict[str, object]:
     assert isinstance(kafka_section, dict)
     if kafka_section.get("sasl_password") is not None:
         kafka_section["sasl_password"] = HIDDEN
-    extra = kafka_section["extra"]
-    assert isinstance(extra, dict)
     # librdkafka properties may carry secrets too (ssl.key.password, sasl.oauthbearer...).
-    kafka_section["extra"] = {
-        k: HIDDEN if any(word in k.lower() for word in _SECRET_WORDS) else v
-        for k, v in extra.items()
-    }
+    for name in ("extra", "consumer_extra", "producer_extra"):
+        extra = kafka_section[name]
+        assert isinstance(extra, dict)
+        kafka_section[name] = {
+            k: HIDDEN if any(word in k.lower() for word in _SECRET_WORDS) else v
+            for k, v in extra.items()
+        }
     return data
 
 
@@ -46,7 +48,7 @@ def url_without_credentials(url: str) -> str:
         netloc = f"{HIDDEN}@{netloc.rsplit('@', 1)[1]}"
     query = urlencode(
         [
-            (k, HIDDEN if k.lower() in _SECRET_QUERY_OPTIONS else v)
+            (k, HIDDEN if k.lower() in _SECRET_QUERY_OPTIONS or "password" in k.lower() else v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ],
         safe="*",

@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
+from consumer.exceptions import ConfigError
 from consumer.kafka_clients import consumer_config
 from consumer.pipeline import SegmentPipeline
 from consumer.produce import producer_config
-from consumer.settings import KafkaSettings
+from consumer.settings import KafkaSettings, load_settings
 from tests.consumer.pipeline_support import settings_for
 
 
@@ -54,3 +55,26 @@ def test_a_consumer_property_in_consumer_extra_warns_no_producer(
         pipeline.start()
         pipeline.close()
     assert any("CONFWARN" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        (
+            "STREAMSEG_KAFKA__CONSUMER_EXTRA",
+            '{"enable.auto.offset.store": "true"}',
+            "enable.auto.offset.store",
+        ),
+        ("STREAMSEG_KAFKA__CONSUMER_EXTRA", '{"group.id": "other"}', "group.id"),
+        ("STREAMSEG_KAFKA__PRODUCER_EXTRA", '{"enable.idempotence": false}', "enable.idempotence"),
+    ],
+)
+def test_per_client_extras_cannot_change_the_delivery_guarantees(
+    variable: str, value: str, named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offsets stored before the Redis write (enable.auto.offset.store=true) would lose
+    events at a crash: kafka.extra could never do it (the guarantees came after it), and the
+    per-client dicts must not either."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"{named} cannot be changed in kafka\."):
+        load_settings()
