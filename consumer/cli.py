@@ -163,10 +163,11 @@ _FORGET_EPILOG = """\
 Erases users for a data-subject request: in the namespace (or, with --all-namespaces, in
 every namespace `streamseg namespaces` lists) their state and segment record are deleted,
 their segment's size loses them, their rows leave the trainer's buffer; and a tombstone per
-user goes to the segments topic (compacted: Kafka drops their change events there at the
-next compaction). Not erased: their events on the events topic (its retention or your
-source; a replay brings them back), copies others made of the segments topic. Run it once
-their events have stopped: a batch being applied at that moment may write them again.
+user goes to the segments topic (and to each replay's own with --all-namespaces; compacted:
+Kafka drops their change events there at the next compaction). Not erased: their events on
+the events topic (its retention or your source; a replay brings them back), the dead-letter
+topics, copies others made of the segments topic. Run it once their events have stopped: a
+batch being applied at that moment may write them again.
 
 Examples:
   streamseg forget u-42

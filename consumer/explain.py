@@ -17,13 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from consumer.exceptions import ConfigError
-from consumer.lookup import is_utf8_text
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.segment_record import iso_ms
 from consumer.settings import Settings
 from consumer.state_store import StateStore, read_values
 from consumer.unknown_namespace import refuse_if_nothing_written
+from consumer.user_ids import is_utf8_text
 from model.explain import Explanation, explain_assignment
 from model.features import COL, FEATURE_NAMES, derive_features
 

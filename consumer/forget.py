@@ -8,38 +8,42 @@ For each user id, in each namespace asked for:
   BLAKE2b-64 key of its user id, `consumer.training_rows`) are removed with ``LREM``;
 - ``forgotten_users`` in ``<ns>:counters`` counts the users who had a state or a record.
 
-Once per call, a tombstone (the user id as key, no value) goes to the segments topic: the
-topic is compacted, so Kafka drops the user's change events there at its next compaction.
+Once per call, a tombstone (the user id as key, no value) goes to the segments topic, and with
+``--all-namespaces`` to each replay's own (``<segments_topic>.replay-<NAME>``): they are
+compacted, so Kafka drops the user's change events there at its next compaction.
 
 What it cannot reach, and the README says so: the events topic (its retention, or a deletion
-at the source, erases the events; a replay of it brings the user back), models already
-published (centres are averages over many users, no user's row), copies consumers of the
-segments topic have made, and a user whose events arrive again (they are a new user then). A
-batch the pipeline is applying at the same moment may write the user again: run it when the
-user's events have stopped, or again after.
+at the source, erases the events; a replay of it brings the user back), the dead-letter topics
+(raw records), models already published (centres are averages over many users, no user's
+row), copies consumers of the segments topic have made, and a user whose events arrive again
+(they are a new user then). A batch the pipeline is applying at the same moment may write the
+user again: run it when the user's events have stopped, or again after.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
+import redis
+from confluent_kafka.admin import AdminClient
 from redis.cluster import RedisCluster
 
+from consumer.event_mapping import LineTooLongError
 from consumer.exceptions import ConfigError, ServerUnavailableError
 from consumer.kafka_clients import create_producer
-from consumer.lookup import is_utf8_text, stdin_user_ids
+from consumer.logs import librdkafka_log
 from consumer.namespaces import namespace_names
 from consumer.redis_keys import KeyLayout
 from consumer.settings import KafkaSettings, RedisClient, Settings
 from consumer.state_store import read_values
 from consumer.training_rows import KEY_BYTES, user_digest
+from consumer.unknown_namespace import refuse_if_nothing_written
+from consumer.user_ids import is_utf8_text, stdin_user_ids
 from model.features import FEATURE_NAMES
-
-log = logging.getLogger(__name__)
 
 #: Ids erased per round trip.
 _CHUNK = 1000
@@ -49,7 +53,7 @@ _KEYED_ROW_BYTES = 8 * len(FEATURE_NAMES) + KEY_BYTES
 
 @dataclass
 class Erased:
-    """What `forget_users` removed from one namespace."""
+    """What `forget` removed from one namespace."""
 
     namespace: str
     states: int = 0
@@ -57,34 +61,57 @@ class Erased:
     training_rows: int = 0
 
 
-def forget_users(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -> Erased:
-    """Delete ``user_ids``' state, record and training rows in ``keys.namespace``."""
-    erased = Erased(keys.namespace)
-    if not user_ids:
-        return erased
+def erase_users(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -> tuple[int, int]:
+    """Delete ``user_ids``' states and records in ``keys.namespace``, taking each user from the
+    size of the segment their record named; returns (states, records) deleted.
+
+    On one server the records are read under WATCH and the rest is one MULTI: a batch that
+    moves a user meanwhile makes it read again, so a size is never taken twice or from the
+    wrong segment. On a cluster (no transaction across slots) the read comes first, unwatched.
+    """
     pairs = keys.state_and_segment(user_ids)
-    records = read_values(client, [segment for _, segment in pairs])
-    leaving: dict[str, int] = {}
-    for raw in records:
-        segment = _segment_of(raw)
-        if segment is not None:
-            leaving[segment] = leaving.get(segment, 0) - 1
-    # One transaction on one server; on a cluster a user's two keys share a slot, the
-    # namespace-wide keys do not, so there the commands go without MULTI.
-    pipe = client.pipeline(transaction=not isinstance(client, RedisCluster))
+    segment_keys = [segment for _, segment in pairs]
+    if isinstance(client, RedisCluster):
+        leaving = _sizes_left(read_values(client, segment_keys))
+        return _delete(client.pipeline(transaction=False), keys, pairs, leaving)
+    assert isinstance(client, redis.Redis)
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(*segment_keys)
+                # Under WATCH the pipeline runs commands at once: the values, not itself.
+                leaving = _sizes_left(cast(list[bytes | None], pipe.mget(segment_keys)))
+                pipe.multi()
+                return _delete(pipe, keys, pairs, leaving)
+            except redis.WatchError:
+                continue  # a batch wrote one of them: read again
+
+
+def _delete(
+    pipe: Any, keys: KeyLayout, pairs: Sequence[tuple[str, str]], leaving: dict[str, int]
+) -> tuple[int, int]:
     for state, segment in pairs:
         pipe.delete(state)
         pipe.delete(segment)
     for segment, delta in leaving.items():
         pipe.hincrby(keys.segment_sizes, segment, delta)
     deleted = pipe.execute()[: 2 * len(pairs)]  # DEL replies: 1 for a key that was there
-    states, segments = deleted[0::2], deleted[1::2]
-    erased.states, erased.records = sum(states), sum(segments)
-    forgotten = sum(1 for state, segment in zip(states, segments, strict=True) if state or segment)
-    erased.training_rows = _remove_training_rows(client, keys, user_ids)
+    states, records = deleted[0::2], deleted[1::2]
+    forgotten = sum(1 for state, record in zip(states, records, strict=True) if state or record)
     if forgotten:
-        client.hincrby(keys.counters, "forgotten_users", forgotten)
-    return erased
+        pipe.hincrby(keys.counters, "forgotten_users", forgotten)
+        pipe.execute()
+    return sum(states), sum(records)
+
+
+def _sizes_left(records: Sequence[bytes | None]) -> dict[str, int]:
+    """Segment id (the sizes hash's field) -> users leaving it, from the stored records."""
+    leaving: dict[str, int] = {}
+    for raw in records:
+        segment = _segment_of(raw)
+        if segment is not None:
+            leaving[segment] = leaving.get(segment, 0) - 1
+    return leaving
 
 
 def _segment_of(raw: bytes | None) -> str | None:
@@ -98,20 +125,27 @@ def _segment_of(raw: bytes | None) -> str | None:
     return str(segment) if isinstance(segment, int) and not isinstance(segment, bool) else None
 
 
-def _remove_training_rows(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -> int:
-    """LREM each buffer row whose key is one of ``user_ids``'; returns the rows removed. Rows
-    written before the key existed (an upgrade's first buffer) cannot be told apart."""
+def remove_training_rows(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -> int:
+    """Remove the rows of ``user_ids`` from the training buffer; returns how many.
+
+    One read of the buffer, then an ``LREM`` per distinct row of theirs (by value: safe while
+    the pipeline pushes and trims; each is a scan of the list, about a millisecond of Redis
+    at 200,000 rows). Rows written before the key existed (an upgrade's first buffer) cannot
+    be told apart.
+    """
     digests = {user_digest(u) for u in user_ids}
     rows = client.lrange(keys.training_samples, 0, -1)
     theirs = {row for row in rows if len(row) == _KEYED_ROW_BYTES and row[-KEY_BYTES:] in digests}
-    removed = 0
+    if not theirs:
+        return 0
+    pipe = client.pipeline(transaction=False)
     for row in theirs:
-        removed += int(client.lrem(keys.training_samples, 0, row))
-    return removed
+        pipe.lrem(keys.training_samples, 0, row)
+    return sum(int(n) for n in pipe.execute())
 
 
-def send_tombstones(kafka: KafkaSettings, user_ids: Iterable[str]) -> int:
-    """A tombstone per user on ``kafka.segments_topic``; returns how many were delivered."""
+def send_tombstones(kafka: KafkaSettings, topics: Sequence[str], user_ids: Sequence[str]) -> int:
+    """A tombstone per user on each of ``topics``; returns how many were delivered."""
     producer = create_producer(kafka)
     failed: list[str] = []
 
@@ -120,55 +154,81 @@ def send_tombstones(kafka: KafkaSettings, user_ids: Iterable[str]) -> int:
             failed.append(str(err))
 
     sent = 0
-    for user in user_ids:
-        producer.produce(kafka.segments_topic, key=user.encode(), value=None, on_delivery=delivered)
-        sent += 1
-        producer.poll(0)
+    for topic in topics:
+        for user in user_ids:
+            producer.produce(topic, key=user.encode(), value=None, on_delivery=delivered)
+            sent += 1
+            producer.poll(0)
     if producer.flush(30) > 0 or failed:
         raise ServerUnavailableError(
             f"Kafka (kafka.bootstrap_servers) did not take the tombstones for "
-            f"{kafka.segments_topic!r}: {failed[0] if failed else 'no answer in 30 s'}; Redis "
-            "is erased already: run the command again to send them"
+            f"{', '.join(topics)}: {failed[0] if failed else 'no answer in 30 s'}; Redis is "
+            "erased already: run the command again to send them"
         )
     return sent
+
+
+def _segments_topics(settings: Settings, namespaces: Sequence[str]) -> list[str]:
+    """The segments topic, and each replay namespace's own (``<topic>.replay-<NAME>``) that
+    exists."""
+    kafka = settings.kafka
+    wanted = [kafka.segments_topic] + [
+        f"{kafka.segments_topic}.replay-{ns}" for ns in namespaces if ns != settings.redis.namespace
+    ]
+    if len(wanted) == 1:
+        return wanted
+    existing = AdminClient(kafka.client_config(), logger=librdkafka_log).list_topics(timeout=30)
+    return [t for t in wanted if t == kafka.segments_topic or t in existing.topics]
 
 
 def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg forget USER_ID... | -``."""
     client = settings.redis.connect()
     configured = settings.redis.namespace
+    refuse_if_nothing_written(client, configured)  # a misspelt namespace erases nothing
     namespaces = namespace_names(client, configured) if args.all_namespaces else [configured]
     chunks = stdin_user_ids(_CHUNK) if args.user_ids == ["-"] else iter([args.user_ids])
     totals = {ns: Erased(ns) for ns in namespaces}
-    users: list[str] = []
-    for chunk in chunks:
-        for bad in (u for u in chunk if not is_utf8_text(u)):
-            raise ConfigError(f"user id {bad!r} is not valid UTF-8: no event can carry it")
-        users += chunk
-        for ns in namespaces:
-            erased = forget_users(client, KeyLayout(ns), chunk)
-            total = totals[ns]
-            total.states += erased.states
-            total.records += erased.records
-            total.training_rows += erased.training_rows
-    if not users:
-        raise ConfigError("no user ids given (or none on stdin)")
-    for total in totals.values():
+    users: dict[str, None] = {}  # every id erased, once, in order
+    stopped: str | None = None
+    try:
+        for chunk in chunks:
+            bad = next((u for u in chunk if not is_utf8_text(u)), None)
+            if bad is not None:
+                stopped = f"user id {bad!r} is not valid UTF-8: no event can carry it"
+                break
+            fresh = [u for u in dict.fromkeys(chunk) if u not in users]
+            users.update(dict.fromkeys(fresh))
+            for ns in namespaces:
+                states, records = erase_users(client, KeyLayout(ns), fresh)
+                totals[ns].states += states
+                totals[ns].records += records
+    except LineTooLongError as exc:
+        stopped = f"stdin: {exc}"
+    erased = list(users)
+    for ns in namespaces:
+        totals[ns].training_rows = remove_training_rows(client, KeyLayout(ns), erased)
+        total = totals[ns]
         print(
-            f"namespace {total.namespace}: deleted {total.states:,} states, "
-            f"{total.records:,} segment records, {total.training_rows:,} training rows "
-            f"({len(users):,} user ids asked)"
+            f"namespace {ns}: deleted {total.states:,} states, {total.records:,} segment "
+            f"records, {total.training_rows:,} training rows ({len(erased):,} user ids asked)"
         )
+    topics = _segments_topics(settings, namespaces)
     if args.no_tombstones:
-        print(f"no tombstones sent to {settings.kafka.segments_topic!r} (--no-tombstones)")
-    else:
-        sent = send_tombstones(settings.kafka, users)
+        print(f"no tombstones sent to {', '.join(map(repr, topics))} (--no-tombstones)")
+    elif erased:
+        sent = send_tombstones(settings.kafka, topics, erased)
         print(
-            f"{sent:,} tombstones sent to {settings.kafka.segments_topic!r} (compacted: Kafka "
-            "drops the users' change events there at its next compaction)"
+            f"{sent:,} tombstones sent to {', '.join(map(repr, topics))} (compacted: Kafka drops "
+            "the users' change events there at its next compaction)"
         )
     print(
         f"not erased here: the users' events on {settings.kafka.events_topic!r} (its retention "
-        "or your source; a replay of them brings the users back)"
+        f"or your source; a replay of them brings the users back) and on the dead-letter "
+        f"topics ({settings.kafka.dead_letter_topic!r} and those of replays)"
     )
+    if stopped is not None:
+        raise ConfigError(f"{stopped}; stopped there: the {len(erased):,} ids before it are erased")
+    if not erased:
+        raise ConfigError("no user ids given (or none on stdin)")
     return 0

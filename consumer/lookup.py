@@ -17,26 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import redis
 from redis.cluster import RedisCluster
 
-from consumer.event_mapping import LineTooLongError, bounded_lines
+from consumer.event_mapping import LineTooLongError
 from consumer.exceptions import ConfigError
 from consumer.redis_keys import KeyLayout, PointerKeys, escape_user_id
 from consumer.segment_record import SegmentRecord
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
 from consumer.unknown_namespace import refuse_if_nothing_written
+from consumer.user_ids import is_utf8_text, stdin_user_ids
 
 log = logging.getLogger(__name__)
 
 # Ids of `lookup -` per round trip.
 _STDIN_CHUNK = 5000
-# Longest line `lookup -` reads, in characters.
-_MAX_ID_LINE = 4096
 
 # Pointer and records in one server-side step, so an answer is never half from one namespace
 # and half from another. The keys are built here from KeyLayout's format: <ns>:{<id>}:seg.
@@ -182,35 +180,3 @@ def lookup_command(args: argparse.Namespace, settings: Settings) -> int:
     if missing == asked:  # a misspelt namespace answers "unknown" for everyone
         refuse_if_nothing_written(lookup.client, lookup.last_namespace or configured)
     return 1 if missing == asked else 0
-
-
-def is_utf8_text(user_id: str) -> bool:
-    """Whether ``user_id`` is text an event can carry: ids read from the command line or
-    stdin hold undecodable bytes as lone surrogates, which no UTF-8 key can."""
-    try:
-        user_id.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def stdin_user_ids(size: int) -> Iterator[list[str]]:
-    """Lines of stdin without their line ending (blank lines skipped), ``size`` at a time:
-    one round trip per chunk, and a first answer before the input ends."""
-    chunk: list[str] = []
-    # An id is at most 256 characters (the event contract): a longer line is no id, and
-    # an endless one must not fill the memory.
-    try:
-        for line in bounded_lines(sys.stdin, _MAX_ID_LINE):
-            user = line.rstrip("\r\n")
-            if user:
-                chunk.append(user)
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-    except LineTooLongError:
-        if chunk:
-            yield chunk  # the ids before it are answered first
-        raise
-    if chunk:
-        yield chunk

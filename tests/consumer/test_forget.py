@@ -3,13 +3,16 @@ Redis goes, nobody else's, and the compacted segments topic gets their tombstone
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import numpy as np
 import orjson
 import pytest
 import redis
+from confluent_kafka.admin import AdminClient, NewTopic
 
+import consumer.forget
 from consumer.cli import main
 from consumer.namespaces import register_namespace
 from consumer.redis_keys import KeyLayout, PointerKeys
@@ -87,13 +90,20 @@ def test_forget_erases_the_users_and_only_them(
 
 
 def test_forget_all_namespaces_reaches_replays_too(
+    kafka_bootstrap: str,
     redis_url: str,
     redis_client: redis.Redis,
     namespace: str,
+    new_topic: Callable[..., str],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A replay's namespace and its own segments topic (<segments>.replay-<NAME>) too."""
     shadow = f"{namespace}-shadow"
+    segments = new_topic()
+    replay_segments = f"{segments}.replay-{shadow}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(replay_segments, 1, 1)])[replay_segments].result(timeout=30)
     register_namespace(redis_client, shadow)  # as a replay registers it
     try:
         for ns in (namespace, shadow):
@@ -101,14 +111,65 @@ def test_forget_all_namespaces_reaches_replays_too(
             redis_client.set(keys.segment("u1"), b'{"segment_id": 3}')
             redis_client.set(keys.state("u1"), b"\0" * 8)
             redis_client.hset(keys.segment_sizes, "3", 10)
-        monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
-        argv = ["--namespace", namespace, "forget", "--all-namespaces", "--no-tombstones", "u1"]
-        assert main(argv) == 0
+        point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
+        monkeypatch.setenv("STREAMSEG_KAFKA__SEGMENTS_TOPIC", segments)
+        assert main(["--namespace", namespace, "forget", "--all-namespaces", "u1"]) == 0
         out = capsys.readouterr().out
         for ns in (namespace, shadow):
             keys = KeyLayout(ns)
             assert f"namespace {ns}: deleted 1 states, 1 segment records" in out
             assert redis_client.exists(keys.segment("u1"), keys.state("u1")) == 0
             assert redis_client.hget(keys.segment_sizes, "3") == b"9"
+        assert f"2 tombstones sent to {segments!r}, {replay_segments!r}" in out
+        for topic in (segments, replay_segments):
+            [tombstone] = read_topic(kafka_bootstrap, topic, 1)
+            assert (tombstone.key(), tombstone.value()) == (b"u1", None)
     finally:
         redis_client.srem(PointerKeys().registry, shadow)
+
+
+def test_forget_counts_a_repeated_id_once_and_refuses_a_misspelt_namespace(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = KeyLayout(namespace)
+    redis_client.set(keys.segment("u1"), b'{"segment_id": 3}')
+    redis_client.hset(keys.segment_sizes, "3", 5)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    base = ["forget", "--no-tombstones"]
+    assert main(["--namespace", namespace, *base, "u1", "u1"]) == 0  # one user, asked twice
+    assert redis_client.hget(keys.segment_sizes, "3") == b"4"
+    assert "deleted 0 states, 1 segment records" in capsys.readouterr().out
+    # A typo erases nothing and says so, like every command reading a namespace.
+    assert main(["--namespace", f"{namespace}-typo", *base, "u2"]) == 2
+    assert f"namespace '{namespace}-typo' holds no data" in capsys.readouterr().err
+
+
+def test_a_bad_line_on_stdin_stops_forget_after_saying_what_it_erased(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A line too long for an id in the middle of the input: it stopped with a traceback,
+    after erasing the ids before it, without saying so."""
+    keys = KeyLayout(namespace)
+    for user in ("u1", "u2"):
+        redis_client.set(keys.segment(user), b'{"segment_id": 1}')
+    redis_client.hset(keys.segment_sizes, "1", 2)
+    monkeypatch.setattr(consumer.forget, "_CHUNK", 1)  # u1 is erased before the bad line
+    monkeypatch.setattr("sys.stdin", io.StringIO("u1\n" + "x" * 5000 + "\nu2\n"))
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["--namespace", namespace, "forget", "--no-tombstones", "-"]) == 2
+    said = capsys.readouterr()
+    assert f"namespace {namespace}: deleted 0 states, 1 segment records" in said.out
+    assert (
+        "longer than 4,096 characters" in said.err and "the 1 ids before it are erased" in said.err
+    )
+    assert "Traceback" not in said.err
+    assert redis_client.exists(keys.segment("u1")) == 0
+    assert redis_client.exists(keys.segment("u2")) == 1  # after the bad line: not read
