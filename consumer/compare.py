@@ -160,7 +160,10 @@ def _moved_fields(
 def print_comparison(c: Comparison, console: Console | None = None) -> None:
     """The comparison as tables on stdout."""
     # Piped, rich would cut the tables at 80 columns: give them room instead.
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    # Segment names are data (an imported model may name one "a [b]"), not rich markup.
+    console = console or Console(
+        width=None if sys.stdout.isatty() else 200, markup=False, highlight=False
+    )
     summary = Table(title=f"{c.shadow} vs {c.other}")
     summary.add_column("measure")
     summary.add_column("value", justify="right")

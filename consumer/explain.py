@@ -49,7 +49,14 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
     at_ms = max(last_ms, clock - lateness_ms) if clock is not None else last_ms
     features = derive_features(state, at_ms, settings.features)[0]
     model = ModelStore(client, keys).load_current()
-    console = Console(file=sys.stdout, width=max(130, Console().width), soft_wrap=True)
+    # Ids, records and segment names are data, not rich markup ("u[/x]" raised MarkupError).
+    console = Console(
+        file=sys.stdout,
+        width=max(130, Console().width),
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
     console.print(f"user {user!r} in namespace {keys.namespace!r}")
     console.print(f"stored record: {record.decode(errors='replace') if record else 'none'}")
     console.print(

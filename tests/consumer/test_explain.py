@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -14,7 +15,14 @@ from consumer.redis_keys import KeyLayout
 from consumer.settings import PipelineSettings
 from consumer.state_store import StateStore
 from model.features import COL, FeatureConfig, derive_features
-from tests.consumer.pipeline_support import point_cli_at_servers
+from tests.consumer.pipeline_support import (
+    T0,
+    as_records,
+    drain,
+    point_cli_at_servers,
+    produce,
+    settings_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -54,3 +62,25 @@ def test_explain_names_the_nearest_segments_and_the_features_that_decide(
     assert "user 'nobody' has no state in namespace" in capsys.readouterr().out
     assert main(["--namespace", f"{two_model_versions}-typo", "explain", user]) == 2
     assert "holds no data" in capsys.readouterr().err
+
+
+def test_explain_prints_ids_as_data_and_features_alone_before_any_model(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A user id "u[/x]" is rich markup's closing tag: explain died with MarkupError."""
+    topic = new_topic()
+    user = "u[/x] [red]"
+    event = {"event_id": "e1", "user_id": user, "type": "view", "ts": int(T0)}
+    produce(kafka_bootstrap, topic, as_records([event]))
+    drain(settings_for(kafka_bootstrap, redis_url, topic, namespace), 1)
+    point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
+    assert main(["--namespace", namespace, "explain", user]) == 0
+    out = capsys.readouterr().out
+    assert f"user {user!r} in namespace {namespace!r}" in out
+    assert "no model published yet (cold start): the features alone" in out
+    assert "views" in out
