@@ -6,8 +6,9 @@ reason: how many, and the first and last record's source position and detail, th
 ``--examples`` records per reason with the head of their bytes.
 
 ``--resend`` sends the selected dead letters (``--reason``, default all) back to
-``kafka.events_topic``: the original key, value and headers (without the ``streamseg.*`` ones),
-plus ``streamseg.resent_from`` = ``<dead-letter topic>[partition]@offset``. Worth it after a
+``kafka.events_topic``, to the partition they were read from: the original key, value and
+headers as they were (without the ``streamseg.*`` ones), plus ``streamseg.resent_from`` =
+``<dead-letter topic>[partition]@offset``. Worth it after a
 setting that refused them changed (``pipeline.max_event_ahead_seconds`` for
 ``ts_out_of_range``, ``pipeline.max_payload_bytes`` for ``oversize``); a record that is still
 bad is dead-lettered again. A dead letter cut to fit (a ``streamseg.truncated_from_bytes`` or
@@ -26,11 +27,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from consumer.exceptions import ConfigError, ServerUnavailableError
-from consumer.kafka_clients import create_producer, readable_headers
+from consumer.kafka_clients import Headers, create_producer, readable_headers
 from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
 
 _CUT = ("streamseg.truncated_from_bytes", "streamseg.key_truncated_from_bytes")
+_HEADERS_GONE = ("streamseg.headers_dropped", "streamseg.headers_dropped_bytes")
 
 
 @dataclass
@@ -50,6 +52,7 @@ def read_dead_letters(kafka: KafkaSettings, *, timeout: float = 30.0) -> Iterato
     consumer = Consumer(
         {
             **kafka.client_config(),
+            **kafka.consumer_extra,
             "group.id": "streamseg-dead-letters",  # required, never joined nor committed
             "enable.auto.commit": False,
             "enable.partition.eof": False,
@@ -60,10 +63,13 @@ def read_dead_letters(kafka: KafkaSettings, *, timeout: float = 30.0) -> Iterato
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise ConfigError(f"kafka.dead_letter_topic {topic!r}: no such topic")
-        for partition in sorted(metadata.partitions):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout
-            )
+        # Every partition's end first: records dead-lettered while this runs (a --resend
+        # that is refused again) are not read, nor sent back twice.
+        ends = [
+            (partition, *consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout))
+            for partition in sorted(metadata.partitions)
+        ]
+        for partition, low, high in ends:
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, partition, low)])
@@ -91,9 +97,8 @@ def read_dead_letters(kafka: KafkaSettings, *, timeout: float = 30.0) -> Iterato
         consumer.close()
 
 
-def header_map(message: Message) -> dict[str, bytes]:
-    """Headers by name (the last of a repeated name); none when they cannot be decoded."""
-    pairs = readable_headers(message) or []
+def header_map(pairs: Headers) -> dict[str, bytes]:
+    """Headers by name (the last of a repeated name), for reading ours."""
     return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in pairs}
 
 
@@ -124,11 +129,14 @@ class DeadLetterPass:
         self.summaries: dict[str, ReasonSummary] = {}
         self.sent: Counter[str] = Counter()
         self.cut = 0  # selected, but cut to fit: not sent
+        self.without_headers = 0  # sent, but their own headers were dropped when dead-lettered
         self.failed: list[str] = []
+        self._partitions: int | None = None  # of the events topic, once asked
 
     def add(self, message: Message) -> None:
         self.total += 1
-        headers = header_map(message)
+        pairs = readable_headers(message) or []  # once per message (kafka_clients says why)
+        headers = header_map(pairs)
         reason = headers.get("streamseg.reason", b"unknown").decode(errors="replace")
         if self.reasons is not None and reason not in self.reasons:
             return
@@ -144,27 +152,56 @@ class DeadLetterPass:
             more = f" ... ({len(value):,} bytes)" if len(value) > 120 else ""
             summary.examples = [*summary.examples, f"{position}: {head!r}{more}"][-self.examples :]
         if self.producer is not None:
-            self._send_back(message, headers, reason)
+            self._send_back(message, pairs, headers, reason)
 
-    def _send_back(self, message: Message, headers: dict[str, bytes], reason: str) -> None:
+    def _send_back(
+        self, message: Message, pairs: Headers, headers: dict[str, bytes], reason: str
+    ) -> None:
         assert self.producer is not None
         if any(name in headers for name in _CUT):
             self.cut += 1
             return
-        own: list[tuple[str, str | bytes | None]] = [
-            (k, v) for k, v in headers.items() if not k.startswith("streamseg.")
-        ]
+        if any(name in headers for name in _HEADERS_GONE):
+            self.without_headers += 1  # the event is whole; its own headers were not kept
+        # The record's own headers as they were (order, repeats, null values).
+        own = [(k, v) for k, v in pairs if not k.startswith("streamseg.")]
         origin = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         own.append(("streamseg.resent_from", origin.encode()))
-        self.producer.produce(
-            self.kafka.events_topic,
-            key=message.key(),
-            value=message.value(),
-            headers=own,
-            on_delivery=self._delivered,
-        )
+        # Its own partition: a partitioner other than the shop's producer's (murmur2 in Java
+        # clients) could put the user's events on two partitions.
+        partition = self._source_partition(headers)
+        if partition is None:
+            self.producer.produce(
+                self.kafka.events_topic,
+                key=message.key(),
+                value=message.value(),
+                headers=own,
+                on_delivery=self._delivered,
+            )
+        else:
+            self.producer.produce(
+                self.kafka.events_topic,
+                key=message.key(),
+                value=message.value(),
+                headers=own,
+                on_delivery=self._delivered,
+                partition=partition,
+            )
         self.producer.poll(0)
         self.sent[reason] += 1
+
+    def _source_partition(self, headers: dict[str, bytes]) -> int | None:
+        """The partition of the events topic the record was read from, if it still exists."""
+        topic = headers.get("streamseg.source.topic", b"").decode(errors="replace")
+        raw = headers.get("streamseg.source.partition", b"")
+        if topic != self.kafka.events_topic or not raw.isdigit():
+            return None
+        if self._partitions is None:
+            assert self.producer is not None
+            found = self.producer.list_topics(topic, timeout=30).topics.get(topic)
+            self._partitions = len(found.partitions) if found and not found.error else 0
+        partition = int(raw)
+        return partition if partition < self._partitions else None
 
     def _delivered(self, err: object, _message: object) -> None:
         if err is not None:
@@ -196,6 +233,11 @@ class DeadLetterPass:
             line = f"sent {sum(self.sent.values()):,} back to {self.kafka.events_topic!r} ({sent})"
             if self.cut:
                 line += f"; {self.cut:,} cut to fit are no longer the original and were not sent"
+            if self.without_headers:
+                line += (
+                    f"; {self.without_headers:,} went without their own headers (dropped when "
+                    "they were dead-lettered)"
+                )
             lines.append(line)
         return lines
 

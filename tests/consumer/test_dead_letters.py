@@ -3,12 +3,14 @@ records sent back once the setting that refused them changed."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
 import orjson
 import pytest
 import redis
+from confluent_kafka import Message, Producer
 
 from consumer.cli import main
 from consumer.redis_keys import KeyLayout
@@ -18,7 +20,6 @@ from tests.consumer.pipeline_support import (
     assert_state_matches,
     canonical,
     drain,
-    header_values,
     make_events,
     produce,
     read_state,
@@ -41,17 +42,29 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    topic = new_topic()
+    topic = new_topic(partitions=2)
     valid = make_events(200, users=10, seed=41)
     # Two days ahead of the records' timestamps: refused while
-    # pipeline.max_event_ahead_seconds is one day.
+    # pipeline.max_event_ahead_seconds is one day. Written to partition 1 whatever their key
+    # would hash to, with headers of their own (a repeated name, a null value).
     two_days_ahead = int(time.time() * 1000) + 2 * DAY_MS
     ahead = [
-        {"event_id": f"a{i}", "user_id": f"u{i}", "type": "view", "ts": two_days_ahead}
-        for i in range(3)
+        {"event_id": f"a{i}", "user_id": f"w{i}", "type": "view", "ts": two_days_ahead}
+        for i in range(8)
+    ]
+    own_headers: list[tuple[str, str | bytes | None]] = [
+        ("trace", b"1"),
+        ("trace", b"2"),
+        ("empty", None),
     ]
     garbage: list[tuple[bytes | None, bytes]] = [(b"g", b"{not json")] * 2
-    produce(kafka_bootstrap, topic, as_records(valid) + as_records(ahead) + garbage)
+    produce(kafka_bootstrap, topic, as_records(valid) + garbage)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for event in ahead:
+        value = orjson.dumps(event)
+        key = str(event["user_id"]).encode()
+        producer.produce(topic, value=value, key=key, partition=1, headers=own_headers)
+    assert producer.flush(30) == 0
     settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
     drain(settings, len(valid) + len(ahead) + len(garbage))
 
@@ -60,23 +73,36 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     monkeypatch.setenv("STREAMSEG_KAFKA__DEAD_LETTER_TOPIC", settings.kafka.dead_letter_topic)
     assert main(["dead-letters", "--examples", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"5 dead letters in {settings.kafka.dead_letter_topic!r}" in out
-    assert "  ts_out_of_range: 3\n" in out and "  not_json: 2\n" in out
-    assert f"    first: {topic}[0]@{len(valid)}: ts=" in out
+    assert f"10 dead letters in {settings.kafka.dead_letter_topic!r}" in out
+    assert "  ts_out_of_range: 8\n" in out and "  not_json: 2\n" in out
+    assert re.search(rf"    first: {re.escape(topic)}\[1\]@\d+: ts=", out), out
     assert "    e.g. " in out and "'{not json'" in out
 
     assert main(["dead-letters", "--reason", "ts_out_of_range", "--resend", "--examples", "0"]) == 0
     out = capsys.readouterr().out
-    assert "3 dead letters" in out and "(5 in all)" in out
-    assert f"sent 3 back to {topic!r} (ts_out_of_range 3)" in out
-    resent = read_topic(kafka_bootstrap, topic, len(valid) + len(ahead) + len(garbage) + 3)[-3:]
-    assert [orjson.loads(m.value() or b"")["event_id"] for m in resent] == ["a0", "a1", "a2"]
-    origins = [header_values(m)["streamseg.resent_from"].decode() for m in resent]
-    assert origins == [f"{settings.kafka.dead_letter_topic}[0]@{i}" for i in range(3)]
+    assert "8 dead letters" in out and "(10 in all)" in out
+    assert f"sent 8 back to {topic!r} (ts_out_of_range 8)" in out
+    everything = read_topic(kafka_bootstrap, topic, len(valid) + len(garbage) + 2 * len(ahead))
+
+    def resent_from(message: Message) -> bool:
+        headers = message.headers() or []
+        assert isinstance(headers, list)
+        return any(name == "streamseg.resent_from" for name, _ in headers)
+
+    resent = [m for m in everything if resent_from(m)]
+    assert sorted(orjson.loads(m.value() or b"")["event_id"] for m in resent) == [
+        e["event_id"] for e in ahead
+    ]
+    assert {m.partition() for m in resent} == {1}  # where they came from, not where keys hash
+    for m in resent:
+        headers = m.headers() or []
+        assert isinstance(headers, list)
+        assert headers[:-1] == own_headers  # as they were: order, repeats, null
+        assert headers[-1][0] == "streamseg.resent_from"
 
     # With the limit raised, the consumer takes them: the state is every valid event's.
     settings.pipeline.max_event_ahead_seconds = 3 * 86_400
-    drain(settings, 3)
+    drain(settings, len(ahead))
     expected = recompute(canonical(valid + ahead), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace), expected)
     counters = redis_client.hgetall(KeyLayout(namespace).counters)
