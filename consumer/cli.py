@@ -125,10 +125,10 @@ Reads kafka.dead_letter_topic from its oldest record to its end (no consumer gro
 committed) and prints, per reason, how many there are, the first and last one's source
 position and detail, and the newest --examples records. --resend sends the selected ones back
 to kafka.events_topic, to the partition they came from, with their original key, value and
-headers, plus streamseg.resent_from = <topic>[partition]@offset: worth it once a setting that refused them
-changed (pipeline.max_event_ahead_seconds for ts_out_of_range, pipeline.max_payload_bytes for
-oversize). A dead letter cut to fit is not sent; one still bad is dead-lettered again; sending
-twice sends twice.
+headers, plus streamseg.resent_from = <topic>[partition]@offset: worth it once a setting
+that refused them changed (pipeline.max_event_ahead_seconds for ts_out_of_range,
+pipeline.max_payload_bytes for oversize). A dead letter cut to fit is not sent; one still
+bad is dead-lettered again; sending twice sends twice.
 
 Examples:
   streamseg dead-letters
