@@ -626,7 +626,12 @@ def read_csv_rows(
         check_header(header)
     line_after, warned = reader.line_num + 1, False
     for row in reader:
-        if reader.line_num > line_after and not warned:
+        # line_num also passes blank lines, which DictReader skips: only a cell that holds a
+        # line break is a row spanning lines.
+        spans = reader.line_num > line_after and any(
+            "\n" in cell or "\r" in cell for cell in row.values() if isinstance(cell, str)
+        )
+        if spans and not warned:
             # Legal (a quoted cell may hold line breaks), but usually an unclosed quote
             # that swallowed the rows after it: say where, once.
             warned = True

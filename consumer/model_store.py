@@ -326,7 +326,8 @@ def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
     if gone:
         lines.append(
             f"v{before.model_version}'s segments {gone} have no match: the consumers re-score "
-            "their users now"
+            "their users at their next event or at the re-score pass such a model starts "
+            "(within pipeline.rescore_min_wall_seconds)"
         )
     return "\n".join(lines)
 
@@ -389,7 +390,10 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         # a kept id keeps its meaning, and the rest new (never one used here before).
         before = store.load(current) if current is not None else None
         if before is not None:
-            imported = imported.with_ids_of(before, settings.trainer.new_id_distance)
+            # After a rollback the current model's next_id is behind ids newer versions used.
+            newest = store.load_kept(store.versions(newest=1))
+            floor = max((m.next_id for m in newest), default=before.next_id)
+            imported = imported.with_ids_of(before, settings.trainer.new_id_distance, floor)
         # The document keeps its created_at; when it arrived here is noted beside it.
         noted = {**imported.metrics.extra, IMPORTED_AT_METRIC: float(round(time.time() * 1000))}
         model = imported.model_copy(

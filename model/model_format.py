@@ -365,7 +365,9 @@ class SegmentModel(BaseModel):
             **merged,
         )
 
-    def with_ids_of(self, previous: SegmentModel, max_distance: float) -> SegmentModel:
+    def with_ids_of(
+        self, previous: SegmentModel, max_distance: float, next_id: int | None = None
+    ) -> SegmentModel:
         """This model with segment ids that keep their meaning in ``previous``'s namespace.
 
         For a model made elsewhere (`streamseg model import`): its own ids mean other segments
@@ -373,8 +375,9 @@ class SegmentModel(BaseModel):
         ``previous``'s scaled space, then matched to ``previous``'s centres
         (`model.segmenter.match_centers`, Hungarian on Euclidean distance): a centre within
         ``max_distance`` takes the id of its match, every other centre a new id from
-        ``previous.next_id`` on, so no id is reused. Models over other features share no
-        space: every centre gets a new id.
+        ``next_id`` on (default ``previous.next_id``; after a rollback, pass the largest
+        ``next_id`` of the namespace's history), so no id is reused. Models over other
+        features share no space: every centre gets a new id.
         """
         matched = np.full(len(self.ids), -1, dtype=np.int64)
         if self.feature_names == previous.feature_names and len(self.centers):
@@ -387,7 +390,8 @@ class SegmentModel(BaseModel):
                 here = None
             if here is not None:
                 matched = match_centers(previous._centers, here, max_distance)
-        ids, next_id = [], previous.next_id
+        ids: list[int] = []
+        next_id = max(previous.next_id, next_id or 0)
         for position in matched.tolist():
             if position >= 0:
                 ids.append(previous.ids[position])

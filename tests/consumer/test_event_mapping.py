@@ -637,3 +637,13 @@ def test_a_row_that_spans_lines_is_named_once(caplog: pytest.LogCaptureFixture) 
     assert rows[0]["category"] == "12 inch tablets\nu2,view,1,books\nu3,view,1,24 monitors"
     [warning] = [r.getMessage() for r in caplog.records]
     assert warning.startswith("lines 2-4 are one row") and warning.endswith("check line 2")
+
+
+def test_blank_lines_between_csv_rows_are_no_row_spanning_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = b"user_id,type,ts\nu1,view,1\n\n\nu2,view,1\n"
+    with caplog.at_level(logging.WARNING, logger="consumer.event_mapping"):
+        rows = list(read_csv_rows(io.BytesIO(data)))
+    assert [row["user_id"] for row in rows] == ["u1", "u2"]
+    assert not caplog.records

@@ -348,3 +348,28 @@ def test_an_import_keeps_the_ids_of_the_segments_it_matches(
     assert imported.next_id == current.next_id + 1
     assert f"{k - 1} of {k} matched a segment of v1" in out
     assert f"v1's segments [{current.ids[0]}] have no match" in out
+
+
+def test_an_import_after_a_rollback_takes_no_id_a_newer_version_used(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A rollback brings back an older next_id; new ids start past the newest version's."""
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    v1 = small_model()
+    store.publish(v1)
+    store.publish(v1.model_copy(update={"model_version": 2, "next_id": v1.next_id + 5}))
+    store.rollback(1)
+    data = v1.model_dump(mode="json")
+    data["centers"] = [[c + 100.0 for c in data["centers"][0]], *data["centers"][1:]]
+    path = tmp_path / "elsewhere.json"
+    path.write_bytes(SegmentModel.model_validate(data).to_json())
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["--namespace", namespace, "model", "import", str(path)]) == 0
+    imported = store.load(3)
+    assert imported.ids[0] == v1.next_id + 5  # not v1.next_id, which v2 may have used
+    assert imported.next_id == v1.next_id + 6
