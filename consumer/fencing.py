@@ -69,7 +69,11 @@ class PartitionFences:
             pipeline.store.release_watch()
             missing = [f for f in taken if stored[f] is None]
             if missing:  # the hash is gone (Redis lost its data): take new tokens and retry
-                log.warning("no owner recorded for %s: taking new fencing tokens", missing)
+                log.error(
+                    "no owner recorded for %s: did Redis lose this namespace's data? (README: "
+                    "Recovery) Taking new fencing tokens",
+                    ", ".join(missing),
+                )
                 for name in missing:
                     del self.tokens[name]
                 raise redis.WatchError("partition owners lost")

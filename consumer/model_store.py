@@ -170,6 +170,7 @@ class ModelStore:
         lease_key: str | None = None,
         token: str | None = None,
         base_version: int | None = None,
+        min_version: int = 1,
     ) -> SegmentModel:
         """Publish ``model`` as the next version, atomically with the version choice.
 
@@ -178,7 +179,9 @@ class ModelStore:
         trainers can never publish the same version number. Raises `LeaseLostError`. With
         ``base_version`` (the version the model was built on, 0 = none), only while that
         version is current: a rollback or an import during the fit wins. Raises
-        `ModelReplacedError`.
+        `ModelReplacedError`. The version is at least ``min_version``: a trainer that
+        published v5 in a namespace whose history Redis has since lost publishes v6, not a
+        second, different v1 that consumers still on v1 would never load.
         """
         watched = [self.keys.model_versions, self.keys.model_version]
         watched += [lease_key] if lease_key else []
@@ -199,6 +202,16 @@ class ModelStore:
                     # After WATCH the pipeline runs commands at once (the stubs don't know).
                     newest = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, 0))
                     version = _version(newest[0], self.keys.model_versions) + 1 if newest else 1
+                    if version < min_version:
+                        log.error(
+                            "namespace %s holds models up to v%d only, though v%d was published:"
+                            " did Redis lose its data? (README: Recovery); publishing v%d",
+                            self.keys.namespace,
+                            version - 1,
+                            min_version - 1,
+                            min_version,
+                        )
+                        version = min_version
                     model = model.model_copy(update={"model_version": version})
                     data = model.to_json()
                     _compatible(SegmentModel.from_json(data))

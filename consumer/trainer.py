@@ -142,8 +142,12 @@ class Trainer:
         config: TrainerSettings,
         metrics: TrainerMetrics | None = None,
         lease: TrainerLease | None = None,
+        published_up_to: int = 0,
     ) -> None:
         self.client = client
+        #: The highest model version this process has published or continued from: no later
+        #: publish takes a lower or equal number, even after Redis lost the history.
+        self.published_up_to = published_up_to
         #: When given, every publish checks that this lease is still ours.
         self.lease = lease
         self.keys = keys
@@ -180,6 +184,7 @@ class Trainer:
         # This trainer's restarts and seed, not those of whoever published the model.
         self.segmenter = model.to_segmenter(n_init=_KMEANS_INITS, random_state=self.config.seed)
         self.published = model
+        self.published_up_to = max(self.published_up_to, model.model_version)
         self.metrics.model_version.set(model.model_version)
         log.info("continuing from model version %d", model.model_version)
 
@@ -427,6 +432,7 @@ class Trainer:
                 lease_key=lease.key if lease else None,
                 token=lease.token if lease else None,
                 base_version=self.published.model_version if self.published else 0,
+                min_version=self.published_up_to + 1,
             )
         except ModelReplacedError as exc:
             log.warning("not published: %s", exc)
@@ -434,6 +440,7 @@ class Trainer:
         self.segmenter.version_ = model.model_version
         self.metrics.observe_publish(self.published, model, X)
         self.published = model
+        self.published_up_to = max(self.published_up_to, model.model_version)
         if len(self.segmenter.dying_clusters_):
             log.warning("dying segments (tiny decayed count): %s", self.segmenter.dying_clusters_)
         return model
@@ -514,6 +521,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     published: list[int] = []  # versions this run published
     pointer = LivePointerWatch(client, keys.namespace)
     trainer: Trainer | None = None
+    up_to = 0  # the highest version the trainers of this run published or continued from
     next_step = 0.0
     status = 0
     redis_down_since: float | None = None  # monotonic time of the first failure of an outage
@@ -553,11 +561,12 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                     waiting_for = None
                     log.info("trainer lease acquired for namespace %s", keys.namespace)
                     metrics.leader.set(1)
-                    trainer = Trainer(client, keys, config, metrics, lease)
+                    trainer = Trainer(client, keys, config, metrics, lease, up_to)
                     trainer.resume()
                 elif not lease.renew():
                     log.warning("trainer lease lost; waiting to take over again")
                     metrics.leader.set(0)
+                    up_to = max(up_to, trainer.published_up_to)
                     trainer = None
                     continue
             except REDIS_ERRORS as exc:
@@ -573,6 +582,8 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                         "Redis still does not answer (%.0f s): %s", now - redis_down_since, exc
                     )
                 metrics.leader.set(0)
+                if trainer is not None:
+                    up_to = max(up_to, trainer.published_up_to)
                 trainer = None
                 time.sleep(min(1.0, config.lease_seconds / 3))
                 continue

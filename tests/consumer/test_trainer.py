@@ -694,3 +694,33 @@ def test_the_trainer_says_when_the_live_pointer_names_another_namespace(
         f"{namespace}-retrain (or redis.namespace) and stop this one",
         f"the live pointer names this trainer's namespace {namespace} again",
     ]
+
+
+def test_a_trainer_never_publishes_a_version_number_again_after_redis_lost_the_history(
+    redis_client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis lost the namespace while a trainer ran: its next trainer (a new lease) found no
+    model and published v1 again, another model under a number consumers held, so they never
+    loaded it. The numbers this run used carry over: it publishes v3 and says why."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(9)
+    config = TrainerSettings(n_clusters=2, bootstrap_rows=100, update_rows=100)
+    first = Trainer(redis_client, keys, config)
+    first.resume()
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (200, len(FEATURE_NAMES))))
+    assert first.step() is not None
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (200, len(FEATURE_NAMES))))
+    second = first.step()
+    assert second is not None and second.model_version == 2 == first.published_up_to
+
+    for pattern in (f"{namespace}:*", f"{{{namespace}:model}}:*"):  # the data loss
+        for key in list(redis_client.scan_iter(match=pattern, count=1000)):
+            redis_client.delete(key)
+    after = Trainer(redis_client, keys, config, published_up_to=first.published_up_to)
+    after.resume()
+    push_training_rows(redis_client, keys, rng.lognormal(0.0, 1.0, (200, len(FEATURE_NAMES))))
+    with caplog.at_level("ERROR", logger="consumer.model_store"):
+        model = after.step()
+    assert model is not None and model.model_version == 3
+    assert ModelStore(redis_client, keys).current_version() == 3
+    assert any("did Redis lose its data?" in r.getMessage() for r in caplog.records)
