@@ -219,6 +219,7 @@ class IdleRescore:
                 segment_records=[records[i] for i in changed],
                 training_rows=rows,
                 size_changes=size_changes,
+                keep_ttl=True,  # the users did nothing: their expiry runs on
                 counters={
                     "rescored_changes": int(moved.sum()),
                     "segment_changes": len(changes),

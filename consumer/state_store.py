@@ -10,7 +10,8 @@ On a Redis Cluster (``redis.cluster = true``) no command may span hash slots, so
   round of GETs per master, all masters sent before any reply is read;
 - write: one command per user, grouped per master the same way: ``MSET state record`` (both
   keys carry the user's hash tag, so they share a slot and are written atomically), or
-  ``MULTI; SET .. EX; SET .. EX; EXEC`` when ``redis.user_ttl_seconds`` is set;
+  ``MULTI; SET .. EX; SET .. EX; EXEC`` when ``redis.user_ttl_seconds`` is set (``KEEPTTL``
+  instead of ``EX`` for a re-score);
 - then the namespace-wide keys (counters, segment sizes, categories, watermark, training
   samples), each a single-key command, in one more pipelined round.
 
@@ -118,6 +119,10 @@ class BatchWrite:
     #: ``<topic>:<partition>`` -> next offset to apply, for ``<ns>:applied-offsets``: with the
     #: states on one server; after them on a cluster (behind after a crash, never ahead).
     applied_offsets: Mapping[str, int] = field(default_factory=dict)
+    #: With ``redis.user_ttl_seconds``: keep the keys' expiry (``SET .. KEEPTTL``) instead of
+    #: starting it again. A re-score rewrites users who did nothing: starting their expiry
+    #: again at every pass kept idle users for ever.
+    keep_ttl: bool = False
 
 
 class StateStore:
@@ -264,8 +269,8 @@ class StateStore:
             if record is not None
         ]
         if self.user_ttl_seconds:
-            ttl = str(self.user_ttl_seconds).encode()
-            return [_pack((b"SET", key, value, b"EX", ttl)) for key, value in items]
+            expiry = self._expiry(batch)
+            return [_pack((b"SET", key, value, *expiry)) for key, value in items]
         out = [b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(items) + 1)]
         add = out.append  # appending pieces beats one %-format per pair (measured)
         for key, value in items:
@@ -275,6 +280,10 @@ class StateStore:
             add(value)
             add(b"\r\n")
         return [b"".join(out)]
+
+    def _expiry(self, batch: BatchWrite) -> tuple[bytes, ...]:
+        """The SET options of a user write with ``redis.user_ttl_seconds``."""
+        return (b"KEEPTTL",) if batch.keep_ttl else (b"EX", str(self.user_ttl_seconds).encode())
 
     def _transaction(self, commands: list[bytes]) -> None:
         """Send MULTI, ``commands`` and EXEC in one write; raise the first error any reply holds.
@@ -349,17 +358,17 @@ class StateStore:
     def _write_cluster(self, cluster: RedisCluster, batch: BatchWrite) -> None:
         records = batch.segment_records
         pairs = list(batch.user_keys or self.keys.state_and_segment(batch.user_ids))
-        ttl = str(self.user_ttl_seconds).encode() if self.user_ttl_seconds else b""
+        expiry = self._expiry(batch) if self.user_ttl_seconds else ()
         packed: list[bytes] = []
         replies_per_user: list[int] = []
         values = _row_bytes(batch.states)
         for i, (state_key, segment_key) in enumerate(pairs):
             sk, state = state_key.encode(), values[i]
             record = records[i] if i < len(records) else None
-            if ttl:  # SET .. EX per key, in MULTI/EXEC: still one atomic step per user
-                sets = [_pack((b"SET", sk, state, b"EX", ttl))]
+            if expiry:  # SET .. EX per key, in MULTI/EXEC: still one atomic step per user
+                sets = [_pack((b"SET", sk, state, *expiry))]
                 if record is not None:
-                    sets.append(_pack((b"SET", segment_key.encode(), record, b"EX", ttl)))
+                    sets.append(_pack((b"SET", segment_key.encode(), record, *expiry)))
                 packed.append(_MULTI + b"".join(sets) + _EXEC)
                 replies_per_user.append(len(sets) + 2)
             elif record is not None:

@@ -151,6 +151,13 @@ def test_store_with_ttl_writes_state_and_record_with_expiry(
             assert 0 < cluster.ttl(keys.segment(user)) <= 300
     assert cluster.llen(keys.training_samples) == len(users)  # one element per row
 
+    # A re-score's rewrite keeps the expiry running (KEEPTTL), as on one server.
+    cluster.expire(keys.state(users[1]), 100)
+    rescored = _batch(users[:2], seed=3)
+    rescored.keep_ttl = True
+    store.write(rescored)
+    assert 0 < cluster.ttl(keys.state(users[1])) <= 100
+
 
 def test_a_slot_moved_behind_the_clients_back_is_followed(
     cluster: RedisCluster, cluster_namespace: str, monkeypatch: pytest.MonkeyPatch

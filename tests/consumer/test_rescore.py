@@ -154,7 +154,11 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
         redis_url,
         topic,
         namespace,
-        **{"pipeline.rescore_min_wall_seconds": 0.0, "pipeline.model_poll_seconds": 0.01},
+        **{
+            "pipeline.rescore_min_wall_seconds": 0.0,
+            "pipeline.model_poll_seconds": 0.01,
+            "redis.user_ttl_seconds": 1000,
+        },
     )
     keys = KeyLayout(namespace)
     store = ModelStore(redis_client, keys)
@@ -168,6 +172,8 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
         pipeline.run(max_records=len(events), idle_exit_seconds=20)
         # the same segments under a new version, possibly renamed: no user changes segment
         second = first.model_copy(update={"model_version": first.model_version + 1})
+        for event in events:  # as if most of the users' time to live had passed
+            redis_client.expire(keys.segment(event["user_id"]), 100)
         store.publish(second)
         time.sleep(0.05)
         pipeline.refresh_model()
@@ -179,6 +185,9 @@ def test_a_new_model_reaches_every_record_in_one_re_score_pass(
         read_record(redis_client, keys.segment(e["user_id"]))["model_version"] for e in events
     }
     assert versions == {second.model_version}
+    # Rewritten by the pass, not by an event of theirs: their expiry ran on (it started again
+    # at every pass, so idle users never expired while a trainer published).
+    assert all(0 < redis_client.ttl(keys.segment(e["user_id"])) <= 100 for e in events)
 
 
 def test_a_restarted_consumer_re_scores_every_user_once_its_partitions_are_assigned(

@@ -76,6 +76,28 @@ def test_a_ttl_applies_to_every_user_key(redis_client: redis.Redis, namespace: s
         assert 0 < redis_client.ttl(keys.segment(user)) <= 300
 
 
+def test_a_rewrite_that_keeps_the_ttl_leaves_the_expiry_running(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """A re-score rewrote idle users with SET .. EX: their expiry started again at every
+    pass, so with a trainer publishing they never expired. It keeps it (KEEPTTL)."""
+    keys = KeyLayout(namespace)
+    store = StateStore(redis_client, keys, user_ttl_seconds=300)
+    store.write(batch([b"{}"] * len(USERS)))
+    for user in USERS:  # as if 200 s had passed
+        redis_client.expire(keys.state(user), 100)
+        redis_client.expire(keys.segment(user), 100)
+    rescored = batch([b'{"rescored":1}'] * len(USERS))
+    rescored.keep_ttl = True
+    store.write(rescored)
+    for user in USERS:
+        assert redis_client.get(keys.segment(user)) == b'{"rescored":1}'
+        assert 0 < redis_client.ttl(keys.state(user)) <= 100
+        assert 0 < redis_client.ttl(keys.segment(user)) <= 100
+    store.write(batch([b"{}"] * len(USERS)))  # an event: the expiry starts again
+    assert redis_client.ttl(keys.state(USERS[0])) > 100
+
+
 def test_a_refused_command_raises_and_the_client_stays_usable(
     redis_client: redis.Redis, namespace: str
 ) -> None:
