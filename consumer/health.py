@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Name -> callable answering True when that part of the process is ready. A check that
 #: raises counts as not ready.
 ReadinessChecks = Mapping[str, Callable[[], bool]]
+#: Answers /healthz: (alive, what to add to the body). Without one, alive while it answers.
+Liveness = Callable[[], tuple[bool, dict[str, object]]]
 
 
 def run_checks(checks: ReadinessChecks) -> dict[str, bool]:
@@ -50,9 +52,11 @@ class MetricsServer:
         *,
         port: int = 0,
         host: str = "0.0.0.0",
+        liveness: Liveness | None = None,
     ) -> None:
         self.registry = registry
         self.checks = checks
+        self.liveness = liveness
         handler = _handler_for(self)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -82,7 +86,10 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    port: int, registry: CollectorRegistry, checks: ReadinessChecks
+    port: int,
+    registry: CollectorRegistry,
+    checks: ReadinessChecks,
+    liveness: Liveness | None = None,
 ) -> MetricsServer | None:
     """Start the server on ``port``, or return None when ``port`` is 0 (metrics off).
 
@@ -93,7 +100,7 @@ def start_metrics_server(
     if not port:
         return None
     try:
-        return MetricsServer(registry, checks, port=port).start()
+        return MetricsServer(registry, checks, port=port, liveness=liveness).start()
     except OSError as exc:
         log.warning(
             "metrics and health endpoints off: cannot listen on port %d (%s); set "
@@ -111,7 +118,9 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             if path == "/metrics":
                 self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._send(200, b'{"alive": true}', "application/json")
+                alive, said = (True, {}) if server.liveness is None else server.liveness()
+                body = orjson.dumps({"alive": alive, **said})
+                self._send(200 if alive else 503, body, "application/json")
             elif path == "/readyz":
                 results = run_checks(server.checks)
                 ready = all(results.values())

@@ -9,12 +9,15 @@ that exposes them (with ``/healthz`` and ``/readyz``) lives in `consumer.health`
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from model.events import RejectReason
 
 if TYPE_CHECKING:
     from model.model_format import SegmentModel
@@ -60,6 +63,10 @@ class PipelineMetrics:
             ["reason"],
             registry=r,
         )
+        # Every reason's series from the start, at 0: rate() and increase() see a first burst
+        # after a restart only if the series existed before it.
+        for reason in get_args(RejectReason):
+            self.dead_lettered.labels(reason=reason)
         self.segment_changes = Counter(
             "streamseg_segment_changes", "Segment-change events produced.", registry=r
         )
@@ -122,18 +129,36 @@ class PipelineMetrics:
         self.model_version = Gauge(
             "streamseg_model_version", "Version of the model in use (0 = cold start).", registry=r
         )
+        self.last_poll = Gauge(
+            "streamseg_last_poll_timestamp_seconds",
+            "Unix time the batch loop last asked Kafka for records (it does while it waits for "
+            "Redis too): a stuck loop stops it, while /healthz, answered by another thread, "
+            "stays 200.",
+            registry=r,
+        )
+        self.last_batch = Gauge(
+            "streamseg_last_batch_timestamp_seconds",
+            "Unix time the last batch was written to Redis (0 = none yet).",
+            registry=r,
+        )
         self.segment_size = Gauge(
             "streamseg_segment_users",
             "Users whose record names the segment (from Redis, every few seconds).",
             ["segment_id", "segment"],
             registry=r,
         )
+        self.last_poll_at = 0.0  # Unix time of `polled` (0 = not yet): read by /healthz
         #: (topic, partition) of the current assignment: read by the readiness check.
         self.assignment: set[tuple[str, int]] = set()
         self._lag_labels: set[tuple[str, str]] = set()
         self._lags: dict[tuple[str, int], int] = {}
         self.is_paused = False
         self._size_labels: set[tuple[str, str]] = set()
+
+    def polled(self) -> None:
+        """The batch loop asked Kafka for records (or served it while waiting for Redis)."""
+        self.last_poll_at = time.time()
+        self.last_poll.set(self.last_poll_at)
 
     def observe_batch(
         self,
@@ -286,8 +311,32 @@ class TrainerMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in ("scaling", "check"):
+            self.refits.labels(reason=reason)
         self.leader = Gauge(
             "streamseg_trainer_lease_held", "1 while this trainer holds the lease.", registry=r
+        )
+        self.last_publish = Gauge(
+            "streamseg_trainer_last_publish_timestamp_seconds",
+            "Unix time this trainer last published a model (0 = not yet).",
+            registry=r,
+        )
+        self.rows_pending = Gauge(
+            "streamseg_trainer_rows_pending",
+            "Training rows pushed since the model's rows were read: an update waits for "
+            "trainer.update_rows of them (a small shop publishes rarely; this says why).",
+            registry=r,
+        )
+        self.step_failures = Counter(
+            "streamseg_trainer_step_failures",
+            "Training steps that failed (a Redis error, rows that cannot be used); the model in "
+            "use stays and the next step tries again.",
+            registry=r,
+        )
+        self.lease_lost = Counter(
+            "streamseg_trainer_lease_lost",
+            "Times this trainer lost its lease (another took it, or Redis lost it).",
+            registry=r,
         )
 
     def observe_publish(
@@ -295,6 +344,7 @@ class TrainerMetrics:
     ) -> None:
         """Record a published version; ``X`` are the raw feature rows it was trained on."""
         self.updates.inc()
+        self.last_publish.set_to_current_time()
         self.model_version.set(model.model_version)
         if model.metrics.inertia is not None:
             self.inertia.set(model.metrics.inertia)

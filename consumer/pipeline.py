@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from consumer.category_names import CategoryNames
 from consumer.fencing import PartitionFences
-from consumer.kafka_clients import create_consumer, ensure_topics
+from consumer.kafka_clients import consumer_config, create_consumer, ensure_topics
 from consumer.kafka_positions import KafkaPositions
 from consumer.metrics import LATENCY_SAMPLES_PER_BATCH, PipelineMetrics
 from consumer.model_store import ModelStore
@@ -221,6 +221,17 @@ class SegmentPipeline:
         except redis.exceptions.NoPermissionError:
             log.debug("not registering namespace %s: no permission", self.keys.namespace)
 
+    def liveness(self) -> tuple[bool, dict[str, object]]:
+        """``/healthz``: alive unless the batch loop has not asked Kafka for records for longer
+        than ``max.poll.interval.ms`` (Kafka has then given its partitions away, and a loop
+        stuck that long is no pause: restart it). The loop polls while it waits for Redis."""
+        last = self.metrics.last_poll_at
+        if not last:
+            return True, {}  # not started yet
+        silent = time.time() - last
+        limit = float(consumer_config(self.settings.kafka).get("max.poll.interval.ms", 300_000))
+        return silent * 1000.0 < limit, {"seconds_since_poll": round(silent, 3)}
+
     def readiness_checks(self) -> dict[str, Callable[[], bool]]:
         """What ``/readyz`` asks: partitions assigned, Redis answers PING, and a model loaded
         or the cold start declared (the first model check ran)."""
@@ -331,6 +342,7 @@ class SegmentPipeline:
         as soon as it arrives, and under load batches grow by themselves while the previous
         one is processed (consume(n, t) would hold every record for the full ``t``)."""
         assert self.consumer is not None
+        self.metrics.polled()
         first = self.consumer.poll(timeout)
         if first is None:
             return []
@@ -416,6 +428,7 @@ class SegmentPipeline:
             written_at_ms=written_at_ms,
         )
         self.heartbeat.last_batch_at = written_at_ms / 1000.0
+        self.metrics.last_batch.set(written_at_ms / 1000.0)
 
     def _beat(self) -> None:
         """The consumer heartbeat in Redis and the segment-size gauges (every few seconds)."""

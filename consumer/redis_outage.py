@@ -98,6 +98,7 @@ def until_redis_answers(
                 measured_at = now
                 _measure_lag_paused(consumer, metrics)
             _serve_callbacks_paused(consumer)
+            metrics.polled()  # a wait, not a stuck loop
             if stopping():
                 raise StopRequested from exc
             time.sleep(delay)

@@ -50,6 +50,7 @@ def _run_one(args: argparse.Namespace, settings: Settings) -> int:
         metrics_port(args, settings, default=DEFAULT_METRICS_PORTS["run"]),
         pipeline.metrics.registry,
         pipeline.readiness_checks(),
+        pipeline.liveness,
     )
 
     def _graceful(signum: int, frame: FrameType | None) -> None:

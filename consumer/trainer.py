@@ -243,8 +243,10 @@ class Trainer:
             return self._bootstrap()
         pushed = self.rows_pushed()
         fresh = pushed - self._rows_seen
+        self.metrics.rows_pending.set(max(fresh, 0))
         if fresh < self.config.update_rows:
             return None
+        self.metrics.rows_pending.set(0)
         X = self.buffered_rows(max_rows=fresh)
         self._rows_seen = pushed
         if len(X) == 0:
@@ -566,6 +568,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                 elif not lease.renew():
                     log.warning("trainer lease lost; waiting to take over again")
                     metrics.leader.set(0)
+                    metrics.lease_lost.inc()
                     up_to = max(up_to, trainer.published_up_to)
                     trainer = None
                     continue
@@ -601,6 +604,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                     # A Redis blip or an unusable batch of rows must not end the trainer:
                     # the published model stays in use and the next step tries again.
                     log.error("training step failed: %s", exc)
+                    metrics.step_failures.inc()
                     next_step = time.monotonic() + config.update_interval_seconds
                     continue
                 if model is not None:

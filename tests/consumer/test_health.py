@@ -63,3 +63,35 @@ def test_readyz_names_redis_while_it_is_down_and_healthz_stays_alive(
         finally:
             pipeline.close()
             metrics.stop()
+
+
+def test_healthz_says_a_batch_loop_that_stopped_polling_is_not_alive(
+    kafka_bootstrap: str, redis_url: str, new_topic: Callable[..., str], namespace: str
+) -> None:
+    """/healthz was answered by a thread and said 200 whatever the batch loop did: a loop
+    stuck past max.poll.interval.ms (its partitions already given away) looked healthy."""
+    topic = new_topic()
+    produce(kafka_bootstrap, topic, as_records(make_events(50, users=5, seed=52)))
+    settings = settings_for(kafka_bootstrap, redis_url, topic, namespace)
+    pipeline = SegmentPipeline(settings)
+    metrics = MetricsServer(
+        pipeline.metrics.registry,
+        pipeline.readiness_checks(),
+        port=0,
+        host="127.0.0.1",
+        liveness=pipeline.liveness,
+    ).start()
+    try:
+        assert get(metrics.port, "/healthz") == (200, {"alive": True})  # not started yet
+        pipeline.start()
+        pipeline.run(max_records=50, idle_exit_seconds=20)
+        status, body = get(metrics.port, "/healthz")
+        assert status == 200 and 0 <= float(body["seconds_since_poll"]) < 30  # type: ignore[arg-type]
+        polled = pipeline.metrics.registry.get_sample_value("streamseg_last_poll_timestamp_seconds")
+        assert polled is not None and abs(polled - time.time()) < 30
+        pipeline.metrics.last_poll_at = time.time() - 301  # max.poll.interval.ms is 300 s
+        status, body = get(metrics.port, "/healthz")
+        assert (status, body["alive"]) == (503, False)
+    finally:
+        pipeline.close()
+        metrics.stop()

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import orjson
@@ -27,6 +28,7 @@ from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
 from consumer.status import deployment_status, render_status
 from consumer.trainer import Trainer
+from model.events import RejectReason
 from model.features import FEATURE_NAMES
 from model.model_format import SegmentModel
 from tests.consumer.pipeline_support import (
@@ -109,7 +111,10 @@ def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
             for (name, labels), value in m.items()
             if name == "streamseg_records_dead_lettered_total"
         }
-        assert dead == {"not_json": 2, "not_object": 1, "key_mismatch": 1, "oversize": 1}
+        seen = {"not_json": 2, "not_object": 1, "key_mismatch": 1, "oversize": 1}
+        # Every reason has its series from the start (0 for those not seen): an alert's
+        # rate() sees the first burst after a restart too.
+        assert dead == {reason: seen.get(reason, 0) for reason in get_args(RejectReason)}
         batches = m[("streamseg_batches_total", ())]
         assert batches >= total / 100
         assert m[("streamseg_batch_size_records_count", ())] == batches
@@ -240,6 +245,12 @@ def test_trainer_metrics_follow_published_versions(
     assert len(X) >= config.update_rows
     share = float(np.mean(v1.assign(X)[0] != v2.assign(X)[0]))
     assert samples["streamseg_trainer_users_changed_ratio"] == pytest.approx(share)
+    assert abs(samples["streamseg_trainer_last_publish_timestamp_seconds"] - time.time()) < 60
+    # Fewer rows than an update needs: the gauge says how many wait, and nothing is published.
+    push(60, 0.3)
+    assert trainer.step() is None
+    pending = trainer.metrics.registry.get_sample_value("streamseg_trainer_rows_pending")
+    assert pending == 60
 
 
 def test_the_lag_gauge_names_only_assigned_partitions() -> None:
