@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import yaml
 
 from consumer.metrics import PipelineMetrics, TrainerMetrics
@@ -71,3 +72,47 @@ def test_panels_use_the_provisioned_datasource_and_have_unique_ids() -> None:
         assert panel["datasource"]["uid"] in provisioned, panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] in provisioned, panel["title"]
+
+
+ALERTS = REPO_ROOT / "monitoring/prometheus/alerts.yml"
+PROMETHEUS = REPO_ROOT / "monitoring/prometheus/prometheus.yml"
+
+
+def test_every_alert_parses_and_queries_metrics_the_services_export() -> None:
+    """The shipped alert rules: valid PromQL (a typo would only show when Prometheus loads
+    them), names the services export, and what an on-call person reads first."""
+    rules = [r for group in yaml.safe_load(ALERTS.read_text())["groups"] for r in group["rules"]]
+    exported = exported_series()
+    assert len(rules) >= 8
+    for rule in rules:
+        promql_parser.parse(rule["expr"])  # raises on a syntax error
+        names = set(re.findall(r"\bstreamseg_[a-z_]+\b", rule["expr"]))
+        assert not names - exported, f"{rule['alert']} queries unexported {names - exported}"
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    used = {n for rule in rules for n in re.findall(r"\bstreamseg_[a-z_]+\b", rule["expr"])}
+    for wanted in (  # stuck, lagging, dead letters, Redis, trainer, stale model
+        "streamseg_last_poll_timestamp_seconds",
+        "streamseg_consumer_lag_records",
+        "streamseg_records_dead_lettered_total",
+        "streamseg_consumption_paused",
+        "streamseg_trainer_lease_held",
+        "streamseg_model_version",
+    ):
+        assert wanted in used, f"no alert watches {wanted}"
+
+
+def test_prometheus_loads_the_alerts_that_compose_mounts() -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "./monitoring/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in volumes
+
+
+def test_every_dashboard_query_parses() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            # Grafana's $__rate_interval is not PromQL: give it a value as Grafana does.
+            promql_parser.parse(target["expr"].replace("$__rate_interval", "1m"))
