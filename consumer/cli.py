@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-events",
         type=_non_negative_int,
         default=0,
-        help="stop after this many records (0 = forever)",
+        help="stop once this many records are consumed, at the end of that batch, so up to "
+        "a batch more (0 = forever)",
     )
     run.add_argument(
         "--idle-exit-seconds",
