@@ -320,6 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
         _STATUS_EPILOG,
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 (naming each on stderr) when no consumer has a fresh heartbeat, no "
+        "trainer holds the lease, no model is published, or a partition lags more than "
+        "--max-lag: for cron jobs and probes",
+    )
+    status.add_argument(
+        "--max-lag",
+        type=_non_negative_int,
+        metavar="N",
+        help="with --check: the most records a partition may lag (default: lag not checked)",
+    )
 
     lookup = _command(
         commands,

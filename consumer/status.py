@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis
@@ -182,12 +182,15 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
     counters = dict(sorted(store.read_counters().items()))
     consumers = _read_heartbeats(client, keys)
     heartbeat_seconds = settings.observability.heartbeat_seconds
+    lease = cast(bytes | None, client.get(keys.trainer_lease))
     return {
         "namespace": keys.namespace,
         "live_namespace": _live_namespace_if_readable(client, keys.namespace),
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
-        "trainer_active": bool(client.exists(keys.trainer_lease)),
+        "trainer_active": lease is not None,
+        # The lease holds host:pid:token (consumer.trainer.TrainerLease): who trains.
+        "trainer": None if lease is None else lease.decode(errors="replace").rpartition(":")[0],
         "segments": segments,
         "counters": counters,
         "consumers": consumers,
@@ -328,7 +331,12 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
             if version
             else "none (cold start: waiting for the trainer)"
         ),
-        f"trainer        {'active (lease held)' if status['trainer_active'] else 'none active'}",
+        "trainer        "
+        + (
+            f"active ({status.get('trainer') or 'lease held'})"
+            if status["trainer_active"]
+            else "none active"
+        ),
         "",
         "segments",
     ]
@@ -343,6 +351,10 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         lines.append("  (none yet)")
     lines += ["", "counters"]
     lines += [f"  {k:<32} {v:>12}" for k, v in status["counters"].items()] or ["  (none yet)"]
+    counters = status["counters"]
+    if counters.get("records"):
+        share = counters.get("dead_lettered", 0) / counters["records"]
+        lines.append(f"  {'(dead-lettered share of records)':<32} {share:>12.2%}")
     lines += ["", "consumer group lag (committed vs high watermark)"]
     if status.get("kafka_error"):
         lines.append(f"  {status['kafka_error']}")
@@ -397,7 +409,30 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
         print(render_status(status), flush=True)  # before the error line, on a terminal too
     if status["kafka_error"]:
         return report_failure(args, status["kafka_error"])
+    if args.check and (failed := check_failures(status, max_lag=args.max_lag)):
+        for failure in failed:
+            print(f"streamseg status --check: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def check_failures(status: Mapping[str, Any], *, max_lag: int | None = None) -> list[str]:
+    """What ``status --check`` fails on: no consumer with a fresh heartbeat, no trainer
+    holding the lease, no model, a partition lagging more than ``max_lag`` records."""
+    failed = []
+    fresh = set(status["consumers"]) - set(status["stale_consumers"])
+    if not fresh:
+        failed.append("no consumer has a fresh heartbeat (none running, or all stale)")
+    if not status["trainer_active"]:
+        failed.append("no trainer holds the lease (the model is not kept fresh)")
+    if not status["model_version"]:
+        failed.append("no model published yet (cold start)")
+    for row in status.get("lag") or []:
+        if max_lag is not None and row["lag"] > max_lag:
+            failed.append(
+                f"{row['topic']}[{row['partition']}] lags {row['lag']:,} records (> {max_lag:,})"
+            )
+    return failed
 
 
 def _holds_nothing(status: Mapping[str, Any]) -> bool:

@@ -14,14 +14,18 @@ import redis
 from consumer.cli import main
 from consumer.metrics import PipelineMetrics
 from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.settings import RedisSettings, Settings
 from consumer.status import (
     FORGOTTEN_AFTER_SECONDS,
     RETIRED,
     STALE,
     ConsumerHeartbeat,
+    _redis_status,
+    check_failures,
     render_status,
     stale_members,
 )
+from consumer.trainer import TrainerLease
 
 
 def status_of(**changes: Any) -> dict[str, Any]:
@@ -158,3 +162,41 @@ def test_a_registered_namespace_without_a_model_is_a_cold_start(
         redis_client.srem(registry, namespace)
     out, err = capsys.readouterr()
     assert "none (cold start: waiting for the trainer)" in out and "holds no data" not in err
+
+
+def test_check_names_each_failure_an_on_call_person_acts_on() -> None:
+    now = time.time()
+    beat = {"host": "vm", "pid": 1, "partitions": ["events[0]"], "last_batch_at": now}
+    healthy = status_of(
+        consumers={"m1": {**beat, "seen_at": now}},
+        stale_consumers=[],
+        lag=[{"topic": "events", "partition": 0, "committed": 10, "high_watermark": 60, "lag": 50}],
+    )
+    assert check_failures(healthy) == []
+    assert check_failures(healthy, max_lag=100) == []
+    assert check_failures(healthy, max_lag=10) == ["events[0] lags 50 records (> 10)"]
+    broken = status_of(
+        consumers={"m1": {**beat, "seen_at": now - 600}},
+        stale_consumers=["m1"],
+        trainer_active=False,
+        model_version=None,
+    )
+    assert check_failures(broken) == [
+        "no consumer has a fresh heartbeat (none running, or all stale)",
+        "no trainer holds the lease (the model is not kept fresh)",
+        "no model published yet (cold start)",
+    ]
+
+
+def test_status_names_the_trainer_and_the_dead_letter_share(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    keys = KeyLayout(namespace)
+    lease = TrainerLease(redis_client, keys.trainer_lease, seconds=30)
+    assert lease.acquire()
+    redis_client.hset(keys.counters, mapping={"records": 200, "dead_lettered": 3})
+    status = _redis_status(Settings(redis=RedisSettings(namespace=namespace)), redis_client)
+    assert status["trainer"] == lease.holder()
+    text = render_status({**status, "lag": []})
+    assert f"trainer        active ({lease.holder()})" in text
+    assert "(dead-lettered share of records)" in text and "1.50%" in text
