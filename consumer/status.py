@@ -411,7 +411,7 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
         return report_failure(args, status["kafka_error"])
     if args.check and (failed := check_failures(status, max_lag=args.max_lag)):
         for failure in failed:
-            print(f"streamseg status --check: {failure}", file=sys.stderr)
+            print(f"check failed: {failure}", file=sys.stderr)
         return 1
     return 0
 
