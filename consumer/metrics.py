@@ -129,6 +129,13 @@ class PipelineMetrics:
         self.model_version = Gauge(
             "streamseg_model_version", "Version of the model in use (0 = cold start).", registry=r
         )
+        self.info = Gauge(
+            "streamseg_info",
+            "1, with labels naming what this consumer serves: join on instance to tell two "
+            "deployments (or a replay) apart on one Prometheus.",
+            ["namespace", "group_id", "events_topic"],
+            registry=r,
+        )
         self.last_poll = Gauge(
             "streamseg_last_poll_timestamp_seconds",
             "Unix time the batch loop last asked Kafka for records (it does while it waits for "
@@ -154,6 +161,11 @@ class PipelineMetrics:
         self._lags: dict[tuple[str, int], int] = {}
         self.is_paused = False
         self._size_labels: set[tuple[str, str]] = set()
+
+    def serves(self, namespace: str, group_id: str, events_topic: str) -> None:
+        """`info` names these (and only these: a namespace switch replaces the series)."""
+        self.info.clear()
+        self.info.labels(namespace=namespace, group_id=group_id, events_topic=events_topic).set(1)
 
     def polled(self) -> None:
         """The batch loop asked Kafka for records (or served it while waiting for Redis)."""
@@ -315,6 +327,12 @@ class TrainerMetrics:
             self.refits.labels(reason=reason)
         self.leader = Gauge(
             "streamseg_trainer_lease_held", "1 while this trainer holds the lease.", registry=r
+        )
+        self.info = Gauge(
+            "streamseg_trainer_info",
+            "1, with the namespace this trainer keeps a model for.",
+            ["namespace"],
+            registry=r,
         )
         self.last_publish = Gauge(
             "streamseg_trainer_last_publish_timestamp_seconds",

@@ -143,6 +143,7 @@ class SegmentPipeline:
         self.outputs: OutputTopics | None = None
         self.totals = BatchStats()
         self.metrics = PipelineMetrics()
+        self._name_in_metrics()
         self.heartbeat = ConsumerHeartbeat(
             self.redis, self.keys, self.metrics, settings.observability.heartbeat_seconds
         )
@@ -159,12 +160,17 @@ class SegmentPipeline:
         )
         self.models = ModelStore(self.redis, self.keys)
 
+    def _name_in_metrics(self) -> None:
+        kafka = self.settings.kafka
+        self.metrics.serves(self.keys.namespace, kafka.group_id, kafka.events_topic)
+
     def switch_namespace(self, name: str) -> None:
         """Move this process to namespace ``name`` (between batches): its heartbeat and every
         Redis adapter. What the target's state says (offsets, watermark, model) is for the
         caller, `ModelWatch.follow_live_namespace`."""
         self.heartbeat.forget()
         self._bind_namespace(name)
+        self._name_in_metrics()
         self.heartbeat.keys = self.keys
         self.categories.forget_registered()  # the categories hash is per namespace
 

@@ -504,6 +504,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     lease = TrainerLease(client, keys.trainer_lease, config.lease_seconds)
     stopping = False
     metrics = TrainerMetrics()
+    metrics.info.labels(namespace=keys.namespace).set(1)
     probe = settings.redis.connect(timeout_seconds=1.0)  # a probe answers within its timeout
     checks = {"redis": lambda: bool(probe.ping())}
     server = start_metrics_server(

@@ -123,6 +123,8 @@ def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
         assert m[("streamseg_produce_to_segment_seconds_count", ())] >= batches
         assert m[("streamseg_assigned_partitions", ())] == 2
         assert m[("streamseg_model_version", ())] == 0  # cold start
+        served = (("events_topic", topic), ("group_id", f"g-{topic}"), ("namespace", namespace))
+        assert m[("streamseg_info", served)] == 1
         assert m[("streamseg_redis_errors_total", ())] == 0
 
         # Once offsets are committed, librdkafka's statistics report zero lag per partition.
