@@ -69,6 +69,8 @@ def erase_users(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -
     moves a user meanwhile makes it read again, so a size is never taken twice or from the
     wrong segment. On a cluster (no transaction across slots) the read comes first, unwatched.
     """
+    if not user_ids:
+        return 0, 0
     pairs = keys.state_and_segment(user_ids)
     segment_keys = [segment for _, segment in pairs]
     if isinstance(client, RedisCluster):
@@ -192,17 +194,20 @@ def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     users: dict[str, None] = {}  # every id erased, once, in order
     stopped: str | None = None
     try:
-        for chunk in chunks:
-            bad = next((u for u in chunk if not is_utf8_text(u)), None)
+        for whole in chunks:
+            # The ids before an id that is no text are erased; it and the rest are not.
+            bad = next((i for i, u in enumerate(whole) if not is_utf8_text(u)), None)
+            chunk = whole if bad is None else whole[:bad]
             if bad is not None:
-                stopped = f"user id {bad!r} is not valid UTF-8: no event can carry it"
-                break
+                stopped = f"user id {whole[bad]!r} is not valid UTF-8: no event can carry it"
             fresh = [u for u in dict.fromkeys(chunk) if u not in users]
             users.update(dict.fromkeys(fresh))
             for ns in namespaces:
                 states, records = erase_users(client, KeyLayout(ns), fresh)
                 totals[ns].states += states
                 totals[ns].records += records
+            if stopped is not None:
+                break
     except LineTooLongError as exc:
         stopped = f"stdin: {exc}"
     erased = list(users)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator
 
@@ -26,6 +27,10 @@ def stdin_user_ids(size: int) -> Iterator[list[str]]:
     """Lines of stdin without their line ending (blank lines skipped), ``size`` at a time:
     one round trip per chunk, and a first answer before the input ends."""
     chunk: list[str] = []
+    # A byte the locale's encoding cannot decode becomes a lone surrogate (named by the
+    # caller, `is_utf8_text`), not a UnicodeDecodeError halfway through the input.
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
         for line in bounded_lines(sys.stdin, MAX_ID_LINE):
             user = line.rstrip("\r\n")

@@ -173,3 +173,28 @@ def test_a_bad_line_on_stdin_stops_forget_after_saying_what_it_erased(
     assert "Traceback" not in said.err
     assert redis_client.exists(keys.segment("u1")) == 0
     assert redis_client.exists(keys.segment("u2")) == 1  # after the bad line: not read
+
+
+def test_an_id_that_is_not_utf8_stops_forget_after_the_ids_before_it(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Latin-1 line: the ids before it, in its chunk too, are erased; it and the rest
+    are not, and it is named."""
+    keys = KeyLayout(namespace)
+    for user in ("u1", "u2", "u3"):
+        redis_client.set(keys.segment(user), b'{"segment_id": 1}')
+    redis_client.hset(keys.segment_sizes, "1", 3)
+    monkeypatch.setattr("sys.stdin", io.StringIO("u1\nu1\nu2\ncaf\udce9\nu3\n"))
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["--namespace", namespace, "forget", "--no-tombstones", "-"]) == 2
+    said = capsys.readouterr()
+    assert f"namespace {namespace}: deleted 0 states, 2 segment records" in said.out
+    assert "user id 'caf\\udce9' is not valid UTF-8" in said.err
+    assert "the 2 ids before it are erased" in said.err
+    assert redis_client.exists(keys.segment("u1"), keys.segment("u2")) == 0
+    assert redis_client.exists(keys.segment("u3")) == 1
+    assert redis_client.hget(keys.segment_sizes, "1") == b"1"
