@@ -353,41 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the namespace the live pointer names (after a promote), not redis.namespace",
     )
 
-    dead = _command(
-        commands,
-        "dead-letters",
-        "consumer.dead_letters:dead_letters_command",
-        "count the dead-letter topic's records by reason, show examples, or send them back",
-        _DEAD_LETTERS_EPILOG,
-    )
-    dead.add_argument(
-        "--reason",
-        action="append",
-        metavar="REASON",
-        help="only this reason (repeatable), e.g. ts_out_of_range, oversize, not_json",
-    )
-    dead.add_argument(
-        "--examples",
-        type=_non_negative_int,
-        default=1,
-        metavar="N",
-        help="show the newest N records of each reason (default 1; 0 = none)",
-    )
-    dead.add_argument(
-        "--resend",
-        action="store_true",
-        help="send the selected records back to kafka.events_topic (after fixing the "
-        "setting that refused them)",
-    )
-
-    _command(
-        commands,
-        "settings",
-        "consumer.show_settings:settings_command",
-        "print the settings in effect (file, environment, options) as JSON, secrets hidden",
-        _SETTINGS_EPILOG,
-    )
-
     explain = _command(
         commands,
         "explain",
@@ -649,6 +614,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="unit of numeric timestamps (default ms; s = epoch seconds)",
     )
 
+    dead = _command(
+        commands,
+        "dead-letters",
+        "consumer.dead_letters:dead_letters_command",
+        "count the dead-letter topic's records by reason, show examples, or send them back",
+        _DEAD_LETTERS_EPILOG,
+    )
+    dead.add_argument(
+        "--reason",
+        action="append",
+        metavar="REASON",
+        help="only this reason (repeatable), e.g. ts_out_of_range, oversize, not_json",
+    )
+    dead.add_argument(
+        "--examples",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help="show the newest N records of each reason (default 1; 0 = none)",
+    )
+    dead.add_argument(
+        "--resend",
+        action="store_true",
+        help="send the selected records back to kafka.events_topic (after fixing the "
+        "setting that refused them)",
+    )
+
     report = _command(
         commands,
         "report",
@@ -703,6 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to save the inertia + silhouette plot (default ./tune-k.png)",
     )
     _add_replay_commands(commands)
+    _command(
+        commands,
+        "settings",
+        "consumer.show_settings:settings_command",
+        "print the settings in effect (file, environment, options) as JSON, secrets hidden",
+        _SETTINGS_EPILOG,
+    )
+
     return parser
 
 
