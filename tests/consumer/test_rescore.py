@@ -336,17 +336,42 @@ def test_a_re_score_chunk_is_fenced_like_a_batch(
     pipeline.start()
     try:
         pipeline.run(max_records=len(events), idle_exit_seconds=20)
+        # A loaded broker may rebalance the group once more (CI saw 'revoked [0]' right after
+        # the assignment): the step below needs the partition, so poll until it is back.
+        deadline = time.monotonic() + 30
+        while not pipeline.metrics.assignment:
+            assert time.monotonic() < deadline, "the partition was not assigned again"
+            assert pipeline.consumer is not None
+            pipeline.consumer.poll(0.1)
         idle_record = redis_client.get(keys.segment("u0"))
         real_read = pipeline.store.read_states_fenced
 
+        reads = 0
+
         def read_then_lose_the_partition(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
             out = real_read(*args, **kwargs)
             redis_client.hincrby(keys.partition_owners, f"{topic}:0", 1)
             return out
 
         pipeline.store.read_states_fenced = read_then_lose_the_partition  # type: ignore[method-assign]
-        pipeline.rescore.next_chunk_at = 0.0
-        pipeline.rescore.step()  # discarded: counted, nothing written
+        # Every record names an older model now, so the chunk that reads them writes them
+        # (a pass that had already re-scored u0 during run() would write nothing to fence).
+        model = ModelStore(redis_client, keys).load_current()
+        assert model is not None
+        ModelStore(redis_client, keys).publish(model.model_copy(update={"model_version": 2}))
+        pipeline.refresh_model(force=True)
+        # A chunk is a SCAN of the whole keyspace: on a Redis holding other tests' keys the
+        # first chunks may find none of this namespace's users, and read nothing.
+        pipeline.rescore.scored_at = -np.inf  # a pass is due now
+        pipeline.rescore.cursor = None
+        for _ in range(10_000):
+            pipeline.rescore.next_chunk_at = 0.0
+            pipeline.rescore.step()  # the chunk that reads is discarded: counted, not written
+            if reads:
+                break
+        assert reads == 1
         assert pipeline.metrics.registry.get_sample_value("streamseg_fenced_writes_total") == 1
         assert redis_client.get(keys.segment("u0")) == idle_record
         pipeline.store.read_states_fenced = real_read  # type: ignore[method-assign]

@@ -14,7 +14,6 @@ import redis
 from consumer.cli import main
 from consumer.metrics import PipelineMetrics
 from consumer.redis_keys import KeyLayout, PointerKeys
-from consumer.settings import RedisSettings, Settings
 from consumer.status import (
     FORGOTTEN_AFTER_SECONDS,
     RETIRED,
@@ -26,6 +25,7 @@ from consumer.status import (
     stale_members,
 )
 from consumer.trainer import TrainerLease
+from tests.consumer.pipeline_support import settings_for
 
 
 def status_of(**changes: Any) -> dict[str, Any]:
@@ -189,13 +189,15 @@ def test_check_names_each_failure_an_on_call_person_acts_on() -> None:
 
 
 def test_status_names_the_trainer_and_the_dead_letter_share(
-    redis_client: redis.Redis, namespace: str
+    redis_url: str, redis_client: redis.Redis, namespace: str
 ) -> None:
     keys = KeyLayout(namespace)
     lease = TrainerLease(redis_client, keys.trainer_lease, seconds=30)
     assert lease.acquire()
     redis_client.hset(keys.counters, mapping={"records": 200, "dead_lettered": 3})
-    status = _redis_status(Settings(redis=RedisSettings(namespace=namespace)), redis_client)
+    # As the services load them: the environment (a developer's servers) cannot replace them.
+    settings = settings_for("127.0.0.1:1", redis_url, "unused", namespace)
+    status = _redis_status(settings, redis_client)
     assert status["trainer"] == lease.holder()
     text = render_status({**status, "lag": []})
     assert f"trainer        active ({lease.holder()})" in text
