@@ -24,11 +24,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumer.exceptions import ConfigError, ServerUnavailableError
-from consumer.kafka_clients import Headers, create_producer, readable_headers
+from consumer.kafka_clients import Headers, consumer_config, readable_headers
 from consumer.logs import librdkafka_log
+from consumer.outputs import OutputTopics
 from consumer.settings import KafkaSettings, Settings
 
 _CUT = ("streamseg.truncated_from_bytes", "streamseg.key_truncated_from_bytes")
@@ -49,16 +50,10 @@ def read_dead_letters(kafka: KafkaSettings, *, timeout: float = 30.0) -> Iterato
     """Every record of the dead-letter topic up to its end when called, partition by
     partition in offset order."""
     topic = kafka.dead_letter_topic
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            **kafka.consumer_extra,
-            "group.id": "streamseg-dead-letters",  # required, never joined nor committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        },
-        logger=librdkafka_log,
-    )
+    # A group id is required; this one is never joined (assign(), not subscribe()) nor
+    # committed to.
+    config = consumer_config(kafka, group_id="streamseg-dead-letters")
+    consumer = Consumer({**config, "enable.auto.commit": False}, logger=librdkafka_log)
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -111,7 +106,7 @@ def _position(headers: dict[str, bytes]) -> str:
 
 
 class DeadLetterPass:
-    """One pass over the dead letters: counts and examples per reason, and with a producer,
+    """One pass over the dead letters: counts and examples per reason, and with ``outputs``,
     the selected ones sent back to the events topic as they are read."""
 
     def __init__(
@@ -119,18 +114,17 @@ class DeadLetterPass:
         kafka: KafkaSettings,
         reasons: set[str] | None,
         examples: int,
-        producer: Producer | None = None,
+        outputs: OutputTopics | None = None,
     ) -> None:
         self.kafka = kafka
         self.reasons = reasons
         self.examples = examples
-        self.producer = producer
+        self.outputs = outputs
         self.total = 0
         self.summaries: dict[str, ReasonSummary] = {}
         self.sent: Counter[str] = Counter()
         self.cut = 0  # selected, but cut to fit: not sent
         self.without_headers = 0  # sent, but their own headers were dropped when dead-lettered
-        self.failed: list[str] = []
         self._partitions: int | None = None  # of the events topic, once asked
 
     def add(self, message: Message) -> None:
@@ -151,13 +145,13 @@ class DeadLetterPass:
             head = value[:120].decode(errors="replace")
             more = f" ... ({len(value):,} bytes)" if len(value) > 120 else ""
             summary.examples = [*summary.examples, f"{position}: {head!r}{more}"][-self.examples :]
-        if self.producer is not None:
+        if self.outputs is not None:
             self._send_back(message, pairs, headers, reason)
 
     def _send_back(
         self, message: Message, pairs: Headers, headers: dict[str, bytes], reason: str
     ) -> None:
-        assert self.producer is not None
+        assert self.outputs is not None
         if any(name in headers for name in _CUT):
             self.cut += 1
             return
@@ -169,25 +163,13 @@ class DeadLetterPass:
         own.append(("streamseg.resent_from", origin.encode()))
         # Its own partition: a partitioner other than the shop's producer's (murmur2 in Java
         # clients) could put the user's events on two partitions.
-        partition = self._source_partition(headers)
-        if partition is None:
-            self.producer.produce(
-                self.kafka.events_topic,
-                key=message.key(),
-                value=message.value(),
-                headers=own,
-                on_delivery=self._delivered,
-            )
-        else:
-            self.producer.produce(
-                self.kafka.events_topic,
-                key=message.key(),
-                value=message.value(),
-                headers=own,
-                on_delivery=self._delivered,
-                partition=partition,
-            )
-        self.producer.poll(0)
+        self.outputs.send(
+            self.kafka.events_topic,
+            message.key(),
+            message.value(),
+            own,
+            partition=self._source_partition(headers),
+        )
         self.sent[reason] += 1
 
     def _source_partition(self, headers: dict[str, bytes]) -> int | None:
@@ -197,23 +179,16 @@ class DeadLetterPass:
         if topic != self.kafka.events_topic or not raw.isdigit():
             return None
         if self._partitions is None:
-            assert self.producer is not None
-            found = self.producer.list_topics(topic, timeout=30).topics.get(topic)
+            assert self.outputs is not None
+            found = self.outputs.producer.list_topics(topic, timeout=30).topics.get(topic)
             self._partitions = len(found.partitions) if found and not found.error else 0
         partition = int(raw)
         return partition if partition < self._partitions else None
 
-    def _delivered(self, err: object, _message: object) -> None:
-        if err is not None:
-            self.failed.append(str(err))
-
     def finish(self) -> None:
         """Wait for what was sent back; raise when Kafka did not take all of it."""
-        if self.producer is not None and (self.producer.flush(60) > 0 or self.failed):
-            raise ServerUnavailableError(
-                f"Kafka did not take every record sent back to {self.kafka.events_topic!r}: "
-                f"{self.failed[0] if self.failed else 'no answer in 60 s'}"
-            )
+        if self.outputs is not None:
+            self.outputs.deliver()
 
     def report(self) -> list[str]:
         chosen = self.reasons
@@ -228,7 +203,7 @@ class DeadLetterPass:
             if summary.count > 1:
                 lines.append(f"    last:  {summary.last}")
             lines += [f"    e.g. {example}" for example in summary.examples]
-        if self.producer is not None:
+        if self.outputs is not None:
             sent = ", ".join(f"{r} {n:,}" for r, n in self.sent.most_common()) or "none"
             line = f"sent {sum(self.sent.values()):,} back to {self.kafka.events_topic!r} ({sent})"
             if self.cut:
@@ -245,9 +220,9 @@ class DeadLetterPass:
 def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg dead-letters [--reason R]... [--examples N] [--resend]``."""
     kafka = settings.kafka
-    producer = create_producer(kafka) if args.resend else None
+    outputs = OutputTopics(kafka) if args.resend else None
     reasons = set(args.reason) if args.reason else None
-    dead = DeadLetterPass(kafka, reasons, args.examples, producer)
+    dead = DeadLetterPass(kafka, reasons, args.examples, outputs)
     for message in read_dead_letters(kafka):
         dead.add(message)
     dead.finish()

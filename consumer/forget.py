@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import orjson
 import redis
 from confluent_kafka.admin import AdminClient
@@ -34,10 +35,11 @@ from redis.cluster import RedisCluster
 
 from consumer.event_mapping import LineTooLongError
 from consumer.exceptions import ConfigError, ServerUnavailableError
-from consumer.kafka_clients import create_producer
 from consumer.logs import librdkafka_log
 from consumer.namespaces import namespace_names
+from consumer.outputs import OutputTopics
 from consumer.redis_keys import KeyLayout
+from consumer.segment_assignment import segment_size_changes
 from consumer.settings import KafkaSettings, RedisClient, Settings
 from consumer.state_store import read_values
 from consumer.training_rows import KEY_BYTES, user_digest
@@ -90,13 +92,13 @@ def erase_users(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -
 
 
 def _delete(
-    pipe: Any, keys: KeyLayout, pairs: Sequence[tuple[str, str]], leaving: dict[str, int]
+    pipe: Any, keys: KeyLayout, pairs: Sequence[tuple[str, str]], leaving: dict[int, int]
 ) -> tuple[int, int]:
-    for state, segment in pairs:
-        pipe.delete(state)
-        pipe.delete(segment)
-    for segment, delta in leaving.items():
-        pipe.hincrby(keys.segment_sizes, segment, delta)
+    for state_key, segment_key in pairs:
+        pipe.delete(state_key)
+        pipe.delete(segment_key)
+    for segment_id, delta in leaving.items():
+        pipe.hincrby(keys.segment_sizes, str(segment_id), delta)
     deleted = pipe.execute()[: 2 * len(pairs)]  # DEL replies: 1 for a key that was there
     states, records = deleted[0::2], deleted[1::2]
     forgotten = sum(1 for state, record in zip(states, records, strict=True) if state or record)
@@ -106,25 +108,22 @@ def _delete(
     return sum(states), sum(records)
 
 
-def _sizes_left(records: Sequence[bytes | None]) -> dict[str, int]:
-    """Segment id (the sizes hash's field) -> users leaving it, from the stored records."""
-    leaving: dict[str, int] = {}
-    for raw in records:
-        segment = _segment_of(raw)
-        if segment is not None:
-            leaving[segment] = leaving.get(segment, 0) - 1
-    return leaving
+def _sizes_left(records: Sequence[bytes | None]) -> dict[int, int]:
+    """Segment id -> users leaving it, from the stored records (no one joins any)."""
+    left = np.fromiter((_segment_of(raw) for raw in records), np.int64, len(records))
+    return segment_size_changes(np.empty(0, np.int64), left)
 
 
-def _segment_of(raw: bytes | None) -> str | None:
-    """The segment id a stored record names (as the sizes hash's field), if any."""
+def _segment_of(raw: bytes | None) -> int:
+    """The segment id a stored record names; -1 for none (no record, cold start, not a record
+    of this service: nothing to take from a size)."""
     if raw is None:
-        return None
+        return -1
     try:
         segment = orjson.loads(raw).get("segment_id")
     except (orjson.JSONDecodeError, AttributeError):
-        return None  # not a record of this service: nothing to take from a size
-    return str(segment) if isinstance(segment, int) and not isinstance(segment, bool) else None
+        return -1
+    return segment if isinstance(segment, int) and not isinstance(segment, bool) else -1
 
 
 def remove_training_rows(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -> int:
@@ -148,26 +147,19 @@ def remove_training_rows(client: RedisClient, keys: KeyLayout, user_ids: Sequenc
 
 def send_tombstones(kafka: KafkaSettings, topics: Sequence[str], user_ids: Sequence[str]) -> int:
     """A tombstone per user on each of ``topics``; returns how many were delivered."""
-    producer = create_producer(kafka)
-    failed: list[str] = []
-
-    def delivered(err: object, _message: object) -> None:
-        if err is not None:
-            failed.append(str(err))
-
-    sent = 0
+    outputs = OutputTopics(kafka)
     for topic in topics:
         for user in user_ids:
-            producer.produce(topic, key=user.encode(), value=None, on_delivery=delivered)
-            sent += 1
-            producer.poll(0)
-    if producer.flush(30) > 0 or failed:
+            outputs.send(topic, user.encode(), None)
+    try:
+        outputs.deliver()
+    except ServerUnavailableError as exc:
         raise ServerUnavailableError(
             f"Kafka (kafka.bootstrap_servers) did not take the tombstones for "
-            f"{', '.join(topics)}: {failed[0] if failed else 'no answer in 30 s'}; Redis is "
-            "erased already: run the command again to send them"
-        )
-    return sent
+            f"{', '.join(topics)}: {exc}; Redis is erased already: run the command again to "
+            "send them"
+        ) from None
+    return len(topics) * len(user_ids)
 
 
 def _segments_topics(settings: Settings, namespaces: Sequence[str]) -> list[str]:

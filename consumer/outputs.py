@@ -1,7 +1,9 @@
 """What the pipeline writes to Kafka: dead letters and segment-change events.
 
 Both are queued while a batch is processed and waited for (`OutputTopics.deliver`) before the
-batch's Redis write: a crash can repeat them, never lose them (at least once).
+batch's Redis write: a crash can repeat them, never lose them (at least once). The commands that
+write Kafka records of their own (`forget`'s tombstones, `dead-letters --resend`) send them
+through `OutputTopics.send` too, so every producer of the project checks deliveries one way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from consumer.settings import KafkaSettings
 from model.events import Rejection
 
 log = logging.getLogger(__name__)
+
+#: librdkafka's RD_KAFKA_PARTITION_UA, the default of ``produce(partition=)``: the partitioner
+#: chooses.
+_UNASSIGNED = -1
 
 
 class OutputTopics:
@@ -41,7 +47,7 @@ class OutputTopics:
             m = records[rejection.index]
             key, value, headers = dead_letter_message(m, rejection.reason, rejection.detail)
             try:
-                self._produce(topic, key, value, headers)
+                self.send(topic, key, value, headers)
             except KafkaException as exc:
                 # Refused by this client (a size it counts differently, a header it rejects):
                 # the reason and the source position still go, the bytes cannot.
@@ -52,7 +58,7 @@ class OutputTopics:
                     m.offset(),
                     exc,
                 )
-                self._produce(topic, None, None, dead_letter_headers(m, rejection.reason, ""))
+                self.send(topic, None, None, dead_letter_headers(m, rejection.reason, ""))
             reasons[rejection.reason] += 1
         if rejections:
             log.debug("dead-lettered %d records: %s", len(rejections), dict(reasons))
@@ -62,7 +68,7 @@ class OutputTopics:
         """Queue segment-change events (user id, JSON), keyed by user id."""
         topic = self.kafka.segments_topic
         for user, change in changes:
-            self._produce(topic, user.encode(), change)
+            self.send(topic, user.encode(), change)
 
     def deliver(self) -> None:
         """Wait until everything queued is acknowledged by the broker.
@@ -83,18 +89,25 @@ class OutputTopics:
         """Give what is still queued up to 10 s."""
         self.producer.flush(10)
 
-    def _produce(
+    def send(
         self,
         topic: str,
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Queue one message; a full local queue waits for room instead of failing."""
+        """Queue one message, to ``partition`` or where the partitioner puts its key; a full
+        local queue waits for room instead of failing. `deliver` says whether it arrived."""
         while True:
             try:
                 self.producer.produce(
-                    topic, key=key, value=value, headers=headers, on_delivery=self._delivered
+                    topic,
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    on_delivery=self._delivered,
+                    partition=_UNASSIGNED if partition is None else partition,
                 )
                 return
             except BufferError:

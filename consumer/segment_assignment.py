@@ -114,10 +114,10 @@ def assign_segments(
         computed_at=computed_at,
         namespace=namespace,
     )
-    return records, _size_changes(ids[changed], previous[changed]), changes
+    return records, segment_size_changes(ids[changed], previous[changed]), changes
 
 
-def _size_changes(joined: np.ndarray, left: np.ndarray) -> dict[int, int]:
+def segment_size_changes(joined: np.ndarray, left: np.ndarray) -> dict[int, int]:
     """Segment id -> users gained less users lost, for users moving from ``left`` (-1 = no
     segment before) to ``joined``; ids whose size did not change are left out."""
     sizes: Counter[int] = Counter()
