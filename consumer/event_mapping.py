@@ -365,17 +365,12 @@ class EventMapping:
         return key, orjson.dumps(event)
 
     def as_is(self, record: tuple[bytes | None, bytes]) -> tuple[bytes | None, bytes]:
-        """A record sent as it is (JSON lines without a mapping), counted as a row for
-        `judged` to judge as the consumer will."""
+        """A record sent as it is, not mapped (JSON lines without a mapping; with one, a line
+        that is no JSON object, keyless): a row like any other for the counts, judged by the
+        consumer's decoder in `judged` (such a line usually as ``not_json`` or
+        ``not_object``)."""
         self.problems.rows += 1
         return record
-
-    def passed_through(self, line: bytes) -> tuple[None, bytes]:
-        """The record of a JSON line that is no JSON object the mapping can read, sent as it
-        is (keyless): a row like any other for the counts, judged by the consumer's decoder
-        in `judged` (usually ``not_json`` or ``not_object``)."""
-        self.problems.rows += 1
-        return None, line
 
     def judged(
         self, records: Iterable[tuple[bytes | None, bytes]]
@@ -606,14 +601,12 @@ def read_csv_rows(
 ) -> Iterator[dict[str, object]]:
     """Rows of a CSV (or TSV) byte stream with a header line, as {column: cell}.
 
-    Text in ``encoding`` (UTF-8 by default; a byte-order mark is skipped); bytes it cannot
-    decode become U+FFFD, and the first line holding one is logged with a hint to
-    ``--encoding``. Cells beyond the header are kept under ``_extra`` (they are in the row's
+    Text in ``encoding`` (UTF-8 by default; a byte-order mark is skipped by `bounded_lines`);
+    bytes it cannot decode become U+FFFD, and the first line holding one is logged with a hint
+    to ``--encoding``. Cells beyond the header are kept under ``_extra`` (they are in the row's
     hash, not in the event). ``check_header`` sees the header's columns before the first row
     (and may raise).
     """
-    if codecs.lookup(encoding).name == "utf-8":
-        encoding = "utf-8-sig"
     text = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
     # The csv module's own cell limit (128 Ki characters) would stop a file midway on one
     # long cell; lines are bounded anyway, and the consumer dead-letters what is too long.
@@ -662,7 +655,7 @@ def _warn_on_undecodable(lines: Iterable[str], encoding: str) -> Iterator[str]:
                 "line %d holds bytes that are not valid %s (sent as U+FFFD); if the file "
                 "is in another encoding, say --encoding (e.g. latin-1, cp1252)",
                 number,
-                codecs.lookup(encoding).name.removesuffix("-sig"),
+                codecs.lookup(encoding).name,
             )
             break
     yield from rest  # after the first: no more checks

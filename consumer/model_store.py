@@ -328,9 +328,10 @@ def _compatible(model: SegmentModel) -> SegmentModel:
 def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
     """How an import's segments took ids: those matched to a centre of ``before`` keep that
     segment's id, the others are new."""
-    kept = [i for i in model.ids if i in set(before.ids)]
-    new = [i for i in model.ids if i not in set(before.ids)]
-    gone = [i for i in before.ids if i not in set(model.ids)]
+    old_ids, new_ids = set(before.ids), set(model.ids)
+    kept = [i for i in model.ids if i in old_ids]
+    new = [i for i in model.ids if i not in old_ids]
+    gone = [i for i in before.ids if i not in new_ids]
     lines = [
         f"segment ids: {len(kept)} of {len(model.ids)} matched a segment of "
         f"v{before.model_version} (trainer.new_id_distance) and keep its id: {kept or 'none'}; "

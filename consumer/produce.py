@@ -706,7 +706,7 @@ def _json_records(
                     "sends lines that are not JSON as they are)"
                 )
             guessed = False
-        yield mapping.passed_through(item) if isinstance(item, bytes) else mapping.record(item)
+        yield mapping.as_is((None, item)) if isinstance(item, bytes) else mapping.record(item)
 
 
 def _reading(

@@ -151,14 +151,7 @@ class KafkaSettings(BaseModel):
     def _extra_as_text(cls, value: object) -> object:
         if not isinstance(value, dict):
             return value
-        return {
-            k: ("true" if v else "false")
-            if isinstance(v, bool)
-            else str(v)
-            if isinstance(v, int | float)
-            else v
-            for k, v in value.items()
-        }
+        return {k: _librdkafka_text(v) for k, v in value.items()}
 
     @field_validator("consumer_extra")
     @classmethod
@@ -230,6 +223,14 @@ class KafkaSettings(BaseModel):
             config["ssl.ca.location"] = self.ssl_ca_location
         config.update(self.extra)
         return config
+
+
+def _librdkafka_text(value: object) -> object:
+    """A property value as librdkafka reads it: ``true``/``false`` for booleans, the digits of
+    numbers; anything else as it is (validated as text by the field)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
 #: librdkafka properties the exactly-once rule rests on (offsets stored only after the Redis

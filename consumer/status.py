@@ -33,6 +33,7 @@ from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
+from consumer.trainer import lease_holder
 from consumer.unknown_namespace import refuse_an_unknown_namespace
 
 if TYPE_CHECKING:
@@ -189,8 +190,7 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
         "trainer_active": lease is not None,
-        # The lease holds host:pid:token (consumer.trainer.TrainerLease): who trains.
-        "trainer": None if lease is None else lease.decode(errors="replace").rpartition(":")[0],
+        "trainer": lease_holder(lease),
         "segments": segments,
         "counters": counters,
         "consumers": consumers,

@@ -100,6 +100,15 @@ return 0
 """
 
 
+def lease_holder(value: bytes | None) -> str | None:
+    """``host:pid`` of the trainer whose lease value (``host:pid:token``) this is; None for no
+    lease."""
+    if value is None:
+        return None
+    host_pid, _, _ = value.decode(errors="replace").rpartition(":")
+    return host_pid or "an older trainer"
+
+
 class TrainerLease:
     """A Redis lease (SET NX PX) naming the one active trainer of a namespace."""
 
@@ -121,11 +130,7 @@ class TrainerLease:
 
     def holder(self) -> str | None:
         """``host:pid`` of the trainer holding the lease, or None when it is free."""
-        raw = self.client.get(self.key)
-        if raw is None:
-            return None
-        host_pid, _, _ = raw.decode(errors="replace").rpartition(":")
-        return host_pid or "an older trainer"
+        return lease_holder(self.client.get(self.key))
 
     def release(self) -> None:
         if self.client.get(self.key) == self.token.encode():
