@@ -28,6 +28,11 @@ def exported_series() -> set[str]:
     return names
 
 
+def metrics_in(expr: str) -> set[str]:
+    """The streamseg series a PromQL expression names."""
+    return set(re.findall(r"\bstreamseg_[a-z_]+\b", expr))
+
+
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     panels = []
     for panel in dashboard["panels"]:
@@ -46,7 +51,7 @@ def test_every_panel_queries_metrics_the_services_export() -> None:
         exprs = [t["expr"] for t in panel.get("targets", [])]
         assert exprs, f"panel {panel['title']!r} has no query"
         for expr in exprs:
-            names = set(re.findall(r"\bstreamseg_[a-z_]+\b", expr))
+            names = metrics_in(expr)
             assert names, f"{panel['title']!r}: {expr!r} names no streamseg metric"
             unknown = names - exported
             assert not unknown, f"{panel['title']!r} queries unexported {sorted(unknown)}"
@@ -86,11 +91,11 @@ def test_every_alert_parses_and_queries_metrics_the_services_export() -> None:
     assert len(rules) >= 8
     for rule in rules:
         promql_parser.parse(rule["expr"])  # raises on a syntax error
-        names = set(re.findall(r"\bstreamseg_[a-z_]+\b", rule["expr"]))
+        names = metrics_in(rule["expr"])
         assert not names - exported, f"{rule['alert']} queries unexported {names - exported}"
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-    used = {n for rule in rules for n in re.findall(r"\bstreamseg_[a-z_]+\b", rule["expr"])}
+    used = set().union(*(metrics_in(rule["expr"]) for rule in rules))
     for wanted in (  # stuck, lagging, dead letters, Redis, trainer, stale model
         "streamseg_last_poll_timestamp_seconds",
         "streamseg_consumer_lag_records",

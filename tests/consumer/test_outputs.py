@@ -24,6 +24,7 @@ from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
     canonical,
+    drain,
     make_events,
     produce,
     read_state,
@@ -69,12 +70,7 @@ def test_a_change_event_the_broker_refuses_stops_the_batch_before_redis(
     )
     resource = ConfigResource("topic", segments, incremental_configs=[raised])
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(events), idle_exit_seconds=20)
-    finally:
-        pipeline.close()
+    drain(settings, len(events))
     expected = recompute(canonical(events), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace), expected)
     assert int(redis_client.hget(KeyLayout(namespace).counters, "applied") or 0) == len(events)

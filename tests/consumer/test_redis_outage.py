@@ -19,6 +19,7 @@ from tests.consumer.pipeline_support import (
     as_records,
     assert_state_matches,
     canonical,
+    drain,
     make_events,
     produce,
     read_state,
@@ -231,11 +232,6 @@ def test_a_command_redis_refuses_for_good_stops_the_pipeline(
     assert time.monotonic() - started < 15
 
     redis_client.delete(f"{namespace}:counters")
-    pipeline = SegmentPipeline(settings)
-    pipeline.start()
-    try:
-        pipeline.run(max_records=len(events), idle_exit_seconds=5)
-    finally:
-        pipeline.close()
+    drain(settings, len(events))
     expected = recompute(canonical(events), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace), expected)
