@@ -190,7 +190,10 @@ class ModelStore:
                 try:
                     pipe.watch(*watched)
                     if lease_key is not None and pipe.get(lease_key) != (token or "").encode():
-                        raise LeaseLostError(f"trainer lease {lease_key!r} is held by another")
+                        raise LeaseLostError(
+                            f"trainer lease {lease_key!r} is no longer this trainer's "
+                            "(it lapsed or another trainer took it)"
+                        )
                     if base_version is not None:
                         raw = cast(bytes | None, pipe.get(self.keys.model_version))
                         current = _version(raw, self.keys.model_version) if raw else 0

@@ -724,3 +724,49 @@ def test_a_trainer_never_publishes_a_version_number_again_after_redis_lost_the_h
     assert model is not None and model.model_version == 3
     assert ModelStore(redis_client, keys).current_version() == 3
     assert any("did Redis lose its data?" in r.getMessage() for r in caplog.records)
+
+
+def test_a_step_longer_than_the_lease_still_publishes(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease was renewed only between steps: a fit longer than ``trainer.lease_seconds``
+    (a refit of a million rows takes most of the default 10 s) let it lapse, the publish was
+    refused, and the next step lapsed again, so the model never changed. A thread now renews
+    it during the step."""
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(3)
+    users = [f"u{i}" for i in range(300)]
+    push_training_rows(
+        redis_client, keys, rng.lognormal(0.0, 1.0, (300, len(FEATURE_NAMES))), users
+    )
+    fit = Trainer.step
+
+    def slow_step(self: Trainer) -> SegmentModel | None:
+        time.sleep(3.0)  # twice the lease: a large shop's fit
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "step", slow_step)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    monkeypatch.setenv("STREAMSEG_TRAINER__LEASE_SECONDS", "1.5")
+    monkeypatch.setenv("STREAMSEG_TRAINER__BOOTSTRAP_ROWS", "200")
+    started = time.monotonic()
+    assert main(["--namespace", namespace, "train", "--once", "--max-seconds", "20"]) == 0
+    assert time.monotonic() - started < 15
+    assert ModelStore(redis_client, keys).current_version() == 1
+    assert redis_client.exists(keys.trainer_lease) == 0  # released at the end
+
+
+def test_a_kept_lease_outlives_its_term_and_stops_being_renewed_after(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    lease = TrainerLease(redis_client, KeyLayout(namespace).trainer_lease, seconds=1.2)
+    assert lease.acquire()
+    with lease.kept():
+        time.sleep(2.5)
+        assert redis_client.get(lease.key) == lease.token.encode()
+    time.sleep(1.5)  # no thread renews it any more
+    assert redis_client.get(lease.key) is None
