@@ -187,13 +187,22 @@ def test_prometheus_scrapes_the_metrics_ports_and_grafana_gets_the_dashboard(
         if v.split(":")[1] == "/etc/prometheus/prometheus.yml"
     )
     config = yaml.safe_load((REPO_ROOT / source).read_text())
+    # Every service running streamseg, each scaled replica included (a static target named
+    # one container of `--scale consumer=3`, picked by DNS): DNS discovery of its name.
     targets = {
-        target
+        (name, sd["port"])
         for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
+        for sd in job["dns_sd_configs"]
+        for name in sd["names"]
+        if sd["type"] == "A"
     }
-    assert targets == {"consumer:9108", "trainer:9107"}
+    commands = {name: _command(service) for name, service in services.items()}
+    served = {
+        (name, int(command[command.index("--metrics-port") + 1]))
+        for name, command in commands.items()
+        if "--metrics-port" in command
+    }
+    assert len(served) == 4 and targets == served
     for volume in services["grafana"]["volumes"]:
         source = volume.split(":")[0]
         assert (REPO_ROOT / source).is_dir(), f"grafana mounts missing {source}"
