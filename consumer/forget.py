@@ -41,7 +41,6 @@ from consumer.outputs import OutputTopics
 from consumer.redis_keys import KeyLayout
 from consumer.segment_assignment import segment_size_changes
 from consumer.settings import KafkaSettings, RedisClient, Settings
-from consumer.state_store import read_values
 from consumer.training_rows import KEY_BYTES, user_digest
 from consumer.unknown_namespace import refuse_if_nothing_written
 from consumer.user_ids import is_utf8_text, stdin_user_ids
@@ -69,16 +68,17 @@ def erase_users(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -
 
     On one server the records are read under WATCH and the rest is one MULTI: a batch that
     moves a user meanwhile makes it read again, so a size is never taken twice or from the
-    wrong segment. On a cluster (no transaction across slots) the read comes first, unwatched.
+    wrong segment. A cluster has no transaction across slots: each record is read by the
+    ``GETDEL`` that deletes it, so the size taken is still that of the record deleted; only
+    the size and counter updates after it are separate commands.
     """
     if not user_ids:
         return 0, 0
     pairs = keys.state_and_segment(user_ids)
-    segment_keys = [segment for _, segment in pairs]
     if isinstance(client, RedisCluster):
-        leaving = _sizes_left(read_values(client, segment_keys))
-        return _delete(client.pipeline(transaction=False), keys, pairs, leaving)
+        return _take_and_delete(client, keys, pairs)
     assert isinstance(client, redis.Redis)
+    segment_keys = [segment for _, segment in pairs]
     with client.pipeline() as pipe:
         while True:
             try:
@@ -101,11 +101,35 @@ def _delete(
         pipe.hincrby(keys.segment_sizes, str(segment_id), delta)
     deleted = pipe.execute()[: 2 * len(pairs)]  # DEL replies: 1 for a key that was there
     states, records = deleted[0::2], deleted[1::2]
-    forgotten = sum(1 for state, record in zip(states, records, strict=True) if state or record)
+    forgotten = _forgotten(states, records)
     if forgotten:
         pipe.hincrby(keys.counters, "forgotten_users", forgotten)
         pipe.execute()
     return sum(states), sum(records)
+
+
+def _take_and_delete(
+    client: RedisCluster, keys: KeyLayout, pairs: Sequence[tuple[str, str]]
+) -> tuple[int, int]:
+    pipe = client.pipeline(transaction=False)
+    for state_key, segment_key in pairs:
+        pipe.delete(state_key)
+        pipe.getdel(segment_key)
+    replies = pipe.execute()
+    states = [int(n) for n in replies[0::2]]
+    records = [int(raw is not None) for raw in replies[1::2]]
+    for segment_id, delta in _sizes_left(replies[1::2]).items():
+        pipe.hincrby(keys.segment_sizes, str(segment_id), delta)
+    forgotten = _forgotten(states, records)
+    if forgotten:
+        pipe.hincrby(keys.counters, "forgotten_users", forgotten)
+    pipe.execute()
+    return sum(states), sum(records)
+
+
+def _forgotten(states: Sequence[int], records: Sequence[int]) -> int:
+    """Users of whom a key was there to delete (DEL replies: 1 for a key that was there)."""
+    return sum(1 for state, record in zip(states, records, strict=True) if state or record)
 
 
 def _sizes_left(records: Sequence[bytes | None]) -> dict[int, int]:

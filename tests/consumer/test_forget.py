@@ -4,6 +4,7 @@ Redis goes, nobody else's, and the compacted segments topic gets their tombstone
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -11,6 +12,7 @@ import orjson
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
+from redis.cluster import RedisCluster
 
 import consumer.forget
 from consumer.cli import main
@@ -19,7 +21,7 @@ from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.state_store import StateStore
 from consumer.training_rows import decode_rows, user_key
 from model.features import FEATURE_NAMES
-from tests.consumer.pipeline_support import point_cli_at_servers, read_topic
+from tests.consumer.pipeline_support import point_cli_at_servers, push_training_rows, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -198,3 +200,49 @@ def test_an_id_that_is_not_utf8_stops_forget_after_the_ids_before_it(
     assert redis_client.exists(keys.segment("u1"), keys.segment("u2")) == 0
     assert redis_client.exists(keys.segment("u3")) == 1
     assert redis_client.hget(keys.segment_sizes, "1") == b"1"
+
+
+def test_forget_on_a_redis_cluster_takes_each_user_from_the_segment_deleted(
+    redis_cluster_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a cluster the records were read first and deleted later: a batch moving a user in
+    between took the size from the wrong segment. Each record is now read by the GETDEL
+    that deletes it. The users' keys lie on several masters."""
+    cluster = RedisCluster.from_url(redis_cluster_url)
+    namespace = f"f-{uuid.uuid4().hex[:8]}"
+    keys = KeyLayout(namespace)
+    users = [f"u{i}" for i in range(12)]
+    try:
+        slots = {cluster.keyslot(keys.segment(u)) for u in users}
+        masters = {cluster.get_node_from_key(keys.segment(u)).name for u in users}
+        assert len(slots) > 1 and len(masters) > 1
+        for i, user in enumerate(users):
+            cluster.set(keys.state(user), b"\x00" * 8)
+            cluster.set(keys.segment(user), orjson.dumps({"segment_id": i % 3}))
+        cluster.hset(keys.segment_sizes, mapping={"0": 4, "1": 4, "2": 4})
+        rng = np.random.default_rng(1)
+        push_training_rows(cluster, keys, rng.lognormal(size=(12, len(FEATURE_NAMES))), users)
+        monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_cluster_url)
+        monkeypatch.setenv("STREAMSEG_REDIS__CLUSTER", "true")
+        gone = users[:5]  # segments 0, 1, 2, 0, 1
+        assert main(["--namespace", namespace, "forget", "--no-tombstones", *gone]) == 0
+        assert (
+            f"namespace {namespace}: deleted 5 states, 5 segment records, 5 training rows"
+            in capsys.readouterr().out
+        )
+        assert StateStore(cluster, keys).read_segment_sizes() == {0: 2, 1: 2, 2: 3}
+        assert all(cluster.exists(keys.state(u), keys.segment(u)) == 0 for u in gone)
+        assert all(cluster.exists(keys.state(u), keys.segment(u)) == 2 for u in users[5:])
+        assert int(cluster.hget(keys.counters, "forgotten_users") or 0) == 5
+        assert sorted(
+            decode_rows(cluster.lrange(keys.training_samples, 0, -1), len(FEATURE_NAMES))[
+                1
+            ].tolist()
+        ) == sorted(user_key(u) for u in users[5:])
+    finally:
+        found = list(cluster.scan_iter(match=f"*{namespace}*", count=1000))
+        if found:
+            cluster.unlink(*found)
+        cluster.close()
