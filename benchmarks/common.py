@@ -15,6 +15,7 @@ import numpy as np
 import redis
 from confluent_kafka import Producer
 
+from consumer.kafka_clients import KEY_PARTITIONER
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.segment_record import encode_record, iso_ms
@@ -128,6 +129,7 @@ def produce_all(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None
             "linger.ms": 20,
             "batch.size": 1_000_000,
             "compression.type": "lz4",
+            "partitioner": KEY_PARTITIONER,
             "enable.idempotence": True,
             "queue.buffering.max.messages": 1_000_000,
         }

@@ -79,6 +79,8 @@ finished and committed first.
 Key records by user id: exactly-once holds for a user whose events arrive on one partition
 (a key other than the user id is dead-lettered as key_mismatch; users of records without a
 key that land on several partitions are counted in cross_partition_users and warned about).
+Producers must agree on where a key goes: streamseg's hash keys as Kafka's Java producer does
+(murmur2; librdkafka clients: partitioner=murmur2_random).
 
 Examples:
   streamseg run                                  # the service: run it next to `train`

@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
+#: Where a keyed record goes: the Java client's murmur2 hash of the key, as Kafka's Java
+#: producer, Kafka Streams and kafkajs place it. librdkafka's own default (CRC32) puts most
+#: user ids on another partition than a Java producer does, which splits a user whose events
+#: come from both over two partitions (a limit of the guarantees) and breaks joins of the
+#: segments topic with other topics keyed by user. Records without a key go to any partition.
+KEY_PARTITIONER = "murmur2_random"
+
 
 def consumer_config(kafka: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
     """Offsets are stored by the pipeline after its Redis write and committed automatically.
@@ -69,6 +76,7 @@ def create_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
         **kafka.client_config(),
         "linger.ms": 5,
         "compression.type": "lz4",
+        "partitioner": KEY_PARTITIONER,
         **kafka.producer_extra,
         **overrides,
         "enable.idempotence": True,

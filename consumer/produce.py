@@ -83,6 +83,7 @@ from consumer.event_mapping import (
     read_json_rows,
 )
 from consumer.exceptions import ConfigError, ServerUnavailableError, StreamsegError
+from consumer.kafka_clients import KEY_PARTITIONER
 from consumer.logs import librdkafka_log
 from consumer.settings import KafkaSettings, Settings
 from consumer.times import parse_epoch_ms
@@ -351,6 +352,7 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "enable.idempotence": True,
         "linger.ms": 10,
         "compression.type": "lz4",
+        "partitioner": KEY_PARTITIONER,
         "batch.size": 1_000_000,
         "batch.num.messages": 100_000,
         "queue.buffering.max.messages": 500_000,

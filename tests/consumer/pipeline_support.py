@@ -13,6 +13,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Message, Producer
 
+from consumer.kafka_clients import KEY_PARTITIONER
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, namespace_text
 from consumer.settings import RedisClient, Settings
@@ -69,7 +70,12 @@ def make_events(n: int, users: int, seed: int) -> list[dict[str, Any]]:
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "partitioner": KEY_PARTITIONER,  # as a shop's Java producer and `streamseg produce`
+        }
     )
     for key, value in records:
         producer.produce(topic, key=key, value=value)

@@ -210,13 +210,13 @@ def test_forget_on_a_redis_cluster_takes_each_user_from_the_segment_deleted(
     """On a cluster the records were read first and deleted later: a batch moving a user in
     between took the size from the wrong segment. Each record is now read by the GETDEL
     that deletes it. The users' keys lie on several masters."""
-    cluster = RedisCluster.from_url(redis_cluster_url)
+    cluster: RedisCluster = RedisCluster.from_url(redis_cluster_url)
     namespace = f"f-{uuid.uuid4().hex[:8]}"
     keys = KeyLayout(namespace)
     users = [f"u{i}" for i in range(12)]
     try:
         slots = {cluster.keyslot(keys.segment(u)) for u in users}
-        masters = {cluster.get_node_from_key(keys.segment(u)).name for u in users}
+        masters = {cluster.get_node_from_key(keys.segment(u)) for u in users}
         assert len(slots) > 1 and len(masters) > 1
         for i, user in enumerate(users):
             cluster.set(keys.state(user), b"\x00" * 8)
