@@ -156,9 +156,12 @@ units, at the namespace's event clock, as the re-score computes them), the neare
 with their distances, and a table of features beside the nearest and next-nearest centres,
 ordered by how much each decides between the two (its share of the margin; the README's
 "Explaining a user's segment" gives the formula). Exit status 1 for a user without state.
+The features are computed with this command's settings (features.*, the lateness): give it the
+consumer's --config.
 
-Example:
+Examples:
   streamseg explain u-42
+  streamseg explain u-42 --json | jq .margin_terms     # full precision, for scripts
 """
 
 _FORGET_EPILOG = """\
@@ -363,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
         _EXPLAIN_EPILOG,
     )
     explain.add_argument("user_id", metavar="USER_ID", help="a user id as the events carry it")
+    explain.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object at full precision instead of the tables",
+    )
 
     forget = _command(
         commands,

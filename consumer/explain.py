@@ -13,6 +13,7 @@ import argparse
 import sys
 
 import numpy as np
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -41,14 +42,33 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
     last_ms = float(state[0, COL["last_ts_ms"]])
     if np.isnan(last_ms):
         refuse_if_nothing_written(client, keys.namespace)  # a misspelt namespace?
-        where = f"namespace {keys.namespace!r}"
-        print(f"user {user!r} has no state in {where} (never seen, or forgotten)")
+        if args.json:
+            print(
+                orjson.dumps({"user_id": user, "namespace": keys.namespace, "state": None}).decode()
+            )
+        else:
+            where = f"namespace {keys.namespace!r}"
+            print(f"user {user!r} has no state in {where} (never seen, or forgotten)")
         return 1
     clock = store.read_watermark()
     lateness_ms = settings.pipeline.allowed_lateness_seconds * 1000.0
     at_ms = max(last_ms, clock - lateness_ms) if clock is not None else last_ms
     features = derive_features(state, at_ms, settings.features)[0]
     model = ModelStore(client, keys).load_current()
+    if args.json:
+        explanation = explain_assignment(model, features) if model is not None else None
+        answer = {
+            "user_id": user,
+            "namespace": keys.namespace,
+            "record": _stored(record),
+            "features_at": iso_ms(at_ms),
+            "last_event_time": iso_ms(last_ms),
+            "features": dict(zip(FEATURE_NAMES, features.tolist(), strict=True)),
+            "model_version": model.model_version if model is not None else None,
+            **(_as_json(explanation) if explanation is not None else {}),
+        }
+        print(orjson.dumps(answer).decode())
+        return 0
     # Ids, records and segment names are data, not rich markup ("u[/x]" raised MarkupError).
     console = Console(
         file=sys.stdout,
@@ -72,6 +92,37 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
     console.print(_ranking(explanation, model.model_version))
     console.print(_margin_table(explanation))
     return 0
+
+
+def _stored(record: bytes | None) -> object:
+    """The stored record as JSON; its text when it is none (not written by this service)."""
+    if record is None:
+        return None
+    try:
+        return orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return record.decode(errors="replace")
+
+
+def _as_json(explanation: Explanation) -> dict[str, object]:
+    """The ranking and the margin's terms at full precision, for scripts."""
+    names = explanation.feature_names
+    ranked = zip(
+        explanation.ranked_ids,
+        explanation.ranked_names,
+        explanation.distances.tolist(),
+        strict=True,
+    )
+    runner_up = explanation.runner_up_centre
+    return {
+        "nearest": [{"segment_id": i, "segment": n, "distance": d} for i, n, d in ranked],
+        "nearest_centre": dict(zip(names, explanation.assigned_centre.tolist(), strict=True)),
+        "next_centre": None
+        if runner_up is None
+        else dict(zip(names, runner_up.tolist(), strict=True)),
+        "margin": float(explanation.margins.sum()),
+        "margin_terms": dict(zip(names, explanation.margins.tolist(), strict=True)),
+    }
 
 
 def _ranking(explanation: Explanation, version: int) -> str:

@@ -532,7 +532,8 @@ class SegmentPipeline:
             offset=kafka.offset[batch.index],
             event_id_hash=event_id_hashes(batch.event_id),
         )
-        redelivered = int(already_applied(states, cols).sum())
+        redelivery = already_applied(states, cols)
+        redelivered = int(redelivery.sum())
         last_before = states[:, COL["last_ts_ms"]].copy()
         partition_before = states[:, COL["partition"]].copy()
         applied = apply_events(
@@ -550,7 +551,12 @@ class SegmentPipeline:
             self._say_cross_partition(mixed, users, partition_before, cols, applied)
         touched = np.unique(user_rows[applied])
         stats.users = len(touched)
-        self.watermark = max(self.watermark, float(batch.ts_ms.max()))
+        # The events applied now or by an earlier delivery: a copy with a repeated event_id
+        # is never applied, and its time (it may differ from the first copy's) must not move
+        # every idle user's clock.
+        counted = applied | redelivery
+        if counted.any():
+            self.watermark = max(self.watermark, float(batch.ts_ms[counted].max()))
 
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]

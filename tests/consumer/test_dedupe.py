@@ -124,3 +124,23 @@ def test_dedupe_window_zero_applies_every_copy(
     assert pipeline.totals.applied == len(stream)
     expected = recompute(canonical(stream), FeatureConfig())
     assert_state_matches(read_state(redis_client, namespace), expected)
+
+
+def test_a_copy_that_is_not_applied_does_not_move_the_watermark(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A repeated event_id carrying a later time (a producer that re-sent a corrected event)
+    is skipped, as the contract says; its time moved the watermark all the same, and with it
+    the clock of every idle user's re-score and of `explain`."""
+    topic = new_topic()
+    events = make_events(40, users=4, seed=5)
+    last = max(e["ts"] for e in events)
+    copy = dict(events[0], ts=last + 10 * 86_400_000)  # ten days on, same event_id
+    produce(kafka_bootstrap, topic, as_records([*events, copy]))
+    pipeline = run_pipeline(kafka_bootstrap, redis_url, topic, namespace, 100, len(events) + 1)
+    assert pipeline.totals.duplicate_event_ids == 1
+    assert StateStore(redis_client, KeyLayout(namespace)).read_watermark() == last

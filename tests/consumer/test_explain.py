@@ -58,8 +58,23 @@ def test_explain_names_the_nearest_segments_and_the_features_that_decide(
     assert f"why {model.names[positions[0]]!r} and not " in out
     assert all(name in out for name in model.feature_names)  # one row per feature
 
+    # For scripts: the same at full precision.
+    assert main(["--namespace", two_model_versions, "explain", user, "--json"]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer["record"] == stored and answer["model_version"] == model.model_version
+    assert list(answer["features"].values()) == features[0].tolist()
+    assert answer["nearest"][0]["segment_id"] == segment
+    assert len(answer["nearest"]) == len(model.ids)
+    terms = answer["margin_terms"]
+    assert list(terms) == model.feature_names
+    assert sum(terms.values()) == pytest.approx(answer["margin"], rel=1e-12)
+    distances = [n["distance"] for n in answer["nearest"]]
+    assert answer["margin"] == pytest.approx(distances[1] ** 2 - distances[0] ** 2, rel=1e-9)
+
     assert main(["--namespace", two_model_versions, "explain", "nobody"]) == 1
     assert "user 'nobody' has no state in namespace" in capsys.readouterr().out
+    assert main(["--namespace", two_model_versions, "explain", "nobody", "--json"]) == 1
+    assert orjson.loads(capsys.readouterr().out)["state"] is None
     assert main(["--namespace", f"{two_model_versions}-typo", "explain", user]) == 2
     assert "holds no data" in capsys.readouterr().err
 
