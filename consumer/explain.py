@@ -95,7 +95,7 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stored(record: bytes | None) -> object:
-    """The stored record as JSON; its text when it is none (not written by this service)."""
+    """The stored record as JSON; its text when it is not JSON (not written by this service)."""
     if record is None:
         return None
     try:

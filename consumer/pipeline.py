@@ -551,12 +551,14 @@ class SegmentPipeline:
             self._say_cross_partition(mixed, users, partition_before, cols, applied)
         touched = np.unique(user_rows[applied])
         stats.users = len(touched)
-        # The events applied now or by an earlier delivery: a copy with a repeated event_id
-        # is never applied, and its time (it may differ from the first copy's) must not move
-        # every idle user's clock.
-        counted = applied | redelivery
-        if counted.any():
-            self.watermark = max(self.watermark, float(batch.ts_ms[counted].max()))
+        # The latest time of an applied event: a copy skipped for its repeated event_id (its
+        # time may differ from the first copy's) must not move every idle user's clock. On a
+        # redelivery the applied events are those the user's stored T already holds (the
+        # offset test cannot tell the skipped copies among them apart); counting them keeps
+        # a batch retried after a partial write on a cluster moving the watermark.
+        latest = np.concatenate((batch.ts_ms[applied], last_before[user_rows[redelivery]]))
+        if len(latest):
+            self.watermark = max(self.watermark, float(latest.max()))
 
         touched_users = [users[i] for i in touched]
         touched_states = states[touched]

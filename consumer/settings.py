@@ -472,6 +472,9 @@ class TrainerSettings(BaseModel):
     #: Random seed of k-means++ (scikit-learn takes 0..2^32-1).
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     lease_seconds: float = Field(default=10.0, gt=1)
+    #: A step still running after this long is taken as hung: its lease is no longer renewed,
+    #: so a standby trainer takes over (the step's publish is then refused).
+    max_step_seconds: float = Field(default=600.0, gt=0)
 
 
 #: Default port of /metrics, /healthz and /readyz per command (``--processes N``: PORT..PORT+N-1).

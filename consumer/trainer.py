@@ -140,15 +140,17 @@ class TrainerLease:
             self.client.delete(self.key)
 
     @contextmanager
-    def kept(self) -> Iterator[None]:
-        """Renew the lease from a thread while the block runs (a training step).
+    def kept(self, at_most_seconds: float) -> Iterator[None]:
+        """Renew the lease from a thread while the block runs (a training step), for at most
+        ``at_most_seconds``: a step that runs longer is taken as hung, and its lease lapses so
+        that a standby trainer takes over.
 
         A step on a large shop outlasts the lease: a refit of 1,000,000 rows took 7.5 s here
         against the default 10 s lease. Renewed only between steps, the lease lapsed during
         the fit, its publish was refused, and the next step lapsed again: the model never
         changed, with one trainer or with two taking turns.
         """
-        keeper = LeaseKeeper(self)
+        keeper = LeaseKeeper(self, at_most_seconds)
         keeper.start()
         try:
             yield
@@ -157,16 +159,26 @@ class TrainerLease:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews a `TrainerLease` every third of its term until stopped or lost."""
+    """Renews a `TrainerLease` every third of its term until stopped, lost, or
+    ``at_most_seconds`` after it started."""
 
-    def __init__(self, lease: TrainerLease) -> None:
+    def __init__(self, lease: TrainerLease, at_most_seconds: float) -> None:
         super().__init__(name="streamseg-lease-keeper", daemon=True)
         self.lease = lease
+        self.at_most_seconds = at_most_seconds
         self._stopped = threading.Event()
 
     def run(self) -> None:
         every = self.lease.ms / 3000
+        give_up_at = time.monotonic() + self.at_most_seconds
         while not self._stopped.wait(every):
+            if time.monotonic() >= give_up_at:
+                log.error(
+                    "the training step has run for %.0f s (trainer.max_step_seconds): taken as "
+                    "hung, the lease is no longer renewed and a standby trainer can take over",
+                    self.at_most_seconds,
+                )
+                return
             try:
                 if not self.lease.renew():
                     return  # lost: the publish is refused and the main loop says so
@@ -580,6 +592,9 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         while not stopping:
             if args.max_seconds and time.monotonic() - started > args.max_seconds:
+                if args.once:  # it never got to its one step (or the step kept failing)
+                    log.error("--once: nothing published within --max-seconds %g", args.max_seconds)
+                    status = 1
                 break
             try:
                 if trainer is None:
@@ -647,7 +662,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                 log.debug("live pointer not read: %s", exc)
             if time.monotonic() >= next_step:
                 try:
-                    with lease.kept():
+                    with lease.kept(config.max_step_seconds):
                         model = trainer.step()
                 except _STEP_ERRORS as exc:
                     # A Redis blip or an unusable batch of rows must not end the trainer:

@@ -113,6 +113,10 @@ def test_prometheus_loads_the_alerts_that_compose_mounts() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     volumes = compose["services"]["prometheus"]["volumes"]
     assert "./monitoring/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in volumes
+    # A rule about a job's absence must name a job this Prometheus scrapes, or it always fires.
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    named = set(re.findall(r'job="([^"]+)"', ALERTS.read_text()))
+    assert named and named <= jobs
 
 
 def test_every_dashboard_query_parses() -> None:

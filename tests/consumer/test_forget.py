@@ -207,9 +207,9 @@ def test_forget_on_a_redis_cluster_takes_each_user_from_the_segment_deleted(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """On a cluster the records were read first and deleted later: a batch moving a user in
-    between took the size from the wrong segment. Each record is now read by the GETDEL
-    that deletes it. The users' keys lie on several masters."""
+    """The cluster path (GETDEL: each record read by the command that deletes it) erases
+    users whose keys lie on several masters and takes each from their segment's size. It
+    does not stage the race the GETDEL closes (a batch between a read and a delete)."""
     cluster: RedisCluster = RedisCluster.from_url(redis_cluster_url)
     namespace = f"f-{uuid.uuid4().hex[:8]}"
     keys = KeyLayout(namespace)

@@ -765,8 +765,49 @@ def test_a_kept_lease_outlives_its_term_and_stops_being_renewed_after(
 ) -> None:
     lease = TrainerLease(redis_client, KeyLayout(namespace).trainer_lease, seconds=1.2)
     assert lease.acquire()
-    with lease.kept():
+    with lease.kept(at_most_seconds=60):
         time.sleep(2.5)
         assert redis_client.get(lease.key) == lease.token.encode()
     time.sleep(1.5)  # no thread renews it any more
     assert redis_client.get(lease.key) is None
+
+
+def test_a_hung_step_lets_its_lease_lapse_so_that_a_standby_takes_over(
+    redis_client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Renewed for as long as the step ran, a hung step (a fit that never returns) kept its
+    lease forever and no standby could take over. After ``trainer.max_step_seconds`` the
+    keeper stops renewing."""
+    key = KeyLayout(namespace).trainer_lease
+    lease = TrainerLease(redis_client, key, seconds=1.2)
+    standby = TrainerLease(redis_client, key, seconds=1.2)
+    assert lease.acquire()
+    with caplog.at_level("ERROR", logger="consumer.trainer"), lease.kept(at_most_seconds=1.0):
+        time.sleep(1.0)
+        assert not standby.acquire()  # renewed meanwhile
+        time.sleep(2.5)  # past the step's limit and a lease term
+        assert standby.acquire()
+    assert "taken as hung" in caplog.text
+
+
+def test_train_once_that_runs_out_of_time_without_publishing_fails(
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every step failing, ``--once --max-seconds`` stopped at its limit with status 0, as if
+    it had published."""
+    from model.exceptions import StreamsegError
+
+    def failing_step(self: Trainer) -> SegmentModel | None:
+        raise StreamsegError("unusable rows")
+
+    monkeypatch.setattr(Trainer, "step", failing_step)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    monkeypatch.setenv("STREAMSEG_TRAINER__UPDATE_INTERVAL_SECONDS", "0.5")
+    assert main(["--namespace", namespace, "train", "--once", "--max-seconds", "2"]) == 1
+    error = capsys.readouterr().err
+    assert "training step failed: unusable rows" in error
+    assert "--once: nothing published within --max-seconds 2" in error
