@@ -156,8 +156,9 @@ units, at the namespace's event clock, as the re-score computes them), the neare
 with their distances, and a table of features beside the nearest and next-nearest centres,
 ordered by how much each decides between the two (its share of the margin; the README's
 "Explaining a user's segment" gives the formula). Exit status 1 for a user without state.
-The features are computed with this command's settings (features.*, the lateness): give it the
-consumer's --config.
+The features are computed with the feature settings the namespace's consumers recorded at
+start (<ns>:feature-settings); where none are recorded, with this command's (give it the
+consumers' --config).
 
 Examples:
   streamseg explain u-42

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumer.exceptions import ConfigError
+from consumer.feature_settings import FeatureSettings, recorded_feature_settings
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.segment_record import iso_ms
@@ -50,11 +51,23 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
             where = f"namespace {keys.namespace!r}"
             print(f"user {user!r} has no state in {where} (never seen, or forgotten)")
         return 1
+    own = FeatureSettings.of(settings)
+    recorded = recorded_feature_settings(client, keys)
+    used = recorded or own
     clock = store.read_watermark()
-    lateness_ms = settings.pipeline.allowed_lateness_seconds * 1000.0
+    lateness_ms = used.allowed_lateness_seconds * 1000.0
     at_ms = max(last_ms, clock - lateness_ms) if clock is not None else last_ms
-    features = derive_features(state, at_ms, settings.features)[0]
+    features = derive_features(state, at_ms, used.features)[0]
     model = ModelStore(client, keys).load_current()
+    if recorded is None:
+        said = (
+            f"with this command's feature settings: {keys.feature_settings} records none (its "
+            "consumers predate the record): give it the consumers' --config"
+        )
+    elif changed := own.differences(recorded):
+        said = f"with the consumers' feature settings, not this command's ({', '.join(changed)})"
+    else:
+        said = "with the consumers' feature settings"
     if args.json:
         explanation = explain_assignment(model, features) if model is not None else None
         answer = {
@@ -62,6 +75,7 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
             "namespace": keys.namespace,
             "record": _stored(record),
             "features_at": iso_ms(at_ms),
+            "feature_settings": "namespace" if recorded is not None else "command",
             "last_event_time": iso_ms(last_ms),
             "features": dict(zip(FEATURE_NAMES, features.tolist(), strict=True)),
             "model_version": model.model_version if model is not None else None,
@@ -82,7 +96,7 @@ def explain_command(args: argparse.Namespace, settings: Settings) -> int:
     console.print(
         f"features at {iso_ms(at_ms)} (the namespace's event clock less "
         f"pipeline.allowed_lateness_seconds, never before the user's last event "
-        f"{iso_ms(last_ms)})"
+        f"{iso_ms(last_ms)}), {said}"
     )
     if model is None:
         console.print("no model published yet (cold start): the features alone")

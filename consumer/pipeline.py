@@ -41,6 +41,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from consumer.category_names import CategoryNames
+from consumer.feature_settings import FeatureSettings, record_feature_settings
 from consumer.fencing import PartitionFences
 from consumer.kafka_clients import consumer_config, create_consumer, ensure_topics
 from consumer.kafka_positions import KafkaPositions
@@ -221,11 +222,15 @@ class SegmentPipeline:
         """Name this namespace in the registry that `streamseg namespaces` and the
         misspelt-namespace hint read (before, only replays did: a namespace that only a
         pipeline wrote was missing from both). A Redis user without the registry key (the
-        least-privilege ACL of the README) skips it."""
+        least-privilege ACL of the README) skips it. Also record the feature settings, for
+        `explain` (`consumer.feature_settings`)."""
         try:
             register_namespace(self.redis, self.keys.namespace)
+            record_feature_settings(self.redis, self.keys, FeatureSettings.of(self.settings))
         except redis.exceptions.NoPermissionError:
-            log.debug("not registering namespace %s: no permission", self.keys.namespace)
+            log.debug(
+                "namespace %s not registered (or its settings): no permission", self.keys.namespace
+            )
 
     def liveness(self) -> tuple[bool, dict[str, object]]:
         """``/healthz``: alive unless the batch loop has not asked Kafka for records for longer

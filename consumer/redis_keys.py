@@ -144,6 +144,11 @@ class KeyLayout:
         return f"{self.namespace}:consumers"
 
     @property
+    def feature_settings(self) -> str:
+        """JSON of the feature settings the consumers compute with (`consumer.feature_settings`)."""
+        return f"{self.namespace}:feature-settings"
+
+    @property
     def watermark(self) -> str:
         """Largest event time seen (epoch ms), kept by the consumers."""
         return f"{self.namespace}:watermark"
