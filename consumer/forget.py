@@ -68,9 +68,10 @@ def erase_users(client: RedisClient, keys: KeyLayout, user_ids: Sequence[str]) -
 
     On one server the records are read under WATCH and the rest is one MULTI: a batch that
     moves a user meanwhile makes it read again, so a size is never taken twice or from the
-    wrong segment. A cluster has no transaction across slots: each record is read by the
-    ``GETDEL`` that deletes it, so the size taken is still that of the record deleted; only
-    the size and counter updates after it are separate commands.
+    wrong segment. A cluster has no transaction across slots: each user's state and record
+    (one slot) are deleted by one script whose ``GETDEL`` returns the record, so the size
+    taken is still that of the record deleted; only the size and counter updates after it
+    are separate commands.
     """
     if not user_ids:
         return 0, 0
@@ -108,17 +109,26 @@ def _delete(
     return sum(states), sum(records)
 
 
+# One user's state and record, deleted at once (a batch cannot write between the two), and
+# the record as it was: the segment whose size the user leaves. false (nil) reads as b"".
+_ERASE_USER = """
+local record = redis.call('GETDEL', KEYS[2])
+return {redis.call('DEL', KEYS[1]), record}
+"""
+
+
 def _take_and_delete(
     client: RedisCluster, keys: KeyLayout, pairs: Sequence[tuple[str, str]]
 ) -> tuple[int, int]:
     pipe = client.pipeline(transaction=False)
     for state_key, segment_key in pairs:
-        pipe.delete(state_key)
-        pipe.getdel(segment_key)
+        # ClusterPipeline refuses eval(); the queued command is routed by its keys all the same.
+        pipe.execute_command("EVAL", _ERASE_USER, 2, state_key, segment_key)
     replies = pipe.execute()
-    states = [int(n) for n in replies[0::2]]
-    records = [int(raw is not None) for raw in replies[1::2]]
-    for segment_id, delta in _sizes_left(replies[1::2]).items():
+    states = [int(deleted) for deleted, _ in replies]
+    taken: list[bytes | None] = [record or None for _, record in replies]
+    records = [int(raw is not None) for raw in taken]
+    for segment_id, delta in _sizes_left(taken).items():
         pipe.hincrby(keys.segment_sizes, str(segment_id), delta)
     forgotten = _forgotten(states, records)
     if forgotten:

@@ -207,9 +207,10 @@ def test_forget_on_a_redis_cluster_takes_each_user_from_the_segment_deleted(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The cluster path (GETDEL: each record read by the command that deletes it) erases
-    users whose keys lie on several masters and takes each from their segment's size. It
-    does not stage the race the GETDEL closes (a batch between a read and a delete)."""
+    """The cluster path (one script per user deletes state and record and returns the
+    record) erases users whose keys lie on several masters and takes each from their
+    segment's size. It does not stage the race the script closes (a batch between a read
+    and a delete)."""
     cluster: RedisCluster = RedisCluster.from_url(redis_cluster_url)
     namespace = f"f-{uuid.uuid4().hex[:8]}"
     keys = KeyLayout(namespace)
