@@ -122,6 +122,21 @@ Examples:
   cut -d, -f1 users.csv | streamseg lookup - > segments.jsonl   # many users, 5,000 per round trip
 """
 
+_AUDIENCE_EPILOG = """\
+Writes the stored segment record of every user of the namespace as JSON lines on stdout (the
+record of the README's "Reading segments"), or only of the users whose record names one of
+the --segment ids or --tier values given: the bulk export a CDP, a campaign tool or a
+warehouse loads. A SCAN of the namespace (every master on a Redis Cluster), 1,000 records per
+round trip; no point-in-time snapshot (a user moved meanwhile is written as found, and SCAN
+can return a key twice while Redis resizes). A summary goes to stderr; exit status 2 when
+nothing was ever written in the namespace.
+
+Examples:
+  streamseg audience > everyone.jsonl
+  streamseg audience --segment 3 --segment 5 > campaign.jsonl
+  streamseg audience --tier 1 --live | jq -r .user_id > champions.txt
+"""
+
 _DEAD_LETTERS_EPILOG = """\
 Reads kafka.dead_letter_topic from its oldest record to its end (no consumer group, nothing
 committed) and prints, per reason, how many there are, the first and last one's source
@@ -357,6 +372,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--live",
         action="store_true",
         help="read the namespace the live pointer names (after a promote), not redis.namespace",
+    )
+
+    audience = _command(
+        commands,
+        "audience",
+        "consumer.audience:audience_command",
+        "write the segment records of every user, or of some segments or tiers, as JSON lines",
+        _AUDIENCE_EPILOG,
+    )
+    audience.add_argument(
+        "--segment",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="only users whose record names this segment id (repeatable)",
+    )
+    audience.add_argument(
+        "--tier",
+        type=int,
+        action="append",
+        metavar="N",
+        help="only users whose record names this value tier, 1 = best (repeatable)",
+    )
+    audience.add_argument(
+        "--live",
+        action="store_true",
+        help="read the namespace the live pointer names (after a promote), not redis.namespace",
+    )
+    audience.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
     )
 
     explain = _command(

@@ -87,6 +87,11 @@ class KeyLayout:
         """SCAN pattern matching every user's state key of this namespace."""
         return f"{self.namespace}:{{*}}:state"
 
+    @property
+    def segment_pattern(self) -> str:
+        """SCAN pattern matching every user's segment record key of this namespace."""
+        return f"{self.namespace}:{{*}}:seg"
+
     def user_from_state_key(self, key: str) -> str:
         """The user id a state key belongs to (inverse of `state`)."""
         tag = key[len(self.namespace) + 2 : -len("}:state")]
