@@ -345,14 +345,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="exit 1 (naming each on stderr) when no consumer has a fresh heartbeat, no "
-        "trainer holds the lease, no model is published, or a partition lags more than "
-        "--max-lag: for cron jobs and probes",
+        "trainer holds the lease, no model is published, or a limit below is passed: for "
+        "cron jobs and probes",
     )
     status.add_argument(
         "--max-lag",
         type=_non_negative_int,
         metavar="N",
         help="with --check: the most records a partition may lag (default: lag not checked)",
+    )
+    status.add_argument(
+        "--max-model-age",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="with --check: the oldest the current model may be (default: not checked); a "
+        "trainer waiting for trainer.update_rows new rows publishes nothing",
+    )
+    status.add_argument(
+        "--max-event-lag",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="with --check: how far the event clock (latest event time applied) may trail "
+        "the wall clock (default: not checked; a live stream's event-time lag)",
     )
 
     lookup = _command(

@@ -148,6 +148,12 @@ class PipelineMetrics:
             "Unix time the last batch was written to Redis (0 = none yet).",
             registry=r,
         )
+        self.watermark = Gauge(
+            "streamseg_watermark_timestamp_seconds",
+            "The stream's event clock: the latest event time applied (Unix time; 0 = none "
+            "yet). Wall time minus it is the event-time lag of a live stream.",
+            registry=r,
+        )
         self.segment_size = Gauge(
             "streamseg_segment_users",
             "Users whose record names the segment (from Redis, every few seconds).",

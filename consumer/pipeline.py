@@ -440,6 +440,8 @@ class SegmentPipeline:
         )
         self.heartbeat.last_batch_at = written_at_ms / 1000.0
         self.metrics.last_batch.set(written_at_ms / 1000.0)
+        if self.watermark > 0:
+            self.metrics.watermark.set(self.watermark / 1000.0)
 
     def _beat(self) -> None:
         """The consumer heartbeat in Redis and the segment-size gauges (every few seconds)."""

@@ -31,9 +31,10 @@ from consumer.metrics import PipelineMetrics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
+from consumer.segment_record import iso_ms
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
-from consumer.trainer import lease_holder
+from consumer.trainer import ROWS_COUNTER_METRIC, lease_holder
 from consumer.unknown_namespace import refuse_an_unknown_namespace
 
 if TYPE_CHECKING:
@@ -184,11 +185,22 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
     consumers = _read_heartbeats(client, keys)
     heartbeat_seconds = settings.observability.heartbeat_seconds
     lease = cast(bytes | None, client.get(keys.trainer_lease))
+    watermark_ms = store.read_watermark()
+    rows_then = model.metrics.extra.get(ROWS_COUNTER_METRIC) if model else None
     return {
         "namespace": keys.namespace,
         "live_namespace": _live_namespace_if_readable(client, keys.namespace),
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
+        "model_age_seconds": time.time() - model.created_at.timestamp() if model else None,
+        # Rows the pipeline pushed since the current model's were read: what an update
+        # waits for (trainer.update_rows).
+        "training_rows_since_model": (
+            max(0, counters.get("training_rows", 0) - int(rows_then))
+            if rows_then is not None
+            else None
+        ),
+        "watermark": watermark_ms / 1000.0 if watermark_ms is not None else None,
         "trainer_active": lease is not None,
         "trainer": lease_holder(lease),
         "segments": segments,
@@ -327,9 +339,21 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         + ("" if live == status["namespace"] else f" (the live pointer names {live})"),
         "model          "
         + (
-            f"v{version} (created {status['model_created_at']})"
+            f"v{version} (created {status['model_created_at']}"
+            + (
+                f"; {status['training_rows_since_model']:,} training rows pushed since)"
+                if status.get("training_rows_since_model") is not None
+                else ")"
+            )
             if version
             else "none (cold start: waiting for the trainer)"
+        ),
+        "event clock    "
+        + (
+            f"{iso_ms(status['watermark'] * 1000)} (the latest event time applied; "
+            f"{_age(now - status['watermark'])} behind the wall clock)"
+            if status.get("watermark") is not None
+            else "none (no event applied yet)"
         ),
         "trainer        "
         + (
@@ -409,16 +433,42 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
         print(render_status(status), flush=True)  # before the error line, on a terminal too
     if status["kafka_error"]:
         return report_failure(args, status["kafka_error"])
-    if args.check and (failed := check_failures(status, max_lag=args.max_lag)):
+    if args.check and (
+        failed := check_failures(
+            status,
+            max_lag=args.max_lag,
+            max_model_age=args.max_model_age,
+            max_event_lag=args.max_event_lag,
+        )
+    ):
         for failure in failed:
             print(f"check failed: {failure}", file=sys.stderr)
         return 1
     return 0
 
 
-def check_failures(status: Mapping[str, Any], *, max_lag: int | None = None) -> list[str]:
+def _age(seconds: float) -> str:
+    """A duration as people say it: 40 s, 12 min, 5.2 h, 3.1 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:,.1f} days"
+
+
+def check_failures(
+    status: Mapping[str, Any],
+    *,
+    max_lag: int | None = None,
+    max_model_age: float | None = None,
+    max_event_lag: float | None = None,
+) -> list[str]:
     """What ``status --check`` fails on: no consumer with a fresh heartbeat, no trainer
-    holding the lease, no model, a partition lagging more than ``max_lag`` records."""
+    holding the lease, no model, a partition lagging more than ``max_lag`` records, a model
+    older than ``max_model_age`` seconds, an event clock more than ``max_event_lag`` seconds
+    behind the wall clock."""
     failed = []
     fresh = set(status["consumers"]) - set(status["stale_consumers"])
     if not fresh:
@@ -427,6 +477,22 @@ def check_failures(status: Mapping[str, Any], *, max_lag: int | None = None) -> 
         failed.append("no trainer holds the lease (the model is not kept fresh)")
     if not status["model_version"]:
         failed.append("no model published yet (cold start)")
+    age = status.get("model_age_seconds")
+    if max_model_age is not None and age is not None and age > max_model_age:
+        failed.append(
+            f"model v{status['model_version']} is {_age(age)} old (> --max-model-age "
+            f"{max_model_age:g} s): {status.get('training_rows_since_model') or 0:,} training "
+            "rows pushed since, is the trainer waiting for trainer.update_rows?"
+        )
+    clock = status.get("watermark")
+    if max_event_lag is not None:
+        if clock is None:
+            failed.append("no event applied yet (no event clock)")
+        elif time.time() - clock > max_event_lag:
+            failed.append(
+                f"the event clock is {_age(time.time() - clock)} behind the wall clock "
+                f"(> --max-event-lag {max_event_lag:g} s)"
+            )
     for row in status.get("lag") or []:
         if max_lag is not None and row["lag"] > max_lag:
             failed.append(

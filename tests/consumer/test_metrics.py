@@ -25,6 +25,7 @@ from consumer.metrics import PipelineMetrics, TrainerMetrics, consumer_lag_from_
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
+from consumer.segment_record import iso_ms
 from consumer.settings import TrainerSettings
 from consumer.status import deployment_status, render_status
 from consumer.trainer import Trainer
@@ -123,6 +124,8 @@ def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
         assert m[("streamseg_produce_to_segment_seconds_count", ())] >= batches
         assert m[("streamseg_assigned_partitions", ())] == 2
         assert m[("streamseg_model_version", ())] == 0  # cold start
+        latest_applied = max(e["ts"] for e in good) / 1000.0
+        assert m[("streamseg_watermark_timestamp_seconds", ())] == latest_applied
         served = (("events_topic", topic), ("group_id", f"g-{topic}"), ("namespace", namespace))
         assert m[("streamseg_info", served)] == 1
         assert m[("streamseg_redis_errors_total", ())] == 0
@@ -167,8 +170,10 @@ def test_scraped_counters_agree_with_the_stream_and_readyz_follows_assignment(
         ]
         assert sum(r["high_watermark"] for r in status["lag"]) == total
         assert status["model_version"] is None
+        assert status["watermark"] == latest_applied
         text = render_status(status)
         assert "cold start" in text and f"{topic}[1]" in text
+        assert f"event clock    {iso_ms(latest_applied * 1000)} (the latest event time" in text
     finally:
         pipeline.close()
         server.stop()

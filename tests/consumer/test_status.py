@@ -188,6 +188,49 @@ def test_check_names_each_failure_an_on_call_person_acts_on() -> None:
     ]
 
 
+def test_check_can_require_a_fresh_model_and_a_close_event_clock() -> None:
+    now = time.time()
+    beat = {"host": "vm", "pid": 1, "partitions": ["events[0]"], "seen_at": now}
+    ok = {"consumers": {"m1": beat}, "stale_consumers": []}
+    fresh = status_of(**ok, model_age_seconds=60.0, watermark=now - 30)
+    assert check_failures(fresh, max_model_age=3600, max_event_lag=300) == []
+    stale = status_of(
+        **ok, model_age_seconds=7200.0, training_rows_since_model=1532, watermark=now - 90_000
+    )
+    assert check_failures(stale, max_model_age=3600, max_event_lag=300) == [
+        "model v2 is 2.0 h old (> --max-model-age 3600 s): 1,532 training rows pushed since, "
+        "is the trainer waiting for trainer.update_rows?",
+        "the event clock is 25.0 h behind the wall clock (> --max-event-lag 300 s)",
+    ]
+    assert check_failures(stale) == []  # neither limit asked for
+    assert check_failures(status_of(**ok, watermark=None), max_event_lag=300) == [
+        "no event applied yet (no event clock)"
+    ]
+
+
+def test_status_tells_how_many_rows_an_update_has_and_how_far_the_clock_trails(
+    two_model_versions: str, redis_client: redis.Redis, redis_url: str
+) -> None:
+    from consumer.model_store import ModelStore
+    from consumer.state_store import StateStore
+    from consumer.trainer import ROWS_COUNTER_METRIC
+
+    keys = KeyLayout(two_model_versions)
+    settings = settings_for("127.0.0.1:1", redis_url, "unused", two_model_versions)
+    redis_client.hincrby(keys.counters, "training_rows", 37)  # rows since the model's
+    status = _redis_status(settings, redis_client)
+    model = ModelStore(redis_client, keys).load_current()
+    assert model is not None
+    pushed = StateStore(redis_client, keys).read_counters()["training_rows"]
+    then = int(model.metrics.extra[ROWS_COUNTER_METRIC])
+    assert status["training_rows_since_model"] == pushed - then >= 37
+    assert 0 <= status["model_age_seconds"] < 3600
+    clock = StateStore(redis_client, keys).read_watermark()
+    assert clock is not None and status["watermark"] == clock / 1000.0
+    text = render_status({**status, "lag": []})
+    assert "training rows pushed since)" in text and "behind the wall clock" in text
+
+
 def test_status_names_the_trainer_and_the_dead_letter_share(
     redis_url: str, redis_client: redis.Redis, namespace: str
 ) -> None:
