@@ -145,7 +145,8 @@ to kafka.events_topic, to the partition they came from, with their original key,
 headers, plus streamseg.resent_from = <topic>[partition]@offset: worth it once a setting
 that refused them changed (pipeline.max_event_ahead_seconds for ts_out_of_range,
 pipeline.max_payload_bytes for oversize). A dead letter cut to fit is not sent; one still
-bad is dead-lettered again; sending twice sends twice.
+bad is dead-lettered again; sending twice sends twice. --resend alone selects those two
+reasons; naming another with --reason needs --force (no setting changes its verdict).
 
 Examples:
   streamseg dead-letters
@@ -710,7 +711,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resend",
         action="store_true",
         help="send the selected records back to kafka.events_topic (after fixing the "
-        "setting that refused them)",
+        "setting that refused them); only ts_out_of_range and oversize, which a setting "
+        "decides, unless --force",
+    )
+    dead.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resend: also send reasons no setting decides (after an upgrade that "
+        "reads them; else they are dead-lettered again)",
     )
 
     report = _command(

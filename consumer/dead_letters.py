@@ -217,11 +217,32 @@ class DeadLetterPass:
         return lines
 
 
+#: The reasons a setting decides, and the setting: what a --resend can be worth.
+SETTLED_BY_SETTING = {
+    "ts_out_of_range": "pipeline.max_event_ahead_seconds",
+    "oversize": "pipeline.max_payload_bytes",
+}
+
+
 def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg dead-letters [--reason R]... [--examples N] [--resend]``."""
+    """``streamseg dead-letters [--reason R]... [--examples N] [--resend [--force]]``.
+
+    ``--resend`` sends only reasons a setting decides (`SETTLED_BY_SETTING`): without
+    ``--reason`` it selects those, and another reason named needs ``--force`` (a review sent
+    543 empty records back, and every one was dead-lettered again)."""
     kafka = settings.kafka
-    outputs = OutputTopics(kafka) if args.resend else None
     reasons = set(args.reason) if args.reason else None
+    if args.resend and not args.force:
+        if reasons is None:
+            reasons = set(SETTLED_BY_SETTING)
+        elif unsettled := sorted(reasons - SETTLED_BY_SETTING.keys()):
+            raise ConfigError(
+                f"--resend of {', '.join(unsettled)}: no setting changes how the consumer "
+                "judges them, so they would be dead-lettered again (only "
+                + ", ".join(f"{r} ({s})" for r, s in SETTLED_BY_SETTING.items())
+                + " are); add --force to send them anyway, e.g. after an upgrade that reads them"
+            )
+    outputs = OutputTopics(kafka) if args.resend else None
     dead = DeadLetterPass(kafka, reasons, args.examples, outputs)
     for message in read_dead_letters(kafka):
         dead.add(message)

@@ -78,9 +78,14 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     assert re.search(rf"    first: {re.escape(topic)}\[1\]@\d+: ts=", out), out
     assert "    e.g. " in out and "'{not json'" in out
 
-    assert main(["dead-letters", "--reason", "ts_out_of_range", "--resend", "--examples", "0"]) == 0
+    # What no setting decides is not sent back unless forced: it would come straight back.
+    assert main(["dead-letters", "--reason", "not_json", "--resend"]) == 2
+    assert "--resend of not_json: no setting changes how the consumer judges them" in (
+        capsys.readouterr().err
+    )
+    assert main(["dead-letters", "--resend", "--examples", "0"]) == 0  # settled ones only
     out = capsys.readouterr().out
-    assert "8 dead letters" in out and "(10 in all)" in out
+    assert "8 dead letters" in out and "of reasons oversize, ts_out_of_range (10 in all)" in out
     assert f"sent 8 back to {topic!r} (ts_out_of_range 8)" in out
     everything = read_topic(kafka_bootstrap, topic, len(valid) + len(garbage) + 2 * len(ahead))
 
