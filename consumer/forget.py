@@ -209,6 +209,23 @@ def _segments_topics(settings: Settings, namespaces: Sequence[str]) -> list[str]
     return [t for t in wanted if t == kafka.segments_topic or t in existing.topics]
 
 
+def namespaces_holding(client: RedisClient, user_ids: Sequence[str], exclude: str) -> list[str]:
+    """The known namespaces other than ``exclude`` where any of ``user_ids`` has a state or a
+    record (one EXISTS per namespace, per chunk of ids)."""
+    holding = []
+    for ns in namespace_names(client, exclude):
+        if ns == exclude:
+            continue
+        layout = KeyLayout(ns)
+        for start in range(0, len(user_ids), _CHUNK):
+            pairs = layout.state_and_segment(user_ids[start : start + _CHUNK])
+            # On a cluster redis-py splits a multi-key EXISTS per slot.
+            if client.exists(*(key for pair in pairs for key in pair)):
+                holding.append(ns)
+                break
+    return holding
+
+
 def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg forget USER_ID... | -``."""
     client = settings.redis.connect()
@@ -253,6 +270,13 @@ def forget_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{sent:,} tombstones sent to {', '.join(map(repr, topics))} (compacted: Kafka drops "
             "the users' change events there at its next compaction)"
         )
+    if not args.all_namespaces and erased:
+        elsewhere = namespaces_holding(client, erased, exclude=configured)
+        if elsewhere:
+            print(
+                f"still held in other namespaces: {', '.join(elsewhere)} (replays or earlier "
+                "deployments): run again with --all-namespaces to erase them there too"
+            )
     print(
         f"not erased here: the users' events on {settings.kafka.events_topic!r} (its retention "
         f"or your source; a replay of them brings the users back) and on the dead-letter "

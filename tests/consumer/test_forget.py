@@ -115,13 +115,22 @@ def test_forget_all_namespaces_reaches_replays_too(
             redis_client.hset(keys.segment_sizes, "3", 10)
         point_cli_at_servers(monkeypatch, kafka_bootstrap, redis_url)
         monkeypatch.setenv("STREAMSEG_KAFKA__SEGMENTS_TOPIC", segments)
+        # Without --all-namespaces: erased here, and the copy elsewhere is named.
+        assert main(["--namespace", namespace, "forget", "--no-tombstones", "u1"]) == 0
+        out = capsys.readouterr().out
+        assert f"namespace {namespace}: deleted 1 states, 1 segment records" in out
+        assert f"still held in other namespaces: {shadow} (replays" in out
         assert main(["--namespace", namespace, "forget", "--all-namespaces", "u1"]) == 0
         out = capsys.readouterr().out
+        assert f"namespace {namespace}: deleted 0 states, 0 segment records" in out
+        assert f"namespace {shadow}: deleted 1 states, 1 segment records" in out
         for ns in (namespace, shadow):
             keys = KeyLayout(ns)
-            assert f"namespace {ns}: deleted 1 states, 1 segment records" in out
             assert redis_client.exists(keys.segment("u1"), keys.state("u1")) == 0
             assert redis_client.hget(keys.segment_sizes, "3") == b"9"
+        assert "still held" not in out
+        assert main(["--namespace", namespace, "forget", "--no-tombstones", "u1"]) == 0
+        assert "still held" not in capsys.readouterr().out  # gone everywhere now
         assert f"2 tombstones sent to {segments!r}, {replay_segments!r}" in out
         for topic in (segments, replay_segments):
             [tombstone] = read_topic(kafka_bootstrap, topic, 1)
