@@ -58,6 +58,7 @@ from consumer.outputs import OutputTopics
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.run import freeze_start_up_heap
+from consumer.segment_record import iso_ms
 from consumer.settings import RedisClient, RedisSettings, Settings, TrainerSettings
 from consumer.snapshot import ALL_USERS, Snapshot, read_snapshot
 from consumer.state_store import BatchWrite, StateStore
@@ -300,6 +301,9 @@ def replay(
     planner = create_consumer(shadow.kafka)
     try:
         ranges = plan_ranges(planner, topic, from_ms, to_ms)
+        lows = [
+            planner.get_watermark_offsets(TopicPartition(topic, r.partition))[0] for r in ranges
+        ]
         committed = _committed(planner, [TopicPartition(topic, r.partition) for r in ranges])
     finally:
         planner.close()
@@ -308,6 +312,14 @@ def replay(
             f"{topic} holds no record in the range asked: nothing to replay (--from and --to "
             "are Kafka record times, when records were produced unless the producer set them, "
             "not the events' ts; --from earliest takes the whole topic)"
+        )
+    if from_ms is not None and all(r.start == low for r, low in zip(ranges, lows, strict=True)):
+        log.warning(
+            "--from %s is before every record of %s: the whole topic is replayed (--from and "
+            "--to select by Kafka record time, when records were produced unless the producer "
+            "set them, not by the events' ts: a backfill produced today is all from today)",
+            iso_ms(from_ms),
+            topic,
         )
     # Only now: a replay refused above leaves no empty namespace in `streamseg namespaces`.
     register_namespace(client, name, pointer)

@@ -695,9 +695,10 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
         if server is not None:
             server.stop()
         log.info(
-            "trainer stopped after %.1f s: published %d model versions%s",
+            "trainer stopped after %.1f s: published %d model version%s%s",
             time.monotonic() - started,
             len(published),
+            "" if len(published) == 1 else "s",
             f" (v{published[0]}-v{published[-1]})" if published else "",
         )
     return status

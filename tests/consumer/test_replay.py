@@ -490,6 +490,30 @@ def test_the_progress_bar_and_the_summary_state_one_rate(
     assert "events/s" not in err
 
 
+def test_a_from_before_every_record_says_the_whole_topic_is_replayed(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--from selects by Kafka record time: a review asked for March's events of a backfill
+    produced today and got the whole topic without a word."""
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, as_records(make_events(600, users=120, seed=3)))
+    point_cli_at(monkeypatch, kafka_bootstrap, redis_url, topic, namespace)
+    shadow = f"{namespace}-march"
+    try:
+        argv = ["replay", "--from", "2024-03-01", "--namespace-out", shadow, "--no-progress"]
+        assert main(argv) == 0
+    finally:
+        redis_client.srem(PointerKeys().registry, shadow)
+    err = capsys.readouterr().err
+    assert f"--from 2024-03-01T00:00:00.000Z is before every record of {topic}: the whole " in err
+
+
 def _thread_niceness(pid: int) -> list[int]:
     """The niceness of every thread of process ``pid``, from Linux's /proc."""
     values = []
