@@ -58,8 +58,9 @@ def wanted(record: bytes, segments: set[int], tiers: set[int]) -> bool:
         return False  # not a record of this service
     if not isinstance(fields, dict):
         return False
-    return (not segments or fields.get("segment_id") in segments) and (
-        not tiers or fields.get("tier") in tiers
+    segment, tier = fields.get("segment_id"), fields.get("tier")
+    return (not segments or (isinstance(segment, int) and segment in segments)) and (
+        not tiers or (isinstance(tier, int) and tier in tiers)
     )
 
 

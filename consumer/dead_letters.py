@@ -23,6 +23,7 @@ import argparse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import get_args
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -31,6 +32,7 @@ from consumer.kafka_clients import Headers, consumer_config, readable_headers
 from consumer.logs import librdkafka_log
 from consumer.outputs import OutputTopics
 from consumer.settings import KafkaSettings, Settings
+from model.events import RejectReason
 
 _CUT = ("streamseg.truncated_from_bytes", "streamseg.key_truncated_from_bytes")
 _HEADERS_GONE = ("streamseg.headers_dropped", "streamseg.headers_dropped_bytes")
@@ -232,6 +234,13 @@ def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
     543 empty records back, and every one was dead-lettered again)."""
     kafka = settings.kafka
     reasons = set(args.reason) if args.reason else None
+    if args.force and not args.resend:
+        raise ConfigError("--force goes with --resend (it lets --resend send any reason)")
+    if args.resend and (unknown := sorted((reasons or set()) - set(get_args(RejectReason)))):
+        raise ConfigError(
+            f"--reason {', '.join(unknown)}: no such reason (reasons: "
+            f"{', '.join(get_args(RejectReason))})"
+        )
     if args.resend and not args.force:
         if reasons is None:
             reasons = set(SETTLED_BY_SETTING)

@@ -52,8 +52,17 @@ class FeatureSettings:
         """The recorded settings; None for a value this service did not write."""
         try:
             data = orjson.loads(raw)
-            return cls(FeatureConfig(**data["features"]), float(data["allowed_lateness_seconds"]))
-        except (orjson.JSONDecodeError, pydantic.ValidationError, KeyError, TypeError, ValueError):
+            # Fields a newer release added are left out: this one computes without them.
+            known = {k: v for k, v in data["features"].items() if k in FeatureConfig.model_fields}
+            return cls(FeatureConfig(**known), float(data["allowed_lateness_seconds"]))
+        except (
+            orjson.JSONDecodeError,
+            pydantic.ValidationError,
+            AttributeError,
+            KeyError,
+            TypeError,
+            ValueError,
+        ):
             return None
 
     def differences(self, other: FeatureSettings) -> list[str]:

@@ -110,7 +110,7 @@ def _delete(
 
 
 # One user's state and record, deleted at once (a batch cannot write between the two), and
-# the record as it was: the segment whose size the user leaves. false (nil) reads as b"".
+# the record as it was: the segment whose size the user leaves (nil comes back as None).
 _ERASE_USER = """
 local record = redis.call('GETDEL', KEYS[2])
 return {redis.call('DEL', KEYS[1]), record}

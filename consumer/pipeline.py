@@ -174,6 +174,7 @@ class SegmentPipeline:
         self._name_in_metrics()
         self.heartbeat.keys = self.keys
         self.categories.forget_registered()  # the categories hash is per namespace
+        self._record_feature_settings()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,8 +209,11 @@ class SegmentPipeline:
             )
         if self.settings.pipeline.follow_live_namespace:
             self.model_watch.follow_live_namespace()
+        self._record_feature_settings()  # where it writes, after following the pointer
         self.refresh_model(force=True)
         self.watermark = self.store.read_watermark() or -np.inf
+        if self.watermark > 0:
+            self.metrics.watermark.set(self.watermark / 1000.0)
         log.info(
             "started: topic=%s group=%s namespace=%s model=%s",
             kafka.events_topic,
@@ -222,14 +226,23 @@ class SegmentPipeline:
         """Name this namespace in the registry that `streamseg namespaces` and the
         misspelt-namespace hint read (before, only replays did: a namespace that only a
         pipeline wrote was missing from both). A Redis user without the registry key (the
-        least-privilege ACL of the README) skips it. Also record the feature settings, for
-        `explain` (`consumer.feature_settings`)."""
+        least-privilege ACL of the README) skips it."""
         try:
             register_namespace(self.redis, self.keys.namespace)
-            record_feature_settings(self.redis, self.keys, FeatureSettings.of(self.settings))
         except redis.exceptions.NoPermissionError:
-            log.debug(
-                "namespace %s not registered (or its settings): no permission", self.keys.namespace
+            log.debug("not registering namespace %s: no permission", self.keys.namespace)
+
+    def _record_feature_settings(self) -> None:
+        """Record the feature settings in the namespace this process writes, for `explain`
+        (`consumer.feature_settings`): at start and at every switch of namespace."""
+        try:
+            record_feature_settings(self.redis, self.keys, FeatureSettings.of(self.settings))
+        except redis.exceptions.NoPermissionError as exc:
+            log.warning(
+                "could not record the feature settings in %s (%s): explain will compute with "
+                "its own",
+                self.keys.feature_settings,
+                exc,
             )
 
     def liveness(self) -> tuple[bool, dict[str, object]]:

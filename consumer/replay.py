@@ -190,6 +190,7 @@ def plan_ranges(
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise ConfigError(f"kafka.events_topic {topic!r}: no such topic to replay")
     ranges = []
+    starts_at_low = []
     for partition in sorted(metadata.partitions):
         low, high = consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=timeout
@@ -205,6 +206,16 @@ def plan_ranges(
         start = at(from_ms, low)
         stop = at(to_ms, high)
         ranges.append(PartitionRange(partition, start, max(start, stop)))
+        starts_at_low.append(start == low)
+    if from_ms is not None and all(starts_at_low):
+        log.warning(
+            "--from %s is before every record of %s: the replay starts at the topic's beginning "
+            "(--from and --to select by Kafka record time, when records were produced unless "
+            "the producer set them, not by the events' ts: a backfill produced today is all "
+            "from today)",
+            iso_ms(from_ms),
+            topic,
+        )
     return ranges
 
 
@@ -301,9 +312,6 @@ def replay(
     planner = create_consumer(shadow.kafka)
     try:
         ranges = plan_ranges(planner, topic, from_ms, to_ms)
-        lows = [
-            planner.get_watermark_offsets(TopicPartition(topic, r.partition))[0] for r in ranges
-        ]
         committed = _committed(planner, [TopicPartition(topic, r.partition) for r in ranges])
     finally:
         planner.close()
@@ -312,14 +320,6 @@ def replay(
             f"{topic} holds no record in the range asked: nothing to replay (--from and --to "
             "are Kafka record times, when records were produced unless the producer set them, "
             "not the events' ts; --from earliest takes the whole topic)"
-        )
-    if from_ms is not None and all(r.start == low for r, low in zip(ranges, lows, strict=True)):
-        log.warning(
-            "--from %s is before every record of %s: the whole topic is replayed (--from and "
-            "--to select by Kafka record time, when records were produced unless the producer "
-            "set them, not by the events' ts: a backfill produced today is all from today)",
-            iso_ms(from_ms),
-            topic,
         )
     # Only now: a replay refused above leaves no empty namespace in `streamseg namespaces`.
     register_namespace(client, name, pointer)

@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -28,7 +29,7 @@ from consumer.failures import report_failure
 from consumer.kafka_clients import consumer_config
 from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
-from consumer.model_store import ModelStore
+from consumer.model_store import ModelStore, imported_at
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.segment_record import iso_ms
@@ -192,7 +193,8 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
         "live_namespace": _live_namespace_if_readable(client, keys.namespace),
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
-        "model_age_seconds": time.time() - model.created_at.timestamp() if model else None,
+        # Since it became this deployment's: an import keeps its fit time as created_at.
+        "model_age_seconds": time.time() - _in_use_since(model).timestamp() if model else None,
         # Rows the pipeline pushed since the current model's were read: what an update
         # waits for (trainer.update_rows).
         "training_rows_since_model": (
@@ -351,7 +353,7 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         "event clock    "
         + (
             f"{iso_ms(status['watermark'] * 1000)} (the latest event time applied; "
-            f"{_age(now - status['watermark'])} behind the wall clock)"
+            f"{_behind(now - status['watermark'])})"
             if status.get("watermark") is not None
             else "none (no event applied yet)"
         ),
@@ -447,6 +449,18 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _in_use_since(model: SegmentModel) -> datetime:
+    """When a model was fitted, or imported when it was."""
+    return imported_at(model) or model.created_at
+
+
+def _behind(seconds: float) -> str:
+    """How the event clock stands to the wall clock (events may be stamped a little ahead)."""
+    if seconds < 0:
+        return f"{_age(-seconds)} ahead of the wall clock"
+    return f"{_age(seconds)} behind the wall clock"
+
+
 def _age(seconds: float) -> str:
     """A duration as people say it: 40 s, 12 min, 5.2 h, 3.1 days."""
     if seconds < 120:
@@ -479,10 +493,11 @@ def check_failures(
         failed.append("no model published yet (cold start)")
     age = status.get("model_age_seconds")
     if max_model_age is not None and age is not None and age > max_model_age:
+        since = status.get("training_rows_since_model")
+        pushed = f"{since:,} training rows pushed since" if since is not None else "no count"
         failed.append(
             f"model v{status['model_version']} is {_age(age)} old (> --max-model-age "
-            f"{max_model_age:g} s): {status.get('training_rows_since_model') or 0:,} training "
-            "rows pushed since, is the trainer waiting for trainer.update_rows?"
+            f"{max_model_age:g} s): {pushed}, is the trainer waiting for trainer.update_rows?"
         )
     clock = status.get("watermark")
     if max_event_lag is not None:

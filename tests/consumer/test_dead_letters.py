@@ -83,6 +83,10 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     assert "--resend of not_json: no setting changes how the consumer judges them" in (
         capsys.readouterr().err
     )
+    assert main(["dead-letters", "--reason", "ts_out_of_rnage", "--resend"]) == 2
+    assert "--reason ts_out_of_rnage: no such reason" in capsys.readouterr().err
+    assert main(["dead-letters", "--force"]) == 2
+    assert "--force goes with --resend" in capsys.readouterr().err
     assert main(["dead-letters", "--resend", "--examples", "0"]) == 0  # settled ones only
     out = capsys.readouterr().out
     assert "8 dead letters" in out and "of reasons oversize, ts_out_of_range (10 in all)" in out

@@ -29,10 +29,15 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
 def test_what_another_service_wrote_there_is_no_record() -> None:
-    for raw in (b"", b"{}", b'{"features": {"views_half_life_days": -1}}', b"[1]", b"\xff"):
+    refused = b'{"features": {"views_half_life_days": -1}, "allowed_lateness_seconds": 60}'
+    for raw in (b"", b"{}", refused, b"[1]", b'{"features": [], "allowed_lateness_seconds": 1}'):
         assert FeatureSettings.from_json(raw) is None, raw
     own = FeatureSettings(FeatureConfig(views_half_life_days=3.5), 60.0)
     assert FeatureSettings.from_json(own.to_json()) == own
+    # A field a newer release added is left out, not the whole record.
+    newer = orjson.loads(own.to_json())
+    newer["features"]["wishlist_half_life_days"] = 7
+    assert FeatureSettings.from_json(orjson.dumps(newer)) == own
 
 
 def test_explain_decays_with_the_settings_the_consumers_recorded(

@@ -245,3 +245,14 @@ def test_status_names_the_trainer_and_the_dead_letter_share(
     text = render_status({**status, "lag": []})
     assert f"trainer        active ({lease.holder()})" in text
     assert "(dead-lettered share of records)" in text and "1.50%" in text
+
+
+def test_the_clock_line_says_ahead_when_events_are_stamped_after_now() -> None:
+    now = time.time()
+    text = render_status(status_of(watermark=now + 3600, lag=[]), now=now)
+    assert "60 min ahead of the wall clock" in text and "behind" not in text
+    unknown = status_of(
+        model_age_seconds=7200.0, training_rows_since_model=None, stale_consumers=[]
+    )
+    [failure] = [f for f in check_failures(unknown, max_model_age=60) if f.startswith("model")]
+    assert "no count" in failure and "0 training rows" not in failure
