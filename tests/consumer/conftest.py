@@ -38,6 +38,9 @@ def two_model_versions(
         trainer = Trainer(redis_client, KeyLayout(namespace), settings.trainer)
         trainer.resume()
         assert trainer.step() is not None
+        # Take v1 up now, as the next model poll would: otherwise the rest can be applied
+        # before that poll, in cold start, and no segment changes (CI saw it once).
+        pipeline.refresh_model(force=True)
         produce(kafka_bootstrap, topic, as_records(events[2500:]))
         pipeline.run(max_records=len(events) + len(malformed), idle_exit_seconds=20)
         assert trainer.step() is not None
