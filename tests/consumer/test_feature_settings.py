@@ -94,3 +94,28 @@ def test_explain_decays_with_the_settings_the_consumers_recorded(
         caplog.text
     )
     assert recorded_feature_settings(redis_client, keys) == FeatureSettings(FeatureConfig(), 3600)
+
+
+def test_a_pipeline_records_its_settings_in_the_namespace_it_moves_to(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    new_topic: Callable[..., str],
+    namespace: str,
+) -> None:
+    """A consumer following the live pointer writes the namespace it moved to: its settings
+    were recorded only under the configured one."""
+    overrides = {"features.views_half_life_days": 5.0}
+    settings = settings_for(kafka_bootstrap, redis_url, new_topic(), namespace, **overrides)
+    moved_to = f"{namespace}-promoted"
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    expected = FeatureSettings(FeatureConfig(views_half_life_days=5.0), 3600.0)
+    try:
+        assert recorded_feature_settings(redis_client, KeyLayout(moved_to)) is None
+        pipeline.switch_namespace(moved_to)
+        assert recorded_feature_settings(redis_client, KeyLayout(namespace)) == expected
+        assert recorded_feature_settings(redis_client, KeyLayout(moved_to)) == expected
+    finally:
+        pipeline.close()
+        redis_client.delete(KeyLayout(moved_to).feature_settings)
