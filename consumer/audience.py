@@ -10,6 +10,7 @@ resizes its table during the scan (dedupe on ``user_id`` where that matters).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -76,7 +77,7 @@ def audience_command(args: argparse.Namespace, settings: Settings) -> int:
     scanned = written = 0
     out = sys.stdout.buffer
     with _bar(show) as bar:
-        task = bar.add_task("audience", total=expected or None) if bar else None
+        task = bar.add_task("audience", total=expected or None) if bar is not None else None
         for chunk in record_keys(client, keys):
             records = [r for r in read_values(client, chunk) if r is not None]
             lines = [r for r in records if wanted(r, segments, tiers)]
@@ -103,19 +104,11 @@ def _filters(segments: set[int], tiers: set[int]) -> str:
     return f" ({' and '.join(said)})" if said else ""
 
 
-class _NoBar:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _bar(enabled: bool) -> Progress | _NoBar:
+def _bar(enabled: bool) -> Progress | contextlib.nullcontext[None]:
     """Users read of those the segment sizes count (cold-start users aside), and the time
     left at the recent pace."""
     if not enabled:
-        return _NoBar()
+        return contextlib.nullcontext()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

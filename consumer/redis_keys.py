@@ -155,7 +155,8 @@ class KeyLayout:
 
     @property
     def watermark(self) -> str:
-        """Largest event time seen (epoch ms), kept by the consumers."""
+        """The latest event time applied (epoch ms; sorted set, member ``max``), kept by the
+        consumers."""
         return f"{self.namespace}:watermark"
 
     @property

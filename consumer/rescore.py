@@ -2,7 +2,7 @@
 
 Every ``pipeline.rescore_interval_seconds`` of event time (and at most once per
 ``pipeline.rescore_min_wall_seconds`` of wall-clock time), a pipeline scores the users of its
-partitions again at the watermark (largest event time seen less
+partitions again at the watermark (latest event time applied less
 ``pipeline.allowed_lateness_seconds``), so decay and recency can move them into "lapsed" or
 "at risk" segments. A model that lacks a segment users hold makes a pass due at once. A pass
 is a SCAN over the namespace's state keys, one chunk per loop of the pipeline between batches,

@@ -54,7 +54,7 @@ def read_snapshot(
     """Read up to ``max_users`` users' state from the namespace of ``keys``.
 
     The sample is deterministic: the first ``max_users`` user ids in sorted order. Features are
-    derived at the namespace's watermark (epoch ms, the largest event time the consumers saw),
+    derived at the namespace's watermark (epoch ms, the latest event time the consumers applied),
     or at the largest ``last_ts_ms`` of the sample when no watermark is stored. State values of
     the wrong size (written by something else) are skipped.
     """

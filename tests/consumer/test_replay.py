@@ -490,7 +490,7 @@ def test_the_progress_bar_and_the_summary_state_one_rate(
     assert "events/s" not in err
 
 
-def test_a_from_before_every_record_says_the_whole_topic_is_replayed(
+def test_a_from_before_every_record_says_the_replay_starts_at_the_beginning(
     kafka_bootstrap: str,
     redis_url: str,
     new_topic: Callable[..., str],
