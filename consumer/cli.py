@@ -206,6 +206,8 @@ Examples:
   streamseg model rollback 7                     # a running trainer continues from v7
   streamseg model export model.json --version 7
   streamseg model import model.json              # published as the next version
+  streamseg model rename 3 "VIP"                 # kept through every later version
+  streamseg model rename 3 --rule                # the rules' name again
 """
 
 _REPLAY_EPILOG = """\
@@ -463,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "model",
         "consumer.model_store:model_command",
-        "list, show, roll back, export or import models",
+        "list, show, roll back, export or import models; rename a segment",
         _MODEL_EPILOG,
     )
     model_actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -508,6 +510,28 @@ def build_parser() -> argparse.ArgumentParser:
         "path",
         type=Path,
         help="a model JSON as `model export` writes it; checked before Redis is asked",
+    )
+
+    rename = _action(
+        model_actions,
+        "rename",
+        "choose a segment's name: published at once as the next version, and kept with the "
+        "segment id through every later version the trainer publishes",
+    )
+    rename.add_argument(
+        "segment", type=_non_negative_int, metavar="SEGMENT_ID", help="an id `model show` lists"
+    )
+    chosen = rename.add_mutually_exclusive_group(required=True)
+    chosen.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="the new name (1 to 200 characters, unique within the model; quote spaces)",
+    )
+    chosen.add_argument(
+        "--rule",
+        action="store_true",
+        help="give the segment its rule's name back (README: Names and tiers)",
     )
 
     generate = _command(

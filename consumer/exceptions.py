@@ -21,7 +21,7 @@ class LeaseLostError(StreamsegError):
 
 
 class ModelReplacedError(StreamsegError):
-    """The current model changed (a rollback or an import) while a trainer was fitting."""
+    """The current model changed (a rollback, an import or a rename) while a trainer was fitting."""
 
 
 __all__ = [

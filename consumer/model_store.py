@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -27,6 +27,13 @@ import redis
 
 from consumer.exceptions import ConfigError, LeaseLostError, ModelReplacedError
 from consumer.redis_keys import KeyLayout
+from consumer.segment_names import (
+    RENAMED_AT_METRIC,
+    checked_name,
+    read_chosen_names,
+    rename_segment,
+    rename_summary,
+)
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
 from consumer.unknown_namespace import refuse_if_nothing_written
@@ -171,6 +178,7 @@ class ModelStore:
         token: str | None = None,
         base_version: int | None = None,
         min_version: int = 1,
+        chosen_names: Mapping[int, str | None] | None = None,
     ) -> SegmentModel:
         """Publish ``model`` as the next version, atomically with the version choice.
 
@@ -178,10 +186,12 @@ class ModelStore:
         lease): a trainer that lost its lease during a long fit cannot publish, and two
         trainers can never publish the same version number. Raises `LeaseLostError`. With
         ``base_version`` (the version the model was built on, 0 = none), only while that
-        version is current: a rollback or an import during the fit wins. Raises
+        version is current: a rollback, an import or a rename during the fit wins. Raises
         `ModelReplacedError`. The version is at least ``min_version``: a trainer that
         published v5 in a namespace whose history Redis has since lost publishes v6, not a
-        second, different v1 that consumers still on v1 would never load.
+        second, different v1 that consumers still on v1 would never load. ``chosen_names``
+        (segment id -> name, None to drop) changes ``{<ns>:model}:names`` in the same
+        transaction (`consumer.segment_names`).
         """
         watched = [self.keys.model_versions, self.keys.model_version]
         watched += [lease_key] if lease_key else []
@@ -200,7 +210,7 @@ class ModelStore:
                         if current != base_version:
                             raise ModelReplacedError(
                                 f"model v{current} became current while v{base_version} was "
-                                "being updated (a rollback or an import)"
+                                "being updated (a rollback, an import or a rename)"
                             )
                     # After WATCH the pipeline runs commands at once (the stubs don't know).
                     newest = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, 0))
@@ -221,11 +231,21 @@ class ModelStore:
                     pruned = self._to_prune(pipe, version)
                     pipe.multi()
                     self._queue_publish(pipe, version, data, pruned)
+                    self._queue_chosen_names(pipe, chosen_names or {})
                     pipe.execute()
                     log.info("published model version %d (%d segments)", version, len(model.ids))
                     return model
                 except redis.WatchError:
                     continue  # another publish or a lease change came first: decide again
+
+    def _queue_chosen_names(self, pipe: Any, chosen: Mapping[int, str | None]) -> None:
+        """Queue the changes of operator-chosen names (None: back to the rule's name)."""
+        chosen_now = {str(i): name for i, name in chosen.items() if name is not None}
+        dropped = [str(i) for i, name in chosen.items() if name is None]
+        if chosen_now:
+            pipe.hset(self.keys.model_names, mapping=chosen_now)
+        if dropped:
+            pipe.hdel(self.keys.model_names, *dropped)
 
     def rollback(self, version: int) -> SegmentModel:
         """Make an earlier published version current again (atomically).
@@ -265,37 +285,53 @@ def _readable(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
+def renamed_at(model: SegmentModel) -> datetime | None:
+    """When ``model rename`` published ``model`` (UTC); None for any other version."""
+    ms = model.metrics.extra.get(RENAMED_AT_METRIC)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _notes(m: SegmentModel) -> str:
+    """``  imported <time>`` and ``  renamed <time>`` for the versions they apply to."""
+    notes = [("imported", imported_at(m)), ("renamed", renamed_at(m))]
+    return "".join(f"  {what} {_when(when)}" for what, when in notes if when is not None)
+
+
 def _listing_line(m: SegmentModel, current: int | None) -> str:
     """``model list``: one version, ``*`` = current."""
     mark = "*" if m.model_version == current else " "
-    line = (
+    return (
         f"{mark} v{m.model_version:<5} created {_when(m.created_at)}  K={len(m.ids)}  "
-        f"rows={m.metrics.n_rows:,}  inertia={_readable(m.metrics.inertia)}"
+        f"rows={m.metrics.n_rows:,}  inertia={_readable(m.metrics.inertia)}{_notes(m)}"
     )
-    imported = imported_at(m)
-    return line if imported is None else f"{line}  imported {_when(imported)}"
 
 
-def _model_table(m: SegmentModel) -> str:
+def _model_table(m: SegmentModel, chosen: Mapping[int, str]) -> str:
     """``model show``: one row per segment in tier order, profiles in business units
-    (means over the rows the model was trained on; money in currency units). Top categories
-    per segment need the users' states: ``streamseg report``."""
-    imported = imported_at(m)
+    (means over the rows the model was trained on; money in currency units); a name an
+    operator chose (``chosen``, from `model rename`) is marked. Top categories per segment
+    need the users' states: ``streamseg report``."""
     lines = [
         f"model v{m.model_version} created {_when(m.created_at)}"
-        f"{'' if imported is None else f', imported {_when(imported)}'}; profiles over the "
+        f"{_notes(m).replace('  ', ', ')}; profiles over the "
         f"{m.metrics.n_rows:,} users of its last training batch (streamseg status: all users)",
         f"  {'id':>4} {'tier':>4}  {'name':<26} {'users':>8} {'share':>6} {'revenue':>10} "
         f"{'orders':>7} {'AOV':>8} {'recency d':>9} {'tenure d':>8} {'views':>7}",
     ]
+    marked = False
     for pos in sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p])):
         p = m.profiles[pos]
+        name = m.names[pos]
+        if chosen.get(m.ids[pos]) == name:
+            name, marked = f"{name} *", True
         lines.append(
-            f"  {m.ids[pos]:>4} {m.tiers[pos]:>4}  {m.names[pos]:<26} {p.size:>8,} "
+            f"  {m.ids[pos]:>4} {m.tiers[pos]:>4}  {name:<26} {p.size:>8,} "
             f"{p.share:>6.1%} {p.mean_net_revenue:>10,.2f} {p.mean_purchases:>7.2f} "
             f"{p.mean_avg_order_value:>8,.2f} {p.mean_recency_days:>9.1f} "
             f"{p.mean_tenure_days:>8.1f} {p.mean_views:>7.1f}"
         )
+    if marked:
+        lines.append("  * a name chosen with `streamseg model rename` (kept through refits)")
     return "\n".join(lines)
 
 
@@ -350,7 +386,7 @@ def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
 
 
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg model list|show|rollback|export|import``."""
+    """``streamseg model list|show|rollback|export|import|rename``."""
     imported: SegmentModel | None = None
     if args.action == "import":  # the file first: a bad one is named even if Redis is down
         try:
@@ -384,7 +420,14 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
             print("no model published yet (cold start)")
             return 1
-        print(_model_table(store.load(shown)))
+        print(_model_table(store.load(shown), read_chosen_names(client, store.keys)))
+        return 0
+    if args.action == "rename":
+        if current is None:
+            refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
+        name = None if args.rule else checked_name(args.name)
+        before_rename, after_rename = rename_segment(store, args.segment, name)
+        print(rename_summary(before_rename, after_rename, args.segment))
         return 0
     if args.action == "rollback":
         if args.version == current:

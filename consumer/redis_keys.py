@@ -120,6 +120,11 @@ class KeyLayout:
         return f"{self._model}:versions"
 
     @property
+    def model_names(self) -> str:
+        """Hash of segment names an operator chose: segment id -> name (`model rename`)."""
+        return f"{self._model}:names"
+
+    @property
     def trainer_lease(self) -> str:
         return f"{self._model}:trainer-lease"
 

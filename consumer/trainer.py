@@ -11,7 +11,8 @@ than once a period) does not over-weight the active users.
 
 1. Bootstrap: once ``trainer.bootstrap_rows`` rows are buffered, fit the preprocessing and
    k-means++ (10 restarts, as the offline reference) on each user's newest row (of at least
-   max(10 x n_clusters, 100) users); label the segments; publish version 1 (or the next).
+   max(10 x n_clusters, 100) users); label the segments (names operators chose with
+   ``model rename`` win, `consumer.segment_names`); publish version 1 (or the next).
 2. Update: every ``trainer.update_interval_seconds``, if at least ``trainer.update_rows`` new
    rows arrived, ``partial_fit`` on them (with forgetting: old weight halves every
    ``trainer.half_life_batches`` updates, or every ``trainer.half_life_periods`` training
@@ -41,6 +42,7 @@ carries the ``training_rows`` counter of that moment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -62,6 +64,7 @@ from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
+from consumer.segment_names import read_chosen_names
 from consumer.settings import (
     DEFAULT_METRICS_PORTS,
     REDIS_ERRORS,
@@ -73,7 +76,7 @@ from consumer.state_store import StateStore
 from consumer.training_rows import newest_row_per_user
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
-from model.labels import label_segments
+from model.labels import label_segments, with_chosen_names
 from model.model_format import SegmentModel
 from model.preprocessing import Preprocessor, remap_centers
 from model.quality import inertia, offline_inertia, polished_inertia
@@ -259,7 +262,7 @@ class Trainer:
         if model is None:
             return
         log.warning(
-            "model v%d is current, not v%s of this trainer (a rollback or an import)",
+            "model v%d is current, not v%s of this trainer (a rollback, an import or a rename)",
             model.model_version,
             mine,
         )
@@ -462,7 +465,7 @@ class Trainer:
         return self._publish(X, Z)
 
     def _publish(self, X: np.ndarray, Z: np.ndarray) -> SegmentModel | None:
-        """Label and publish the fitted model; None when a rollback or an import made
+        """Label and publish the fitted model; None when a rollback, an import or a rename made
         another version current meanwhile (the next step continues from that one)."""
         assert self.segmenter is not None and self.preprocessor is not None
         positions = self.segmenter.predict(Z)
@@ -479,6 +482,10 @@ class Trainer:
             FEATURE_NAMES,
             previous_names=[before.get(i) for i in self.segmenter.ids_.tolist()],
         )
+        chosen = read_chosen_names(self.client, self.keys)  # `streamseg model rename`
+        if chosen:
+            names = with_chosen_names(labels.names, self.segmenter.ids_.tolist(), chosen)
+            labels = dataclasses.replace(labels, names=names)
         model = SegmentModel.from_fitted(
             self.segmenter,
             self.preprocessor,

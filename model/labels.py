@@ -57,12 +57,16 @@ that name in the previous model (same segment id, same rule) keeps it, suffix in
 others, in tier order (then position), take the plain name if no segment holds it, else the
 smallest free " (2)", " (3)", ... Without a previous model: the first keeps the name, the next
 ones get " (2)", " (3)", ... A name only one segment gets is plain.
+
+An operator may choose a segment's name instead (`streamseg model rename`). The chosen name
+stays with that segment id in every later model (`with_chosen_names`); a rule's name equal to
+a chosen one takes the smallest free suffix.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -334,6 +338,53 @@ def deduplicate_names(
             out[pos] = name
             taken.add(name)
     return [name for name in out if name is not None]
+
+
+def unique_names(names: Sequence[str], fixed: Collection[int]) -> list[str]:
+    """``names`` made unique around the positions in ``fixed``, which keep theirs.
+
+    Every other position whose name is already held (by a fixed position, or by an earlier
+    position in order) takes the smallest free " (2)", " (3)", ... of its name's base (the
+    name without such a suffix). Raises ValueError when two fixed positions share a name.
+    """
+    out = list(names)
+    held = [out[p] for p in sorted(fixed)]
+    if len(set(held)) != len(held):
+        raise ValueError(f"fixed names must be unique, got {held}")
+    taken = set(held)
+    free = [p for p in range(len(out)) if p not in fixed]
+    clashing = []
+    for pos in free:
+        if out[pos] in taken:
+            clashing.append(pos)
+        else:
+            taken.add(out[pos])
+    for pos in clashing:
+        suffixed = _SUFFIX.match(out[pos])
+        base = suffixed.group("base") if suffixed else out[pos]
+        n = 2
+        while f"{base} ({n})" in taken:
+            n += 1
+        out[pos] = f"{base} ({n})"
+        taken.add(out[pos])
+    return out
+
+
+def with_chosen_names(
+    names: Sequence[str], ids: Sequence[int], chosen: Mapping[int, str]
+) -> list[str]:
+    """``names`` (by position, of segments ``ids``) with the names an operator chose for some
+    ids (`streamseg model rename`). A chosen name wins: another segment whose name equals one
+    takes a suffix (`unique_names`). Chosen names of ids not in ``ids`` are left out (an id is
+    never reused, so a segment that is gone keeps its name for when it is read in history).
+    """
+    out = list(names)
+    fixed = []
+    for pos, segment_id in enumerate(ids):
+        if segment_id in chosen:
+            out[pos] = chosen[segment_id]
+            fixed.append(pos)
+    return unique_names(out, fixed)
 
 
 def name_segments(

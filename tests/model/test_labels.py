@@ -11,9 +11,11 @@ from model.labels import (
     label_segments,
     name_segments,
     profile_segments,
+    unique_names,
     value_order,
     value_scores,
     value_tiers,
+    with_chosen_names,
 )
 
 # The model's columns, in order (model/features.py owns the real list).
@@ -250,3 +252,58 @@ def test_rounding_noise_is_a_value_score_of_zero() -> None:
     of 5.9e-16 read as a profile change from 0 in `streamseg compare`."""
     scores = value_scores([1e-14, -1e-14, 80.0], [0.0, 0.0, 2.0])
     assert scores.tolist() == [0.0, 0.0, 1.0]
+
+
+# -- names an operator chose ---------------------------------------------------------------
+
+
+def test_a_chosen_name_wins_and_a_rules_name_equal_to_it_takes_the_smallest_free_suffix() -> None:
+    names = ["champions", "loyal", "loyal (2)", "inactive"]
+    ids = [7, 3, 9, 4]
+    # Segment 4 is called "loyal" now: the rule's "loyal" (segment 3) moves to the first
+    # suffix no segment holds, past the "loyal (2)" segment 9 keeps.
+    assert with_chosen_names(names, ids, {4: "loyal"}) == [
+        "champions",
+        "loyal (3)",
+        "loyal (2)",
+        "loyal",
+    ]
+    assert with_chosen_names(names, ids, {7: "VIP", 11: "gone"}) == [
+        "VIP",
+        "loyal",
+        "loyal (2)",
+        "inactive",
+    ]
+    assert with_chosen_names(names, ids, {}) == names
+
+
+def test_unique_names_keeps_the_fixed_positions_and_suffixes_the_others_in_order() -> None:
+    assert unique_names(["a", "a", "a (2)", "b"], fixed=[2]) == ["a", "a (3)", "a (2)", "b"]
+    assert unique_names(["x", "x"], fixed=[]) == ["x", "x (2)"]
+    with pytest.raises(ValueError, match="fixed names must be unique"):
+        unique_names(["x", "x"], fixed=[0, 1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "a (2)", "c (3)"]), min_size=1, max_size=8),
+    st.data(),
+)
+def test_chosen_names_always_leave_the_names_unique(names: list[str], data: st.DataObject) -> None:
+    names = unique_names(names, fixed=[])  # a model's names are unique to begin with
+    ids = list(range(len(names)))
+    chosen_ids = data.draw(st.lists(st.sampled_from(ids), unique=True))
+    pool = ["a", "b", "VIP", "a (2)", "b (2)", "a (3)", "c", "d", "e"]
+    chosen_names = data.draw(
+        st.lists(
+            st.sampled_from(pool), min_size=len(chosen_ids), max_size=len(chosen_ids), unique=True
+        )
+    )
+    chosen = dict(zip(chosen_ids, chosen_names, strict=True))
+    out = with_chosen_names(names, ids, chosen)
+    assert len(set(out)) == len(out)
+    assert all(out[i] == name for i, name in chosen.items())
+    # A segment nobody chose for keeps its name unless that name was chosen for another.
+    assert all(
+        out[i] == names[i] for i in ids if i not in chosen and names[i] not in chosen.values()
+    )

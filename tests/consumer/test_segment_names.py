@@ -1,0 +1,238 @@
+"""`streamseg model rename`: an operator's segment name, published at once and kept by the
+trainer's later versions, against a real Redis."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import redis
+
+from consumer.cli import main
+from consumer.exceptions import ConfigError
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from consumer.segment_names import checked_name, read_chosen_names, rename_segment
+from consumer.settings import TrainerSettings
+from consumer.trainer import Trainer
+from model.features import FEATURE_NAMES
+from model.model_format import SegmentModel
+from tests.consumer.pipeline_support import push_training_rows
+from tests.consumer.test_faults import small_model
+
+pytestmark = [pytest.mark.redis]
+
+USERS = [f"u{i}" for i in range(300)]
+
+
+def clustered_rows(rng: np.random.Generator, groups: int) -> np.ndarray:
+    """One row per user of `USERS` in ``groups`` well-apart groups (each a scale of the
+    others), so that updates and refits keep matching the same segments."""
+    scale = np.exp(3.0 * (np.arange(len(USERS)) % groups))[:, None]
+    return scale * rng.lognormal(0.0, 0.2, (len(USERS), len(FEATURE_NAMES)))
+
+
+def names_by_id(model: SegmentModel) -> dict[int, str]:
+    return dict(zip(model.ids, model.names, strict=True))
+
+
+@pytest.fixture
+def model_command(redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    return ["--namespace", namespace, "model"]
+
+
+def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
+    redis_client: redis.Redis,
+    namespace: str,
+    model_command: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(3)
+    trainer = Trainer(
+        redis_client, keys, TrainerSettings(n_clusters=3, bootstrap_rows=300, update_rows=300)
+    )
+    trainer.resume()
+    push_training_rows(redis_client, keys, clustered_rows(rng, 3), USERS)
+    first = trainer.step()
+    assert first is not None
+    segment = first.ids[1]
+
+    assert main([*model_command, "rename", str(segment), "VIP customers"]) == 0
+    out = capsys.readouterr().out
+    assert f"published model v{first.model_version + 1}" in out
+    assert f"segment {segment}: {names_by_id(first)[segment]!r} -> 'VIP customers'" in out
+    store = ModelStore(redis_client, keys)
+    renamed = store.load_current()
+    assert renamed is not None and renamed.model_version == first.model_version + 1
+    assert names_by_id(renamed)[segment] == "VIP customers"
+    # Only the name changed: same centres, ids, tiers and profiles.
+    assert renamed.centers == first.centers and renamed.ids == first.ids
+    assert renamed.tiers == first.tiers and renamed.profiles == first.profiles
+    assert read_chosen_names(redis_client, keys) == {segment: "VIP customers"}
+
+    # The trainer's next update (from the renamed version) names the segment so again.
+    push_training_rows(redis_client, keys, clustered_rows(rng, 3), USERS)
+    update = trainer.step()
+    assert update is not None and update.model_version == renamed.model_version + 1
+    assert segment in update.ids and names_by_id(update)[segment] == "VIP customers"
+
+    assert main([*model_command, "show"]) == 0
+    table = capsys.readouterr().out
+    assert "VIP customers *" in table and "chosen with `streamseg model rename`" in table
+    assert main([*model_command, "list", "--last", "2"]) == 0
+    newest, older, _ = capsys.readouterr().out.splitlines()  # and "... 1 older"
+    assert "renamed " not in newest and "renamed " in older  # the trainer's, then the rename's
+
+    # --rule gives the rules' name back, and the trainer no longer keeps the chosen one.
+    assert main([*model_command, "rename", str(segment), "--rule"]) == 0
+    capsys.readouterr()
+    back = store.load_current()
+    assert back is not None and names_by_id(back)[segment] != "VIP customers"
+    assert read_chosen_names(redis_client, keys) == {}
+    push_training_rows(redis_client, keys, clustered_rows(rng, 3), USERS)
+    later = trainer.step()
+    assert later is not None and "VIP customers" not in later.names
+
+
+def test_choosing_a_name_another_segment_has_moves_that_one_to_a_suffix(
+    redis_client: redis.Redis,
+    namespace: str,
+    model_command: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = small_model()
+    ModelStore(redis_client, KeyLayout(namespace)).publish(model)
+    before = names_by_id(model)
+    holder = next(i for i, name in before.items() if name == "new customers")
+    chooser = next(i for i in model.ids if i != holder)
+    assert main([*model_command, "rename", str(chooser), "new customers"]) == 0
+    out = capsys.readouterr().out
+    after = ModelStore(redis_client, KeyLayout(namespace)).load_current()
+    assert after is not None
+    now = names_by_id(after)
+    assert now[chooser] == "new customers" and now[holder].startswith("new customers (")
+    assert len(set(now.values())) == len(now)
+    # The summary names both changes, the chosen one and the one it displaced.
+    assert f"segment {chooser}: {before[chooser]!r} -> 'new customers'" in out
+    assert f"segment {holder}: 'new customers' -> {now[holder]!r}" in out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["99", "x"], "model v2 has no segment 99: its segments are [0, 1, 2, 3]"),
+        (["2", "VIP"], "segment 1 is already called 'VIP' (a name chosen with model rename)"),
+        (["2", " VIP"], "segment name ' VIP' starts or ends with a space"),
+        (["2", "a\x1b[31mred"], "holds a control character (U+001B)"),
+        (["2", "x" * 201], "a segment name has at most 200 characters, got 201"),
+        (["2", ""], "a segment name cannot be empty"),
+    ],
+)
+def test_a_rename_that_cannot_be_done_says_why_and_publishes_nothing(
+    redis_client: redis.Redis,
+    namespace: str,
+    model_command: list[str],
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    message: str,
+) -> None:
+    store = ModelStore(redis_client, KeyLayout(namespace))
+    store.publish(small_model())
+    assert main([*model_command, "rename", "1", "VIP"]) == 0
+    assert main([*model_command, "rename", *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert store.current_version() == 2
+
+
+def test_a_rename_to_the_name_a_segment_has_publishes_nothing(
+    redis_client: redis.Redis,
+    namespace: str,
+    model_command: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = small_model()
+    store = ModelStore(redis_client, KeyLayout(namespace))
+    store.publish(model)
+    segment, name = model.ids[0], model.names[0]
+    assert main([*model_command, "rename", str(segment), name]) == 0
+    assert "already: no version published" in capsys.readouterr().out
+    assert store.current_version() == model.model_version
+    # The name is chosen all the same: the trainer keeps it when its rules would name otherwise.
+    assert read_chosen_names(redis_client, KeyLayout(namespace)) == {segment: name}
+    assert main([*model_command, "rename", str(segment), "--rule"]) == 0
+    assert read_chosen_names(redis_client, KeyLayout(namespace)) == {}
+
+
+def test_a_rename_needs_a_model_and_a_name_or_rule(
+    redis_client: redis.Redis,
+    namespace: str,
+    model_command: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    redis_client.hset(KeyLayout(namespace).counters, "events", 1)  # a namespace, no model yet
+    assert main([*model_command, "rename", "1", "VIP"]) == 2
+    assert "no model published yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*model_command, "rename", "1"])
+    assert "one of the arguments NAME --rule is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*model_command, "rename", "1", "VIP", "--rule"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_rename_during_a_trainer_fit_is_not_undone_by_its_publish(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = KeyLayout(namespace)
+    rng = np.random.default_rng(5)
+    trainer = Trainer(
+        redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=300)
+    )
+    trainer.resume()
+    push_training_rows(redis_client, keys, clustered_rows(rng, 2), USERS)
+    first = trainer.step()
+    assert first is not None and trainer.segmenter is not None
+    store = ModelStore(redis_client, keys)
+    segment = first.ids[0]
+    predict = trainer.segmenter.predict  # every kind of update calls it before its publish
+
+    def predict_while_a_rename_lands(Z: np.ndarray) -> object:
+        if store.current_version() == first.model_version:
+            rename_segment(store, segment, "VIP")
+        return predict(Z)
+
+    monkeypatch.setattr(trainer.segmenter, "predict", predict_while_a_rename_lands)
+    push_training_rows(redis_client, keys, clustered_rows(rng, 2), USERS)
+    assert trainer.step() is None  # refused: the rename stays current
+    current = store.load_current()
+    assert current is not None and names_by_id(current)[segment] == "VIP"
+    push_training_rows(redis_client, keys, clustered_rows(rng, 2), USERS)
+    update = trainer.step()
+    assert update is not None and names_by_id(update)[segment] == "VIP"
+
+
+def test_a_hand_edited_names_hash_is_read_without_its_bad_entries(
+    redis_client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = KeyLayout(namespace)
+    redis_client.hset(
+        keys.model_names,
+        mapping={"3": "VIP", "x": "not an id", "4": "", "5": "bell\x07", "6": b"\xff\xfe"},
+    )
+    with caplog.at_level(logging.WARNING):
+        assert read_chosen_names(redis_client, keys) == {3: "VIP"}
+    assert caplog.text.count("left out") == 4
+
+
+@pytest.mark.parametrize("name", ["VIP", "Kunden mit Herz ♥", "大口客户", "a" * 200])
+def test_names_of_any_script_and_up_to_200_characters_are_taken(name: str) -> None:
+    assert checked_name(name) == name
+
+
+def test_a_name_with_a_lone_surrogate_is_refused() -> None:
+    # What Python makes of argv bytes that are not UTF-8.
+    with pytest.raises(ConfigError, match="not valid Unicode"):
+        checked_name("caf\udce9")
