@@ -39,6 +39,7 @@ from consumer.state_store import read_values
 from consumer.unknown_namespace import refuse_if_nothing_written
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
+from model.labels import with_chosen_names
 from model.model_format import MAX_MODEL_BYTES, SegmentModel
 
 log = logging.getLogger(__name__)
@@ -454,6 +455,11 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
             newest = store.load_kept(store.versions(newest=1))
             floor = max((m.next_id for m in newest), default=before.next_id)
             imported = imported.with_ids_of(before, settings.trainer.new_id_distance, floor)
+            # A segment an operator named keeps the name, as in the trainer's publishes.
+            names = with_chosen_names(
+                imported.names, imported.ids, read_chosen_names(client, store.keys)
+            )
+            imported = imported.model_copy(update={"names": names}).revalidated()
         # The document keeps its created_at; when it arrived here is noted beside it.
         noted = {**imported.metrics.extra, IMPORTED_AT_METRIC: float(round(time.time() * 1000))}
         model = imported.model_copy(

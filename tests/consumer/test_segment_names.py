@@ -4,6 +4,7 @@ trainer's later versions, against a real Redis."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,7 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
     namespace: str,
     model_command: list[str],
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(3)
@@ -85,6 +87,14 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
     assert main([*model_command, "list", "--last", "2"]) == 0
     newest, older, _ = capsys.readouterr().out.splitlines()  # and "... 1 older"
     assert "renamed " not in newest and "renamed " in older  # the trainer's, then the rename's
+
+    # An import whose segments match the current ones keeps the chosen name too.
+    path = tmp_path / "model.json"
+    path.write_bytes(update.model_copy(update={"names": ["a", "b", "c"]}).to_json())
+    assert main([*model_command, "import", str(path)]) == 0
+    capsys.readouterr()
+    imported = store.load_current()
+    assert imported is not None and names_by_id(imported)[segment] == "VIP customers"
 
     # --rule gives the rules' name back, and the trainer no longer keeps the chosen one.
     assert main([*model_command, "rename", str(segment), "--rule"]) == 0
