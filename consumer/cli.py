@@ -891,6 +891,12 @@ def _add_replay_commands(commands: Any) -> None:
         help="the namespace to compare with (default live: the one the live pointer names, "
         "else redis.namespace)",
     )
+    compare.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object at full precision instead of the tables (for a script "
+        "that decides on a promote)",
+    )
     promote = _command(
         commands,
         "promote",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -197,7 +198,7 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
 
 
 def compare_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg compare NAME [--with live|NAMESPACE]``."""
+    """``streamseg compare NAME [--with live|NAMESPACE] [--json]``."""
     client = settings.redis.connect()
     other = args.with_
     if other == "live":
@@ -207,5 +208,10 @@ def compare_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{args.name} is the namespace to compare with (the live one?): name another "
             "with --with NAMESPACE"
         )
-    print_comparison(compare_namespaces(client, args.name, other, settings.features))
+    comparison = compare_namespaces(client, args.name, other, settings.features)
+    if args.json:
+        # NaN (an ARI without users) is written as null; a moved field as [other, shadow].
+        print(orjson.dumps(asdict(comparison)).decode())
+    else:
+        print_comparison(comparison)
     return 0

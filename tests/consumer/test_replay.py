@@ -145,6 +145,8 @@ def test_two_replays_with_one_seed_agree_exactly(
     new_topic: Callable[..., str],
     namespace: str,
     redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings, _, pointer = replay_setup(kafka_bootstrap, redis_url, new_topic, namespace)
     first, second = f"{namespace}-a", f"{namespace}-b"
@@ -179,6 +181,17 @@ def test_two_replays_with_one_seed_agree_exactly(
     assert sum(p.shadow_size for p in wider.pairs) == len(a)
     assert sum(p.other_size for p in wider.pairs) == len(a)
     assert wider.change_share > 0 and wider.adjusted_rand < 1
+    # The same for a script: every figure at full precision, a moved field as [other, shadow].
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["compare", third, "--with", first, "--json"]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer["change_share"] == wider.change_share
+    assert answer["adjusted_rand"] == wider.adjusted_rand
+    assert answer["inertia_shadow_scaling"] == wider.inertia_shadow_scaling
+    assert [p["shadow_id"] for p in answer["pairs"]] == [p.shadow_id for p in wider.pairs]
+    assert [p["moved"] for p in answer["pairs"]] == [
+        {field: list(values) for field, values in p.moved.items()} for p in wider.pairs
+    ]
 
     def profiles(model: SegmentModel) -> dict[tuple[int | None, str], float]:
         return {
