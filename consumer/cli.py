@@ -798,6 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.png",
         help="where to save the inertia + silhouette plot (default ./tune-k.png)",
     )
+    tune.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (scores at full precision, each rule's pick, the plot's "
+        "path) instead of the table",
+    )
     _add_replay_commands(commands)
     _command(
         commands,

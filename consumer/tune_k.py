@@ -8,6 +8,7 @@ For each K: inertia, mean silhouette on a sample and the Calinski-Harabasz index
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 from typing import cast
 
@@ -16,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window: this runs on servers and in CI
 
 import matplotlib.pyplot as plt
+import orjson
 
 from consumer.exceptions import ConfigError
 from consumer.redis_keys import KeyLayout
@@ -150,13 +152,33 @@ def tune_k_command(args: argparse.Namespace, settings: Settings) -> int:
             f"namespace {keys.namespace!r}: K up to {args.k_max} needs more than {args.k_max} "
             f"users, and tune-k has {sampled}"
         ) from None
+    path = plot_tune_k(result, out)
+    at_the_edge = result.recommended_k == args.k_max and args.k_max < len(snapshot) - 1
+    if args.json:
+        print(orjson.dumps(_as_json(result, snapshot, at_the_edge, path)).decode())
+        return 0
     print(f"{len(snapshot):,} users sampled of {snapshot.total_users:,}")
     print(format_tune_k(result))
-    if result.recommended_k == args.k_max and args.k_max < len(snapshot) - 1:
+    if at_the_edge:
         print(
             f"the recommended K is the largest tried: a larger one may score better "
             f"(try --k-max {2 * args.k_max})"
         )
-    path = plot_tune_k(result, out)
     print(f"plot (inertia and silhouette by K): {path.resolve()}")
     return 0
+
+
+def _as_json(
+    result: TuneKResult, snapshot: Snapshot, at_the_edge: bool, plot: Path
+) -> dict[str, object]:
+    """``tune-k --json``: what the table and the lines under it say."""
+    return {
+        "users_sampled": len(snapshot),
+        "users": snapshot.total_users,
+        "scores": [asdict(s) for s in result.scores],
+        "recommended_k": result.recommended_k,
+        "rule": result.rule.replace("_", "-"),
+        "picks": {r.replace("_", "-"): recommend_k(result.scores, r) for r in _RULES},
+        "recommended_is_largest_tried": at_the_edge,
+        "plot": str(plot.resolve()),
+    }

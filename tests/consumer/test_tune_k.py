@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -74,6 +75,20 @@ def test_tune_k_scores_each_k_on_a_snapshot(
         f"recommended K = {picks['elbow of the inertia curve']} (elbow of the inertia curve)"
         in printed
     )
+
+    # --json says the same for a script, at full precision.
+    assert main([*argv, "--json"]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert [s["k"] for s in answer["scores"]] == [2, 3, 4, 5, 6]
+    assert [round(s["silhouette"], 3) for s in answer["scores"]] == [float(r[2]) for r in table]
+    assert answer["recommended_k"] == recommended and answer["rule"] == "silhouette"
+    assert answer["picks"] == {
+        "silhouette": recommended,
+        "calinski-harabasz": int(picks["highest Calinski-Harabasz"]),
+        "elbow": int(picks["elbow of the inertia curve"]),
+    }
+    assert answer["users_sampled"] == 400 and answer["users"] == 500
+    assert answer["plot"] == str(plot.resolve())
 
     # The edge of the range is no answer: say so. A sample too small names the sample.
     assert main([*argv, "--k-max", "2"]) == 0
