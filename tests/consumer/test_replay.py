@@ -527,6 +527,35 @@ def test_a_from_before_every_record_says_the_replay_starts_at_the_beginning(
     assert f"--from 2024-03-01T00:00:00.000Z is before every record of {topic}: the replay " in err
 
 
+def test_a_from_in_the_middle_of_the_topic_replays_what_follows_without_a_warning(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The warning's other side: records before --from exist, so nothing is said, and only
+    the records produced after it are read."""
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, as_records(make_events(600, users=120, seed=3)))
+    time.sleep(0.2)
+    middle = time.time_ns() // 1_000_000
+    time.sleep(0.2)
+    produce(kafka_bootstrap, topic, as_records(make_events(400, users=150, seed=4)))
+    point_cli_at(monkeypatch, kafka_bootstrap, redis_url, topic, namespace)
+    shadow = f"{namespace}-later"
+    try:
+        argv = ["replay", "--from", str(middle), "--namespace-out", shadow, "--no-progress"]
+        assert main(argv) == 0
+    finally:
+        redis_client.srem(PointerKeys().registry, shadow)
+    out, err = capsys.readouterr()
+    assert "before every record" not in err
+    assert re.search(r"replayed 400 records into ", out), out
+
+
 def _thread_niceness(pid: int) -> list[int]:
     """The niceness of every thread of process ``pid``, from Linux's /proc."""
     values = []
