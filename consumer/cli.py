@@ -99,6 +99,7 @@ lease in Redis; a second one waits and takes over when the first stops.
 Examples:
   streamseg train                                # next to `streamseg run`
   streamseg train --once                         # bootstrap or one update, then exit
+  streamseg train --once --refit                 # refit now (no other trainer running)
   STREAMSEG_TRAINER__N_CLUSTERS=8 streamseg train
 """
 
@@ -206,6 +207,7 @@ Examples:
   streamseg model rollback 7                     # a running trainer continues from v7
   streamseg model export model.json --version 7
   streamseg model import model.json              # published as the next version
+  streamseg model refit --wait 60                # the active trainer refits now
   streamseg model rename 3 "VIP"                 # kept through every later version
   streamseg model rename 3 --rule                # the rules' name again
 """
@@ -330,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bootstrap or update once, publish, then exit; without enough data yet, exit "
         "status 1 and a line saying what is missing",
+    )
+    train.add_argument(
+        "--refit",
+        action="store_true",
+        help="with --once: refit the scaling and the centres on the newest buffered rows now "
+        "(ids kept by matching), whatever the rows since the last version; e.g. after a "
+        "change of shop or features the trainer has not caught up with",
     )
     train.add_argument(
         "--max-seconds", type=_non_negative, default=0.0, help="exit after this long (0 = never)"
@@ -465,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "model",
         "consumer.model_store:model_command",
-        "list, show, roll back, export or import models; rename a segment",
+        "list, show, roll back, export or import models; rename a segment; ask for a refit",
         _MODEL_EPILOG,
     )
     model_actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -512,6 +521,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model JSON as `model export` writes it; checked before Redis is asked",
     )
 
+    refit = _action(
+        model_actions,
+        "refit",
+        "ask the active trainer to refit the scaling and the centres on the newest rows at its "
+        "next step (ids kept by matching), whatever the rows since the last version",
+    )
+    refit.add_argument(
+        "--wait",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for the refitted version and name it; exit 1 if none came "
+        "(default 0: do not wait)",
+    )
     rename = _action(
         model_actions,
         "rename",

@@ -324,12 +324,13 @@ class TrainerMetrics:
         self.refits = Counter(
             "streamseg_trainer_refits",
             "Refits of scaling and centres on the newest rows, by reason: 'scaling' (the "
-            "scaling fitted on fresh rows moved past trainer.rescale_tolerance) or 'check' "
-            "(the refit check's gain exceeded trainer.refit_min_gain).",
+            "scaling fitted on fresh rows moved past trainer.rescale_tolerance), 'check' "
+            "(the refit check's gain exceeded trainer.refit_min_gain) or 'request' "
+            "(train --once --refit).",
             ["reason"],
             registry=r,
         )
-        for reason in ("scaling", "check"):
+        for reason in ("scaling", "check", "request"):
             self.refits.labels(reason=reason)
         self.leader = Gauge(
             "streamseg_trainer_lease_held", "1 while this trainer holds the lease.", registry=r

@@ -36,6 +36,7 @@ from consumer.segment_names import (
 )
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import read_values
+from consumer.trainer_lease import lease_holder
 from consumer.unknown_namespace import refuse_if_nothing_written
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
@@ -386,8 +387,60 @@ def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
     return "\n".join(lines)
 
 
+#: A refit request no trainer takes within this long lapses (a trainer that steps again
+#: much later should not refit for a reason long gone).
+REFIT_REQUEST_SECONDS = 3600
+
+
+def _request_refit(
+    store: ModelStore, current: int | None, settings: Settings, wait_seconds: float
+) -> int:
+    """``model refit``: leave a request for the active trainer, and with ``wait_seconds``
+    wait for the version it publishes."""
+    holder = lease_holder(store.client.get(store.keys.trainer_lease))
+    if holder is None:
+        raise ConfigError(
+            f"no trainer holds the lease of namespace {store.keys.namespace!r}: start "
+            "`streamseg train`, or refit with `streamseg train --once --refit`"
+        )
+    if current is None:
+        raise ConfigError(
+            f"no model published yet in namespace {store.keys.namespace!r}: trainer {holder} "
+            "bootstraps once it has enough rows (streamseg status)"
+        )
+    store.client.set(store.keys.refit_request, holder, ex=REFIT_REQUEST_SECONDS)
+    every = settings.trainer.update_interval_seconds
+    print(
+        f"refit requested: trainer {holder} refits at its next step (every "
+        f"trainer.update_interval_seconds={every:g} s) and publishes the version after v{current}"
+    )
+    if not wait_seconds:
+        return 0
+    deadline = time.monotonic() + wait_seconds
+    before: int | None = current  # current while the request waits (an update may land)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        # One MULTI (the keys share a slot): whether the request waits, and the version then.
+        pipe = store.client.pipeline(transaction=True)
+        pipe.exists(store.keys.refit_request)
+        pipe.get(store.keys.model_version)
+        waiting, raw = pipe.execute()
+        version = None if raw is None else _version(raw, store.keys.model_version)
+        if waiting:
+            before = version
+        elif version is not None and version != before:
+            print(f"model v{version} is current")
+            return 0
+    print(
+        f"no refitted version within {wait_seconds:g} s (streamseg model list; the trainer's "
+        "log says why)",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg model list|show|rollback|export|import|rename``."""
+    """``streamseg model list|show|rollback|export|import|rename|refit``."""
     imported: SegmentModel | None = None
     if args.action == "import":  # the file first: a bad one is named even if Redis is down
         try:
@@ -423,6 +476,8 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         print(_model_table(store.load(shown), read_chosen_names(client, store.keys)))
         return 0
+    if args.action == "refit":
+        return _request_refit(store, current, settings, args.wait)
     if args.action == "rename":
         if current is None:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?

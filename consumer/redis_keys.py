@@ -125,6 +125,11 @@ class KeyLayout:
         return f"{self._model}:names"
 
     @property
+    def refit_request(self) -> str:
+        """Set by ``streamseg model refit``: the active trainer refits at its next step."""
+        return f"{self._model}:refit-request"
+
+    @property
     def trainer_lease(self) -> str:
         return f"{self._model}:trainer-lease"
 

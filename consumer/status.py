@@ -35,7 +35,8 @@ from consumer.redis_keys import KeyLayout
 from consumer.segment_record import iso_ms
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
-from consumer.trainer import ROWS_COUNTER_METRIC, lease_holder
+from consumer.trainer import ROWS_COUNTER_METRIC
+from consumer.trainer_lease import lease_holder
 from consumer.unknown_namespace import refuse_an_unknown_namespace
 
 if TYPE_CHECKING:

@@ -44,21 +44,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import signal
-import socket
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType
 from typing import Literal
 
 import numpy as np
 import redis
 
-from consumer.exceptions import ModelReplacedError
+from consumer.exceptions import ConfigError, ModelReplacedError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
 from consumer.model_store import ModelStore
@@ -73,6 +67,7 @@ from consumer.settings import (
     TrainerSettings,
 )
 from consumer.state_store import StateStore
+from consumer.trainer_lease import TrainerLease
 from consumer.training_rows import newest_row_per_user
 from model.exceptions import StreamsegError
 from model.features import FEATURE_NAMES, LOG_FEATURES
@@ -96,102 +91,6 @@ _KMEANS_INITS = 10
 #: Key in a published model's ``metrics.extra``: the namespace's ``training_rows`` counter
 #: when the model's rows were read, where a resuming trainer counts fresh rows from.
 ROWS_COUNTER_METRIC = "training_rows_counter"
-
-# Renew the lease only if we still hold it: compare-and-extend must be atomic.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-
-def lease_holder(value: bytes | None) -> str | None:
-    """``host:pid`` of the trainer whose lease value (``host:pid:token``) this is; None for no
-    lease."""
-    if value is None:
-        return None
-    host_pid, _, _ = value.decode(errors="replace").rpartition(":")
-    return host_pid or "an older trainer"
-
-
-class TrainerLease:
-    """A Redis lease (SET NX PX) naming the one active trainer of a namespace."""
-
-    def __init__(self, client: RedisClient, key: str, seconds: float) -> None:
-        self.client = client
-        self.key = key
-        self.ms = int(seconds * 1000)
-        # Names the holder for whoever waits: host:pid, and a random part that is ours alone.
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        # The key is the lease's own, so the script runs on a cluster too (types-redis does
-        # not know RedisCluster.register_script; redis-py has it).
-        self._renew = client.register_script(_RENEW)  # type: ignore[union-attr]
-
-    def acquire(self) -> bool:
-        return bool(self.client.set(self.key, self.token, nx=True, px=self.ms))
-
-    def renew(self) -> bool:
-        return bool(self._renew(keys=[self.key], args=[self.token, self.ms]))
-
-    def holder(self) -> str | None:
-        """``host:pid`` of the trainer holding the lease, or None when it is free."""
-        return lease_holder(self.client.get(self.key))
-
-    def release(self) -> None:
-        if self.client.get(self.key) == self.token.encode():
-            self.client.delete(self.key)
-
-    @contextmanager
-    def kept(self, at_most_seconds: float) -> Iterator[None]:
-        """Renew the lease from a thread while the block runs (a training step), for at most
-        ``at_most_seconds``: a step that runs longer is taken as hung, and its lease lapses so
-        that a standby trainer takes over.
-
-        A step on a large shop outlasts the lease: a refit of 1,000,000 rows took 7.5 s here
-        against the default 10 s lease. Renewed only between steps, the lease lapsed during
-        the fit, its publish was refused, and the next step lapsed again: the model never
-        changed, with one trainer or with two taking turns.
-        """
-        keeper = LeaseKeeper(self, at_most_seconds)
-        keeper.start()
-        try:
-            yield
-        finally:
-            keeper.stop()
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews a `TrainerLease` every third of its term until stopped, lost, or
-    ``at_most_seconds`` after it started."""
-
-    def __init__(self, lease: TrainerLease, at_most_seconds: float) -> None:
-        super().__init__(name="streamseg-lease-keeper", daemon=True)
-        self.lease = lease
-        self.at_most_seconds = at_most_seconds
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        every = self.lease.ms / 3000
-        give_up_at = time.monotonic() + self.at_most_seconds
-        while not self._stopped.wait(every):
-            if time.monotonic() >= give_up_at:
-                log.error(
-                    "the training step has run for %.0f s (trainer.max_step_seconds): taken as "
-                    "hung, the lease is no longer renewed and a standby trainer can take over",
-                    self.at_most_seconds,
-                )
-                return
-            try:
-                if not self.lease.renew():
-                    return  # lost: the publish is refused and the main loop says so
-            except REDIS_ERRORS as exc:
-                # The publish's fence decides; the main loop reports the outage after the step.
-                log.debug("lease renewal during a step failed: %s", exc)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join()
 
 
 class Trainer:
@@ -223,6 +122,8 @@ class Trainer:
         #: While waiting to bootstrap: rows pushed at the last look at the buffer, and how many
         #: more must be pushed before it can hold what was missing then.
         self._last_look: tuple[int, int] | None = None
+        #: Users a `refit_now` found in the buffer, when too few.
+        self._refit_short_of: int | None = None
 
     def resume(self) -> None:
         """Continue from the published model, if any (after a restart or a takeover).
@@ -273,7 +174,12 @@ class Trainer:
         return StateStore(self.client, self.keys).read_counters().get("training_rows", 0)
 
     def missing(self) -> str:
-        """What the next bootstrap or update still waits for, in words (for ``--once``)."""
+        """What the next bootstrap, update or refit still waits for, in words (for ``--once``)."""
+        if self.segmenter is not None and self._refit_short_of is not None:
+            return (
+                f"a refit needs rows of at least {self.segmenter.fit_rows_needed():,} users; "
+                f"the training buffer holds rows of {self._refit_short_of:,}"
+            )
         if self.segmenter is None:
             return (
                 f"a bootstrap needs trainer.bootstrap_rows={self.config.bootstrap_rows:,} rows "
@@ -303,6 +209,11 @@ class Trainer:
         self._follow_the_current_model()
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
+        if self._refit_requested():
+            refitted = self.refit_now()
+            if refitted is None:
+                log.warning("requested refit not done: %s", self.missing())
+            return refitted
         pushed = self.rows_pushed()
         fresh = pushed - self._rows_seen
         self.metrics.rows_pending.set(max(fresh, 0))
@@ -325,6 +236,33 @@ class Trainer:
                 # Read once when the check's rows are the whole refit window.
                 return self._refit("check", checked if whole_window else None)
         return self._publish(X, Z)
+
+    def _refit_requested(self) -> bool:
+        """Whether ``streamseg model refit`` asked for a refit since the last step (the
+        request is taken: a second refit needs a second request)."""
+        requested = self.client.get(self.keys.refit_request)
+        if requested is None:
+            return False
+        self.client.delete(self.keys.refit_request)
+        log.info("a refit was requested (streamseg model refit): refitting now")
+        return True
+
+    def refit_now(self) -> SegmentModel | None:
+        """``train --once --refit``: refit the scaling and the centres on the newest rows now,
+        as a scaling refit does, keeping ids (a bootstrap while nothing is published). None
+        when the buffer holds rows of too few users (`missing` says how many)."""
+        self._follow_the_current_model()
+        if self.segmenter is None or self.preprocessor is None:
+            return self._bootstrap()
+        pushed = self.rows_pushed()
+        X = self.buffered_rows(max_rows=self._refit_rows())
+        if len(X) < self.segmenter.fit_rows_needed():  # a small shop: each user's newest
+            X = self.buffered_rows()
+        if len(X) < self.segmenter.fit_rows_needed():
+            self._refit_short_of = len(X)
+            return None
+        self._rows_seen = pushed
+        return self._refit("request", X)
 
     def refit_check_rows(self) -> tuple[np.ndarray, bool]:
         """The rows the refit check fits: each user's newest among the newest rows of the
@@ -363,7 +301,7 @@ class Trainer:
         return True
 
     def _refit(
-        self, reason: Literal["scaling", "check"], X: np.ndarray | None = None
+        self, reason: Literal["scaling", "check", "request"], X: np.ndarray | None = None
     ) -> SegmentModel | None:
         """Refit the scaling and the centres on the newest rows (`_refit_rows`; read here
         unless the caller has them in ``X``), keeping ids; ``reason`` labels the metric.
@@ -563,6 +501,8 @@ class LivePointerWatch:
 
 def train_command(args: argparse.Namespace, settings: Settings) -> int:
     """``streamseg train``: hold the lease, bootstrap, update and publish until stopped."""
+    if args.refit and not args.once:
+        raise ConfigError("--refit goes with --once (a running trainer refits by itself)")
     client = settings.redis.connect()
     client.ping()  # no answer at start-up: one line and exit status 2 (cli), as for run
     keys = KeyLayout(settings.redis.namespace)
@@ -670,7 +610,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
             if time.monotonic() >= next_step:
                 try:
                     with lease.kept(config.max_step_seconds):
-                        model = trainer.step()
+                        model = trainer.refit_now() if args.refit else trainer.step()
                 except _STEP_ERRORS as exc:
                     # A Redis blip or an unusable batch of rows must not end the trainer:
                     # the published model stays in use and the next step tries again.

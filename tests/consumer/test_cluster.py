@@ -24,7 +24,7 @@ from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.segment_record import encode_record
 from consumer.settings import RedisClient
 from consumer.state_store import BatchWrite, StateStore, read_values
-from consumer.trainer import TrainerLease
+from consumer.trainer_lease import TrainerLease
 from model.features import STATE_WIDTH, FeatureConfig
 from tests.consumer.pipeline_support import (
     HOSTILE_IDS,

@@ -16,7 +16,8 @@ from consumer.exceptions import ConfigError
 from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import TrainerSettings
-from consumer.trainer import Trainer, TrainerLease
+from consumer.trainer import Trainer
+from consumer.trainer_lease import TrainerLease
 from model.model_format import SegmentModel
 from tests.consumer.test_faults import small_model
 

@@ -24,7 +24,7 @@ from consumer.status import (
     render_status,
     stale_members,
 )
-from consumer.trainer import TrainerLease
+from consumer.trainer_lease import TrainerLease
 from tests.consumer.pipeline_support import settings_for
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout, PointerKeys
 from consumer.settings import TrainerSettings
-from consumer.trainer import LivePointerWatch, Trainer, TrainerLease
+from consumer.trainer import LivePointerWatch, Trainer
+from consumer.trainer_lease import TrainerLease
 from devstack.redis_server import RedisServer
 from model.features import FEATURE_NAMES
 from model.model_format import SegmentModel
@@ -95,17 +97,6 @@ def test_published_model_is_picked_up_without_restart(
         if r["status"] == "assigned":
             named[r["segment_id"]] = named.get(r["segment_id"], 0) + 1
     assert {k: v for k, v in sizes.items() if v} == named
-
-
-def test_only_one_trainer_holds_the_lease(redis_client: redis.Redis, namespace: str) -> None:
-    key = KeyLayout(namespace).trainer_lease
-    first = TrainerLease(redis_client, key, seconds=2)
-    second = TrainerLease(redis_client, key, seconds=2)
-    assert first.acquire()
-    assert not second.acquire()
-    assert not second.renew()
-    first.release()
-    assert second.acquire()
 
 
 def test_model_rollback_restores_an_earlier_version(
@@ -760,36 +751,6 @@ def test_a_step_longer_than_the_lease_still_publishes(
     assert redis_client.exists(keys.trainer_lease) == 0  # released at the end
 
 
-def test_a_kept_lease_outlives_its_term_and_stops_being_renewed_after(
-    redis_client: redis.Redis, namespace: str
-) -> None:
-    lease = TrainerLease(redis_client, KeyLayout(namespace).trainer_lease, seconds=1.2)
-    assert lease.acquire()
-    with lease.kept(at_most_seconds=60):
-        time.sleep(2.5)
-        assert redis_client.get(lease.key) == lease.token.encode()
-    time.sleep(1.5)  # no thread renews it any more
-    assert redis_client.get(lease.key) is None
-
-
-def test_a_hung_step_lets_its_lease_lapse_so_that_a_standby_takes_over(
-    redis_client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Renewed for as long as the step ran, a hung step (a fit that never returns) kept its
-    lease forever and no standby could take over. After ``trainer.max_step_seconds`` the
-    keeper stops renewing."""
-    key = KeyLayout(namespace).trainer_lease
-    lease = TrainerLease(redis_client, key, seconds=1.2)
-    standby = TrainerLease(redis_client, key, seconds=1.2)
-    assert lease.acquire()
-    with caplog.at_level("ERROR", logger="consumer.trainer"), lease.kept(at_most_seconds=1.0):
-        time.sleep(1.0)
-        assert not standby.acquire()  # renewed meanwhile
-        time.sleep(2.5)  # past the step's limit and a lease term
-        assert standby.acquire()
-    assert "taken as hung" in caplog.text
-
-
 def test_train_once_that_runs_out_of_time_without_publishing_fails(
     redis_url: str,
     namespace: str,
@@ -811,3 +772,92 @@ def test_train_once_that_runs_out_of_time_without_publishing_fails(
     error = capsys.readouterr().err
     assert "training step failed: unusable rows" in error
     assert "--once: nothing published within --max-seconds 2" in error
+
+
+def test_train_once_refit_refits_now_and_keeps_the_ids(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator who changed something the trainer has not caught up with had to wait for
+    update_rows new rows, or stop everything and replay."""
+    keys = KeyLayout(namespace)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    monkeypatch.setenv("STREAMSEG_TRAINER__BOOTSTRAP_ROWS", "100")
+    monkeypatch.setenv("STREAMSEG_TRAINER__N_CLUSTERS", "3")
+    base = ["--namespace", namespace, "train", "--once", "--max-seconds", "60"]
+    assert main([*base, "--refit"]) == 1  # nothing to bootstrap from
+    assert "trainer.bootstrap_rows=100 rows" in capsys.readouterr().err
+    users = [f"u{i}" for i in range(300)]
+    groups = np.exp(3.0 * (np.arange(len(users)) % 3))[:, None]
+    rng = np.random.default_rng(4)
+    rows = groups * rng.lognormal(0.0, 0.2, (len(users), len(FEATURE_NAMES)))
+    push_training_rows(redis_client, keys, rows, users)
+    assert main(base) == 0  # v1
+    store = ModelStore(redis_client, keys)
+    first = store.load_current()
+    assert first is not None
+    # The users doubled their spending: a refit now, without any new rows counted.
+    push_training_rows(redis_client, keys, rows * 2.0, users)
+    redis_client.hset(keys.counters, "training_rows", 300)  # as if no row were fresh
+    capsys.readouterr()
+    assert main([*base, "--refit"]) == 0
+    refitted = store.load_current()
+    assert refitted is not None and refitted.model_version == 2
+    assert sorted(refitted.ids) == sorted(first.ids)  # matched, not new segments
+    assert refitted.preprocessing != first.preprocessing  # the scaling was refitted too
+    # On the refit window's newest rows: bootstrap_rows here, as no pipeline counted users.
+    assert "refitted scaling and centres on 100 rows (request)" in capsys.readouterr().err
+
+    assert main(["--namespace", namespace, "train", "--refit"]) == 2
+    assert "--refit goes with --once" in capsys.readouterr().err
+
+
+def test_model_refit_asks_the_active_trainer_and_waits_for_its_version(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = KeyLayout(namespace)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    command = ["--namespace", namespace, "model", "refit"]
+    redis_client.hset(keys.counters, "events", 1)  # a namespace, no trainer yet
+    assert main(command) == 2
+    assert "no trainer holds the lease" in capsys.readouterr().err
+
+    lease = TrainerLease(redis_client, keys.trainer_lease, seconds=30)
+    assert lease.acquire()
+    config = TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=10_000)
+    trainer = Trainer(redis_client, keys, config, lease=lease)
+    trainer.resume()
+    rng = np.random.default_rng(6)
+    users = [f"u{i}" for i in range(300)]
+    push_training_rows(redis_client, keys, rng.lognormal(0, 1, (300, len(FEATURE_NAMES))), users)
+    first = trainer.step()
+    assert first is not None
+    assert trainer.step() is None  # an update waits for 10,000 new rows
+
+    # The trainer steps in another thread, as `streamseg train` would, after the request.
+    stepped: list[SegmentModel | None] = []
+    stepper = threading.Timer(1.0, lambda: stepped.append(trainer.step()))
+    stepper.start()
+    try:
+        assert main([*command, "--wait", "30"]) == 0
+    finally:
+        stepper.join()
+    out = capsys.readouterr().out
+    assert f"refit requested: trainer {lease.holder()} refits at its next step" in out
+    assert stepped[0] is not None and stepped[0].model_version == first.model_version + 1
+    assert f"model v{first.model_version + 1} is current" in out
+    assert redis_client.exists(keys.refit_request) == 0  # taken: one request, one refit
+    assert trainer.step() is None
+
+    # A request no trainer takes: --wait gives up and says so.
+    assert main([*command, "--wait", "1"]) == 1
+    assert "no refitted version within 1 s" in capsys.readouterr().err
+    lease.release()
