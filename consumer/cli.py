@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = _command(
         commands,
         "model",
-        "consumer.model_store:model_command",
+        "consumer.model_command:model_command",
         "list, show, roll back, export or import models; rename a segment; ask for a refit",
         _MODEL_EPILOG,
     )

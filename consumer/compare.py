@@ -60,7 +60,8 @@ class Comparison:
     """Common users with a segment in both namespaces."""
     pairs: list[SegmentPair]
     change_share: float
-    """Share of compared users whose segment differs after matching centres, 0..1."""
+    """Share of compared users whose segment differs after matching centres, 0..1 (NaN when
+    no user was compared)."""
     adjusted_rand: float
     inertia_own_scaling: dict[str, float]
     """Each model's inertia on the shadow's features, in its own scaled space."""
@@ -127,8 +128,10 @@ def compare_namespaces(
         common_users=len(pairs_idx),
         compared_users=int(valid.sum()),
         pairs=pairs,
-        change_share=segment_change_share(
-            pos_o, pos_s, centers_before=centers_o, centers_after=centers_s
+        change_share=(
+            segment_change_share(pos_o, pos_s, centers_before=centers_o, centers_after=centers_s)
+            if len(pos_s)
+            else float("nan")  # nothing compared is no evidence of no change
         ),
         adjusted_rand=adjusted_rand(pos_o, pos_s) if len(pos_s) else float("nan"),
         inertia_own_scaling={
@@ -170,8 +173,8 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     summary.add_column("value", justify="right")
     summary.add_row("users in both", f"{c.common_users:,}")
     summary.add_row("users with a segment in both", f"{c.compared_users:,}")
-    summary.add_row("segment differs (after id matching)", f"{c.change_share:.1%}")
-    summary.add_row("adjusted Rand index", f"{c.adjusted_rand:.3f}")
+    summary.add_row("segment differs (after id matching)", _figure(c.change_share, ".1%"))
+    summary.add_row("adjusted Rand index", _figure(c.adjusted_rand, ".3f"))
     for ns in (c.shadow, c.other):
         summary.add_row(f"inertia of {ns} (own scaling)", f"{c.inertia_own_scaling[ns]:,.1f}")
         summary.add_row(
@@ -195,6 +198,11 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
             ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in pair.moved.items()) or "",
         )
     console.print(sizes)
+
+
+def _figure(value: float, spec: str) -> str:
+    """``value`` formatted, or ``-`` for NaN (no user to compare)."""
+    return "-" if np.isnan(value) else format(value, spec)
 
 
 def compare_command(args: argparse.Namespace, settings: Settings) -> int:

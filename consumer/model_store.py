@@ -15,10 +15,7 @@ JSON or the reverse. There is no other pointer into the history (a rollback name
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -27,21 +24,11 @@ import redis
 
 from consumer.exceptions import ConfigError, LeaseLostError, ModelReplacedError
 from consumer.redis_keys import KeyLayout
-from consumer.segment_names import (
-    RENAMED_AT_METRIC,
-    checked_name,
-    read_chosen_names,
-    rename_segment,
-    rename_summary,
-)
-from consumer.settings import RedisClient, Settings
+from consumer.settings import RedisClient
 from consumer.state_store import read_values
-from consumer.trainer_lease import lease_holder
-from consumer.unknown_namespace import refuse_if_nothing_written
 from model.exceptions import ModelFormatError
 from model.features import FEATURE_NAMES
-from model.labels import with_chosen_names
-from model.model_format import MAX_MODEL_BYTES, SegmentModel
+from model.model_format import SegmentModel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +41,8 @@ _PRUNE_CHUNK = 1000
 #: import listed beside newer local versions would otherwise look older than them. A number in
 #: the existing ``extra`` map: documents without it load as before, and older readers load it.
 IMPORTED_AT_METRIC = "imported_at_ms"
+#: Key in a model's ``metrics.extra`` that ``model rename`` sets: when, epoch milliseconds.
+RENAMED_AT_METRIC = "renamed_at_ms"
 
 
 class ModelStore:
@@ -71,12 +60,12 @@ class ModelStore:
 
     def current_version(self) -> int | None:
         raw = self.client.get(self.keys.model_version)
-        return None if raw is None else _version(raw, self.keys.model_version)
+        return None if raw is None else parse_version(raw, self.keys.model_version)
 
     def load_current(self) -> SegmentModel | None:
         """The model in use, validated; None before the first publish."""
         raw = self.client.get(self.keys.model_current)
-        return None if raw is None else _compatible(SegmentModel.from_json(raw))
+        return None if raw is None else compatible(SegmentModel.from_json(raw))
 
     def load(self, version: int) -> SegmentModel:
         raw = self.client.get(self.keys.model_history(version))
@@ -96,7 +85,7 @@ class ModelStore:
     def _missing(self, version: int) -> ConfigError:
         """The error for a version whose JSON is not in the history: pruned, or never there."""
         oldest = self.client.zrange(self.keys.model_versions, 0, 0)
-        first = _version(oldest[0], self.keys.model_versions) if oldest else None
+        first = parse_version(oldest[0], self.keys.model_versions) if oldest else None
         if first is not None and 1 <= version < first:  # versions count from 1
             return ConfigError(
                 f"model version {version} is no longer kept in namespace "
@@ -108,7 +97,7 @@ class ModelStore:
     def versions(self, newest: int = 0) -> list[int]:
         """Published versions kept, newest first; only the ``newest`` ones when above 0."""
         members = self.client.zrevrange(self.keys.model_versions, 0, newest - 1)
-        return [_version(v, self.keys.model_versions) for v in members]
+        return [parse_version(v, self.keys.model_versions) for v in members]
 
     def version_count(self) -> int:
         """How many published versions the history keeps."""
@@ -117,7 +106,7 @@ class ModelStore:
     def next_version(self) -> int:
         """One more than every version published in this namespace."""
         newest = self.client.zrevrange(self.keys.model_versions, 0, 0)
-        return _version(newest[0], self.keys.model_versions) + 1 if newest else 1
+        return parse_version(newest[0], self.keys.model_versions) + 1 if newest else 1
 
     def publish(self, model: SegmentModel) -> None:
         """Store ``model`` in the history and make it current, atomically.
@@ -126,7 +115,7 @@ class ModelStore:
         never published.
         """
         data = model.to_json()
-        _compatible(SegmentModel.from_json(data))
+        compatible(SegmentModel.from_json(data))
         version = model.model_version
         if self.history_versions is None:
             pipe = self.client.pipeline(transaction=True)
@@ -208,7 +197,7 @@ class ModelStore:
                         )
                     if base_version is not None:
                         raw = cast(bytes | None, pipe.get(self.keys.model_version))
-                        current = _version(raw, self.keys.model_version) if raw else 0
+                        current = parse_version(raw, self.keys.model_version) if raw else 0
                         if current != base_version:
                             raise ModelReplacedError(
                                 f"model v{current} became current while v{base_version} was "
@@ -216,7 +205,9 @@ class ModelStore:
                             )
                     # After WATCH the pipeline runs commands at once (the stubs don't know).
                     newest = cast(list[bytes], pipe.zrevrange(self.keys.model_versions, 0, 0))
-                    version = _version(newest[0], self.keys.model_versions) + 1 if newest else 1
+                    version = (
+                        parse_version(newest[0], self.keys.model_versions) + 1 if newest else 1
+                    )
                     if version < min_version:
                         log.error(
                             "namespace %s holds models up to v%d only, though v%d was published:"
@@ -229,7 +220,7 @@ class ModelStore:
                         version = min_version
                     model = model.model_copy(update={"model_version": version})
                     data = model.to_json()
-                    _compatible(SegmentModel.from_json(data))
+                    compatible(SegmentModel.from_json(data))
                     pruned = self._to_prune(pipe, version)
                     pipe.multi()
                     self._queue_publish(pipe, version, data, pruned)
@@ -274,70 +265,13 @@ def imported_at(model: SegmentModel) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _when(moment: datetime) -> str:
-    """A time for reading: ISO-8601 UTC to the second, ``2026-12-07T16:41:02Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _readable(value: float | None) -> str:
-    """A number for reading: 4 significant digits, thousands separated (``698.3``,
-    ``1,648``, ``0.01235``); ``-`` when unknown."""
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
 def renamed_at(model: SegmentModel) -> datetime | None:
     """When ``model rename`` published ``model`` (UTC); None for any other version."""
     ms = model.metrics.extra.get(RENAMED_AT_METRIC)
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _notes(m: SegmentModel) -> str:
-    """``  imported <time>`` and ``  renamed <time>`` for the versions they apply to."""
-    notes = [("imported", imported_at(m)), ("renamed", renamed_at(m))]
-    return "".join(f"  {what} {_when(when)}" for what, when in notes if when is not None)
-
-
-def _listing_line(m: SegmentModel, current: int | None) -> str:
-    """``model list``: one version, ``*`` = current."""
-    mark = "*" if m.model_version == current else " "
-    return (
-        f"{mark} v{m.model_version:<5} created {_when(m.created_at)}  K={len(m.ids)}  "
-        f"rows={m.metrics.n_rows:,}  inertia={_readable(m.metrics.inertia)}{_notes(m)}"
-    )
-
-
-def _model_table(m: SegmentModel, chosen: Mapping[int, str]) -> str:
-    """``model show``: one row per segment in tier order, profiles in business units
-    (means over the rows the model was trained on; money in currency units); a name an
-    operator chose (``chosen``, from `model rename`) is marked. Top categories per segment
-    need the users' states: ``streamseg report``."""
-    lines = [
-        f"model v{m.model_version} created {_when(m.created_at)}"
-        f"{_notes(m).replace('  ', ', ')}; profiles over the "
-        f"{m.metrics.n_rows:,} users of its last training batch (streamseg status: all users)",
-        f"  {'id':>4} {'tier':>4}  {'name':<26} {'users':>8} {'share':>6} {'revenue':>10} "
-        f"{'orders':>7} {'AOV':>8} {'recency d':>9} {'tenure d':>8} {'views':>7}",
-    ]
-    marked = False
-    for pos in sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p])):
-        p = m.profiles[pos]
-        name = m.names[pos]
-        if chosen.get(m.ids[pos]) == name:
-            name, marked = f"{name} *", True
-        lines.append(
-            f"  {m.ids[pos]:>4} {m.tiers[pos]:>4}  {name:<26} {p.size:>8,} "
-            f"{p.share:>6.1%} {p.mean_net_revenue:>10,.2f} {p.mean_purchases:>7.2f} "
-            f"{p.mean_avg_order_value:>8,.2f} {p.mean_recency_days:>9.1f} "
-            f"{p.mean_tenure_days:>8.1f} {p.mean_views:>7.1f}"
-        )
-    if marked:
-        lines.append("  * a name chosen with `streamseg model rename` (kept through refits)")
-    return "\n".join(lines)
-
-
-def _version(raw: bytes | str, key: str) -> int:
+def parse_version(raw: bytes | str, key: str) -> int:
     """A model version read back from ``key`` (the current version, or a member of the
     history): an integer from 1, else `ModelFormatError` naming the key (a hand edit)."""
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
@@ -346,7 +280,7 @@ def _version(raw: bytes | str, key: str) -> int:
     return int(text)
 
 
-def _compatible(model: SegmentModel) -> SegmentModel:
+def compatible(model: SegmentModel) -> SegmentModel:
     """The model, if it reads the features this service computes, in the same order."""
     theirs, ours = model.feature_names, list(FEATURE_NAMES)
     if theirs != ours:
@@ -364,168 +298,3 @@ def _compatible(model: SegmentModel) -> SegmentModel:
             f"{theirs}, but this service computes {ours}"
         )
     return model
-
-
-def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
-    """How an import's segments took ids: those matched to a centre of ``before`` keep that
-    segment's id, the others are new."""
-    old_ids, new_ids = set(before.ids), set(model.ids)
-    kept = [i for i in model.ids if i in old_ids]
-    new = [i for i in model.ids if i not in old_ids]
-    gone = [i for i in before.ids if i not in new_ids]
-    lines = [
-        f"segment ids: {len(kept)} of {len(model.ids)} matched a segment of "
-        f"v{before.model_version} (trainer.new_id_distance) and keep its id: {kept or 'none'}; "
-        f"new: {new or 'none'}"
-    ]
-    if gone:
-        lines.append(
-            f"v{before.model_version}'s segments {gone} have no match: the consumers re-score "
-            "their users at their next event or at the re-score pass such a model starts "
-            "(within pipeline.rescore_min_wall_seconds)"
-        )
-    return "\n".join(lines)
-
-
-#: A refit request no trainer takes within this long lapses (a trainer that steps again
-#: much later should not refit for a reason long gone).
-REFIT_REQUEST_SECONDS = 3600
-
-
-def _request_refit(
-    store: ModelStore, current: int | None, settings: Settings, wait_seconds: float
-) -> int:
-    """``model refit``: leave a request for the active trainer, and with ``wait_seconds``
-    wait for the version it publishes."""
-    holder = lease_holder(store.client.get(store.keys.trainer_lease))
-    if holder is None:
-        raise ConfigError(
-            f"no trainer holds the lease of namespace {store.keys.namespace!r}: start "
-            "`streamseg train`, or refit with `streamseg train --once --refit`"
-        )
-    if current is None:
-        raise ConfigError(
-            f"no model published yet in namespace {store.keys.namespace!r}: trainer {holder} "
-            "bootstraps once it has enough rows (streamseg status)"
-        )
-    store.client.set(store.keys.refit_request, holder, ex=REFIT_REQUEST_SECONDS)
-    every = settings.trainer.update_interval_seconds
-    print(
-        f"refit requested: trainer {holder} refits at its next step (every "
-        f"trainer.update_interval_seconds={every:g} s) and publishes the version after v{current}"
-    )
-    if not wait_seconds:
-        return 0
-    deadline = time.monotonic() + wait_seconds
-    before: int | None = current  # current while the request waits (an update may land)
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        # One MULTI (the keys share a slot): whether the request waits, and the version then.
-        pipe = store.client.pipeline(transaction=True)
-        pipe.exists(store.keys.refit_request)
-        pipe.get(store.keys.model_version)
-        waiting, raw = pipe.execute()
-        version = None if raw is None else _version(raw, store.keys.model_version)
-        if waiting:
-            before = version
-        elif version is not None and version != before:
-            print(f"model v{version} is current")
-            return 0
-    print(
-        f"no refitted version within {wait_seconds:g} s (streamseg model list; the trainer's "
-        "log says why)",
-        file=sys.stderr,
-    )
-    return 1
-
-
-def model_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``streamseg model list|show|rollback|export|import|rename|refit``."""
-    imported: SegmentModel | None = None
-    if args.action == "import":  # the file first: a bad one is named even if Redis is down
-        try:
-            with args.path.open("rb") as file:
-                # One byte past the cap, so that /dev/zero or a huge file is refused by
-                # from_json without being read whole.
-                data = file.read(MAX_MODEL_BYTES + 1)
-            imported = _compatible(SegmentModel.from_json(data))
-        except (OSError, ModelFormatError) as exc:
-            raise ConfigError(f"cannot import {args.path}: {exc}") from None
-    client = settings.redis.connect()
-    store = ModelStore(
-        client,
-        KeyLayout(settings.redis.namespace),
-        history_versions=settings.trainer.model_history_versions,
-    )
-    current = store.current_version()
-    if args.action == "list":
-        if current is None:
-            refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
-            print("no model published yet (cold start)")
-        for m in store.load_kept(store.versions(newest=args.last)):
-            print(_listing_line(m, current))
-        older = store.version_count() - args.last
-        if args.last > 0 and older > 0:
-            print(f"  ... and {older:,} older (--last 0 lists all)")
-        return 0
-    if args.action == "show":
-        shown: int | None = args.version if args.version is not None else current
-        if shown is None:
-            refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
-            print("no model published yet (cold start)")
-            return 1
-        print(_model_table(store.load(shown), read_chosen_names(client, store.keys)))
-        return 0
-    if args.action == "refit":
-        return _request_refit(store, current, settings, args.wait)
-    if args.action == "rename":
-        if current is None:
-            refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
-        name = None if args.rule else checked_name(args.name)
-        before_rename, after_rename = rename_segment(store, args.segment, name)
-        print(rename_summary(before_rename, after_rename, args.segment))
-        return 0
-    if args.action == "rollback":
-        if args.version == current:
-            print(f"model v{current} is current already: nothing changed")
-            return 0
-        store.rollback(args.version)
-        print(f"model v{args.version} is current")
-        return 0
-    if args.action == "export":
-        exported: int | None = args.model_version if args.model_version is not None else current
-        if exported is None:
-            print("no model published yet", file=sys.stderr)
-            return 1
-        args.path.parent.mkdir(parents=True, exist_ok=True)
-        args.path.write_bytes(store.load(exported).to_json())
-        print(f"wrote model v{exported} to {args.path}")
-        return 0
-    if imported is not None:
-        # Its ids mean other segments here: matched to the current model's centres, so that
-        # a kept id keeps its meaning, and the rest new (never one used here before).
-        before = store.load(current) if current is not None else None
-        if before is not None:
-            # After a rollback the current model's next_id is behind ids newer versions used.
-            newest = store.load_kept(store.versions(newest=1))
-            floor = max((m.next_id for m in newest), default=before.next_id)
-            imported = imported.with_ids_of(before, settings.trainer.new_id_distance, floor)
-            # A segment an operator named keeps the name, as in the trainer's publishes.
-            names = with_chosen_names(
-                imported.names, imported.ids, read_chosen_names(client, store.keys)
-            )
-            imported = imported.model_copy(update={"names": names}).revalidated()
-        # The document keeps its created_at; when it arrived here is noted beside it.
-        noted = {**imported.metrics.extra, IMPORTED_AT_METRIC: float(round(time.time() * 1000))}
-        model = imported.model_copy(
-            update={
-                "model_version": store.next_version(),
-                "metrics": imported.metrics.model_copy(update={"extra": noted}),
-            }
-        )
-        store.publish(model)
-        print(f"imported {args.path} as model v{model.model_version}")
-        if before is not None:
-            print(_id_matching(model, before))
-        return 0
-    raise ConfigError(f"unknown model action {args.action!r}")

@@ -146,6 +146,10 @@ class Trainer:
         self.preprocessor = model.to_preprocessor()
         # This trainer's restarts and seed, not those of whoever published the model.
         self.segmenter = model.to_segmenter(n_init=_KMEANS_INITS, random_state=self.config.seed)
+        # After a rollback the model's next_id is behind ids newer versions gave: a segment
+        # made now must not take one of them (nor a name an operator chose for it).
+        newest = self.models.load_kept(self.models.versions(newest=1))
+        self.segmenter.next_id_ = max([self.segmenter.next_id_, *(m.next_id for m in newest)])
         self.published = model
         self.published_up_to = max(self.published_up_to, model.model_version)
         self.metrics.model_version.set(model.model_version)

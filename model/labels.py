@@ -80,6 +80,9 @@ from model.preprocessing import as_feature_matrix
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+#: Longest segment name, in characters: every segment record carries the name.
+MAX_NAME_CHARS = 200
+
 #: Feature names (columns of ``X``) this module reads; looked up by name in ``feature_names``.
 REQUIRED_FEATURES: tuple[str, ...] = (
     "recency_days",
@@ -345,7 +348,8 @@ def unique_names(names: Sequence[str], fixed: Collection[int]) -> list[str]:
 
     Every other position whose name is already held (by a fixed position, or by an earlier
     position in order) takes the smallest free " (2)", " (3)", ... of its name's base (the
-    name without such a suffix). Raises ValueError when two fixed positions share a name.
+    name without such a suffix; cut so that base and suffix fit in `MAX_NAME_CHARS`).
+    Raises ValueError when two fixed positions share a name.
     """
     out = list(names)
     held = [out[p] for p in sorted(fixed)]
@@ -363,11 +367,17 @@ def unique_names(names: Sequence[str], fixed: Collection[int]) -> list[str]:
         suffixed = _SUFFIX.match(out[pos])
         base = suffixed.group("base") if suffixed else out[pos]
         n = 2
-        while f"{base} ({n})" in taken:
+        while (name := _suffixed(base, n)) in taken:
             n += 1
-        out[pos] = f"{base} ({n})"
-        taken.add(out[pos])
+        out[pos] = name
+        taken.add(name)
     return out
+
+
+def _suffixed(base: str, n: int) -> str:
+    """``base (n)``, the base cut to keep the whole within `MAX_NAME_CHARS`."""
+    suffix = f" ({n})"
+    return base[: MAX_NAME_CHARS - len(suffix)].rstrip() + suffix
 
 
 def with_chosen_names(
@@ -375,15 +385,19 @@ def with_chosen_names(
 ) -> list[str]:
     """``names`` (by position, of segments ``ids``) with the names an operator chose for some
     ids (`streamseg model rename`). A chosen name wins: another segment whose name equals one
-    takes a suffix (`unique_names`). Chosen names of ids not in ``ids`` are left out (an id is
-    never reused, so a segment that is gone keeps its name for when it is read in history).
+    takes a suffix (`unique_names`). Chosen names of ids not in ``ids`` are left out (their
+    segments are gone). Should two ids in ``ids`` have one chosen name (a hand edit), the
+    smaller id gets it and the other keeps its rule's name.
     """
     out = list(names)
     fixed = []
-    for pos, segment_id in enumerate(ids):
-        if segment_id in chosen:
-            out[pos] = chosen[segment_id]
+    given: set[str] = set()
+    for pos, segment_id in sorted(enumerate(ids), key=lambda item: item[1]):
+        name = chosen.get(segment_id)
+        if name is not None and name not in given:
+            out[pos] = name
             fixed.append(pos)
+            given.add(name)
     return unique_names(out, fixed)
 
 

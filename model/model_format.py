@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from model.exceptions import InvalidInputError, ModelFormatError
-from model.labels import SegmentLabels, SegmentProfile
+from model.labels import MAX_NAME_CHARS, SegmentLabels, SegmentProfile
 from model.preprocessing import Preprocessor, as_feature_matrix, remap_centers, scale_rows
 from model.segmenter import (
     StreamingSegmenter,
@@ -61,8 +61,6 @@ MAX_MODEL_BYTES = 16 * 2**20
 MAX_CENTRES = 1024
 #: Most features a model may read.
 MAX_FEATURES = 256
-#: Longest feature or segment name, in characters: every segment record carries the name.
-MAX_NAME_CHARS = 200
 #: Largest id, version or tier: JavaScript's Number.MAX_SAFE_INTEGER, so that every JSON
 #: reader of a segment record or change event gets the number exactly.
 MAX_SAFE_INTEGER = 2**53 - 1

@@ -5,12 +5,18 @@ test_replay."""
 from __future__ import annotations
 
 import io
+import re
 
+import orjson
 import pytest
+import redis
 from rich.console import Console
 
 from consumer.cli import main
 from consumer.compare import Comparison, SegmentPair, print_comparison
+from consumer.model_store import ModelStore
+from consumer.redis_keys import KeyLayout
+from tests.consumer.test_faults import small_model
 
 
 def test_moved_fields_read_in_the_order_of_the_columns() -> None:
@@ -63,3 +69,26 @@ def test_compare_with_a_misspelt_namespace_names_those_that_exist(
     assert main(["--namespace", namespace, "compare", f"{namespace}-typo"]) == 2
     error = capsys.readouterr().err
     assert f"namespace '{namespace}-typo' holds no data (known namespaces:" in error
+
+
+@pytest.mark.redis
+def test_a_comparison_without_common_users_gives_no_figure_a_script_could_trust(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no user in both, the share of users that changed was 0.0: a script's
+    `change_share < 0.05` promoted a shadow nothing had been compared with."""
+    shadow, live = f"{namespace}-shadow", f"{namespace}-live"
+    for ns in (shadow, live):
+        ModelStore(redis_client, KeyLayout(ns)).publish(small_model())
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    assert main(["compare", shadow, "--with", live, "--json"]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer["compared_users"] == 0
+    assert answer["change_share"] is None and answer["adjusted_rand"] is None
+    assert main(["compare", shadow, "--with", live]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"segment differs \(after id matching\)\s*│\s*-\s*│", table), table

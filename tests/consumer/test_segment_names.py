@@ -136,7 +136,7 @@ def test_choosing_a_name_another_segment_has_moves_that_one_to_a_suffix(
         (["99", "x"], "model v2 has no segment 99: its segments are [0, 1, 2, 3]"),
         (["2", "VIP"], "segment 1 is already called 'VIP' (a name chosen with model rename)"),
         (["2", " VIP"], "segment name ' VIP' starts or ends with a space"),
-        (["2", "a\x1b[31mred"], "holds a control character (U+001B)"),
+        (["2", "a\x1b[31mred"], "holds a control character or a line break (U+001B)"),
         (["2", "x" * 201], "a segment name has at most 200 characters, got 201"),
         (["2", ""], "a segment name cannot be empty"),
     ],
@@ -157,23 +157,56 @@ def test_a_rename_that_cannot_be_done_says_why_and_publishes_nothing(
     assert store.current_version() == 2
 
 
-def test_a_rename_to_the_name_a_segment_has_publishes_nothing(
+def test_choosing_the_name_a_segment_has_publishes_the_choice_and_a_repeat_nothing(
     redis_client: redis.Redis,
     namespace: str,
     model_command: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The choice is published with a version like any rename, so that a trainer's publish
+    in between is fenced (a hash written alone raced with it)."""
     model = small_model()
-    store = ModelStore(redis_client, KeyLayout(namespace))
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
     store.publish(model)
     segment, name = model.ids[0], model.names[0]
     assert main([*model_command, "rename", str(segment), name]) == 0
-    assert "already: no version published" in capsys.readouterr().out
-    assert store.current_version() == model.model_version
-    # The name is chosen all the same: the trainer keeps it when its rules would name otherwise.
-    assert read_chosen_names(redis_client, KeyLayout(namespace)) == {segment: name}
+    out = capsys.readouterr().out
+    assert "with the same names" in out and "(chosen, kept through refits)" in out
+    assert store.current_version() == model.model_version + 1
+    assert read_chosen_names(redis_client, keys) == {segment: name}
+    assert main([*model_command, "rename", str(segment), name]) == 0
+    assert "(a chosen name) in v2 already: no version published" in capsys.readouterr().out
+    assert store.current_version() == model.model_version + 1
     assert main([*model_command, "rename", str(segment), "--rule"]) == 0
-    assert read_chosen_names(redis_client, KeyLayout(namespace)) == {}
+    assert read_chosen_names(redis_client, keys) == {}
+    assert store.current_version() == model.model_version + 2
+
+
+def test_a_gone_segments_name_is_given_to_a_new_rename_and_can_be_released(
+    redis_client: redis.Redis,
+    namespace: str,
+    model_command: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Segment 9 was called "VIP" and is gone: renaming segment 2 "VIP" left both entries,
+    and which one won depended on the hash's order."""
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    store.publish(small_model())
+    redis_client.hset(keys.model_names, mapping={"9": "VIP", "8": "gold"})
+    assert main([*model_command, "rename", "2", "VIP"]) == 0
+    assert read_chosen_names(redis_client, keys) == {2: "VIP", 8: "gold"}
+    capsys.readouterr()
+    assert main([*model_command, "rename", "8", "--rule"]) == 0
+    assert "segment 8 is in no current model: its chosen name is released" in (
+        capsys.readouterr().out
+    )
+    assert read_chosen_names(redis_client, keys) == {2: "VIP"}
+    # Rolled back, the version before the rename is current with its own names again.
+    assert main([*model_command, "rollback", "1"]) == 0
+    current = store.load_current()
+    assert current is not None and "VIP" not in current.names
 
 
 def test_a_rename_needs_a_model_and_a_name_or_rule(
@@ -230,14 +263,26 @@ def test_a_hand_edited_names_hash_is_read_without_its_bad_entries(
     keys = KeyLayout(namespace)
     redis_client.hset(
         keys.model_names,
-        mapping={"3": "VIP", "x": "not an id", "4": "", "5": "bell\x07", "6": b"\xff\xfe"},
+        mapping={
+            "3": "VIP",
+            "x": "not an id",
+            "4": "",
+            "5": "bell\x07",
+            "6": b"\xff\xfe",
+            "07": "gold",
+        },
     )
     with caplog.at_level(logging.WARNING):
         assert read_chosen_names(redis_client, keys) == {3: "VIP"}
-    assert caplog.text.count("left out") == 4
+    assert caplog.text.count("left out") == 5
+    assert "field '6': left out: 'utf-8' codec can't decode" in caplog.text
+    assert "field '07': left out: not written as a segment id (that is 7)" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["VIP", "Kunden mit Herz ♥", "大口客户", "a" * 200])
+@pytest.mark.parametrize(
+    "name",
+    ["VIP", "Kunden mit Herz ♥", "大口客户", "👩‍💻 developers", "soft\u00adhyphen", "a" * 200],
+)
 def test_names_of_any_script_and_up_to_200_characters_are_taken(name: str) -> None:
     assert checked_name(name) == name
 
@@ -246,3 +291,9 @@ def test_a_name_with_a_lone_surrogate_is_refused() -> None:
     # What Python makes of argv bytes that are not UTF-8.
     with pytest.raises(ConfigError, match="not valid Unicode"):
         checked_name("caf\udce9")
+
+
+@pytest.mark.parametrize("text", ["two\u2028lines", "para\u2029graph", "tab\there", "nul\x00"])
+def test_a_name_that_breaks_a_line_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="a control character or a line break"):
+        checked_name(text)

@@ -37,6 +37,7 @@ from tests.consumer.pipeline_support import (
     push_training_rows,
     settings_for,
 )
+from tests.consumer.test_faults import small_model
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -861,3 +862,22 @@ def test_model_refit_asks_the_active_trainer_and_waits_for_its_version(
     assert main([*command, "--wait", "1"]) == 1
     assert "no refitted version within 1 s" in capsys.readouterr().err
     lease.release()
+
+
+def test_a_trainer_continuing_from_a_rollback_gives_no_id_a_newer_version_gave(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """It took the rolled-back model's next_id, so a segment made after `model rollback 1`
+    could take the id of v2's new segment, and with it a name chosen for that one."""
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    first = small_model()
+    store.publish(first)
+    data = first.model_dump()
+    data.update(ids=[0, 1, 2, 9], next_id=10, model_version=2)  # v2 made segment 9
+    store.publish(SegmentModel.model_validate(data))
+    store.rollback(1)
+    trainer = Trainer(redis_client, keys, TrainerSettings(n_clusters=4))
+    trainer.resume()
+    assert trainer.segmenter is not None
+    assert first.next_id < 10 and trainer.segmenter.next_id_ == 10

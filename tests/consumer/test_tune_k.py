@@ -93,6 +93,9 @@ def test_tune_k_scores_each_k_on_a_snapshot(
     # The edge of the range is no answer: say so. A sample too small names the sample.
     assert main([*argv, "--k-max", "2"]) == 0
     assert "the recommended K is the largest tried" in capsys.readouterr().out
+    assert not answer["recommended_is_largest_tried"] or recommended == 6
+    assert main([*argv, "--k-max", "2", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["recommended_is_largest_tried"] is True
     assert main([*argv, "--sample", "5"]) == 2
     assert (
         "K up to 6 needs more than 6 users, and tune-k has a sample of 5 users (--sample) "

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from model.labels import (
+    MAX_NAME_CHARS,
     NamingRules,
     label_segments,
     name_segments,
@@ -307,3 +308,18 @@ def test_chosen_names_always_leave_the_names_unique(names: list[str], data: st.D
     assert all(
         out[i] == names[i] for i in ids if i not in chosen and names[i] not in chosen.values()
     )
+
+
+def test_a_suffix_never_takes_a_name_past_the_longest_a_model_holds() -> None:
+    long = "x" * MAX_NAME_CHARS
+    names = with_chosen_names([long, "b"], [1, 2], {2: long})
+    assert names[1] == long and names[0] == "x" * (MAX_NAME_CHARS - 4) + " (2)"
+    assert all(len(n) <= MAX_NAME_CHARS for n in names)
+
+
+def test_two_segments_given_one_name_by_a_hand_edit_leave_it_to_the_smaller_id() -> None:
+    assert with_chosen_names(["a", "b", "c"], [5, 3, 4], {5: "VIP", 3: "VIP"}) == [
+        "a",
+        "VIP",
+        "c",
+    ]
