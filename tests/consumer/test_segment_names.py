@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis
 
+from consumer import segment_names
 from consumer.cli import main
 from consumer.exceptions import ConfigError
 from consumer.model_store import ModelStore
@@ -297,3 +298,25 @@ def test_a_name_with_a_lone_surrogate_is_refused() -> None:
 def test_a_name_that_breaks_a_line_is_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="a control character or a line break"):
         checked_name(text)
+
+
+def test_a_publish_between_a_renames_read_and_its_publish_is_renamed_not_undone(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    store.publish(small_model())
+    newer = small_model(seed=1)  # what a trainer publishes meanwhile: other centres
+    read = segment_names.read_chosen_names
+
+    def read_while_a_trainer_publishes(client: redis.Redis, layout: KeyLayout) -> object:
+        if store.current_version() == 1:
+            store.publish_next(newer)
+        return read(client, layout)
+
+    monkeypatch.setattr(segment_names, "read_chosen_names", read_while_a_trainer_publishes)
+    done = rename_segment(store, 1, "VIP")
+    assert done.before is not None and done.before.model_version == 2  # read again
+    assert done.after is not None and done.after.model_version == 3
+    assert done.after.centers == newer.centers  # the trainer's version, renamed
+    assert names_by_id(done.after)[1] == "VIP"
