@@ -767,6 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resend: also send reasons no setting decides (after an upgrade that "
         "reads them; else they are dead-lettered again)",
     )
+    dead.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (counts, first and last, examples; what was sent back) "
+        "instead of the text",
+    )
 
     report = _command(
         commands,

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import get_args
 
+import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumer.exceptions import ConfigError, ServerUnavailableError
@@ -34,8 +35,19 @@ from consumer.outputs import OutputTopics
 from consumer.settings import KafkaSettings, Settings
 from model.events import RejectReason
 
+#: Bytes of a dead letter's value an example shows.
+_HEAD_BYTES = 120
 _CUT = ("streamseg.truncated_from_bytes", "streamseg.key_truncated_from_bytes")
 _HEADERS_GONE = ("streamseg.headers_dropped", "streamseg.headers_dropped_bytes")
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One dead letter as the summary shows it: where it was read from, and why or what."""
+
+    position: str  # ``topic[partition]@offset`` of the record in the events topic
+    text: str  # the reason's detail (first, last), or the head of the value (examples)
+    value_bytes: int = 0  # the value's whole size (examples)
 
 
 @dataclass
@@ -43,9 +55,9 @@ class ReasonSummary:
     """The dead letters of one reason."""
 
     count: int = 0
-    first: str = ""  # source position and detail of the oldest
-    last: str = ""  # and of the newest
-    examples: list[str] = field(default_factory=list)  # newest last
+    first: Sighting | None = None  # the oldest, with its detail
+    last: Sighting | None = None  # and the newest
+    examples: list[Sighting] = field(default_factory=list)  # newest last, heads of values
 
 
 def read_dead_letters(kafka: KafkaSettings, *, timeout: float = 30.0) -> Iterator[Message]:
@@ -139,14 +151,13 @@ class DeadLetterPass:
         summary = self.summaries.setdefault(reason, ReasonSummary())
         summary.count += 1
         position = _position(headers)
-        where = f"{position}: {headers.get('streamseg.detail', b'').decode(errors='replace')}"
-        summary.first = summary.first or where
-        summary.last = where
+        detail = headers.get("streamseg.detail", b"").decode(errors="replace")
+        summary.first = summary.first or Sighting(position, detail)
+        summary.last = Sighting(position, detail)
         if self.examples:
             value = message.value() or b""
-            head = value[:120].decode(errors="replace")
-            more = f" ... ({len(value):,} bytes)" if len(value) > 120 else ""
-            summary.examples = [*summary.examples, f"{position}: {head!r}{more}"][-self.examples :]
+            head = Sighting(position, value[:_HEAD_BYTES].decode(errors="replace"), len(value))
+            summary.examples = [*summary.examples, head][-self.examples :]
         if self.outputs is not None:
             self._send_back(message, pairs, headers, reason)
 
@@ -199,12 +210,19 @@ class DeadLetterPass:
             f"{shown:,} dead letters in {self.kafka.dead_letter_topic!r}"
             + (f" of reasons {', '.join(sorted(chosen))} ({self.total:,} in all)" if chosen else "")
         ]
-        for reason, summary in sorted(self.summaries.items(), key=lambda item: -item[1].count):
+        for reason, summary in self._by_count():
+            assert summary.first is not None and summary.last is not None
             lines.append(f"  {reason}: {summary.count:,}")
-            lines.append(f"    first: {summary.first}")
+            lines.append(f"    first: {summary.first.position}: {summary.first.text}")
             if summary.count > 1:
-                lines.append(f"    last:  {summary.last}")
-            lines += [f"    e.g. {example}" for example in summary.examples]
+                lines.append(f"    last:  {summary.last.position}: {summary.last.text}")
+            for example in summary.examples:
+                more = (
+                    f" ... ({example.value_bytes:,} bytes)"
+                    if example.value_bytes > _HEAD_BYTES
+                    else ""
+                )
+                lines.append(f"    e.g. {example.position}: {example.text!r}{more}")
         if self.outputs is not None:
             sent = ", ".join(f"{r} {n:,}" for r, n in self.sent.most_common()) or "none"
             line = f"sent {sum(self.sent.values()):,} back to {self.kafka.events_topic!r} ({sent})"
@@ -217,6 +235,35 @@ class DeadLetterPass:
                 )
             lines.append(line)
         return lines
+
+    def _by_count(self) -> list[tuple[str, ReasonSummary]]:
+        """The reasons seen, most frequent first."""
+        return sorted(self.summaries.items(), key=lambda item: -item[1].count)
+
+    def as_json(self) -> dict[str, object]:
+        """``dead-letters --json``: what `report` says, as one object."""
+        answer: dict[str, object] = {
+            "topic": self.kafka.dead_letter_topic,
+            "read": self.total,
+            "selected": sum(s.count for s in self.summaries.values()),
+            "reasons": {
+                reason: {
+                    "count": summary.count,
+                    "first": asdict(summary.first) if summary.first else None,
+                    "last": asdict(summary.last) if summary.last else None,
+                    "examples": [asdict(e) for e in summary.examples],
+                }
+                for reason, summary in self._by_count()
+            },
+        }
+        if self.outputs is not None:
+            answer["resent"] = {
+                "to": self.kafka.events_topic,
+                "by_reason": dict(self.sent.most_common()),
+                "cut_not_sent": self.cut,
+                "sent_without_own_headers": self.without_headers,
+            }
+        return answer
 
 
 #: The reasons a setting decides, and the setting: what a --resend can be worth.
@@ -256,5 +303,8 @@ def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
     for message in read_dead_letters(kafka):
         dead.add(message)
     dead.finish()
-    print("\n".join(dead.report()))
+    if args.json:
+        print(orjson.dumps(dead.as_json()).decode())
+    else:
+        print("\n".join(dead.report()))
     return 0

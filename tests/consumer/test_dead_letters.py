@@ -77,6 +77,20 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     assert "  ts_out_of_range: 8\n" in out and "  not_json: 2\n" in out
     assert re.search(rf"    first: {re.escape(topic)}\[1\]@\d+: ts=", out), out
     assert "    e.g. " in out and "'{not json'" in out
+    # The same for a script.
+    assert main(["dead-letters", "--examples", "1", "--json"]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer["topic"] == settings.kafka.dead_letter_topic
+    assert answer["read"] == answer["selected"] == 10
+    assert {r: v["count"] for r, v in answer["reasons"].items()} == {
+        "ts_out_of_range": 8,
+        "not_json": 2,
+    }
+    first = answer["reasons"]["ts_out_of_range"]["first"]
+    assert first["position"].startswith(f"{topic}[1]@") and first["text"].startswith("ts=")
+    (example,) = answer["reasons"]["not_json"]["examples"]
+    assert example["text"] == "{not json" and example["value_bytes"] == 9
+    assert "resent" not in answer
 
     # What no setting decides is not sent back unless forced: it would come straight back.
     assert main(["dead-letters", "--reason", "not_json", "--resend"]) == 2
