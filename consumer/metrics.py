@@ -326,7 +326,7 @@ class TrainerMetrics:
             "Refits of scaling and centres on the newest rows, by reason: 'scaling' (the "
             "scaling fitted on fresh rows moved past trainer.rescale_tolerance), 'check' "
             "(the refit check's gain exceeded trainer.refit_min_gain) or 'request' "
-            "(train --once --refit).",
+            "(model refit, train --once --refit); counted once published.",
             ["reason"],
             registry=r,
         )

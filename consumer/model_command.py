@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from consumer import refit_request
 from consumer.exceptions import ConfigError, ModelReplacedError
 from consumer.model_store import (
     IMPORTED_AT_METRIC,
@@ -16,7 +17,6 @@ from consumer.model_store import (
     ModelStore,
     compatible,
     imported_at,
-    parse_version,
     renamed_at,
 )
 from consumer.redis_keys import KeyLayout
@@ -109,53 +109,55 @@ def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
     return "\n".join(lines)
 
 
-#: A refit request no trainer takes within this long lapses (a trainer that steps again
-#: much later should not refit for a reason long gone).
-REFIT_REQUEST_SECONDS = 3600
-
-
-def _request_refit(
-    store: ModelStore, current: int | None, settings: Settings, wait_seconds: float
-) -> int:
-    """``model refit``: leave a request for the active trainer, and with ``wait_seconds``
-    wait for the version it publishes."""
+def _request_refit(store: ModelStore, current: int | None, wait_seconds: float) -> int:
+    """``model refit``: leave a request for the active trainer (`consumer.refit_request`),
+    and with ``wait_seconds`` wait for its answer: the version the refit published (exit 0)
+    or why it could not be done (exit 1)."""
+    namespace = store.keys.namespace
     holder = lease_holder(store.client.get(store.keys.trainer_lease))
     if holder is None:
-        raise ConfigError(
-            f"no trainer holds the lease of namespace {store.keys.namespace!r}: start "
-            "`streamseg train`, or refit with `streamseg train --once --refit`"
+        refuse_if_nothing_written(store.client, namespace)  # misspelt?
+        print(
+            f"no trainer holds the lease of namespace {namespace!r}: start `streamseg train`, "
+            "or refit with `streamseg train --once --refit`",
+            file=sys.stderr,
         )
+        return 1
     if current is None:
-        raise ConfigError(
-            f"no model published yet in namespace {store.keys.namespace!r}: trainer {holder} "
-            "bootstraps once it has enough rows (streamseg status)"
+        print(
+            f"no model published yet in namespace {namespace!r}: trainer {holder} bootstraps "
+            "once it has enough rows (streamseg status)",
+            file=sys.stderr,
         )
-    store.client.set(store.keys.refit_request, holder, ex=REFIT_REQUEST_SECONDS)
-    every = settings.trainer.update_interval_seconds
+        return 1
+    token = refit_request.make_request(store.client, store.keys)
     print(
         f"refit requested: trainer {holder} refits at its next step (every "
-        f"trainer.update_interval_seconds={every:g} s) and publishes the version after v{current}"
+        "trainer.update_interval_seconds of its settings) and publishes the version after "
+        f"v{current}"
     )
     if not wait_seconds:
         return 0
     deadline = time.monotonic() + wait_seconds
-    before: int | None = current  # current while the request waits (an update may land)
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        # One MULTI (the keys share a slot): whether the request waits, and the version then.
-        pipe = store.client.pipeline(transaction=True)
-        pipe.exists(store.keys.refit_request)
-        pipe.get(store.keys.model_version)
-        waiting, raw = pipe.execute()
-        version = None if raw is None else parse_version(raw, store.keys.model_version)
-        if waiting:
-            before = version
-        elif version is not None and version != before:
-            print(f"model v{version} is current")
-            return 0
+        answer = refit_request.read_answer(store.client, store.keys, token)
+        if answer is None:
+            continue
+        if answer.get("error") is not None:
+            print(f"trainer {holder} did not refit: {answer['error']}", file=sys.stderr)
+            return 1
+        print(f"model v{answer['version']} is current: the refit")
+        return 0
+    pending = refit_request.pending_request(store.client, store.keys) == token
     print(
-        f"no refitted version within {wait_seconds:g} s (streamseg model list; the trainer's "
-        "log says why)",
+        f"no refitted version within {wait_seconds:g} s"
+        + (
+            f"; the request is still pending: trainer {holder} takes it at its next step, "
+            f"or it lapses {refit_request.REQUEST_SECONDS // 60} min after it was made"
+            if pending
+            else " (streamseg model list; the trainer's log says why)"
+        ),
         file=sys.stderr,
     )
     return 1
@@ -199,7 +201,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         print(_model_table(store.load(shown), read_chosen_names(client, store.keys)))
         return 0
     if args.action == "refit":
-        return _request_refit(store, current, settings, args.wait)
+        return _request_refit(store, current, args.wait)
     if args.action == "rename":
         if current is None:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?

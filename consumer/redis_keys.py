@@ -126,8 +126,14 @@ class KeyLayout:
 
     @property
     def refit_request(self) -> str:
-        """Set by ``streamseg model refit``: the active trainer refits at its next step."""
+        """Set by ``streamseg model refit``: the active trainer refits at its next step
+        (`consumer.refit_request`)."""
         return f"{self._model}:refit-request"
+
+    @property
+    def refit_result(self) -> str:
+        """The trainer's answer to the last refit request it answered (JSON)."""
+        return f"{self._model}:refit-result"
 
     @property
     def trainer_lease(self) -> str:

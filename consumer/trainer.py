@@ -52,6 +52,7 @@ from typing import Literal
 import numpy as np
 import redis
 
+from consumer import refit_request
 from consumer.exceptions import ConfigError, ModelReplacedError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
@@ -122,8 +123,8 @@ class Trainer:
         #: While waiting to bootstrap: rows pushed at the last look at the buffer, and how many
         #: more must be pushed before it can hold what was missing then.
         self._last_look: tuple[int, int] | None = None
-        #: Users a `refit_now` found in the buffer, when too few.
-        self._refit_short_of: int | None = None
+        #: Why the last `refit_now` published nothing (None: it did, or none ran).
+        self._refit_not_done: str | None = None
 
     def resume(self) -> None:
         """Continue from the published model, if any (after a restart or a takeover).
@@ -179,11 +180,8 @@ class Trainer:
 
     def missing(self) -> str:
         """What the next bootstrap, update or refit still waits for, in words (for ``--once``)."""
-        if self.segmenter is not None and self._refit_short_of is not None:
-            return (
-                f"a refit needs rows of at least {self.segmenter.fit_rows_needed():,} users; "
-                f"the training buffer holds rows of {self._refit_short_of:,}"
-            )
+        if self._refit_not_done is not None:
+            return self._refit_not_done
         if self.segmenter is None:
             return (
                 f"a bootstrap needs trainer.bootstrap_rows={self.config.bootstrap_rows:,} rows "
@@ -213,11 +211,9 @@ class Trainer:
         self._follow_the_current_model()
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
-        if self._refit_requested():
-            refitted = self.refit_now()
-            if refitted is None:
-                log.warning("requested refit not done: %s", self.missing())
-            return refitted
+        if refit_request.pending_request(self.client, self.keys) is not None:
+            log.info("a refit was requested (streamseg model refit): refitting now")
+            return self.refit_now()
         pushed = self.rows_pushed()
         fresh = pushed - self._rows_seen
         self.metrics.rows_pending.set(max(fresh, 0))
@@ -241,32 +237,38 @@ class Trainer:
                 return self._refit("check", checked if whole_window else None)
         return self._publish(X, Z)
 
-    def _refit_requested(self) -> bool:
-        """Whether ``streamseg model refit`` asked for a refit since the last step (the
-        request is taken: a second refit needs a second request)."""
-        requested = self.client.get(self.keys.refit_request)
-        if requested is None:
-            return False
-        self.client.delete(self.keys.refit_request)
-        log.info("a refit was requested (streamseg model refit): refitting now")
-        return True
-
     def refit_now(self) -> SegmentModel | None:
-        """``train --once --refit``: refit the scaling and the centres on the newest rows now,
-        as a scaling refit does, keeping ids (a bootstrap while nothing is published). None
-        when the buffer holds rows of too few users (`missing` says how many)."""
+        """Refit the scaling and the centres on the newest rows now, as a scaling refit does,
+        keeping ids (a bootstrap while nothing is published): ``train --once --refit``, and
+        a step that finds a request of ``model refit``, which it answers. None when the
+        buffer holds rows of too few users, or another version became current meanwhile
+        (`missing` says which)."""
         self._follow_the_current_model()
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
+        self._refit_not_done = None
+        token = refit_request.pending_request(self.client, self.keys)  # this refit answers it
         pushed = self.rows_pushed()
         X = self.buffered_rows(max_rows=self._refit_rows())
         if len(X) < self.segmenter.fit_rows_needed():  # a small shop: each user's newest
             X = self.buffered_rows()
         if len(X) < self.segmenter.fit_rows_needed():
-            self._refit_short_of = len(X)
+            self._refit_not_done = (
+                f"a refit needs rows of at least {self.segmenter.fit_rows_needed():,} users; "
+                f"the training buffer holds rows of {len(X):,}"
+            )
+            log.warning("refit not done: %s", self._refit_not_done)
+            if token is not None:  # it would fail the same way at the next step
+                refit_request.answer(self.client, self.keys, token, error=self._refit_not_done)
             return None
         self._rows_seen = pushed
-        return self._refit("request", X)
+        model = self._refit("request", X)
+        if model is None:
+            # The request stays: the next step refits from the version now current.
+            self._refit_not_done = "another version became current during the refit"
+        elif token is not None:
+            refit_request.answer(self.client, self.keys, token, version=model.model_version)
+        return model
 
     def refit_check_rows(self) -> tuple[np.ndarray, bool]:
         """The rows the refit check fits: each user's newest among the newest rows of the
@@ -324,9 +326,11 @@ class Trainer:
         self.preprocessor = fresh
         Z = fresh.transform(X)
         self.segmenter.fit(Z)
-        self.metrics.refits.labels(reason=reason).inc()
         log.info("refitted scaling and centres on %d rows (%s)", len(X), reason)
-        return self._publish(X, Z)
+        model = self._publish(X, Z)
+        if model is not None:  # a refit whose publish was refused changed nothing
+            self.metrics.refits.labels(reason=reason).inc()
+        return model
 
     def _refit_rows(self) -> int:
         """Rows of ``refit_periods`` periods: about one per user and period."""

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import redis
 
+from consumer import refit_request
 from consumer.cli import main
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
@@ -817,7 +818,7 @@ def test_train_once_refit_refits_now_and_keeps_the_ids(
     assert "--refit goes with --once" in capsys.readouterr().err
 
 
-def test_model_refit_asks_the_active_trainer_and_waits_for_its_version(
+def test_model_refit_asks_the_active_trainer_and_waits_for_its_answer(
     redis_url: str,
     redis_client: redis.Redis,
     namespace: str,
@@ -828,7 +829,7 @@ def test_model_refit_asks_the_active_trainer_and_waits_for_its_version(
     monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
     command = ["--namespace", namespace, "model", "refit"]
     redis_client.hset(keys.counters, "events", 1)  # a namespace, no trainer yet
-    assert main(command) == 2
+    assert main(command) == 1
     assert "no trainer holds the lease" in capsys.readouterr().err
 
     lease = TrainerLease(redis_client, keys.trainer_lease, seconds=30)
@@ -843,10 +844,14 @@ def test_model_refit_asks_the_active_trainer_and_waits_for_its_version(
     assert first is not None
     assert trainer.step() is None  # an update waits for 10,000 new rows
 
-    # The trainer steps in another thread, as `streamseg train` would, after the request.
-    stepped: list[SegmentModel | None] = []
-    stepper = threading.Timer(1.0, lambda: stepped.append(trainer.step()))
-    stepper.start()
+    def step_in_a_second() -> tuple[threading.Thread, list[SegmentModel | None]]:
+        """The trainer steps in another thread, as `streamseg train` would."""
+        stepped: list[SegmentModel | None] = []
+        stepper = threading.Timer(1.0, lambda: stepped.append(trainer.step()))
+        stepper.start()
+        return stepper, stepped
+
+    stepper, stepped = step_in_a_second()
     try:
         assert main([*command, "--wait", "30"]) == 0
     finally:
@@ -854,14 +859,85 @@ def test_model_refit_asks_the_active_trainer_and_waits_for_its_version(
     out = capsys.readouterr().out
     assert f"refit requested: trainer {lease.holder()} refits at its next step" in out
     assert stepped[0] is not None and stepped[0].model_version == first.model_version + 1
-    assert f"model v{first.model_version + 1} is current" in out
+    assert f"model v{first.model_version + 1} is current: the refit" in out
     assert redis_client.exists(keys.refit_request) == 0  # taken: one request, one refit
     assert trainer.step() is None
 
-    # A request no trainer takes: --wait gives up and says so.
+    # Too few users to refit: the request is answered with the reason, not left to fail again.
+    redis_client.delete(keys.training_samples)
+    push_training_rows(redis_client, keys, rng.lognormal(0, 1, (5, len(FEATURE_NAMES))), users[:5])
+    stepper, stepped = step_in_a_second()
+    try:
+        assert main([*command, "--wait", "30"]) == 1
+    finally:
+        stepper.join()
+    assert stepped == [None]
+    assert (
+        "did not refit: a refit needs rows of at least 100 users; the training buffer holds "
+        "rows of 5" in capsys.readouterr().err
+    )
+    assert redis_client.exists(keys.refit_request) == 0
+
+    # A request no trainer takes in time: --wait gives up and says it is still pending.
     assert main([*command, "--wait", "1"]) == 1
-    assert "no refitted version within 1 s" in capsys.readouterr().err
+    assert "the request is still pending" in capsys.readouterr().err
+    assert 3500 < redis_client.ttl(keys.refit_request) <= 3600  # lapses within the hour
     lease.release()
+
+
+def test_a_requested_refit_whose_publish_is_refused_is_done_at_the_next_step(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = KeyLayout(namespace)
+    trainer = Trainer(
+        redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=10_000)
+    )
+    trainer.resume()
+    rng = np.random.default_rng(7)
+    users = [f"u{i}" for i in range(300)]
+    push_training_rows(redis_client, keys, rng.lognormal(0, 1, (300, len(FEATURE_NAMES))), users)
+    first = trainer.step()
+    assert first is not None and trainer.segmenter is not None
+    store = ModelStore(redis_client, keys)
+    token = refit_request.make_request(redis_client, keys)
+    predict = trainer.segmenter.predict  # a refit calls it before its publish
+
+    def predict_while_a_rollback_lands(Z: np.ndarray) -> object:
+        if store.current_version() == first.model_version:
+            store.publish_next(first)  # what an import of the same model does
+        return predict(Z)
+
+    monkeypatch.setattr(trainer.segmenter, "predict", predict_while_a_rollback_lands)
+    assert trainer.step() is None  # refused: another version came first
+    assert "another version became current" in trainer.missing()
+    assert refit_request.pending_request(redis_client, keys) == token  # still asked for
+    refitted = trainer.step()
+    assert refitted is not None and refitted.model_version == first.model_version + 2
+    answer = refit_request.read_answer(redis_client, keys, token)
+    assert answer == {"token": token, "version": refitted.model_version}
+    assert refit_request.pending_request(redis_client, keys) is None
+
+
+def test_train_once_refit_answers_a_pending_request(
+    redis_url: str,
+    redis_client: redis.Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It refitted and left the request, so the next trainer started refitted again."""
+    keys = KeyLayout(namespace)
+    monkeypatch.setenv("STREAMSEG_REDIS__URL", redis_url)
+    monkeypatch.setenv("STREAMSEG_OBSERVABILITY__METRICS_PORT", "0")
+    monkeypatch.setenv("STREAMSEG_TRAINER__BOOTSTRAP_ROWS", "100")
+    users = [f"u{i}" for i in range(300)]
+    rows = np.random.default_rng(8).lognormal(0, 1, (300, len(FEATURE_NAMES)))
+    push_training_rows(redis_client, keys, rows, users)
+    base = ["--namespace", namespace, "train", "--once", "--max-seconds", "60"]
+    assert main(base) == 0  # v1
+    token = refit_request.make_request(redis_client, keys)  # left by a trainer that died
+    assert main([*base, "--refit"]) == 0
+    assert refit_request.read_answer(redis_client, keys, token) == {"token": token, "version": 2}
+    assert refit_request.pending_request(redis_client, keys) is None
 
 
 def test_a_trainer_continuing_from_a_rollback_gives_no_id_a_newer_version_gave(
