@@ -35,6 +35,21 @@ def clustered_rows(rng: np.random.Generator, groups: int) -> np.ndarray:
     return scale * rng.lognormal(0.0, 0.2, (len(USERS), len(FEATURE_NAMES)))
 
 
+def bootstrapped_trainer(
+    client: redis.Redis, keys: KeyLayout, rng: np.random.Generator, groups: int
+) -> tuple[Trainer, SegmentModel]:
+    """A trainer of ``groups`` segments that published its bootstrap on `clustered_rows`
+    (an update needs 300 more rows)."""
+    trainer = Trainer(
+        client, keys, TrainerSettings(n_clusters=groups, bootstrap_rows=300, update_rows=300)
+    )
+    trainer.resume()
+    push_training_rows(client, keys, clustered_rows(rng, groups), USERS)
+    first = trainer.step()
+    assert first is not None
+    return trainer, first
+
+
 def names_by_id(model: SegmentModel) -> dict[int, str]:
     return dict(zip(model.ids, model.names, strict=True))
 
@@ -54,13 +69,7 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
 ) -> None:
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(3)
-    trainer = Trainer(
-        redis_client, keys, TrainerSettings(n_clusters=3, bootstrap_rows=300, update_rows=300)
-    )
-    trainer.resume()
-    push_training_rows(redis_client, keys, clustered_rows(rng, 3), USERS)
-    first = trainer.step()
-    assert first is not None
+    trainer, first = bootstrapped_trainer(redis_client, keys, rng, groups=3)
     segment = first.ids[1]
 
     assert main([*model_command, "rename", str(segment), "VIP customers"]) == 0
@@ -232,13 +241,8 @@ def test_a_rename_during_a_trainer_fit_is_not_undone_by_its_publish(
 ) -> None:
     keys = KeyLayout(namespace)
     rng = np.random.default_rng(5)
-    trainer = Trainer(
-        redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=300)
-    )
-    trainer.resume()
-    push_training_rows(redis_client, keys, clustered_rows(rng, 2), USERS)
-    first = trainer.step()
-    assert first is not None and trainer.segmenter is not None
+    trainer, first = bootstrapped_trainer(redis_client, keys, rng, groups=2)
+    assert trainer.segmenter is not None
     store = ModelStore(redis_client, keys)
     segment = first.ids[0]
     predict = trainer.segmenter.predict  # every kind of update calls it before its publish
