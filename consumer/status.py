@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
+from consumer import refit_request
 from consumer.failures import report_failure
 from consumer.kafka_clients import consumer_config
 from consumer.logs import librdkafka_log
@@ -206,6 +207,8 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
         "watermark": watermark_ms / 1000.0 if watermark_ms is not None else None,
         "trainer_active": lease is not None,
         "trainer": lease_holder(lease),
+        # A `model refit` no trainer has taken yet.
+        "refit_requested": refit_request.pending_request(client, keys) is not None,
         "segments": segments,
         "counters": counters,
         "consumers": consumers,
@@ -363,6 +366,11 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
             f"active ({status.get('trainer') or 'lease held'})"
             if status["trainer_active"]
             else "none active"
+        )
+        + (
+            "; a refit is requested (streamseg model refit)"
+            if status.get("refit_requested")
+            else ""
         ),
         "",
         "segments",

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis
 
+from consumer import refit_request
 from consumer.cli import main
 from consumer.metrics import PipelineMetrics
 from consumer.redis_keys import KeyLayout, PointerKeys
@@ -245,6 +246,12 @@ def test_status_names_the_trainer_and_the_dead_letter_share(
     text = render_status({**status, "lag": []})
     assert f"trainer        active ({lease.holder()})" in text
     assert "(dead-lettered share of records)" in text and "1.50%" in text
+    assert not status["refit_requested"] and "refit" not in text
+    refit_request.make_request(redis_client, keys)  # `model refit`, not yet taken
+    status = _redis_status(settings, redis_client)
+    assert status["refit_requested"]
+    text = render_status({**status, "lag": []})
+    assert "; a refit is requested (streamseg model refit)" in text
 
 
 def test_the_clock_line_says_ahead_when_events_are_stamped_after_now() -> None:
