@@ -13,7 +13,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import orjson
 from rich.console import Console
@@ -25,6 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from consumer.exceptions import ConfigError
+from consumer.model_store import ModelStore
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient, Settings
@@ -71,7 +73,8 @@ def audience_command(args: argparse.Namespace, settings: Settings) -> int:
     configured = settings.redis.namespace
     namespace = live_namespace(client, configured) if args.live else configured
     keys = KeyLayout(namespace)
-    segments, tiers = set(args.segment or []), set(args.tier or [])
+    segments = segment_ids(args.segment or [], ModelStore(client, keys))
+    tiers = set(args.tier or [])
     expected = sum(StateStore(client, keys).read_segment_sizes().values())
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     scanned = written = 0
@@ -96,6 +99,25 @@ def audience_command(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def segment_ids(asked: Sequence[str], models: ModelStore) -> set[int]:
+    """The segment ids ``--segment`` names: an id as it is, a name as the current model
+    gives it (`streamseg model show`; names chosen with ``model rename`` included)."""
+    names = [a for a in asked if not (a.isascii() and a.isdigit())]
+    ids = {int(a) for a in asked if a not in names}
+    if not names:
+        return ids
+    model = models.load_current()
+    by_name = dict(zip(model.names, model.ids, strict=True)) if model is not None else {}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        held = ", ".join(f"{i} {n!r}" for n, i in by_name.items()) or "none: no model yet"
+        raise ConfigError(
+            f"--segment {unknown[0]!r}: no segment of the current model has that name "
+            f"(segments: {held})"
+        )
+    return ids | {by_name[n] for n in names}
 
 
 def _filters(segments: set[int], tiers: set[int]) -> str:

@@ -409,10 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audience.add_argument(
         "--segment",
-        type=int,
         action="append",
-        metavar="ID",
-        help="only users whose record names this segment id (repeatable)",
+        metavar="ID|NAME",
+        help="only users whose record names this segment: an id, or a name of the current "
+        "model such as 'VIP' (repeatable)",
     )
     audience.add_argument(
         "--tier",

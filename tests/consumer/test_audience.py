@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from consumer.cli import main
+from consumer.model_store import ModelStore
 from consumer.redis_keys import KeyLayout
 from tests.consumer.pipeline_support import point_cli_at_servers
 
@@ -50,6 +51,16 @@ def test_audience_writes_every_record_or_those_of_the_segments_asked(
         r for r, p in zip(records, parsed, strict=True) if p["segment_id"] == segment
     )
     assert 0 < len(chosen) < len(records)
+    # A name of the current model selects its id (records of older versions included).
+    model = ModelStore(redis_client, keys).load_current()
+    assert model is not None and segment in model.ids
+    name = model.names[model.ids.index(segment)]
+    assert main([*base, "--segment", name]) == 0
+    assert sorted(capsysbinary.readouterr().out.splitlines()) == chosen
+    assert main([*base, "--segment", "no such name"]) == 2
+    assert b"--segment 'no such name': no segment of the current model has that name" in (
+        capsysbinary.readouterr().err
+    )
     assert main([*base, "--segment", str(segment), "--tier", str(tier + 1)]) == 0
     assert capsysbinary.readouterr().out == b""  # both must hold: a segment has one tier
     assert main([*base, "--tier", str(tier)]) == 0
