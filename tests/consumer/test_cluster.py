@@ -16,11 +16,13 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from consumer import refit_request
 from consumer.exceptions import ConfigError
 from consumer.lookup import SegmentLookup
 from consumer.model_store import ModelStore
 from consumer.namespaces import count_users, drop_namespace, promote, rollback
 from consumer.redis_keys import KeyLayout, PointerKeys
+from consumer.segment_names import read_chosen_names, rename_segment
 from consumer.segment_record import encode_record
 from consumer.settings import RedisClient
 from consumer.state_store import BatchWrite, StateStore, read_values
@@ -282,6 +284,23 @@ def test_trainer_lease_and_versioned_publish_run_on_a_cluster(
     assert store.current_version() == 2 and store.versions() == [2, 1]
     lease.release()
     assert not lease.renew()
+
+
+def test_a_rename_and_a_refit_request_run_on_a_cluster(
+    cluster: RedisCluster, cluster_namespace: str
+) -> None:
+    """Both are transactions on the model slot: the names hash with the version, the request
+    taken with its answer."""
+    keys = KeyLayout(cluster_namespace)
+    store = ModelStore(cluster, keys)
+    store.publish(small_model())
+    done = rename_segment(store, 1, "VIP")
+    assert done.after is not None and done.after.model_version == 2
+    assert read_chosen_names(cluster, keys) == {1: "VIP"}
+    token = refit_request.make_request(cluster, keys)
+    refit_request.answer(cluster, keys, token, version=3)
+    assert refit_request.read_answer(cluster, keys, token) == {"token": token, "version": 3}
+    assert refit_request.pending_request(cluster, keys) is None
 
 
 def test_publishes_prune_the_model_history_on_a_cluster(
