@@ -4,7 +4,8 @@ Every ``pipeline.rescore_interval_seconds`` of event time (and at most once per
 ``pipeline.rescore_min_wall_seconds`` of wall-clock time), a pipeline scores the users of its
 partitions again at the watermark (latest event time applied less
 ``pipeline.allowed_lateness_seconds``), so decay and recency can move them into "lapsed" or
-"at risk" segments. A model that lacks a segment users hold makes a pass due at once. A pass
+"at risk" segments. A model that lacks a segment users hold, or names or ranks one otherwise
+(a rename), makes a pass due at once. A pass
 is a SCAN over the namespace's state keys, one chunk per loop of the pipeline between batches,
 paced so that it never holds the records behind it. Written: users whose segment changed or
 whose record names an older model.
@@ -49,7 +50,9 @@ class IdleRescore:
         self.next_chunk_at = 0.0  # monotonic time the next chunk of a pass may run
         self.partitions: frozenset[int] = frozenset()  # whose markers were read
         self.with_samples = False  # the pass in progress pushes idle users' rows
-        self.retired_due = False  # users hold segments the model lacks: a pass is due now
+        #: Users hold segments the model lacks, or segments it names otherwise: a pass is
+        #: due now.
+        self.due_now = False
         self.retired_seen: set[int] = set()  # retired segment ids a pass was begun for
 
     def markers(self, partitions: frozenset[int], keys: KeyLayout) -> float | None:
@@ -70,7 +73,7 @@ class IdleRescore:
         for ``partitions``."""
         self.cursor = None
         self.scored_at, self.partitions = scored_at, partitions
-        self.retired_due, self.retired_seen = False, set()
+        self.due_now, self.retired_seen = False, set()
 
     def check_retired_segments(self, model: SegmentModel) -> None:
         """Make a pass due now when users hold segments ``model`` does not have.
@@ -96,8 +99,30 @@ class IdleRescore:
                 model.model_version,
                 self._when_rescored(),
             )
-            self.retired_due = True
+            self.due_now = True
             self.retired_seen |= retired
+
+    def check_relabelled_segments(self, before: SegmentModel | None, model: SegmentModel) -> None:
+        """Make a pass due now when a segment kept its id but got another name or tier (a
+        ``model rename``, or labels the trainer moved): its idle users' records would name
+        the old one until the periodic pass, a day of event time later or, on a quiet
+        stream, never."""
+        if before is None:
+            return
+        old = {i: (n, t) for i, n, t in zip(before.ids, before.names, before.tiers, strict=True)}
+        relabelled = sorted(
+            i
+            for i, n, t in zip(model.ids, model.names, model.tiers, strict=True)
+            if i in old and old[i] != (n, t)
+        )
+        if relabelled:
+            log.info(
+                "segments %s have another name or tier in model v%d: %s",
+                relabelled,
+                model.model_version,
+                self._when_rescored(),
+            )
+            self.due_now = True
 
     def _when_rescored(self) -> str:
         """When a pass made due now will reach the users, in the words of the log."""
@@ -153,7 +178,7 @@ class IdleRescore:
                 marker = self.markers(owned, pipeline.keys)
                 self.scored_at = -np.inf if marker is None else marker
                 self.partitions = owned
-            if watermark - self.scored_at < interval_ms and not self.retired_due:
+            if watermark - self.scored_at < interval_ms and not self.due_now:
                 return
             # A replay moves event time by days per second: bound passes by the wall clock too.
             wall = time.monotonic()
@@ -163,7 +188,7 @@ class IdleRescore:
             period = pipeline.training_period
             self.with_samples = bool(period(watermark) > period(self.scored_at))
             self.cursor, self.scoring_at, self.started_wall = 0, watermark, wall
-            self.retired_due = False
+            self.due_now = False
         cursor, found = pipeline.store.scan_state_keys(self.cursor, count=_CHUNK_KEYS)
         self._score(found, owned)
         self.cursor = cursor  # only now: a failed chunk is scanned again

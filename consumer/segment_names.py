@@ -13,7 +13,8 @@ the name stays with the segment it was given to; a segment that is gone leaves i
 entry of a segment that is gone.
 
 A segment record carries the name of its scoring: a user's record takes the new name at the
-user's next event, or at the next re-score pass (which rewrites records naming an older model).
+user's next event, or in the re-score pass a version with other names begins at once
+(`consumer.rescore`).
 A ``model rollback`` makes that version's names current again until the trainer's next publish.
 """
 
@@ -137,7 +138,7 @@ class Rename:
                 *changed,
                 f"segment {self.segment_id} is {kept!r} ({how})",
                 "consumers use it within pipeline.model_poll_seconds; a user's record takes "
-                "the new name at the user's next event or at the next re-score pass",
+                "the new name at the user's next event or in the re-score pass this version begins",
             ]
         )
 

@@ -13,6 +13,7 @@ import redis
 from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
+from consumer.segment_names import rename_segment
 from consumer.state_store import StateStore
 from consumer.training_rows import decode_rows, user_key
 from devstack.redis_server import RedisServer
@@ -305,6 +306,56 @@ def test_users_of_a_segment_the_new_model_dropped_are_re_scored_at_once(
         pipeline.close()
 
 
+def test_a_renamed_segment_reaches_its_idle_users_records_in_a_pass_begun_at_once(
+    kafka_bootstrap: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A walkthrough renamed a segment and undid it: 545 idle users kept the name for a day
+    of event time (on a quiet stream, for ever), since only a dropped segment began a pass."""
+    topic = new_topic()
+    settings = settings_for(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        **{
+            "pipeline.rescore_interval_seconds": 10 * 365 * 86_400.0,  # periodic: not due
+            "pipeline.rescore_min_wall_seconds": 0.0,
+        },
+    )
+    keys = KeyLayout(namespace)
+    store = ModelStore(redis_client, keys)
+    store.publish(recency_model())
+    events = first_purchases(30, days_apart=10)
+    produce(kafka_bootstrap, topic, as_records(events))
+
+    def stored_names() -> set[str]:
+        return {read_record(redis_client, keys.segment(e["user_id"]))["segment"] for e in events}
+
+    pipeline = SegmentPipeline(settings)
+    pipeline.start()
+    try:
+        pipeline.run(max_records=len(events), idle_exit_seconds=20)
+        finish_pass(pipeline)  # the first one: the older buyers lapse
+        model = store.load_current()
+        assert model is not None and len(stored_names()) == 2
+        segment = model.ids[0]
+        rename_segment(store, segment, "VIP")
+        pipeline.refresh_model(force=True)
+        assert pipeline.rescore.due_now
+        finish_pass(pipeline)
+        assert "VIP" in stored_names()
+        rename_segment(store, segment, None)  # undone: the rule's name comes back
+        pipeline.refresh_model(force=True)
+        finish_pass(pipeline)
+        assert stored_names() == set(model.names)
+    finally:
+        pipeline.close()
+
+
 def test_a_re_score_chunk_is_fenced_like_a_batch(
     kafka_bootstrap: str,
     redis_url: str,
@@ -411,4 +462,4 @@ def test_the_log_says_when_users_of_a_dropped_segment_will_move(
         pipeline.rescore.check_retired_segments(model)
     [line] = [r.getMessage() for r in caplog.records if "does not have" in r.getMessage()]
     assert f"5 users hold segments [{dropped}]" in line and said in line, line
-    assert pipeline.rescore.retired_due
+    assert pipeline.rescore.due_now
