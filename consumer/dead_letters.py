@@ -47,7 +47,7 @@ class Sighting:
 
     position: str  # ``topic[partition]@offset`` of the record in the events topic
     text: str  # the reason's detail (first, last), or the head of the value (examples)
-    value_bytes: int = 0  # the value's whole size (examples)
+    value_bytes: int  # the size of the dead letter's value
 
 
 @dataclass
@@ -152,10 +152,10 @@ class DeadLetterPass:
         summary.count += 1
         position = _position(headers)
         detail = headers.get("streamseg.detail", b"").decode(errors="replace")
-        summary.first = summary.first or Sighting(position, detail)
-        summary.last = Sighting(position, detail)
+        value = message.value() or b""
+        summary.first = summary.first or Sighting(position, detail, len(value))
+        summary.last = Sighting(position, detail, len(value))
         if self.examples:
-            value = message.value() or b""
             head = Sighting(position, value[:_HEAD_BYTES].decode(errors="replace"), len(value))
             summary.examples = [*summary.examples, head][-self.examples :]
         if self.outputs is not None:
@@ -283,7 +283,8 @@ def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
     reasons = set(args.reason) if args.reason else None
     if args.force and not args.resend:
         raise ConfigError("--force goes with --resend (it lets --resend send any reason)")
-    if args.resend and (unknown := sorted((reasons or set()) - set(get_args(RejectReason)))):
+    # A misspelt reason selected nothing and said "0 dead letters": refused, as with --resend.
+    if unknown := sorted((reasons or set()) - {*get_args(RejectReason), "unknown"}):
         raise ConfigError(
             f"--reason {', '.join(unknown)}: no such reason (reasons: "
             f"{', '.join(get_args(RejectReason))})"

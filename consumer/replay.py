@@ -659,9 +659,9 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     assert model is not None
     rate = result.records_per_second or 0.0
     print(
-        f"replayed {result.records} records into {args.namespace_out} (read and applied in "
+        f"replayed {result.records:,} records into {args.namespace_out} (read and applied in "
         f"{result.read_seconds:.1f} s: {rate:,.0f} records/s); model v{model.model_version} "
-        f"({len(model.ids)} segments) scored {result.rescored_users} users"
+        f"({len(model.ids)} segments) scored {result.rescored_users:,} users"
     )
     print(f"next: streamseg compare {args.namespace_out}; streamseg promote {args.namespace_out}")
     return 0

@@ -88,6 +88,7 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     }
     first = answer["reasons"]["ts_out_of_range"]["first"]
     assert first["position"].startswith(f"{topic}[1]@") and first["text"].startswith("ts=")
+    assert first["value_bytes"] == len(orjson.dumps(ahead[0]))
     (example,) = answer["reasons"]["not_json"]["examples"]
     assert example["text"] == "{not json" and example["value_bytes"] == 9
     assert "resent" not in answer
@@ -97,8 +98,9 @@ def test_dead_letters_are_counted_by_reason_and_sent_back_after_the_fix(
     assert "--resend of not_json: no setting changes how the consumer judges them" in (
         capsys.readouterr().err
     )
-    assert main(["dead-letters", "--reason", "ts_out_of_rnage", "--resend"]) == 2
-    assert "--reason ts_out_of_rnage: no such reason" in capsys.readouterr().err
+    for resend in ([], ["--resend"]):  # a typo listed "0 dead letters" without a word
+        assert main(["dead-letters", "--reason", "ts_out_of_rnage", *resend]) == 2
+        assert "--reason ts_out_of_rnage: no such reason" in capsys.readouterr().err
     assert main(["dead-letters", "--force"]) == 2
     assert "--force goes with --resend" in capsys.readouterr().err
     assert main(["dead-letters", "--resend", "--examples", "0"]) == 0  # settled ones only

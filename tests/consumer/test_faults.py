@@ -446,7 +446,7 @@ def test_redis_restarted_empty_is_rebuilt_by_replay_and_promote(
         env = consumer_env(kafka_bootstrap, server.url, topic, namespace)
         done = run_cli(env, "replay", "--from", "earliest", "--namespace-out", rebuilt)
         assert done.returncode == 0, done.stderr
-        assert f"replayed {len(before) + len(during) + len(gap)} records into {rebuilt}" in (
+        assert f"replayed {len(before) + len(during) + len(gap):,} records into {rebuilt}" in (
             done.stdout
         )
         done = run_cli(env, "promote", rebuilt)

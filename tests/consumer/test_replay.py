@@ -496,7 +496,7 @@ def test_the_progress_bar_and_the_summary_state_one_rate(
     finally:
         redis_client.srem(PointerKeys().registry, shadow)  # the command's real registry
     out, err = capsys.readouterr()
-    summary = re.search(r"replayed 1000 records .*?([\d,]+) records/s", out)
+    summary = re.search(r"replayed 1,000 records .*?([\d,]+) records/s", out)
     assert summary is not None, out
     bar = re.findall(r"([\d,]+) records/s", err)
     assert bar and bar[-1] == summary[1], (err, out)
@@ -615,7 +615,7 @@ def test_a_replay_runs_at_a_raised_niceness_in_every_thread(
         niceness = _thread_niceness(proc.pid)  # reading: the Kafka client's threads exist
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "replayed 2000 records" in out
+    assert "replayed 2,000 records" in out
     expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + raised_by)
     assert len(niceness) > 1 and set(niceness) == {expected}, niceness
 
@@ -651,7 +651,7 @@ def test_a_replay_stopped_by_sigterm_commits_and_resumes_without_repeats(
     assert 500 <= first < len(events)
     done = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"replayed {len(events) - first} records" in done.stdout  # none read twice
+    assert f"replayed {len(events) - first:,} records" in done.stdout  # none read twice
     assert int(redis_client.hget(counters, "records") or 0) == len(events)
 
 
