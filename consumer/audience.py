@@ -106,16 +106,20 @@ def segment_ids(asked: Sequence[str], models: ModelStore) -> set[int]:
     gives it (`streamseg model show`; names chosen with ``model rename`` included)."""
     names = [a for a in asked if not (a.isascii() and a.isdigit())]
     ids = {int(a) for a in asked if a not in names}
-    if not names:
+    if not asked:
         return ids
     model = models.load_current()
     by_name = dict(zip(model.names, model.ids, strict=True)) if model is not None else {}
+    held = StateStore(models.client, models.keys).read_segment_sizes()
+    for i in sorted(ids - set(by_name.values()) - {s for s, n in held.items() if n > 0}):
+        # Not an error: a record may still name a segment the sizes no longer count.
+        log.warning("--segment %d: no such segment in the current model, and no user holds it", i)
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        held = ", ".join(f"{i} {n!r}" for n, i in by_name.items()) or "none: no model yet"
+        known = ", ".join(f"{i} {n!r}" for n, i in by_name.items()) or "none: no model yet"
         raise ConfigError(
             f"--segment {unknown[0]!r}: no segment of the current model has that name "
-            f"(segments: {held})"
+            f"(segments: {known})"
         )
     return ids | {by_name[n] for n in names}
 

@@ -186,11 +186,14 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         if current is None:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
             print("no model published yet (cold start)")
-        for m in store.load_kept(store.versions(newest=args.last)):
+        listed = store.load_kept(store.versions(newest=args.last))
+        for m in listed:
             print(_listing_line(m, current))
         older = store.version_count() - args.last
         if args.last > 0 and older > 0:
             print(f"  ... and {older:,} older (--last 0 lists all)")
+        if current is not None and all(m.model_version != current for m in listed):
+            print(f"* v{current} is current (a rollback to it; `model show` shows it)")
         return 0
     if args.action == "show":
         shown: int | None = args.version if args.version is not None else current

@@ -45,7 +45,7 @@ _BREAKING = ("Cc", "Zl", "Zp")
 def checked_name(text: str) -> str:
     """``text`` if it can name a segment, else `ConfigError` saying why: 1 to
     `MAX_NAME_CHARS` characters of valid Unicode, no control character or line break, no
-    space at either end (a record's name is shown and matched as it is)."""
+    space at either end (a record's name is shown and matched as it is), not digits only."""
     if not text:
         raise ConfigError("a segment name cannot be empty")
     if len(text) > MAX_NAME_CHARS:
@@ -54,6 +54,11 @@ def checked_name(text: str) -> str:
         )
     if text != text.strip():
         raise ConfigError(f"segment name {text!r} starts or ends with a space")
+    if text.isascii() and text.isdigit():
+        raise ConfigError(
+            f"segment name {text!r} is digits only: `audience --segment {text}` would read it "
+            "as a segment id; add a word (e.g. 'cohort 2024')"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

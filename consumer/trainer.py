@@ -56,7 +56,7 @@ from consumer import refit_request
 from consumer.exceptions import ConfigError, ModelReplacedError
 from consumer.health import metrics_port, start_metrics_server
 from consumer.metrics import TrainerMetrics
-from consumer.model_store import ModelStore
+from consumer.model_store import RENAMED_AT_METRIC, ModelStore
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.segment_names import read_chosen_names
@@ -158,8 +158,8 @@ class Trainer:
 
     def _follow_the_current_model(self) -> None:
         """Continue from the current model when it is not the one this trainer published:
-        ``streamseg model rollback`` or ``model import`` made it current, and an update of
-        this trainer's own would undo that at its next publish."""
+        ``streamseg model rollback``, ``model import`` or ``model rename`` made it current,
+        and an update of this trainer's own would undo that at its next publish."""
         current = self.models.current_version()
         mine = self.published.model_version if self.published is not None else None
         if current is None or current == mine:
@@ -167,11 +167,21 @@ class Trainer:
         model = self.models.load_current()
         if model is None:
             return
-        log.warning(
-            "model v%d is current, not v%s of this trainer (a rollback, an import or a rename)",
-            model.model_version,
-            mine,
-        )
+        renamed = RENAMED_AT_METRIC in model.metrics.extra
+        if renamed and self.published is not None and model.centers == self.published.centers:
+            # This trainer's own version with an operator's names: routine, not a warning.
+            log.info(
+                "model v%d is current: v%s with names chosen by model rename",
+                model.model_version,
+                mine,
+            )
+        else:
+            log.warning(
+                "model v%d is current, not v%s of this trainer (a rollback, an import or a rename "
+                "of another version)",
+                model.model_version,
+                mine,
+            )
         self._continue_from(model)
 
     def rows_pushed(self) -> int:

@@ -57,6 +57,9 @@ def test_audience_writes_every_record_or_those_of_the_segments_asked(
     name = model.names[model.ids.index(segment)]
     assert main([*base, "--segment", name]) == 0
     assert sorted(capsysbinary.readouterr().out.splitlines()) == chosen
+    assert main([*base, "--segment", "999"]) == 0  # said, not refused: records may hold it
+    out, err = capsysbinary.readouterr()
+    assert out == b"" and b"--segment 999: no such segment in the current model" in err
     assert main([*base, "--segment", "no such name"]) == 2
     assert b"--segment 'no such name': no segment of the current model has that name" in (
         capsysbinary.readouterr().err

@@ -65,6 +65,7 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
     namespace: str,
     model_command: list[str],
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ) -> None:
     keys = KeyLayout(namespace)
@@ -87,9 +88,18 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
 
     # The trainer's next update (from the renamed version) names the segment so again.
     push_training_rows(redis_client, keys, clustered_rows(rng, 3), USERS)
-    update = trainer.step()
+    trainer_log = logging.getLogger("consumer.trainer")
+    trainer_log.addHandler(caplog.handler)  # main() above reconfigured the root logger
+    try:
+        with caplog.at_level(logging.INFO, logger="consumer.trainer"):
+            update = trainer.step()
+    finally:
+        trainer_log.removeHandler(caplog.handler)
     assert update is not None and update.model_version == renamed.model_version + 1
     assert segment in update.ids and names_by_id(update)[segment] == "VIP customers"
+    # Routine, not a warning: the trainer's own version with an operator's names.
+    assert "with names chosen by model rename" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
     assert main([*model_command, "show"]) == 0
     table = capsys.readouterr().out
@@ -149,6 +159,7 @@ def test_choosing_a_name_another_segment_has_moves_that_one_to_a_suffix(
         (["2", "a\x1b[31mred"], "holds a control character or a line break (U+001B)"),
         (["2", "x" * 201], "a segment name has at most 200 characters, got 201"),
         (["2", ""], "a segment name cannot be empty"),
+        (["2", "2024"], "segment name '2024' is digits only"),
     ],
 )
 def test_a_rename_that_cannot_be_done_says_why_and_publishes_nothing(
@@ -217,6 +228,9 @@ def test_a_gone_segments_name_is_given_to_a_new_rename_and_can_be_released(
     assert main([*model_command, "rollback", "1"]) == 0
     current = store.load_current()
     assert current is not None and "VIP" not in current.names
+    capsys.readouterr()
+    assert main([*model_command, "list", "--last", "1"]) == 0  # v3 alone: say which is current
+    assert capsys.readouterr().out.splitlines()[-1].startswith("* v1 is current (a rollback")
 
 
 def test_a_rename_needs_a_model_and_a_name_or_rule(
