@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -30,7 +30,7 @@ from consumer.failures import report_failure
 from consumer.kafka_clients import consumer_config
 from consumer.logs import librdkafka_log
 from consumer.metrics import PipelineMetrics
-from consumer.model_store import ModelStore, imported_at
+from consumer.model_store import ModelStore, imported_at, renamed_at
 from consumer.namespaces import live_namespace
 from consumer.redis_keys import KeyLayout
 from consumer.segment_record import iso_ms
@@ -195,6 +195,8 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
         "live_namespace": _live_namespace_if_readable(client, keys.namespace),
         "model_version": model.model_version if model else None,
         "model_created_at": model.created_at.isoformat() if model else None,
+        "model_imported_at": _iso(imported_at(model)) if model else None,
+        "model_renamed_at": _iso(renamed_at(model)) if model else None,
         # Since it became this deployment's: an import keeps its fit time as created_at.
         "model_age_seconds": time.time() - _in_use_since(model).timestamp() if model else None,
         # Rows the pipeline pushed since the current model's were read: what an update
@@ -345,7 +347,12 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         + ("" if live == status["namespace"] else f" (the live pointer names {live})"),
         "model          "
         + (
-            f"v{version} (created {status['model_created_at']}"
+            f"v{version} (created {_seconds(status['model_created_at'])}"
+            + "".join(
+                f", {what} {_seconds(status[f'model_{what}_at'])}"
+                for what in ("imported", "renamed")
+                if status.get(f"model_{what}_at")
+            )
             + (
                 f"; {status['training_rows_since_model']:,} training rows pushed since)"
                 if status.get("training_rows_since_model") is not None
@@ -456,6 +463,15 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"check failed: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _seconds(iso: str) -> str:
+    """An ISO-8601 time as `model list` prints it: UTC to the second, ``...Z``."""
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _in_use_since(model: SegmentModel) -> datetime:

@@ -263,3 +263,17 @@ def test_the_clock_line_says_ahead_when_events_are_stamped_after_now() -> None:
     )
     [failure] = [f for f in check_failures(unknown, max_model_age=60) if f.startswith("model")]
     assert "no count" in failure and "0 training rows" not in failure
+
+
+def test_the_model_line_reads_like_model_list_and_says_when_it_was_imported_or_renamed() -> None:
+    """It printed ``2026-11-29T10:00:00.123456+00:00`` and nothing of an import or a rename."""
+    status = status_of(
+        model_created_at="2026-11-29T10:00:00.123456+00:00",
+        model_imported_at="2026-12-01T08:30:05.9+00:00",
+        model_renamed_at="2026-12-02T09:00:00+00:00",
+    )
+    line = next(x for x in render_status(status).splitlines() if x.startswith("model "))
+    assert (
+        "v2 (created 2026-11-29T10:00:00Z, imported 2026-12-01T08:30:05Z, "
+        "renamed 2026-12-02T09:00:00Z)" in line
+    )
