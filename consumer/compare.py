@@ -175,11 +175,14 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     summary.add_row("users with a segment in both", f"{c.compared_users:,}")
     summary.add_row("segment differs (after id matching)", _figure(c.change_share, ".1%"))
     summary.add_row("adjusted Rand index", _figure(c.adjusted_rand, ".3f"))
-    for ns in (c.shadow, c.other):
-        summary.add_row(f"inertia of {ns} (own scaling)", f"{c.inertia_own_scaling[ns]:,.1f}")
-        summary.add_row(
-            f"inertia of {ns} ({c.shadow}'s scaling)", f"{c.inertia_shadow_scaling[ns]:,.1f}"
-        )
+    # The shadow's own scaling is the shadow's scaling: one row for it, two for the other.
+    summary.add_row(
+        f"inertia of {c.shadow} (own scaling)", f"{c.inertia_own_scaling[c.shadow]:,.1f}"
+    )
+    summary.add_row(f"inertia of {c.other} (own scaling)", f"{c.inertia_own_scaling[c.other]:,.1f}")
+    summary.add_row(
+        f"inertia of {c.other} ({c.shadow}'s scaling)", f"{c.inertia_shadow_scaling[c.other]:,.1f}"
+    )
     console.print(summary)
     # Left to right as a promote would go: from the other (the live) segment to the shadow's,
     # the columns and the arrows alike.

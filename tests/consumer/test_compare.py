@@ -53,6 +53,12 @@ def test_moved_fields_read_in_the_order_of_the_columns() -> None:
     row = next(line for line in text.splitlines() if "champions" in line)
     assert row.index("2 loyal") < row.index("7 champions")
     assert "mean_net_revenue 100->150" in row  # the left (shop) column's value first
+    # The shadow's two inertias are one figure: shown once; the other's in both scalings.
+    assert [line.split("│")[1].strip() for line in text.splitlines() if "inertia of" in line] == [
+        "inertia of retrain1 (own scaling)",
+        "inertia of shop (own scaling)",
+        "inertia of shop (retrain1's scaling)",
+    ]
     legend = text.rstrip().splitlines()[-1]
     assert "moved >20%" in legend and "shop -> retrain1" in legend
 
