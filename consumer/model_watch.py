@@ -81,7 +81,7 @@ class ModelWatch:
             pipeline.model = loaded
             pipeline.metrics.model_version.set(loaded.model_version)
             pipeline.rescore.check_retired_segments(loaded)
-            pipeline.rescore.check_relabelled_segments(current, loaded)
+            pipeline.rescore.check_renamed_segments(current, loaded)
 
     def follow_live_namespace(self) -> None:
         """Switch to the namespace the live pointer names, if it changed (between batches).

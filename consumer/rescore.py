@@ -4,8 +4,8 @@ Every ``pipeline.rescore_interval_seconds`` of event time (and at most once per
 ``pipeline.rescore_min_wall_seconds`` of wall-clock time), a pipeline scores the users of its
 partitions again at the watermark (latest event time applied less
 ``pipeline.allowed_lateness_seconds``), so decay and recency can move them into "lapsed" or
-"at risk" segments. A model that lacks a segment users hold, or names or ranks one otherwise
-(a rename), makes a pass due at once. A pass
+"at risk" segments. A model that lacks a segment users hold, or a ``model rename``, makes a
+pass due at once. A pass
 is a SCAN over the namespace's state keys, one chunk per loop of the pipeline between batches,
 paced so that it never holds the records behind it. Written: users whose segment changed or
 whose record names an older model.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
+from consumer.model_store import RENAMED_AT_METRIC
 from consumer.redis_keys import KeyLayout
 from consumer.state_store import BatchWrite
 from consumer.training_rows import keyed_rows
@@ -50,8 +51,7 @@ class IdleRescore:
         self.next_chunk_at = 0.0  # monotonic time the next chunk of a pass may run
         self.partitions: frozenset[int] = frozenset()  # whose markers were read
         self.with_samples = False  # the pass in progress pushes idle users' rows
-        #: Users hold segments the model lacks, or segments it names otherwise: a pass is
-        #: due now.
+        #: Users hold segments the model lacks, or a rename changed a name: a pass is due now.
         self.due_now = False
         self.retired_seen: set[int] = set()  # retired segment ids a pass was begun for
 
@@ -102,23 +102,22 @@ class IdleRescore:
             self.due_now = True
             self.retired_seen |= retired
 
-    def check_relabelled_segments(self, before: SegmentModel | None, model: SegmentModel) -> None:
-        """Make a pass due now when a segment kept its id but got another name or tier (a
-        ``model rename``, or labels the trainer moved): its idle users' records would name
-        the old one until the periodic pass, a day of event time later or, on a quiet
-        stream, never."""
-        if before is None:
+    def check_renamed_segments(self, before: SegmentModel | None, model: SegmentModel) -> None:
+        """Make a pass due now when ``model`` is a ``model rename`` that gave a segment
+        another name: its idle users' records would name the old one until the periodic
+        pass, a day of event time later or, on a quiet stream, never. Only a rename: the
+        trainer's own versions can move a tier or a name at any update, and a pass of every
+        user per update would cost a large shop a fifth of its consumers' time."""
+        if before is None or RENAMED_AT_METRIC not in model.metrics.extra:
             return
-        old = {i: (n, t) for i, n, t in zip(before.ids, before.names, before.tiers, strict=True)}
-        relabelled = sorted(
-            i
-            for i, n, t in zip(model.ids, model.names, model.tiers, strict=True)
-            if i in old and old[i] != (n, t)
+        old = dict(zip(before.ids, before.names, strict=True))
+        renamed = sorted(
+            i for i, n in zip(model.ids, model.names, strict=True) if i in old and old[i] != n
         )
-        if relabelled:
+        if renamed:
             log.info(
-                "segments %s have another name or tier in model v%d: %s",
-                relabelled,
+                "segments %s are renamed in model v%d: %s",
+                renamed,
                 model.model_version,
                 self._when_rescored(),
             )

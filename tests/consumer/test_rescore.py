@@ -343,6 +343,15 @@ def test_a_renamed_segment_reaches_its_idle_users_records_in_a_pass_begun_at_onc
         model = store.load_current()
         assert model is not None and len(stored_names()) == 2
         segment = model.ids[0]
+        # A trainer's version whose labels moved begins no pass: the periodic one brings it.
+        relabelled = model.model_copy(
+            update={"names": model.names[::-1], "model_version": model.model_version + 1}
+        ).revalidated()
+        store.publish(relabelled)
+        pipeline.refresh_model(force=True)
+        assert not pipeline.rescore.due_now
+        store.publish(model.model_copy(update={"model_version": relabelled.model_version + 1}))
+        pipeline.refresh_model(force=True)
         rename_segment(store, segment, "VIP")
         pipeline.refresh_model(force=True)
         assert pipeline.rescore.due_now
