@@ -13,7 +13,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import orjson
 from rich.console import Console
@@ -73,9 +73,10 @@ def audience_command(args: argparse.Namespace, settings: Settings) -> int:
     configured = settings.redis.namespace
     namespace = live_namespace(client, configured) if args.live else configured
     keys = KeyLayout(namespace)
-    segments = segment_ids(args.segment or [], ModelStore(client, keys))
+    sizes = StateStore(client, keys).read_segment_sizes()
+    segments = segment_ids(args.segment or [], ModelStore(client, keys), sizes)
     tiers = set(args.tier or [])
-    expected = sum(StateStore(client, keys).read_segment_sizes().values())
+    expected = sum(sizes.values())
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     scanned = written = 0
     out = sys.stdout.buffer
@@ -101,17 +102,17 @@ def audience_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def segment_ids(asked: Sequence[str], models: ModelStore) -> set[int]:
+def segment_ids(asked: Sequence[str], models: ModelStore, sizes: Mapping[int, int]) -> set[int]:
     """The segment ids ``--segment`` names: an id as it is, a name as the current model
-    gives it (`streamseg model show`; names chosen with ``model rename`` included)."""
+    gives it (`streamseg model show`; names chosen with ``model rename`` included). An id
+    in no model and held by no user (``sizes``) is said, not refused."""
     names = [a for a in asked if not (a.isascii() and a.isdigit())]
     ids = {int(a) for a in asked if a not in names}
     if not asked:
         return ids
     model = models.load_current()
     by_name = dict(zip(model.names, model.ids, strict=True)) if model is not None else {}
-    held = StateStore(models.client, models.keys).read_segment_sizes()
-    for i in sorted(ids - set(by_name.values()) - {s for s, n in held.items() if n > 0}):
+    for i in sorted(ids - set(by_name.values()) - {s for s, n in sizes.items() if n > 0}):
         # Not an error: a record may still name a segment the sizes no longer count.
         log.warning("--segment %d: no such segment in the current model, and no user holds it", i)
     unknown = [n for n in names if n not in by_name]

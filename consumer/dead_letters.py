@@ -287,7 +287,7 @@ def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
     if unknown := sorted((reasons or set()) - {*get_args(RejectReason), "unknown"}):
         raise ConfigError(
             f"--reason {', '.join(unknown)}: no such reason (reasons: "
-            f"{', '.join(get_args(RejectReason))})"
+            f"{', '.join(get_args(RejectReason))}; unknown for a record without the header)"
         )
     if args.resend and not args.force:
         if reasons is None:

@@ -7,7 +7,6 @@ import argparse
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from consumer import refit_request
 from consumer.exceptions import ConfigError, ModelReplacedError
@@ -20,18 +19,14 @@ from consumer.model_store import (
     renamed_at,
 )
 from consumer.redis_keys import KeyLayout
-from consumer.segment_names import checked_name, read_chosen_names, rename_segment
+from consumer.segment_names import checked_new_name, read_chosen_names, rename_segment
 from consumer.settings import Settings
+from consumer.times import readable_time
 from consumer.trainer_lease import lease_holder
 from consumer.unknown_namespace import refuse_if_nothing_written
 from model.exceptions import ModelFormatError
 from model.labels import with_chosen_names
 from model.model_format import MAX_MODEL_BYTES, SegmentModel
-
-
-def _when(moment: datetime) -> str:
-    """A time for reading: ISO-8601 UTC to the second, ``2026-12-07T16:41:02Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _readable(value: float | None) -> str:
@@ -45,14 +40,14 @@ def _readable(value: float | None) -> str:
 def _notes(m: SegmentModel) -> list[str]:
     """``imported <time>`` and ``renamed <time>``, for the versions they apply to."""
     notes = [("imported", imported_at(m)), ("renamed", renamed_at(m))]
-    return [f"{what} {_when(when)}" for what, when in notes if when is not None]
+    return [f"{what} {readable_time(when)}" for what, when in notes if when is not None]
 
 
 def _listing_line(m: SegmentModel, current: int | None) -> str:
     """``model list``: one version, ``*`` = current."""
     mark = "*" if m.model_version == current else " "
     return (
-        f"{mark} v{m.model_version:<5} created {_when(m.created_at)}  K={len(m.ids)}  "
+        f"{mark} v{m.model_version:<5} created {readable_time(m.created_at)}  K={len(m.ids)}  "
         f"rows={m.metrics.n_rows:,}  inertia={_readable(m.metrics.inertia)}"
         + "".join(f"  {note}" for note in _notes(m))
     )
@@ -64,7 +59,7 @@ def _model_table(m: SegmentModel, chosen: Mapping[int, str]) -> str:
     operator chose (``chosen``, from `model rename`) is marked. Top categories per segment
     need the users' states: ``streamseg report``."""
     lines = [
-        f"model v{m.model_version} created {_when(m.created_at)}"
+        f"model v{m.model_version} created {readable_time(m.created_at)}"
         + "".join(f", {note}" for note in _notes(m))
         + f"; profiles over the "
         f"{m.metrics.n_rows:,} users of its last training batch (streamseg status: all users)",
@@ -208,7 +203,7 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "rename":
         if current is None:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
-        name = None if args.rule else checked_name(args.name)
+        name = None if args.rule else checked_new_name(args.name)
         print(rename_segment(store, args.segment, name).summary())
         return 0
     if args.action == "rollback":

@@ -4,8 +4,8 @@ Every ``pipeline.rescore_interval_seconds`` of event time (and at most once per
 ``pipeline.rescore_min_wall_seconds`` of wall-clock time), a pipeline scores the users of its
 partitions again at the watermark (latest event time applied less
 ``pipeline.allowed_lateness_seconds``), so decay and recency can move them into "lapsed" or
-"at risk" segments. A model that lacks a segment users hold, or a ``model rename``, makes a
-pass due at once. A pass
+"at risk" segments. A model that lacks a segment users hold, or names an operator changed
+(`check_renamed_segments`), makes a pass due at once. A pass
 is a SCAN over the namespace's state keys, one chunk per loop of the pipeline between batches,
 paced so that it never holds the records behind it. Written: users whose segment changed or
 whose record names an older model.
@@ -22,6 +22,7 @@ import redis
 
 from consumer.model_store import RENAMED_AT_METRIC
 from consumer.redis_keys import KeyLayout
+from consumer.segment_names import read_chosen_names
 from consumer.state_store import BatchWrite
 from consumer.training_rows import keyed_rows
 from model.features import COL, derive_features
@@ -103,21 +104,36 @@ class IdleRescore:
             self.retired_seen |= retired
 
     def check_renamed_segments(self, before: SegmentModel | None, model: SegmentModel) -> None:
-        """Make a pass due now when ``model`` is a ``model rename`` that gave a segment
-        another name: its idle users' records would name the old one until the periodic
-        pass, a day of event time later or, on a quiet stream, never. Only a rename: the
-        trainer's own versions can move a tier or a name at any update, and a pass of every
-        user per update would cost a large shop a fifth of its consumers' time."""
-        if before is None or RENAMED_AT_METRIC not in model.metrics.extra:
-            return
-        old = dict(zip(before.ids, before.names, strict=True))
-        renamed = sorted(
-            i for i, n in zip(model.ids, model.names, strict=True) if i in old and old[i] != n
-        )
-        if renamed:
+        """Make a pass due now when names an operator changed reach this consumer: idle
+        users' records would name the old ones until the periodic pass, a day of event time
+        later or, on a quiet stream, never. That is: a version of ``model rename`` (its
+        mark), also as the first model of a consumer that was down during the rename; a
+        rollback to other names; or a trainer's version that carries a chosen name this
+        consumer had not seen (the rename's own version came and went within one poll).
+
+        Not every relabelled version: the trainer's may move a tier or a name at any update,
+        and a pass of every user per update would cost a large shop a fifth of its
+        consumers' time; the periodic pass brings those.
+        """
+        renamed = RENAMED_AT_METRIC in model.metrics.extra
+        if before is None:
+            changed = sorted(model.ids) if renamed else []
+        else:
+            old = dict(zip(before.ids, before.names, strict=True))
+            changed = sorted(
+                i for i, n in zip(model.ids, model.names, strict=True) if i in old and old[i] != n
+            )
+            if changed and not renamed and model.model_version > before.model_version:
+                try:
+                    chosen = read_chosen_names(self.pipeline.redis, self.pipeline.keys)
+                except redis.RedisError as exc:  # the periodic pass still comes
+                    log.warning("cannot read the chosen segment names: %s", exc)
+                    return
+                changed = [i for i in changed if i in chosen]
+        if changed:
             log.info(
-                "segments %s are renamed in model v%d: %s",
-                renamed,
+                "segments %s have names chosen with model rename in model v%d: %s",
+                changed,
                 model.model_version,
                 self._when_rescored(),
             )

@@ -13,8 +13,8 @@ the name stays with the segment it was given to; a segment that is gone leaves i
 entry of a segment that is gone.
 
 A segment record carries the name of its scoring: a user's record takes the new name at the
-user's next event, or in the re-score pass a version with other names begins at once
-(`consumer.rescore`).
+user's next event, or in the re-score pass that a rename (or a rollback to other names)
+begins at once (`consumer.rescore`).
 A ``model rollback`` makes that version's names current again until the trainer's next publish.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from consumer.exceptions import ConfigError, ModelReplacedError
-from consumer.model_store import IMPORTED_AT_METRIC, RENAMED_AT_METRIC, ModelStore
+from consumer.model_store import RENAMED_AT_METRIC, ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient
 from model.labels import MAX_NAME_CHARS, name_segments, unique_names, with_chosen_names
@@ -45,7 +45,7 @@ _BREAKING = ("Cc", "Zl", "Zp")
 def checked_name(text: str) -> str:
     """``text`` if it can name a segment, else `ConfigError` saying why: 1 to
     `MAX_NAME_CHARS` characters of valid Unicode, no control character or line break, no
-    space at either end (a record's name is shown and matched as it is), not digits only."""
+    space at either end (a record's name is shown and matched as it is)."""
     if not text:
         raise ConfigError("a segment name cannot be empty")
     if len(text) > MAX_NAME_CHARS:
@@ -54,11 +54,6 @@ def checked_name(text: str) -> str:
         )
     if text != text.strip():
         raise ConfigError(f"segment name {text!r} starts or ends with a space")
-    if text.isascii() and text.isdigit():
-        raise ConfigError(
-            f"segment name {text!r} is digits only: `audience --segment {text}` would read it "
-            "as a segment id; add a word (e.g. 'cohort 2024')"
-        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -72,6 +67,17 @@ def checked_name(text: str) -> str:
             f"(U+{ord(control):04X})"
         )
     return text
+
+
+def checked_new_name(text: str) -> str:
+    """`checked_name`, and not digits only: ``audience --segment 2024`` reads digits as an
+    id. (Only for a name being chosen: one chosen before this rule is still read.)"""
+    if text.isascii() and text.isdigit():
+        raise ConfigError(
+            f"segment name {text!r} is digits only: `audience --segment {text}` would read it "
+            "as a segment id; add a word (e.g. 'cohort 2024')"
+        )
+    return checked_name(text)
 
 
 def read_chosen_names(client: RedisClient, keys: KeyLayout) -> dict[int, str]:
@@ -136,14 +142,19 @@ class Rename:
         ]
         how = "its rule's name" if self.name is None else "chosen, kept through refits"
         kept = self.after.names[self.after.ids.index(self.segment_id)]
+        records = (
+            "a user's record takes the new name at the user's next event or in the re-score "
+            "pass this version begins"
+            if changed
+            else "records keep their names"
+        )
         return "\n".join(
             [
                 f"published model v{self.after.model_version}: v{self.before.model_version} "
                 + ("with new names" if changed else "with the same names"),
                 *changed,
                 f"segment {self.segment_id} is {kept!r} ({how})",
-                "consumers use it within pipeline.model_poll_seconds; a user's record takes "
-                "the new name at the user's next event or in the re-score pass this version begins",
+                f"consumers use it within pipeline.model_poll_seconds; {records}",
             ]
         )
 
@@ -201,8 +212,7 @@ def rename_segment(store: ModelStore, segment_id: int, name: str | None) -> Rena
 
 
 def _renamed_metrics(model: SegmentModel) -> TrainingMetrics:
-    """The model's metrics with the time of this rename (and no import time: this version
-    is a rename's, not an import's)."""
-    extra = {k: v for k, v in model.metrics.extra.items() if k != IMPORTED_AT_METRIC}
-    extra[RENAMED_AT_METRIC] = float(round(time.time() * 1000))
+    """The model's metrics with the time of this rename. An import's time stays: the
+    centres are still the import's, and the model's age counts from it (`status`)."""
+    extra = {**model.metrics.extra, RENAMED_AT_METRIC: float(round(time.time() * 1000))}
     return model.metrics.model_copy(update={"extra": extra})

@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -36,6 +36,7 @@ from consumer.redis_keys import KeyLayout
 from consumer.segment_record import iso_ms
 from consumer.settings import RedisClient, Settings
 from consumer.state_store import StateStore
+from consumer.times import readable_time
 from consumer.trainer import ROWS_COUNTER_METRIC
 from consumer.trainer_lease import lease_holder
 from consumer.unknown_namespace import refuse_an_unknown_namespace
@@ -347,9 +348,9 @@ def render_status(status: Mapping[str, Any], now: float | None = None) -> str:
         + ("" if live == status["namespace"] else f" (the live pointer names {live})"),
         "model          "
         + (
-            f"v{version} (created {_seconds(status['model_created_at'])}"
+            f"v{version} (created {_readable(status['model_created_at'])}"
             + "".join(
-                f", {what} {_seconds(status[f'model_{what}_at'])}"
+                f", {what} {_readable(status[f'model_{what}_at'])}"
                 for what in ("imported", "renamed")
                 if status.get(f"model_{what}_at")
             )
@@ -469,9 +470,9 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def _seconds(iso: str) -> str:
-    """An ISO-8601 time as `model list` prints it: UTC to the second, ``...Z``."""
-    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _readable(iso: str) -> str:
+    """A time of the status JSON (ISO-8601) as the text prints it."""
+    return readable_time(datetime.fromisoformat(iso))
 
 
 def _in_use_since(model: SegmentModel) -> datetime:

@@ -1,4 +1,5 @@
-"""Times the commands take as options (``replay --from/--to``, ``generate --start``)."""
+"""Times the commands take as options (``replay --from/--to``, ``generate --start``), and
+how they print times for reading."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ def parse_epoch_ms(text: str, *, option: str, words: Sequence[str] = ()) -> int:
             f"{option} {text!r}: outside 1970-01-01 .. 9999-12-31 (epoch ms 0..{MAX_EPOCH_MS})"
         )
     return ms
+
+
+def readable_time(moment: datetime) -> str:
+    """A time for reading, as `model list` and `status` print it: ISO-8601 UTC to the second,
+    ``2026-12-07T16:41:02Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -51,7 +51,7 @@ def test_audience_writes_every_record_or_those_of_the_segments_asked(
         r for r, p in zip(records, parsed, strict=True) if p["segment_id"] == segment
     )
     assert 0 < len(chosen) < len(records)
-    # A name of the current model selects its id (records of older versions included).
+    # A name of the current model selects the users whose record names its id.
     model = ModelStore(redis_client, keys).load_current()
     assert model is not None and segment in model.ids
     name = model.names[model.ids.index(segment)]

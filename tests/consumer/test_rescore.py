@@ -352,7 +352,38 @@ def test_a_renamed_segment_reaches_its_idle_users_records_in_a_pass_begun_at_onc
         assert not pipeline.rescore.due_now
         store.publish(model.model_copy(update={"model_version": relabelled.model_version + 1}))
         pipeline.refresh_model(force=True)
-        rename_segment(store, segment, "VIP")
+        before_rename = store.current_version()
+        assert before_rename is not None
+        renamed = rename_segment(store, segment, "VIP").after
+        assert renamed is not None
+        pipeline.refresh_model(force=True)
+        assert pipeline.rescore.due_now
+        finish_pass(pipeline)
+        assert "VIP" in stored_names()
+        # A consumer started after the rename begins a pass with its first model.
+        restarted = SegmentPipeline(settings)
+        restarted.refresh_model(force=True)
+        assert restarted.rescore.due_now
+        # A rollback to the names before: a pass too.
+        store.rollback(before_rename)
+        pipeline.refresh_model(force=True)
+        assert pipeline.rescore.due_now
+        finish_pass(pipeline)
+        assert stored_names() == set(model.names)
+        # A trainer's version that carries the chosen name (the rename's own version came and
+        # went between two polls): a pass too.
+        store.publish(renamed.model_copy(update={"model_version": renamed.model_version + 2}))
+        assert "renamed_at_ms" in renamed.metrics.extra
+        carried = store.load_current()
+        assert carried is not None
+        store.publish(
+            carried.model_copy(
+                update={
+                    "model_version": carried.model_version + 1,
+                    "metrics": carried.metrics.model_copy(update={"extra": {}}),
+                }
+            )
+        )
         pipeline.refresh_model(force=True)
         assert pipeline.rescore.due_now
         finish_pass(pipeline)

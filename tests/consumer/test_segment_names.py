@@ -13,7 +13,7 @@ import redis
 from consumer import segment_names
 from consumer.cli import main
 from consumer.exceptions import ConfigError
-from consumer.model_store import ModelStore
+from consumer.model_store import ModelStore, imported_at, renamed_at
 from consumer.redis_keys import KeyLayout
 from consumer.segment_names import checked_name, read_chosen_names, rename_segment
 from consumer.settings import TrainerSettings
@@ -121,6 +121,9 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
     capsys.readouterr()
     back = store.load_current()
     assert back is not None and names_by_id(back)[segment] != "VIP customers"
+    # A rename of the imported version is still the import's fit: its age counts from it.
+    assert imported_at(back) == imported_at(imported) is not None
+    assert renamed_at(back) is not None
     assert read_chosen_names(redis_client, keys) == {}
     push_training_rows(redis_client, keys, clustered_rows(rng, 3), USERS)
     later = trainer.step()
