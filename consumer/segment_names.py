@@ -31,7 +31,7 @@ from consumer.exceptions import ConfigError, ModelReplacedError
 from consumer.model_store import RENAMED_AT_METRIC, ModelStore
 from consumer.redis_keys import KeyLayout
 from consumer.settings import RedisClient
-from model.labels import MAX_NAME_CHARS, name_segments, unique_names, with_chosen_names
+from model.labels import MAX_NAME_CHARS, name_segments, with_chosen_names
 from model.model_format import SegmentModel, TrainingMetrics
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,11 @@ def read_chosen_names(client: RedisClient, keys: KeyLayout) -> dict[int, str]:
     return chosen
 
 
-def rule_name(model: SegmentModel, segment_id: int) -> str:
-    """The name the rules give segment ``segment_id`` of ``model``, made unique among the
-    model's other names (which stay as they are)."""
+def rule_names(model: SegmentModel) -> list[str]:
+    """The names the rules give ``model``'s segments, as the trainer's next publish would
+    (its current names as the previous ones, so a suffix stays where the rules allow)."""
     centers = model.to_preprocessor().inverse_transform(np.asarray(model.centers))
-    rule_names = name_segments(centers, model.feature_names, previous_names=model.names)[0]
-    position = model.ids.index(segment_id)
-    names = list(model.names)
-    names[position] = rule_names[position]
-    others = [p for p in range(len(names)) if p != position]
-    return unique_names(names, others)[position]
+    return name_segments(centers, model.feature_names, previous_names=model.names)[0]
 
 
 @dataclass(frozen=True)
@@ -183,8 +178,10 @@ def rename_segment(store: ModelStore, segment_id: int, name: str | None) -> Rena
         # Entries the rename writes: its own, and gone segments' entries of the same name.
         changes: dict[int, str | None] = {segment_id: name}
         if name is None:
-            names = list(current.names)
-            names[current.ids.index(segment_id)] = rule_name(current, segment_id)
+            # The rules' names, as the trainer gives them: a " (2)" another segment took
+            # while this one held the chosen name goes with it.
+            others = {i: n for i, n in chosen.items() if i != segment_id}
+            names = with_chosen_names(rule_names(current), current.ids, others)
         else:
             holders = [i for i, n in chosen.items() if n == name and i != segment_id]
             if in_use := [i for i in holders if i in current.ids]:

@@ -341,3 +341,22 @@ def test_a_publish_between_a_renames_read_and_its_publish_is_renamed_not_undone(
     assert done.after is not None and done.after.model_version == 3
     assert done.after.centers == newer.centers  # the trainer's version, renamed
     assert names_by_id(done.after)[1] == "VIP"
+
+
+def test_giving_a_name_back_gives_the_segment_it_displaced_its_plain_name_again(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """A walkthrough named segment 15 "inactive", so 11 became "inactive (2)"; `--rule` on
+    15 left 11 with its suffix and no "inactive" in the model."""
+    keys = KeyLayout(namespace)
+    _, first = bootstrapped_trainer(redis_client, keys, np.random.default_rng(3), groups=3)
+    store = ModelStore(redis_client, keys)
+    # The holder's rule gives a name no other segment's rule gives (when two share a rule's
+    # name, each keeps its suffix by the documented stability rule).
+    holder, taken = next((i, n) for i, n in names_by_id(first).items() if "(" not in n)
+    assert not any(n.startswith(f"{taken} (") for n in first.names)
+    chooser = next(i for i in first.ids if i != holder)
+    displaced = rename_segment(store, chooser, taken).after
+    assert displaced is not None and names_by_id(displaced)[holder] == f"{taken} (2)"
+    back = rename_segment(store, chooser, None).after
+    assert back is not None and names_by_id(back) == names_by_id(first)
