@@ -3,8 +3,9 @@
 Two keys under the model tag ``{<ns>:model}`` (one slot, so the MULTI below runs on a Redis
 Cluster too):
 
-- ``refit-request``: the token of the pending request (``SET .. EX 3600``: a request no
-  trainer takes within an hour lapses, rather than refit long after its reason);
+- ``refit-request``: the token of the pending request (``SET .. NX EX 3600``: a second
+  request joins a pending one; a request no trainer takes within an hour lapses, rather than
+  refit long after its reason);
 - ``refit-result``: the answer to the last request answered, JSON ``{"token", "version"}``
   (the version the refit published) or ``{"token", "error"}`` (why it could not be done),
   kept an hour.
@@ -31,10 +32,17 @@ REQUEST_SECONDS = 3600
 
 
 def make_request(client: RedisClient, keys: KeyLayout) -> str:
-    """Leave a request for the active trainer; returns its token (replacing any pending)."""
-    token = uuid.uuid4().hex
-    client.set(keys.refit_request, token, ex=REQUEST_SECONDS)
-    return token
+    """Leave a request for the active trainer and return its token. A request already
+    pending is joined, not replaced: one refit answers both, and neither waiter is left
+    without an answer."""
+    while True:
+        token = uuid.uuid4().hex
+        if client.set(keys.refit_request, token, ex=REQUEST_SECONDS, nx=True):
+            return token
+        pending = pending_request(client, keys)
+        if pending is not None:
+            return pending
+        # Taken or lapsed between the two commands: ask again.
 
 
 def pending_request(client: RedisClient, keys: KeyLayout) -> str | None:

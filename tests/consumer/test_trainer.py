@@ -957,3 +957,29 @@ def test_a_trainer_continuing_from_a_rollback_gives_no_id_a_newer_version_gave(
     trainer.resume()
     assert trainer.segmenter is not None
     assert first.next_id < 10 and trainer.segmenter.next_id_ == 10
+
+
+def test_two_refit_requests_are_answered_by_one_refit(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """A second request replaced the first, whose waiter then never got an answer."""
+    keys = KeyLayout(namespace)
+    trainer = Trainer(
+        redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=10_000)
+    )
+    trainer.resume()
+    users = [f"u{i}" for i in range(300)]
+    rows = np.random.default_rng(9).lognormal(0, 1, (300, len(FEATURE_NAMES)))
+    push_training_rows(redis_client, keys, rows, users)
+    first = trainer.step()
+    assert first is not None
+    one = refit_request.make_request(redis_client, keys)
+    two = refit_request.make_request(redis_client, keys)
+    assert one == two  # joined
+    refitted = trainer.step()
+    assert refitted is not None
+    assert refit_request.read_answer(redis_client, keys, one) == {
+        "token": one,
+        "version": refitted.model_version,
+    }
+    assert trainer.step() is None  # one refit for both
