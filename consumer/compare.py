@@ -10,6 +10,7 @@ by more than 20%.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict, dataclass
 
@@ -163,11 +164,11 @@ def _moved_fields(
 
 def print_comparison(c: Comparison, console: Console | None = None) -> None:
     """The comparison as tables on stdout."""
-    # Piped, rich would cut the tables at 80 columns: give them room instead.
-    # Segment names are data (an imported model may name one "a [b]"), not rich markup.
-    console = console or Console(
-        width=None if sys.stdout.isatty() else 200, markup=False, highlight=False
-    )
+    # Piped, rich would cut the tables at 80 columns: give them room instead, unless COLUMNS
+    # says how wide (rich reads it). Segment names are data (an imported model may name one
+    # "a [b]"), not rich markup.
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+    console = console or Console(width=None if wide else 200, markup=False, highlight=False)
     summary = Table(title=f"{c.shadow} vs {c.other}")
     summary.add_column("measure")
     summary.add_column("value", justify="right")

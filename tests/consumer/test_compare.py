@@ -98,3 +98,7 @@ def test_a_comparison_without_common_users_gives_no_figure_a_script_could_trust(
     assert main(["compare", shadow, "--with", live]) == 0
     table = capsys.readouterr().out
     assert re.search(r"segment differs \(after id matching\)\s*│\s*-\s*│", table), table
+    # Piped, the tables take 200 columns, or what COLUMNS says.
+    monkeypatch.setenv("COLUMNS", "70")
+    assert main(["compare", shadow, "--with", live]) == 0
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 70
