@@ -570,10 +570,13 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                         if args.once:
                             log.error(
                                 "--once: trainer %s holds the lease of namespace %s (a "
-                                "stopped trainer's lapses within trainer.lease_seconds=%g)",
+                                "stopped trainer's lapses within trainer.lease_seconds=%g)%s",
                                 holder,
                                 keys.namespace,
                                 config.lease_seconds,
+                                "; `streamseg model refit` asks it for a refit"
+                                if args.refit
+                                else "",
                             )
                             status = 1
                             break

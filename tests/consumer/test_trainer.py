@@ -639,9 +639,11 @@ def test_a_trainer_waiting_for_the_lease_names_its_holder(
         assert holder is not None and holder.endswith(f":{os.getpid()}")
         base = ["--namespace", namespace, "train"]
         assert main([*base, "--once", "--max-seconds", "60"]) == 1
-        assert f"--once: trainer {holder} holds the lease of namespace {namespace}" in (
-            capsys.readouterr().err
-        )
+        err = capsys.readouterr().err
+        assert f"--once: trainer {holder} holds the lease of namespace {namespace}" in err
+        assert "model refit" not in err
+        assert main([*base, "--once", "--refit", "--max-seconds", "60"]) == 1
+        assert "; `streamseg model refit` asks it for a refit" in capsys.readouterr().err
         assert main([*base, "--max-seconds", "2"]) == 0
         said = capsys.readouterr().err
         waiting = f"trainer {holder} holds the lease of namespace {namespace}: waiting"
