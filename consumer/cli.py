@@ -493,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "version", nargs="?", type=_model_version, help="3 or v3 (default: the current one)"
     )
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (each segment's id, tier, name, whether it was chosen, "
+        "and its profile at full precision) instead of the table",
+    )
     rollback = _action(
         model_actions,
         "rollback",

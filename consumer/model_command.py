@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+import orjson
+
 from consumer import refit_request
 from consumer.exceptions import ConfigError, ModelReplacedError
 from consumer.model_store import (
@@ -81,6 +83,28 @@ def _model_table(m: SegmentModel, chosen: Mapping[int, str]) -> str:
     if marked:
         lines.append("  * a name chosen with `streamseg model rename` (kept through refits)")
     return "\n".join(lines)
+
+
+def _model_json(m: SegmentModel, chosen: Mapping[int, str]) -> dict[str, object]:
+    """``model show --json``: what the table says, at full precision, segments in tier
+    order (the whole document: ``model export``)."""
+    notes = {"imported_at": imported_at(m), "renamed_at": renamed_at(m)}
+    return {
+        "model_version": m.model_version,
+        "created_at": m.created_at.isoformat(),
+        **{k: None if v is None else v.isoformat() for k, v in notes.items()},
+        "rows": m.metrics.n_rows,
+        "segments": [
+            {
+                "segment_id": m.ids[pos],
+                "tier": m.tiers[pos],
+                "segment": m.names[pos],
+                "chosen": chosen.get(m.ids[pos]) == m.names[pos],
+                **m.profiles[pos].model_dump(),
+            }
+            for pos in sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p]))
+        ],
+    }
 
 
 def _id_matching(model: SegmentModel, before: SegmentModel) -> str:
@@ -196,7 +220,11 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
             print("no model published yet (cold start)")
             return 1
-        print(_model_table(store.load(shown), read_chosen_names(client, store.keys)))
+        model, chosen = store.load(shown), read_chosen_names(client, store.keys)
+        if args.json:
+            print(orjson.dumps(_model_json(model, chosen)).decode())
+        else:
+            print(_model_table(model, chosen))
         return 0
     if args.action == "refit":
         return _request_refit(store, current, args.wait)

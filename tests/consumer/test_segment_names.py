@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -104,6 +105,15 @@ def test_a_chosen_name_is_published_at_once_and_kept_by_every_later_version(
     assert main([*model_command, "show"]) == 0
     table = capsys.readouterr().out
     assert "VIP customers *" in table and "chosen with `streamseg model rename`" in table
+    assert main([*model_command, "show", "--json"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert shown["model_version"] == update.model_version and shown["renamed_at"] is None
+    by_id = {s["segment_id"]: s for s in shown["segments"]}
+    assert by_id[segment]["segment"] == "VIP customers" and by_id[segment]["chosen"]
+    assert [s["chosen"] for s in shown["segments"]].count(True) == 1
+    assert [s["tier"] for s in shown["segments"]] == sorted(update.tiers)
+    profile = update.profiles[update.ids.index(segment)]
+    assert by_id[segment]["mean_net_revenue"] == profile.mean_net_revenue  # full precision
     assert main([*model_command, "list", "--last", "2"]) == 0
     newest, older, _ = capsys.readouterr().out.splitlines()  # and "... 1 older"
     assert "renamed " not in newest and "renamed " in older  # the trainer's, then the rename's
