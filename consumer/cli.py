@@ -204,6 +204,7 @@ pick a change up within pipeline.model_poll_seconds.
 Examples:
   streamseg model list --last 5
   streamseg model show                           # the current version's segments
+  streamseg model show --json | jq '.segments[]'  # the same for a script
   streamseg model rollback 7                     # a running trainer continues from v7
   streamseg model export model.json --version 7
   streamseg model import model.json              # published as the next version
@@ -560,7 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument(
         "--rule",
         action="store_true",
-        help="give the segment its rule's name back (README: Names and tiers)",
+        help="give the segment its rule's name back; the other segments not named by an "
+        "operator get their rules' names too, as at the trainer's next publish (README: Your "
+        "own names)",
     )
 
     generate = _command(

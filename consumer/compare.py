@@ -167,8 +167,9 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     # Piped, rich would cut the tables at 80 columns: give them room instead, unless COLUMNS
     # says how wide (rich reads it). Segment names are data (an imported model may name one
     # "a [b]"), not rich markup.
-    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
-    console = console or Console(width=None if wide else 200, markup=False, highlight=False)
+    columns = os.environ.get("COLUMNS", "")
+    width = None if sys.stdout.isatty() else int(columns) if columns.isdigit() else 200
+    console = console or Console(width=width, markup=False, highlight=False)
     summary = Table(title=f"{c.shadow} vs {c.other}")
     summary.add_column("measure")
     summary.add_column("value", justify="right")

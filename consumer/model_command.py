@@ -69,7 +69,7 @@ def _model_table(m: SegmentModel, chosen: Mapping[int, str]) -> str:
         f"{'orders':>7} {'AOV':>8} {'recency d':>9} {'tenure d':>8} {'views':>7}",
     ]
     marked = False
-    for pos in sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p])):
+    for pos in _tier_order(m):
         p = m.profiles[pos]
         name = m.names[pos]
         if chosen.get(m.ids[pos]) == name:
@@ -83,6 +83,11 @@ def _model_table(m: SegmentModel, chosen: Mapping[int, str]) -> str:
     if marked:
         lines.append("  * a name chosen with `streamseg model rename` (kept through refits)")
     return "\n".join(lines)
+
+
+def _tier_order(m: SegmentModel) -> list[int]:
+    """Positions of ``m``'s segments, best tier first (then by id)."""
+    return sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p]))
 
 
 def _model_json(m: SegmentModel, chosen: Mapping[int, str]) -> dict[str, object]:
@@ -102,7 +107,7 @@ def _model_json(m: SegmentModel, chosen: Mapping[int, str]) -> dict[str, object]
                 "chosen": chosen.get(m.ids[pos]) == m.names[pos],
                 **m.profiles[pos].model_dump(),
             }
-            for pos in sorted(range(len(m.ids)), key=lambda p: (m.tiers[p], m.ids[p]))
+            for pos in _tier_order(m)
         ],
     }
 
@@ -149,7 +154,7 @@ def _request_refit(store: ModelStore, current: int | None, wait_seconds: float) 
             file=sys.stderr,
         )
         return 1
-    token = refit_request.make_request(store.client, store.keys)
+    number = refit_request.make_request(store.client, store.keys)
     print(
         f"refit requested: trainer {holder} refits at its next step (every "
         "trainer.update_interval_seconds of its settings) and publishes the version after "
@@ -160,7 +165,7 @@ def _request_refit(store: ModelStore, current: int | None, wait_seconds: float) 
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        answer = refit_request.read_answer(store.client, store.keys, token)
+        answer = refit_request.read_answer(store.client, store.keys, number)
         if answer is None:
             continue
         if answer.get("error") is not None:
@@ -168,12 +173,12 @@ def _request_refit(store: ModelStore, current: int | None, wait_seconds: float) 
             return 1
         print(f"model v{answer['version']} is current: the refit")
         return 0
-    pending = refit_request.pending_request(store.client, store.keys) == token
+    pending = refit_request.is_pending(store.client, store.keys)
     print(
         f"no refitted version within {wait_seconds:g} s"
         + (
             f"; the request is still pending: trainer {holder} takes it at its next step, "
-            f"or it lapses {refit_request.REQUEST_SECONDS // 60} min after it was made"
+            f"or it lapses {refit_request.REQUEST_SECONDS // 60} min after the newest request"
             if pending
             else " (streamseg model list; the trainer's log says why)"
         ),
@@ -218,7 +223,8 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
         shown: int | None = args.version if args.version is not None else current
         if shown is None:
             refuse_if_nothing_written(client, settings.redis.namespace)  # misspelt?
-            print("no model published yet (cold start)")
+            # On stderr with --json: a script reading stdout gets no text it cannot parse.
+            print("no model published yet (cold start)", file=sys.stderr if args.json else None)
             return 1
         model, chosen = store.load(shown), read_chosen_names(client, store.keys)
         if args.json:

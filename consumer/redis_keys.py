@@ -126,9 +126,14 @@ class KeyLayout:
 
     @property
     def refit_request(self) -> str:
-        """Set by ``streamseg model refit``: the active trainer refits at its next step
-        (`consumer.refit_request`)."""
+        """Present while a ``streamseg model refit`` waits: the active trainer refits at its
+        next step (`consumer.refit_request`)."""
         return f"{self._model}:refit-request"
+
+    @property
+    def refit_requests(self) -> str:
+        """Counter numbering the refit requests (`consumer.refit_request`)."""
+        return f"{self._model}:refit-requests"
 
     @property
     def refit_result(self) -> str:

@@ -1,25 +1,26 @@
 """A refit on demand: ``streamseg model refit`` asks the active trainer for one.
 
-Two keys under the model tag ``{<ns>:model}`` (one slot, so the MULTI below runs on a Redis
-Cluster too):
+Three keys under the model tag ``{<ns>:model}`` (one slot, so the transactions below run on a
+Redis Cluster too):
 
-- ``refit-request``: the token of the pending request (``SET .. NX EX 3600``: a second
-  request joins a pending one; a request no trainer takes within an hour lapses, rather than
-  refit long after its reason);
-- ``refit-result``: the answer to the last request answered, JSON ``{"token", "version"}``
-  (the version the refit published) or ``{"token", "error"}`` (why it could not be done),
-  kept an hour.
+- ``refit-requests``: a counter; each request takes the next number;
+- ``refit-request``: present while a request waits (``EX 3600`` from the newest request: a
+  request no trainer takes within an hour lapses, rather than refit long after its reason);
+- ``refit-result``: the last answer, JSON ``{"covers": n, "version": v}`` (the version a refit
+  published) or ``{"covers": n, "error": "..."}`` (why it could not be done), kept an hour.
 
-The trainer answers once its refit is published, or cannot be done (too few users): in one
-MULTI it deletes the request if it still holds that token (a newer request stays for the next
-step) and writes the result. A refit that failed, or whose publish was refused because a
-rollback, an import or a rename came first, leaves the request for the next step.
+A refit reads the counter (n) before it reads its rows, so it answers requests 1..n: a
+request made while it runs gets a higher number and waits for the next step's refit. Once
+the refit is published, or cannot be done (too few users), the trainer writes the answer and,
+in the same MULTI, takes the request unless the counter moved on. A refit that failed, or
+whose publish was refused because a rollback, an import or a rename came first, answers
+nothing and leaves the request for the next step. A waiter accepts the first answer that
+covers its number.
 """
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -31,56 +32,53 @@ from consumer.settings import RedisClient
 REQUEST_SECONDS = 3600
 
 
-def make_request(client: RedisClient, keys: KeyLayout) -> str:
-    """Leave a request for the active trainer and return its token. A request already
-    pending is joined, not replaced: one refit answers both, and neither waiter is left
-    without an answer."""
-    while True:
-        token = uuid.uuid4().hex
-        if client.set(keys.refit_request, token, ex=REQUEST_SECONDS, nx=True):
-            return token
-        pending = pending_request(client, keys)
-        if pending is not None:
-            return pending
-        # Taken or lapsed between the two commands: ask again.
+def make_request(client: RedisClient, keys: KeyLayout) -> int:
+    """Ask the active trainer for a refit; returns the request's number."""
+    pipe = client.pipeline(transaction=True)
+    pipe.incr(keys.refit_requests)
+    pipe.set(keys.refit_request, 1, ex=REQUEST_SECONDS)
+    number, _ = pipe.execute()
+    return int(number)
 
 
-def pending_request(client: RedisClient, keys: KeyLayout) -> str | None:
-    """The token of the request waiting for a trainer, if any."""
-    raw = client.get(keys.refit_request)
-    return None if raw is None else raw.decode(errors="replace")
+def is_pending(client: RedisClient, keys: KeyLayout) -> bool:
+    """Whether a request waits for a trainer."""
+    return bool(client.exists(keys.refit_request))
+
+
+def newest_request(client: RedisClient, keys: KeyLayout) -> int:
+    """The number of the newest request made (0: none): what a refit starting now answers."""
+    return int(client.get(keys.refit_requests) or 0)
 
 
 def answer(
     client: RedisClient,
     keys: KeyLayout,
-    token: str,
+    covers: int,
     *,
     version: int | None = None,
     error: str | None = None,
 ) -> None:
-    """Record the outcome of request ``token`` and take the request, unless a newer one
-    replaced it meanwhile."""
-    result = orjson.dumps(
-        {"token": token, "version": version} if error is None else {"token": token, "error": error}
-    )
+    """Answer requests 1..``covers``, and take the request unless a newer one came."""
+    outcome: dict[str, Any] = {"covers": covers}
+    outcome.update({"version": version} if error is None else {"error": error})
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.refit_request)
-                still_ours = pipe.get(keys.refit_request) == token.encode()
+                pipe.watch(keys.refit_requests)
+                newest = int(cast(bytes | None, pipe.get(keys.refit_requests)) or 0)
                 pipe.multi()
-                if still_ours:
+                if newest <= covers:
                     pipe.delete(keys.refit_request)
-                pipe.set(keys.refit_result, result, ex=REQUEST_SECONDS)
+                pipe.set(keys.refit_result, orjson.dumps(outcome), ex=REQUEST_SECONDS)
                 pipe.execute()
                 return
             except redis.WatchError:
-                continue  # a new request came in between: look again
+                continue  # a request came in between: look again
 
 
-def read_answer(client: RedisClient, keys: KeyLayout, token: str) -> dict[str, Any] | None:
-    """The answer to request ``token``, once a trainer gave it."""
+def read_answer(client: RedisClient, keys: KeyLayout, number: int) -> dict[str, Any] | None:
+    """The answer that covers request ``number``, once a trainer gave one."""
     raw = client.get(keys.refit_result)
     if raw is None:
         return None
@@ -88,4 +86,6 @@ def read_answer(client: RedisClient, keys: KeyLayout, token: str) -> dict[str, A
         result = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None  # a hand edit: no answer to anyone's request
-    return result if isinstance(result, dict) and result.get("token") == token else None
+    if not isinstance(result, dict) or not isinstance(result.get("covers"), int):
+        return None
+    return result if result["covers"] >= number else None

@@ -9,7 +9,8 @@ the version it read is current (as the trainer's publishes are), so nothing publ
 between is undone. The trainer applies the hash at every publish (`model.labels.with_chosen_names`).
 Segment ids keep their meaning across updates and refits (Hungarian matching of centres), so
 the name stays with the segment it was given to; a segment that is gone leaves its name unused
-(ids are never reused). ``--rule`` gives a segment its rule's name back, or releases the
+(ids are never reused). ``--rule`` gives a segment its rule's name back, naming the segments
+as the trainer's next publish would (rules' names, then the chosen ones), or releases the
 entry of a segment that is gone.
 
 A segment record carries the name of its scoring: a user's record takes the new name at the

@@ -211,7 +211,7 @@ def _redis_status(settings: Settings, client: RedisClient) -> dict[str, Any]:
         "trainer_active": lease is not None,
         "trainer": lease_holder(lease),
         # A `model refit` no trainer has taken yet.
-        "refit_requested": refit_request.pending_request(client, keys) is not None,
+        "refit_requested": refit_request.is_pending(client, keys),
         "segments": segments,
         "counters": counters,
         "consumers": consumers,

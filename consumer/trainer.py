@@ -221,7 +221,7 @@ class Trainer:
         self._follow_the_current_model()
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
-        if refit_request.pending_request(self.client, self.keys) is not None:
+        if refit_request.is_pending(self.client, self.keys):
             log.info("a refit was requested (streamseg model refit): refitting now")
             return self.refit_now()
         pushed = self.rows_pushed()
@@ -257,7 +257,8 @@ class Trainer:
         if self.segmenter is None or self.preprocessor is None:
             return self._bootstrap()
         self._refit_not_done = None
-        token = refit_request.pending_request(self.client, self.keys)  # this refit answers it
+        # The requests made so far: this refit answers them (later ones wait for the next).
+        covers = refit_request.newest_request(self.client, self.keys)
         pushed = self.rows_pushed()
         X = self.buffered_rows(max_rows=self._refit_rows())
         if len(X) < self.segmenter.fit_rows_needed():  # a small shop: each user's newest
@@ -268,16 +269,16 @@ class Trainer:
                 f"the training buffer holds rows of {len(X):,}"
             )
             log.warning("refit not done: %s", self._refit_not_done)
-            if token is not None:  # it would fail the same way at the next step
-                refit_request.answer(self.client, self.keys, token, error=self._refit_not_done)
+            if covers:  # it would fail the same way at the next step
+                refit_request.answer(self.client, self.keys, covers, error=self._refit_not_done)
             return None
         self._rows_seen = pushed
         model = self._refit("request", X)
         if model is None:
             # The request stays: the next step refits from the version now current.
             self._refit_not_done = "another version became current during the refit"
-        elif token is not None:
-            refit_request.answer(self.client, self.keys, token, version=model.model_version)
+        elif covers:
+            refit_request.answer(self.client, self.keys, covers, version=model.model_version)
         return model
 
     def refit_check_rows(self) -> tuple[np.ndarray, bool]:

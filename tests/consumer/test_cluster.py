@@ -297,10 +297,11 @@ def test_a_rename_and_a_refit_request_run_on_a_cluster(
     done = rename_segment(store, 1, "VIP")
     assert done.after is not None and done.after.model_version == 2
     assert read_chosen_names(cluster, keys) == {1: "VIP"}
-    token = refit_request.make_request(cluster, keys)
-    refit_request.answer(cluster, keys, token, version=3)
-    assert refit_request.read_answer(cluster, keys, token) == {"token": token, "version": 3}
-    assert refit_request.pending_request(cluster, keys) is None
+    number = refit_request.make_request(cluster, keys)
+    assert refit_request.is_pending(cluster, keys)
+    refit_request.answer(cluster, keys, number, version=3)
+    assert refit_request.read_answer(cluster, keys, number) == {"covers": number, "version": 3}
+    assert not refit_request.is_pending(cluster, keys)
 
 
 def test_publishes_prune_the_model_history_on_a_cluster(

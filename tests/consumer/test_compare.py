@@ -87,6 +87,7 @@ def test_a_comparison_without_common_users_gives_no_figure_a_script_could_trust(
 ) -> None:
     """With no user in both, the share of users that changed was 0.0: a script's
     `change_share < 0.05` promoted a shadow nothing had been compared with."""
+    monkeypatch.delenv("COLUMNS", raising=False)  # a shell's or CI's own
     shadow, live = f"{namespace}-shadow", f"{namespace}-live"
     for ns in (shadow, live):
         ModelStore(redis_client, KeyLayout(ns)).publish(small_model())

@@ -255,6 +255,9 @@ def test_a_rename_needs_a_model_and_a_name_or_rule(
     redis_client.hset(KeyLayout(namespace).counters, "events", 1)  # a namespace, no model yet
     assert main([*model_command, "rename", "1", "VIP"]) == 2
     assert "no model published yet" in capsys.readouterr().err
+    assert main([*model_command, "show", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "no model published yet" in err  # nothing a JSON reader chokes on
     with pytest.raises(SystemExit):
         main([*model_command, "rename", "1"])
     assert "one of the arguments NAME --rule is required" in capsys.readouterr().err

@@ -901,7 +901,7 @@ def test_a_requested_refit_whose_publish_is_refused_is_done_at_the_next_step(
     first = trainer.step()
     assert first is not None and trainer.segmenter is not None
     store = ModelStore(redis_client, keys)
-    token = refit_request.make_request(redis_client, keys)
+    number = refit_request.make_request(redis_client, keys)
     predict = trainer.segmenter.predict  # a refit calls it before its publish
 
     def predict_while_a_rollback_lands(Z: np.ndarray) -> object:
@@ -912,12 +912,13 @@ def test_a_requested_refit_whose_publish_is_refused_is_done_at_the_next_step(
     monkeypatch.setattr(trainer.segmenter, "predict", predict_while_a_rollback_lands)
     assert trainer.step() is None  # refused: another version came first
     assert "another version became current" in trainer.missing()
-    assert refit_request.pending_request(redis_client, keys) == token  # still asked for
+    assert refit_request.is_pending(redis_client, keys)  # still asked for
+    assert refit_request.read_answer(redis_client, keys, number) is None
     refitted = trainer.step()
     assert refitted is not None and refitted.model_version == first.model_version + 2
-    answer = refit_request.read_answer(redis_client, keys, token)
-    assert answer == {"token": token, "version": refitted.model_version}
-    assert refit_request.pending_request(redis_client, keys) is None
+    answer = refit_request.read_answer(redis_client, keys, number)
+    assert answer == {"covers": number, "version": refitted.model_version}
+    assert not refit_request.is_pending(redis_client, keys)
 
 
 def test_train_once_refit_answers_a_pending_request(
@@ -936,10 +937,10 @@ def test_train_once_refit_answers_a_pending_request(
     push_training_rows(redis_client, keys, rows, users)
     base = ["--namespace", namespace, "train", "--once", "--max-seconds", "60"]
     assert main(base) == 0  # v1
-    token = refit_request.make_request(redis_client, keys)  # left by a trainer that died
+    number = refit_request.make_request(redis_client, keys)  # left by a trainer that died
     assert main([*base, "--refit"]) == 0
-    assert refit_request.read_answer(redis_client, keys, token) == {"token": token, "version": 2}
-    assert refit_request.pending_request(redis_client, keys) is None
+    assert refit_request.read_answer(redis_client, keys, number) == {"covers": number, "version": 2}
+    assert not refit_request.is_pending(redis_client, keys)
 
 
 def test_a_trainer_continuing_from_a_rollback_gives_no_id_a_newer_version_gave(
@@ -961,10 +962,11 @@ def test_a_trainer_continuing_from_a_rollback_gives_no_id_a_newer_version_gave(
     assert first.next_id < 10 and trainer.segmenter.next_id_ == 10
 
 
-def test_two_refit_requests_are_answered_by_one_refit(
-    redis_client: redis.Redis, namespace: str
+def test_a_refit_answers_the_requests_made_before_it_and_not_one_made_during_it(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second request replaced the first, whose waiter then never got an answer."""
+    """Two requests before a step: one refit answers both. A request made while a refit
+    reads its rows waits for the next step's refit, on the newer rows."""
     keys = KeyLayout(namespace)
     trainer = Trainer(
         redis_client, keys, TrainerSettings(n_clusters=2, bootstrap_rows=300, update_rows=10_000)
@@ -974,14 +976,36 @@ def test_two_refit_requests_are_answered_by_one_refit(
     rows = np.random.default_rng(9).lognormal(0, 1, (300, len(FEATURE_NAMES)))
     push_training_rows(redis_client, keys, rows, users)
     first = trainer.step()
-    assert first is not None
+    assert first is not None and trainer.segmenter is not None
     one = refit_request.make_request(redis_client, keys)
     two = refit_request.make_request(redis_client, keys)
-    assert one == two  # joined
+    assert two == one + 1
     refitted = trainer.step()
     assert refitted is not None
-    assert refit_request.read_answer(redis_client, keys, one) == {
-        "token": one,
-        "version": refitted.model_version,
-    }
+    for number in (one, two):
+        assert refit_request.read_answer(redis_client, keys, number) == {
+            "covers": two,
+            "version": refitted.model_version,
+        }
     assert trainer.step() is None  # one refit for both
+
+    read_rows = trainer.buffered_rows
+    during: list[int] = []
+
+    def rows_while_a_request_comes(max_rows: int | None = None) -> np.ndarray:
+        if not during:
+            during.append(refit_request.make_request(redis_client, keys))
+        return read_rows(max_rows)
+
+    refit_request.make_request(redis_client, keys)
+    monkeypatch.setattr(trainer, "buffered_rows", rows_while_a_request_comes)
+    again = trainer.step()
+    assert again is not None
+    assert refit_request.read_answer(redis_client, keys, during[0]) is None  # not covered
+    assert refit_request.is_pending(redis_client, keys)
+    latest = trainer.step()  # the next step refits for it
+    assert latest is not None
+    assert refit_request.read_answer(redis_client, keys, during[0]) == {
+        "covers": during[0],
+        "version": latest.model_version,
+    }
