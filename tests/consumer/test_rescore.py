@@ -14,6 +14,7 @@ from consumer.model_store import ModelStore
 from consumer.pipeline import SegmentPipeline
 from consumer.redis_keys import KeyLayout
 from consumer.segment_names import rename_segment
+from consumer.settings import Settings
 from consumer.state_store import StateStore
 from consumer.training_rows import decode_rows, user_key
 from devstack.redis_server import RedisServer
@@ -79,6 +80,29 @@ def finish_pass(pipeline: SegmentPipeline, timeout: float = 30.0) -> None:
         assert time.monotonic() < deadline, "the re-score pass did not finish"
         pipeline.rescore.next_chunk_at = 0.0
         pipeline.rescore.step()
+
+
+def buyers_without_periodic_passes(
+    kafka_bootstrap: str, redis_url: str, topic: str, namespace: str, client: redis.Redis
+) -> tuple[Settings, ModelStore, list[dict[str, Any]]]:
+    """Settings whose periodic pass never comes due (only a pass made due at once runs,
+    whenever asked), the `recency_model` published, and 30 buyers' purchases in ``topic``."""
+    settings = settings_for(
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        namespace,
+        **{
+            "pipeline.rescore_interval_seconds": 10 * 365 * 86_400.0,  # periodic: not due
+            "pipeline.rescore_min_wall_seconds": 0.0,
+            "pipeline.model_poll_seconds": 0.01,
+        },
+    )
+    store = ModelStore(client, KeyLayout(namespace))
+    store.publish(recency_model())
+    events = first_purchases(30, days_apart=10)
+    produce(kafka_bootstrap, topic, as_records(events))
+    return settings, store, events
 
 
 def test_a_user_who_stops_buying_moves_without_new_events(
@@ -248,24 +272,12 @@ def test_users_of_a_segment_the_new_model_dropped_are_re_scored_at_once(
     """A model whose segments got new ids (no previous centre matched, a rollback, an
     import) starts a pass now, not a day of event time later; a model with the same ids
     does not."""
-    topic = new_topic()
-    settings = settings_for(
-        kafka_bootstrap,
-        redis_url,
-        topic,
-        namespace,
-        **{
-            "pipeline.rescore_interval_seconds": 10 * 365 * 86_400.0,  # periodic: not due
-            "pipeline.rescore_min_wall_seconds": 0.0,
-            "pipeline.model_poll_seconds": 0.01,
-        },
+    settings, store, events = buyers_without_periodic_passes(
+        kafka_bootstrap, redis_url, new_topic(), namespace, redis_client
     )
-    keys = KeyLayout(namespace)
-    store = ModelStore(redis_client, keys)
-    first = recency_model()
-    store.publish(first)
-    events = first_purchases(30, days_apart=10)
-    produce(kafka_bootstrap, topic, as_records(events))
+    keys = store.keys
+    first = store.load_current()
+    assert first is not None
 
     def republished(model: SegmentModel, ids: list[int]) -> SegmentModel:
         data = model.model_dump()
@@ -315,22 +327,10 @@ def test_a_renamed_segment_reaches_its_idle_users_records_in_a_pass_begun_at_onc
 ) -> None:
     """A walkthrough renamed a segment and undid it: 545 idle users kept the name for a day
     of event time (on a quiet stream, for ever), since only a dropped segment began a pass."""
-    topic = new_topic()
-    settings = settings_for(
-        kafka_bootstrap,
-        redis_url,
-        topic,
-        namespace,
-        **{
-            "pipeline.rescore_interval_seconds": 10 * 365 * 86_400.0,  # periodic: not due
-            "pipeline.rescore_min_wall_seconds": 0.0,
-        },
+    settings, store, events = buyers_without_periodic_passes(
+        kafka_bootstrap, redis_url, new_topic(), namespace, redis_client
     )
-    keys = KeyLayout(namespace)
-    store = ModelStore(redis_client, keys)
-    store.publish(recency_model())
-    events = first_purchases(30, days_apart=10)
-    produce(kafka_bootstrap, topic, as_records(events))
+    keys = store.keys
 
     def stored_names() -> set[str]:
         return {read_record(redis_client, keys.segment(e["user_id"]))["segment"] for e in events}
